@@ -1,0 +1,191 @@
+//! The HTTP API: deploy components, call actors, inspect the host.
+//!
+//! Every error is a JSON body `{"error": {"kind": ..., "message": ...}}`
+//! with a 4xx status when the caller can fix it and a 5xx when the host or
+//! its store failed.
+
+use std::net::SocketAddr;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::{ActorError, ErrorKind};
+use crate::id::ActorId;
+use crate::runtime::MAX_COMPONENT_BYTES;
+use crate::{Host, Manifest};
+
+/// An [`ActorError`] as an HTTP response.
+#[derive(Debug)]
+pub struct ApiError(pub ActorError);
+
+impl From<ActorError> for ApiError {
+    fn from(e: ActorError) -> Self {
+        ApiError(e)
+    }
+}
+
+/// The HTTP status for an error kind.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Rejected => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::LimitExceeded => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "kind": self.0.kind.as_str(), "message": self.0.message } });
+        (status_of(self.0.kind), Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+#[derive(Clone)]
+struct ApiState {
+    host: Host,
+    token: Option<String>,
+}
+
+/// The API's routes over `host`. With `token`, every `/v1` route needs
+/// `Authorization: Bearer <token>`.
+pub fn router(host: Host, token: Option<String>) -> Router {
+    let state = ApiState { host, token };
+    let v1 = Router::new()
+        .route("/components", get(list_components))
+        .route("/components/{actor_type}", put(deploy))
+        .route("/components/{actor_type}/versions", get(versions))
+        .route("/components/{actor_type}/rollback", post(rollback))
+        .route("/actors", get(actors))
+        .route("/actors/{actor_type}/{key}/{method}", post(call))
+        .layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError(ActorError::not_found("no such route; see the README for the API")) })
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// True for addresses only this machine can reach.
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+/// Serves the API on `listener` until the future is dropped. Refuses a
+/// non-loopback address without a token: the admin routes would be open.
+pub async fn serve(host: Host, listener: tokio::net::TcpListener, token: Option<String>) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    if !is_loopback(&addr) && token.as_deref().is_none_or(str::is_empty) {
+        anyhow::bail!(
+            "refusing to listen on {addr} without a token: anyone who can reach it could deploy code. \
+             Pass --token (or QUARK_TOKEN), or listen on 127.0.0.1"
+        );
+    }
+    axum::serve(listener, router(host, token)).await?;
+    Ok(())
+}
+
+async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if presented != Some(token.as_str()) {
+            return ApiError(ActorError::unauthorized("this host needs `Authorization: Bearer <token>` (quark --token)"))
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn read_body(body: Body, limit: usize, what: &str) -> ApiResult<Bytes> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        ApiError(ActorError::payload_too_large(format!("{what} is over the limit of {limit} bytes ({e})")))
+    })
+}
+
+#[derive(Deserialize)]
+struct DeployParams {
+    memory_limit: Option<String>,
+    turn_timeout: Option<String>,
+}
+
+async fn deploy(
+    State(state): State<ApiState>,
+    Path(actor_type): Path<String>,
+    Query(params): Query<DeployParams>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let memory_limit = params.memory_limit.or_else(|| header("x-quark-memory-limit"));
+    let turn_timeout = params.turn_timeout.or_else(|| header("x-quark-turn-timeout"));
+    let manifest = Manifest::parse(memory_limit.as_deref(), turn_timeout.as_deref())?;
+    let bytes = read_body(body, MAX_COMPONENT_BYTES, "the component").await?;
+    let outcome = state.host.deploy(&actor_type, bytes.to_vec(), manifest).await?;
+    let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(outcome)).into_response())
+}
+
+async fn list_components(State(state): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
+    let mut types = Vec::new();
+    for name in state.host.actor_types() {
+        let (_, active) = state.host.versions(&name).await?;
+        types.push(json!({ "type": name, "active_version": active }));
+    }
+    Ok(Json(json!({ "components": types })))
+}
+
+async fn versions(State(state): State<ApiState>, Path(actor_type): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    let (versions, active) = state.host.versions(&actor_type).await?;
+    Ok(Json(json!({ "type": actor_type, "active_version": active, "versions": versions })))
+}
+
+async fn rollback(State(state): State<ApiState>, Path(actor_type): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    let version = state.host.rollback(&actor_type).await?;
+    Ok(Json(json!({ "type": actor_type, "active_version": version.version, "version": version })))
+}
+
+async fn actors(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    Json(json!({ "actors": state.host.actors() }))
+}
+
+async fn call(
+    State(state): State<ApiState>,
+    Path((actor_type, key, method)): Path<(String, String, String)>,
+    body: Body,
+) -> ApiResult<Response> {
+    let id = ActorId::new(&actor_type, &key)?;
+    let limit = state.host.config().max_payload;
+    let payload = read_body(body, limit, "the request body").await?;
+    if !payload.is_empty()
+        && let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&payload)
+    {
+        return Err(ApiError(ActorError::bad_request(format!("the request body is not valid JSON: {e}"))));
+    }
+    let reply = state.host.ask(id, &method, payload.to_vec()).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], reply).into_response())
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    let text = state.host.metrics_text();
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}

@@ -1,0 +1,34 @@
+//! `quark:actor/runtime`: identity, time, and messages to other actors.
+
+use super::GuestError;
+use super::bindings::quark::actor::runtime::Host;
+use crate::id::ActorId;
+use crate::runtime::turn::TurnState;
+
+impl Host for TurnState {
+    fn self_id(&mut self) -> String {
+        self.actor.to_string()
+    }
+
+    fn caller(&mut self) -> Option<String> {
+        self.scope.caller.as_ref().map(ToString::to_string)
+    }
+
+    async fn call(&mut self, target: String, method: String, payload: Vec<u8>) -> Result<Vec<u8>, GuestError> {
+        let target = ActorId::parse(&target)?;
+        let request = self.outgoing(target, method, payload);
+        Ok(self.host.ask_request(request).await?)
+    }
+
+    fn tell(&mut self, target: String, method: String, payload: Vec<u8>) -> Result<(), GuestError> {
+        let target = ActorId::parse(&target)?;
+        let mut request = self.outgoing(target, method, payload);
+        // A tell starts its own chain: the sender does not wait for it.
+        request.chain = crate::runtime::new_chain_id();
+        Ok(self.host.tell_request(request)?)
+    }
+
+    fn now(&mut self) -> u64 {
+        crate::storage::now_ms() as u64
+    }
+}

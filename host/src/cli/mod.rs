@@ -1,0 +1,180 @@
+//! The `quark` command: `serve` runs a host; every other command is a thin
+//! client of a running host's HTTP API.
+
+mod client;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::{Host, HostConfig, Manifest};
+
+/// Quark: durable WebAssembly actors.
+#[derive(Debug, Parser)]
+#[command(name = "quark", version, about)]
+pub struct Cli {
+    /// The host that client commands talk to.
+    #[arg(long, global = true, env = "QUARK_SERVER", default_value = "http://127.0.0.1:7878")]
+    server: String,
+    /// Bearer token for the host's API (required when it listens beyond loopback).
+    #[arg(long, global = true, env = "QUARK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a host: the HTTP API on --listen, state in --data-dir (SQLite) or --store.
+    Serve(ServeArgs),
+    /// Deploy a component as the new version of an actor type.
+    Deploy {
+        /// Actor type name, e.g. `counter`.
+        actor_type: String,
+        /// The component (`.wasm`, built for wasm32-wasip2).
+        file: PathBuf,
+        /// Most linear memory one activation may use, e.g. `16MiB`.
+        #[arg(long)]
+        memory_limit: Option<String>,
+        /// Longest one turn may run, e.g. `5s`.
+        #[arg(long)]
+        turn_timeout: Option<String>,
+    },
+    /// Call a method of an actor and print its JSON reply.
+    Call {
+        /// `type/key`, e.g. `counter/alice`.
+        actor: String,
+        /// Method name, e.g. `increment`.
+        method: String,
+        /// JSON request body (default: none).
+        json: Option<String>,
+    },
+    /// List the actors active on the host, with their memory use.
+    Actors,
+    /// List the versions of an actor type.
+    Versions {
+        /// Actor type name.
+        actor_type: String,
+    },
+    /// Make the previous version of an actor type active again.
+    Rollback {
+        /// Actor type name.
+        actor_type: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Directory for the SQLite database and the compiled-component cache.
+    #[arg(long, env = "QUARK_DATA_DIR", default_value = "./quark-data")]
+    data_dir: PathBuf,
+    /// Address for the HTTP API.
+    #[arg(long, env = "QUARK_LISTEN", default_value = "127.0.0.1:7878")]
+    listen: String,
+    /// Store URL (`postgres://…`); SQLite in --data-dir when absent.
+    #[arg(long, env = "QUARK_STORE")]
+    store: Option<String>,
+    /// Deactivate an actor after this long without messages.
+    #[arg(long, default_value = "5m")]
+    idle_timeout: humantime::Duration,
+    /// Longest a call waits for its reply.
+    #[arg(long, default_value = "30s")]
+    call_timeout: humantime::Duration,
+    /// Largest request payload.
+    #[arg(long, default_value = "1MiB")]
+    max_payload: bytesize::ByteSize,
+    /// Deploy `TYPE=FILE.wasm` at start (skipped when already active); repeatable.
+    #[arg(long = "deploy", value_name = "TYPE=FILE")]
+    deploys: Vec<String>,
+}
+
+/// Runs the command line; the binary's `main`.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = client::Client::new(&cli.server, cli.token.clone());
+    match cli.command {
+        Command::Serve(args) => serve(args, cli.token).await,
+        Command::Deploy { actor_type, file, memory_limit, turn_timeout } => {
+            client.deploy(&actor_type, &file, memory_limit.as_deref(), turn_timeout.as_deref()).await
+        }
+        Command::Call { actor, method, json } => client.call(&actor, &method, json.as_deref()).await,
+        Command::Actors => client.actors().await,
+        Command::Versions { actor_type } => client.versions(&actor_type).await,
+        Command::Rollback { actor_type } => client.rollback(&actor_type).await,
+    }
+}
+
+async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QUARK_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    if !crate::api::is_loopback(&addr) && token.as_deref().is_none_or(str::is_empty) {
+        anyhow::bail!("refusing to listen on {addr} without --token (or QUARK_TOKEN): the admin API would be open to the network");
+    }
+    let store = crate::storage::open(args.store.as_deref(), &args.data_dir)
+        .await
+        .context("opening the store")?;
+    let mut config = HostConfig::new(&args.data_dir);
+    config.idle_timeout = Duration::from(args.idle_timeout);
+    config.call_timeout = Duration::from(args.call_timeout);
+    config.max_payload = usize::try_from(args.max_payload.as_u64()).unwrap_or(usize::MAX);
+    let store_name = store.backend_name();
+    let host = Host::start(config, store).await.context("starting the host")?;
+    for spec in &args.deploys {
+        let (actor_type, file) =
+            spec.split_once('=').with_context(|| format!("--deploy {spec:?}: expected TYPE=FILE.wasm"))?;
+        let bytes = std::fs::read(file).with_context(|| format!("reading {file}"))?;
+        let outcome = host
+            .deploy(actor_type, bytes, Manifest::parse(None, None)?)
+            .await
+            .with_context(|| format!("deploying {file} as `{actor_type}`"))?;
+        println!(
+            "deployed {actor_type} v{}{}",
+            outcome.version.version,
+            if outcome.created { "" } else { " (already active)" }
+        );
+    }
+    let where_ = match store_name {
+        "sqlite" => format!("sqlite at {}", args.data_dir.join("quark.db").display()),
+        other => other.to_string(),
+    };
+    println!("quark serving on http://{addr} (store: {where_})");
+    if host.actor_types().iter().any(|t| t == "counter") {
+        println!("try:  quark call counter/alice increment '{{\"by\": 2}}'");
+        println!("      curl -X POST http://{addr}/v1/actors/counter/alice/get");
+    }
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        println!("\nquark: shutting down (state is already committed)");
+    };
+    tokio::select! {
+        served = crate::api::serve(host, listener, token) => served,
+        () = shutdown => Ok(()),
+    }
+}

@@ -1,0 +1,87 @@
+//! The error every actor-facing operation returns: one kind from the WIT
+//! `error` variant plus a message naming the cause.
+
+use serde::Serialize;
+
+/// The kind of an [`ActorError`]; the same cases as the WIT `error` variant,
+/// plus the HTTP-only ones a guest never sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// Unknown actor type, method or component version.
+    NotFound,
+    /// The actor (or the host, for a deploy) refused the request.
+    Rejected,
+    /// A deadline passed: turn time limit, call deadline.
+    Timeout,
+    /// The store (or another dependency) is unavailable.
+    Unavailable,
+    /// Memory, payload or state size limit exceeded.
+    LimitExceeded,
+    /// Guest trap or unexpected host failure.
+    Internal,
+    /// Malformed request: bad JSON, bad actor id, bad parameter.
+    BadRequest,
+    /// Request body over the host's payload limit.
+    PayloadTooLarge,
+    /// Missing or wrong bearer token.
+    Unauthorized,
+}
+
+impl ErrorKind {
+    /// The kebab-case name used in JSON error bodies and CLI messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::LimitExceeded => "limit-exceeded",
+            ErrorKind::Internal => "internal",
+            ErrorKind::BadRequest => "bad-request",
+            ErrorKind::PayloadTooLarge => "payload-too-large",
+            ErrorKind::Unauthorized => "unauthorized",
+        }
+    }
+}
+
+/// An error from deploying, calling or inspecting actors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", kind.as_str())]
+pub struct ActorError {
+    /// What went wrong, as a category.
+    pub kind: ErrorKind,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+macro_rules! constructors {
+    ($($name:ident => $kind:ident),* $(,)?) => {
+        impl ActorError {
+            $(
+                #[doc = concat!("An error of kind [`ErrorKind::", stringify!($kind), "`].")]
+                pub fn $name(message: impl Into<String>) -> Self {
+                    ActorError { kind: ErrorKind::$kind, message: message.into() }
+                }
+            )*
+        }
+    };
+}
+
+constructors! {
+    not_found => NotFound,
+    rejected => Rejected,
+    timeout => Timeout,
+    unavailable => Unavailable,
+    limit_exceeded => LimitExceeded,
+    internal => Internal,
+    bad_request => BadRequest,
+    payload_too_large => PayloadTooLarge,
+    unauthorized => Unauthorized,
+}
+
+impl From<crate::storage::StoreError> for ActorError {
+    fn from(e: crate::storage::StoreError) -> Self {
+        ActorError::unavailable(e.to_string())
+    }
+}

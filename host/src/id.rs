@@ -1,0 +1,97 @@
+//! Actor addresses.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::ActorError;
+
+/// Longest actor type name or key accepted, in bytes: ids are stored as keys
+/// in every backend and shown in URLs.
+pub const MAX_ID_PART_LEN: usize = 256;
+
+/// An actor's address, `type/key`. Cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ActorId(Arc<str>, usize);
+
+impl ActorId {
+    /// Builds an id from a type name and a key, checking both.
+    pub fn new(actor_type: &str, key: &str) -> Result<Self, ActorError> {
+        validate_type_name(actor_type)?;
+        if key.is_empty() || key.len() > MAX_ID_PART_LEN || key.chars().any(char::is_control) {
+            return Err(ActorError::bad_request(format!(
+                "bad actor key {key:?}: it must be 1..={MAX_ID_PART_LEN} bytes without control characters"
+            )));
+        }
+        Ok(ActorId(format!("{actor_type}/{key}").into(), actor_type.len()))
+    }
+
+    /// Parses `type/key`; the key may itself contain `/`.
+    pub fn parse(id: &str) -> Result<Self, ActorError> {
+        let (actor_type, key) = id
+            .split_once('/')
+            .ok_or_else(|| ActorError::bad_request(format!("bad actor id {id:?}: expected `type/key`")))?;
+        Self::new(actor_type, key)
+    }
+
+    /// The actor type, e.g. `counter`.
+    pub fn actor_type(&self) -> &str {
+        &self.0[..self.1]
+    }
+
+    /// The key within the type, e.g. `alice`.
+    pub fn key(&self) -> &str {
+        &self.0[self.1 + 1..]
+    }
+
+    /// The whole id, `type/key`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ActorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ActorId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Checks an actor type name: lowercase letters, digits and `-`, starting with a letter.
+pub fn validate_type_name(name: &str) -> Result<(), ActorError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_ID_PART_LEN
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ActorError::bad_request(format!(
+            "bad actor type {name:?}: use lowercase letters, digits, `-` or `_`, starting with a letter"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_type_and_key() {
+        let id = ActorId::parse("counter/alice/x").unwrap();
+        assert_eq!(id.actor_type(), "counter");
+        assert_eq!(id.key(), "alice/x");
+        assert_eq!(id.to_string(), "counter/alice/x");
+    }
+
+    #[test]
+    fn rejects_bad_ids() {
+        assert!(ActorId::parse("counter").is_err());
+        assert!(ActorId::parse("Counter/a").is_err());
+        assert!(ActorId::parse("counter/").is_err());
+    }
+}

@@ -1,0 +1,25 @@
+//! Quark: a host for durable WebAssembly actors.
+//!
+//! Actors are wasm components that fit the `quark:actor` world (see `wit/`).
+//! The host activates an actor on its first message, runs one turn at a time
+//! per actor, and commits everything durable a turn did in one transaction
+//! before the reply goes out.
+//!
+//! - [`runtime`]: the engine, component registry, activations and turns;
+//! - [`capabilities`]: the host side of each WIT interface;
+//! - [`storage`]: the `Store` traits and their SQLite and PostgreSQL backends;
+//! - [`api`]: the HTTP API; [`cli`]: the `quark` command.
+
+pub mod api;
+pub mod capabilities;
+pub mod cli;
+pub mod error;
+pub mod id;
+pub mod metrics;
+pub mod runtime;
+pub mod storage;
+
+pub use error::{ActorError, ErrorKind};
+pub use id::ActorId;
+pub use runtime::{Host, HostConfig};
+pub use storage::Manifest;

@@ -1,0 +1,147 @@
+//! Prometheus metrics, served as text at `GET /metrics`.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::error::ErrorKind;
+
+/// How a turn ended, as a metric label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum TurnOutcome {
+    /// Returned Ok and committed.
+    ok,
+    /// The handler returned an error (nothing committed).
+    error,
+    /// Trapped or panicked.
+    trap,
+    /// Ran past its time limit.
+    timeout,
+    /// Grew memory past its limit.
+    limit_exceeded,
+    /// The commit failed.
+    store_unavailable,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: TurnOutcome,
+}
+
+/// Every metric the host exports.
+pub struct Metrics {
+    registry: Registry,
+    turns: Family<OutcomeLabel, Counter>,
+    turn_seconds: Histogram,
+    activations_started: Counter,
+    activations_stopped: Counter,
+    active: Gauge,
+    guest_memory: Gauge,
+    host_rss: Gauge,
+    commit_batches: Counter,
+    commit_turns: Counter,
+    commit_failures: Counter,
+    commit_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("quark");
+        let turns = Family::<OutcomeLabel, Counter>::default();
+        // 10 µs .. ~10 s
+        let turn_seconds = Histogram::new(exponential_buckets(0.00001, 2.5, 16));
+        let commit_seconds = Histogram::new(exponential_buckets(0.00005, 2.5, 14));
+        let m = Metrics {
+            turns,
+            turn_seconds,
+            activations_started: Counter::default(),
+            activations_stopped: Counter::default(),
+            active: Gauge::default(),
+            guest_memory: Gauge::default(),
+            host_rss: Gauge::default(),
+            commit_batches: Counter::default(),
+            commit_turns: Counter::default(),
+            commit_failures: Counter::default(),
+            commit_seconds,
+            registry: Registry::default(),
+        };
+        registry.register("turns", "Turns run, by outcome", m.turns.clone());
+        registry.register("turn_duration_seconds", "Turn latency including commit", m.turn_seconds.clone());
+        registry.register("activations_started", "Actor activations created", m.activations_started.clone());
+        registry.register("activations_stopped", "Actor activations removed (idle or failed)", m.activations_stopped.clone());
+        registry.register("activations", "Actor activations now in memory", m.active.clone());
+        registry.register("guest_memory_bytes", "Linear memory of all activations (what the limiter sees)", m.guest_memory.clone());
+        registry.register("host_resident_memory_bytes", "Resident set size of the host process (from the OS)", m.host_rss.clone());
+        registry.register("commit_batches", "Group-commit transactions", m.commit_batches.clone());
+        registry.register("commit_turns", "Turns committed through group commit", m.commit_turns.clone());
+        registry.register("commit_failures", "Group-commit transactions that failed", m.commit_failures.clone());
+        registry.register("commit_duration_seconds", "Group-commit transaction latency", m.commit_seconds.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Records one finished turn.
+    pub fn record_turn(&self, outcome: TurnOutcome, elapsed: Duration) {
+        self.turns.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.turn_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records one group-commit transaction of `turns` turns.
+    pub fn record_commit(&self, turns: usize, elapsed: Duration, ok: bool) {
+        self.commit_batches.inc();
+        if ok {
+            self.commit_turns.inc_by(turns as u64);
+        } else {
+            self.commit_failures.inc();
+        }
+        self.commit_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records an activation starting.
+    pub fn activation_started(&self) {
+        self.activations_started.inc();
+    }
+
+    /// Records an activation ending.
+    pub fn activation_stopped(&self) {
+        self.activations_stopped.inc();
+    }
+
+    /// Sets the point-in-time gauges, just before a scrape.
+    pub fn set_gauges(&self, activations: usize, guest_memory: u64, host_rss: u64) {
+        self.active.set(activations as i64);
+        self.guest_memory.set(guest_memory as i64);
+        self.host_rss.set(host_rss as i64);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The metric outcome for an error kind.
+pub fn outcome_of(kind: ErrorKind) -> TurnOutcome {
+    match kind {
+        ErrorKind::Timeout => TurnOutcome::timeout,
+        ErrorKind::LimitExceeded => TurnOutcome::limit_exceeded,
+        ErrorKind::Internal => TurnOutcome::trap,
+        ErrorKind::Unavailable => TurnOutcome::store_unavailable,
+        _ => TurnOutcome::error,
+    }
+}

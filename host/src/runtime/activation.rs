@@ -1,0 +1,438 @@
+//! Activations: one per live actor, each a task that runs its turns one at a
+//! time from a FIFO mailbox, and the table that finds them.
+//!
+//! A message is sent under the table shard's lock and an idle activation is
+//! removed under the same lock only when its mailbox is empty, so no message
+//! can be stranded in a mailbox that nobody reads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+use wasmtime::{Store, UpdateDeadline};
+
+use super::Request;
+use super::registry::LoadedVersion;
+use super::turn::TurnState;
+use crate::Host;
+use crate::capabilities::Actor;
+use crate::error::ActorError;
+use crate::id::ActorId;
+use crate::metrics::{TurnOutcome, outcome_of};
+use crate::storage::{StateWrite, TurnCommit, now_ms};
+
+/// Shards of the activation table: enough that two cores rarely contend.
+const SHARDS: usize = 64;
+
+/// The reply to one message.
+pub(crate) type Reply = oneshot::Sender<Result<Vec<u8>, ActorError>>;
+
+/// One message in a mailbox.
+pub(crate) struct Envelope {
+    pub(crate) request: Request,
+    pub(crate) reply: Option<Reply>,
+}
+
+/// An actor's state as this host holds it: the committed values and the
+/// running turn's uncommitted writes.
+#[derive(Default)]
+pub(crate) struct ActorState {
+    pub(crate) loaded: bool,
+    pub(crate) committed: HashMap<String, Vec<u8>>,
+    pub(crate) in_flight: BTreeMap<String, Option<Vec<u8>>>,
+}
+
+/// What the table, the inspection API and re-entrant calls see of an activation.
+pub(crate) struct ActivationShared {
+    pub(crate) id: ActorId,
+    /// The call chain of the running turn, 0 when idle.
+    pub(crate) busy_chain: AtomicU64,
+    /// Messages queued or running.
+    pub(crate) pending: AtomicUsize,
+    /// Linear memory of this actor's instances, in bytes.
+    pub(crate) memory_bytes: AtomicU64,
+    pub(crate) turns: AtomicU64,
+    pub(crate) last_active_ms: AtomicI64,
+    /// The component version of the live instance (0 before the first turn).
+    pub(crate) version: AtomicU64,
+    pub(crate) state: Mutex<ActorState>,
+}
+
+struct Handle {
+    tx: mpsc::UnboundedSender<Envelope>,
+    shared: Arc<ActivationShared>,
+}
+
+/// A snapshot of one activation, for `quark actors`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ActivationInfo {
+    /// `type/key`.
+    pub id: String,
+    /// Component version it runs.
+    pub version: u64,
+    /// Linear memory in bytes (what the memory limit counts).
+    pub memory_bytes: u64,
+    /// Turns it has run since activation.
+    pub turns: u64,
+    /// Messages waiting or running.
+    pub pending: usize,
+    /// Milliseconds since its last turn ended.
+    pub idle_ms: i64,
+}
+
+/// Where a message went.
+pub(crate) enum Dispatched {
+    /// Into the actor's mailbox; the reply comes on the oneshot.
+    Queued,
+    /// The actor is busy on this very call chain: the caller runs the turn
+    /// now, on a fresh instance that sees the outer turn's writes.
+    Reentrant(Arc<ActivationShared>, Request),
+}
+
+/// Every activation on this host, sharded by actor id.
+pub(crate) struct ActivationTable {
+    shards: Box<[Mutex<HashMap<ActorId, Handle>>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl ActivationTable {
+    pub(crate) fn new() -> Self {
+        ActivationTable { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), hasher: Default::default() }
+    }
+
+    fn shard(&self, id: &ActorId) -> &Mutex<HashMap<ActorId, Handle>> {
+        let mut h = self.hasher.build_hasher();
+        id.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// Delivers `request` to its actor, activating it if needed.
+    pub(crate) fn dispatch(&self, host: &Host, request: Request, reply: Option<Reply>) -> Dispatched {
+        let mut shard = self.shard(&request.target).lock();
+        let handle = shard.entry(request.target.clone()).or_insert_with(|| Activation::spawn(host, request.target.clone()));
+        if request.chain != 0 && handle.shared.busy_chain.load(Ordering::Acquire) == request.chain {
+            return Dispatched::Reentrant(handle.shared.clone(), request);
+        }
+        handle.shared.pending.fetch_add(1, Ordering::AcqRel);
+        if let Err(mpsc::error::SendError(envelope)) = handle.tx.send(Envelope { request, reply }) {
+            // The activation task died (a host bug); replace it.
+            tracing::error!(actor = %envelope.request.target, "activation task gone; restarting it");
+            let fresh = Activation::spawn(host, envelope.request.target.clone());
+            fresh.shared.pending.fetch_add(1, Ordering::AcqRel);
+            let _ = fresh.tx.send(envelope);
+            *handle = fresh;
+        }
+        Dispatched::Queued
+    }
+
+    /// Removes activations idle for at least `idle_ms` with empty mailboxes;
+    /// their tasks end once they see the mailbox closed.
+    pub(crate) fn sweep_idle(&self, idle_ms: i64) -> usize {
+        let now = now_ms();
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            shard.lock().retain(|_, h| {
+                let idle = h.shared.pending.load(Ordering::Acquire) == 0
+                    && now - h.shared.last_active_ms.load(Ordering::Relaxed) >= idle_ms;
+                removed += usize::from(idle);
+                !idle
+            });
+        }
+        removed
+    }
+
+    /// Removes every activation (shutdown, tests).
+    pub(crate) fn clear(&self) {
+        for shard in self.shards.iter() {
+            shard.lock().clear();
+        }
+    }
+
+    /// A snapshot of every activation.
+    pub(crate) fn list(&self) -> Vec<ActivationInfo> {
+        let now = now_ms();
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for h in shard.lock().values() {
+                let s = &h.shared;
+                out.push(ActivationInfo {
+                    id: s.id.to_string(),
+                    version: s.version.load(Ordering::Relaxed),
+                    memory_bytes: s.memory_bytes.load(Ordering::Relaxed),
+                    turns: s.turns.load(Ordering::Relaxed),
+                    pending: s.pending.load(Ordering::Relaxed),
+                    idle_ms: now - s.last_active_ms.load(Ordering::Relaxed),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Number of activations and their total linear memory.
+    pub(crate) fn totals(&self) -> (usize, u64) {
+        let mut count = 0;
+        let mut memory = 0;
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            count += shard.len();
+            memory += shard.values().map(|h| h.shared.memory_bytes.load(Ordering::Relaxed)).sum::<u64>();
+        }
+        (count, memory)
+    }
+}
+
+/// A live wasm instance of an actor.
+struct Live {
+    store: Store<TurnState>,
+    bindings: Actor,
+    version: u64,
+}
+
+/// The task that owns one actor's instance and runs its turns.
+struct Activation {
+    host: Host,
+    shared: Arc<ActivationShared>,
+    live: Option<Live>,
+}
+
+impl Activation {
+    fn spawn(host: &Host, id: ActorId) -> Handle {
+        let shared = Arc::new(ActivationShared {
+            id,
+            busy_chain: AtomicU64::new(0),
+            pending: AtomicUsize::new(0),
+            memory_bytes: AtomicU64::new(0),
+            turns: AtomicU64::new(0),
+            last_active_ms: AtomicI64::new(now_ms()),
+            version: AtomicU64::new(0),
+            state: Mutex::new(ActorState::default()),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let activation = Activation { host: host.clone(), shared: shared.clone(), live: None };
+        host.metrics().activation_started();
+        tokio::spawn(activation.run(rx));
+        Handle { tx, shared }
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Envelope>) {
+        while let Some(Envelope { request, reply }) = rx.recv().await {
+            let started = Instant::now();
+            let result = self.turn(request).await;
+            let outcome = match &result {
+                Ok(_) => TurnOutcome::ok,
+                Err(e) => outcome_of(e.kind),
+            };
+            self.host.metrics().record_turn(outcome, started.elapsed());
+            self.shared.turns.fetch_add(1, Ordering::Relaxed);
+            self.shared.last_active_ms.store(now_ms(), Ordering::Relaxed);
+            self.shared.pending.fetch_sub(1, Ordering::AcqRel);
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+        }
+        self.live = None;
+        self.host.metrics().activation_stopped();
+    }
+
+    async fn turn(&mut self, request: Request) -> Result<Vec<u8>, ActorError> {
+        if Instant::now() >= request.deadline {
+            return Err(ActorError::timeout(format!(
+                "message to {} `{}` (call chain {:x}) passed its deadline in the mailbox before it ran",
+                request.target, request.method, request.chain
+            )));
+        }
+        ensure_state_loaded(&self.host, &self.shared).await?;
+        let version = self.host.registry().active(request.target.actor_type())?;
+        if self.live.as_ref().is_some_and(|l| l.version != version.info.version) {
+            // Hot swap: the next turn runs on the new code with the same state.
+            self.live = None;
+        }
+        if self.live.is_none() {
+            self.live = Some(instantiate(&self.host, &self.shared, &version, false).await?);
+            self.shared.version.store(version.info.version, Ordering::Relaxed);
+        }
+        let Some(live) = self.live.as_mut() else { unreachable!("instantiated above") };
+
+        self.shared.busy_chain.store(request.chain, Ordering::Release);
+        let result = run_handler(live, &request, turn_deadline(&request, &version)).await;
+        self.shared.busy_chain.store(0, Ordering::Release);
+
+        let writes = std::mem::take(&mut self.shared.state.lock().in_flight);
+        match result {
+            Ok(reply) => {
+                self.commit(writes).await?;
+                Ok(reply)
+            }
+            Err(HandlerFailure::Returned(e)) => Err(e),
+            Err(HandlerFailure::Broken(e)) => {
+                // The instance may be mid-update: never run it again.
+                self.live = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Commits the turn's writes through the group committer. The cached
+    /// state is updated first and restored if the commit fails: the turn did
+    /// not happen. (If a backend reports failure for a commit that did land,
+    /// the actor's next durable turn overwrites it from the restored state.)
+    async fn commit(&mut self, writes: BTreeMap<String, Option<Vec<u8>>>) -> Result<(), ActorError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let state: Vec<StateWrite> = writes.into_iter().map(|(key, value)| StateWrite { key, value }).collect();
+        let undo: Vec<(String, Option<Vec<u8>>)> = {
+            let mut cached = self.shared.state.lock();
+            state
+                .iter()
+                .map(|w| {
+                    let previous = match &w.value {
+                        Some(v) => cached.committed.insert(w.key.clone(), v.clone()),
+                        None => cached.committed.remove(&w.key),
+                    };
+                    (w.key.clone(), previous)
+                })
+                .collect()
+        };
+        let commit = TurnCommit { actor: self.shared.id.clone(), state };
+        if let Err(e) = self.host.committer().commit(commit).await {
+            // Put the cache back as it was: reads keep being served, and the
+            // next turn starts from the last committed state.
+            let mut cached = self.shared.state.lock();
+            for (key, previous) in undo.into_iter().rev() {
+                match previous {
+                    Some(v) => cached.committed.insert(key, v),
+                    None => cached.committed.remove(&key),
+                };
+            }
+            drop(cached);
+            self.live = None;
+            return Err(ActorError::unavailable(format!(
+                "the turn of {} ran but its writes could not be committed, so it did not happen: {e}",
+                self.shared.id
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Loads the actor's committed state into memory before its first turn
+/// (and again after a failed commit).
+async fn ensure_state_loaded(host: &Host, shared: &ActivationShared) -> Result<(), ActorError> {
+    if shared.state.lock().loaded {
+        return Ok(());
+    }
+    let rows = host
+        .store()
+        .load_state(&shared.id)
+        .await
+        .map_err(|e| ActorError::unavailable(format!("loading the state of {}: {e}", shared.id)))?;
+    let mut state = shared.state.lock();
+    state.committed = rows.into_iter().collect();
+    state.loaded = true;
+    Ok(())
+}
+
+/// Why a handler call did not produce a reply.
+enum HandlerFailure {
+    /// The guest returned an error; the instance is fine.
+    Returned(ActorError),
+    /// Trap, timeout or memory limit; the instance must be discarded.
+    Broken(ActorError),
+}
+
+/// When a turn must end: its caller's deadline or its type's turn time
+/// limit, whichever comes first.
+fn turn_deadline(request: &Request, version: &LoadedVersion) -> Instant {
+    request.deadline.min(Instant::now() + version.info.manifest.turn_timeout)
+}
+
+async fn run_handler(live: &mut Live, request: &Request, deadline: Instant) -> Result<Vec<u8>, HandlerFailure> {
+    {
+        let data = live.store.data_mut();
+        data.scope = super::turn::TurnScope { chain: request.chain, caller: request.caller.clone(), deadline };
+        data.limiter.exceeded = false;
+        data.timed_out = false;
+    }
+    live.store.set_epoch_deadline(1);
+    let handler = live.bindings.quark_actor_handler();
+    let call = handler.call_handle(&mut live.store, &request.method, &request.payload);
+    let outcome = tokio::time::timeout_at(deadline.into(), call).await;
+    let data = live.store.data();
+    let actor = &request.target;
+    let method = &request.method;
+    match outcome {
+        Ok(Ok(Ok(reply))) => Ok(reply),
+        Ok(Ok(Err(guest_error))) => Err(HandlerFailure::Returned(guest_error.into())),
+        Ok(Err(trap)) if data.timed_out => Err(HandlerFailure::Broken(ActorError::timeout(format!(
+            "{actor} `{method}` ran past its turn time limit and was stopped ({})",
+            trap.root_cause()
+        )))),
+        Ok(Err(_)) if data.limiter.exceeded => Err(HandlerFailure::Broken(ActorError::limit_exceeded(format!(
+            "{actor} `{method}` tried to grow its memory past the limit of its actor type and trapped"
+        )))),
+        Ok(Err(trap)) => Err(HandlerFailure::Broken(ActorError::internal(format!(
+            "{actor} `{method}` trapped (a panic or a bug in the actor): {}",
+            trap.root_cause()
+        )))),
+        Err(_elapsed) => Err(HandlerFailure::Broken(ActorError::timeout(format!(
+            "{actor} `{method}` did not finish before its deadline (turn time limit or call deadline; call chain {:x})",
+            request.chain
+        )))),
+    }
+}
+
+/// Creates a fresh instance of `version` for the actor behind `shared`.
+async fn instantiate(
+    host: &Host,
+    shared: &Arc<ActivationShared>,
+    version: &LoadedVersion,
+    nested: bool,
+) -> Result<Live, ActorError> {
+    let memory_limit = version.info.manifest.memory_limit;
+    let mut store = Store::new(host.engine(), TurnState::new(host.clone(), shared.clone(), memory_limit, nested));
+    store.limiter(|s| &mut s.limiter);
+    store.epoch_deadline_callback(|mut ctx| {
+        if Instant::now() >= ctx.data().scope.deadline {
+            ctx.data_mut().timed_out = true;
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    // Instantiation runs guest start code: give it one turn's time.
+    store.data_mut().scope.deadline = Instant::now() + version.info.manifest.turn_timeout;
+    store.set_epoch_deadline(1);
+    match version.pre.instantiate_async(&mut store).await {
+        Ok(bindings) => Ok(Live { store, bindings, version: version.info.version }),
+        Err(e) if store.data().limiter.exceeded => Err(ActorError::limit_exceeded(format!(
+            "{} needs more memory than its limit of {} bytes just to start: {e:#}",
+            shared.id, memory_limit
+        ))),
+        Err(e) => Err(ActorError::internal(format!("instantiating {}: {e:#}", shared.id))),
+    }
+}
+
+/// Runs a re-entrant turn (A called B which called A on the same chain) on a
+/// fresh instance. It sees the outer turn's writes; its own join them only
+/// if it succeeds, and are committed with the outer turn.
+pub(crate) async fn run_nested(host: &Host, shared: Arc<ActivationShared>, request: Request) -> Result<Vec<u8>, ActorError> {
+    let version = host.registry().active(request.target.actor_type())?;
+    let version = host.registry().loaded(&version.info.actor_type, shared.version.load(Ordering::Relaxed)).unwrap_or(version);
+    let mut live = instantiate(host, &shared, &version, true).await?;
+    let result = run_handler(&mut live, &request, turn_deadline(&request, &version)).await;
+    match result {
+        Ok(reply) => {
+            if let Some(writes) = live.store.data_mut().nested_writes.take() {
+                shared.state.lock().in_flight.extend(writes);
+            }
+            Ok(reply)
+        }
+        Err(HandlerFailure::Returned(e) | HandlerFailure::Broken(e)) => Err(e),
+    }
+}

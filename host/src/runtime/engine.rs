@@ -1,0 +1,84 @@
+//! The wasmtime engine, its epoch ticker, and the on-disk cache of compiled
+//! components.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine};
+
+/// How often the engine's epoch advances. A running guest yields to the
+/// executor once per tick and its deadline is checked then, so this bounds
+/// both how long one guest can hog a thread and how late a timeout fires.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Builds the engine every component runs on.
+pub fn new_engine() -> wasmtime::Result<Engine> {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    let engine = Engine::new(&config)?;
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("quark-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .map_err(|e| wasmtime::Error::msg(format!("starting the epoch thread: {e}")))?;
+    Ok(engine)
+}
+
+/// Compiled components on disk, keyed by the component's content hash and
+/// the engine's compatibility hash, so a restart does not recompile.
+pub struct CompiledCache {
+    dir: PathBuf,
+    engine_key: String,
+}
+
+impl CompiledCache {
+    /// A cache in `dir` (created on first write) for `engine`.
+    pub fn new(dir: &Path, engine: &Engine) -> Self {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        CompiledCache { dir: dir.to_path_buf(), engine_key: format!("{:016x}", hasher.finish()) }
+    }
+
+    fn path(&self, hash: &str) -> PathBuf {
+        self.dir.join(format!("{hash}-{}.cwasm", self.engine_key))
+    }
+
+    /// Loads the compiled form of `bytes` (whose SHA-256 is `hash`), compiling
+    /// and caching it on a miss. Returns the component and whether it was cached.
+    pub fn load_or_compile(&self, engine: &Engine, hash: &str, bytes: &[u8]) -> wasmtime::Result<(Component, bool)> {
+        let path = self.path(hash);
+        if path.exists() {
+            // SAFETY: the file was written by `Component::serialize` of this
+            // host into its own data directory, under a name that includes
+            // the engine's compatibility hash; wasmtime checks the header too.
+            #[allow(unsafe_code)]
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(component) => return Ok((component, true)),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "compiled component unreadable; recompiling"),
+            }
+        }
+        let component = Component::new(engine, bytes)?;
+        if let Err(e) = self.store(&path, &component) {
+            tracing::warn!(path = %path.display(), error = %e, "could not cache the compiled component");
+        }
+        Ok((component, false))
+    }
+
+    fn store(&self, path: &Path, component: &Component) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, component.serialize()?)?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,410 @@
+//! The actor runtime: engine, component registry, activations and turns.
+//!
+//! [`Host`] is the entry point. It deploys components, routes messages to
+//! activations, and hands each successful turn's writes to the group
+//! committer before the reply goes out.
+
+pub mod activation;
+pub mod engine;
+pub mod limits;
+pub mod registry;
+pub mod turn;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use self::activation::{ActivationInfo, ActivationTable, Dispatched};
+use self::engine::CompiledCache;
+use self::registry::{ComponentRegistry, content_hash};
+use crate::error::ActorError;
+use crate::id::{ActorId, validate_type_name};
+use crate::metrics::Metrics;
+use crate::storage::committer::Committer;
+use crate::storage::{ComponentVersion, Manifest, Store};
+
+/// Default memory limit of an actor type: room for a Rust guest's stack,
+/// heap and data with margin; Python guests need more and say so.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
+
+/// Default longest turn.
+pub const DEFAULT_TURN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest request or reply payload by default: bigger data belongs in a
+/// blob store, not in messages that are committed and replayed.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
+
+/// Largest component accepted by a deploy.
+pub const MAX_COMPONENT_BYTES: usize = 128 << 20;
+
+/// Host settings.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Where the compiled-component cache lives (and, for SQLite, the database).
+    pub data_dir: PathBuf,
+    /// An activation with no message for this long is removed from memory.
+    pub idle_timeout: Duration,
+    /// Longest a call between actors (or from outside) may wait for its reply.
+    pub call_timeout: Duration,
+    /// Largest request payload, in bytes.
+    pub max_payload: usize,
+}
+
+impl HostConfig {
+    /// Defaults with the given data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        HostConfig {
+            data_dir: data_dir.into(),
+            idle_timeout: Duration::from_secs(300),
+            call_timeout: Duration::from_secs(30),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+        }
+    }
+}
+
+/// One message to an actor.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The receiving actor.
+    pub target: ActorId,
+    /// The method to run.
+    pub method: String,
+    /// The body (JSON for SDK actors).
+    pub payload: Vec<u8>,
+    /// Call-chain id; nested calls on the same chain may re-enter.
+    pub chain: u64,
+    /// The calling actor, if any.
+    pub caller: Option<ActorId>,
+    /// When the caller stops waiting.
+    pub deadline: Instant,
+}
+
+static NEXT_CHAIN: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh call-chain id (never 0, which means "idle").
+pub fn new_chain_id() -> u64 {
+    // Spread ids so logs from different hosts rarely collide.
+    let n = NEXT_CHAIN.fetch_add(1, Ordering::Relaxed);
+    (u64::from(std::process::id()) << 40) ^ n
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeployOutcome {
+    /// The version now active.
+    #[serde(flatten)]
+    pub version: ComponentVersion,
+    /// False when the same bytes and limits were already active (nothing new stored).
+    pub created: bool,
+}
+
+struct HostInner {
+    config: HostConfig,
+    engine: Engine,
+    registry: ComponentRegistry,
+    table: ActivationTable,
+    store: Arc<dyn Store>,
+    committer: Committer,
+    metrics: Arc<Metrics>,
+    /// Serialises deploys and rollbacks so versions are numbered in order.
+    deploy_lock: tokio::sync::Mutex<()>,
+}
+
+/// A running Quark host. Cheap to clone.
+#[derive(Clone)]
+pub struct Host(Arc<HostInner>);
+
+impl Host {
+    /// Starts a host on `store`: loads the active version of every deployed
+    /// actor type and starts the committer and the idle sweeper.
+    pub async fn start(config: HostConfig, store: Arc<dyn Store>) -> anyhow::Result<Host> {
+        let engine = engine::new_engine().map_err(|e| anyhow::anyhow!("creating the wasmtime engine: {e:#}"))?;
+        let mut linker = Linker::new(&engine);
+        crate::capabilities::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("linking capabilities: {e:#}"))?;
+        let cache = CompiledCache::new(&config.data_dir.join("compiled"), &engine);
+        let registry = ComponentRegistry::new(engine.clone(), linker, cache);
+        let metrics = Arc::new(Metrics::new());
+        let committer = Committer::spawn(store.clone(), metrics.clone());
+        let host = Host(Arc::new(HostInner {
+            config,
+            engine,
+            registry,
+            table: ActivationTable::new(),
+            store,
+            committer,
+            metrics,
+            deploy_lock: tokio::sync::Mutex::new(()),
+        }));
+        for info in host.0.store.active_versions().await? {
+            host.load_version(info).await?;
+        }
+        host.spawn_idle_sweeper();
+        Ok(host)
+    }
+
+    fn spawn_idle_sweeper(&self) {
+        let weak = Arc::downgrade(&self.0);
+        let idle = self.0.config.idle_timeout;
+        let period = (idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { break };
+                let removed = inner.table.sweep_idle(idle.as_millis() as i64);
+                if removed > 0 {
+                    tracing::debug!(removed, "deactivated idle actors");
+                }
+            }
+        });
+    }
+
+    /// Compiles (cache permitting) and activates a stored version.
+    async fn load_version(&self, info: ComponentVersion) -> anyhow::Result<()> {
+        let bytes = self
+            .0
+            .store
+            .component_bytes(&info.actor_type, info.version)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("component bytes of {} v{} are missing", info.actor_type, info.version))?;
+        let host = self.clone();
+        let pre = tokio::task::spawn_blocking(move || {
+            let pre = host.0.registry.prepare(&info.actor_type, &info.hash, &bytes);
+            pre.map(|pre| (info, pre))
+        })
+        .await?;
+        let (info, pre) = pre?;
+        self.0.registry.activate(info, pre);
+        Ok(())
+    }
+
+    /// Deploys `bytes` as the new active version of `actor_type`.
+    ///
+    /// The component is compiled, checked against the `actor` world and
+    /// instantiated once under its memory limit before anything is stored.
+    /// Deploying the bytes and limits that are already active changes nothing.
+    pub async fn deploy(&self, actor_type: &str, bytes: Vec<u8>, manifest: Manifest) -> Result<DeployOutcome, ActorError> {
+        validate_type_name(actor_type)?;
+        if bytes.len() > MAX_COMPONENT_BYTES {
+            return Err(ActorError::payload_too_large(format!(
+                "component is {} bytes; the limit is {MAX_COMPONENT_BYTES}",
+                bytes.len()
+            )));
+        }
+        let _serial = self.0.deploy_lock.lock().await;
+        let hash = content_hash(&bytes);
+        if let Some(version) = self.0.registry.same_as_active(actor_type, &hash, &manifest) {
+            return Ok(DeployOutcome { version, created: false });
+        }
+        let host = self.clone();
+        let (bytes, pre) = {
+            let (actor_type, hash) = (actor_type.to_string(), hash.clone());
+            tokio::task::spawn_blocking(move || {
+                let pre = host.0.registry.prepare(&actor_type, &hash, &bytes);
+                pre.map(|pre| (bytes, pre))
+            })
+            .await
+            .map_err(|e| ActorError::internal(format!("compiling: {e}")))??
+        };
+        self.trial_instantiate(actor_type, &pre, &manifest).await?;
+        let info = self.0.store.add_component_version(actor_type, &hash, &bytes, &manifest).await?;
+        tracing::info!(actor_type, version = info.version, hash = %&hash[..12], "deployed");
+        self.0.registry.activate(info.clone(), pre);
+        Ok(DeployOutcome { version: info, created: true })
+    }
+
+    /// Instantiates a new component once, under its limits, so a component
+    /// that cannot even start is rejected at deploy time.
+    async fn trial_instantiate(
+        &self,
+        actor_type: &str,
+        pre: &crate::capabilities::ActorPre<turn::TurnState>,
+        manifest: &Manifest,
+    ) -> Result<(), ActorError> {
+        let id = ActorId::new(actor_type, "deploy-check")?;
+        let shared = Arc::new(activation::ActivationShared {
+            id,
+            busy_chain: Default::default(),
+            pending: Default::default(),
+            memory_bytes: Default::default(),
+            turns: Default::default(),
+            last_active_ms: Default::default(),
+            version: Default::default(),
+            state: Default::default(),
+        });
+        let mut store = wasmtime::Store::new(
+            &self.0.engine,
+            turn::TurnState::new(self.clone(), shared, manifest.memory_limit, true),
+        );
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_callback(|_| Ok(wasmtime::UpdateDeadline::Yield(1)));
+        store.set_epoch_deadline(1);
+        let started = tokio::time::timeout(manifest.turn_timeout, pre.instantiate_async(&mut store)).await;
+        match started {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) if store.data().limiter.exceeded => Err(ActorError::rejected(format!(
+                "`{actor_type}` needs more memory than its limit of {} bytes just to start; deploy it with a larger --memory-limit ({e:#})",
+                manifest.memory_limit
+            ))),
+            Ok(Err(e)) => Err(ActorError::rejected(format!("`{actor_type}` failed to start: {e:#}"))),
+            Err(_) => Err(ActorError::rejected(format!("`{actor_type}` did not start within its turn time limit"))),
+        }
+    }
+
+    /// Every stored version of `actor_type`, oldest first, and the active one.
+    pub async fn versions(&self, actor_type: &str) -> Result<(Vec<ComponentVersion>, u64), ActorError> {
+        let active = self.0.registry.active(actor_type)?.info.version;
+        Ok((self.0.store.component_versions(actor_type).await?, active))
+    }
+
+    /// Makes the version before the active one active again.
+    pub async fn rollback(&self, actor_type: &str) -> Result<ComponentVersion, ActorError> {
+        let _serial = self.0.deploy_lock.lock().await;
+        let active = self.0.registry.active(actor_type)?.info.version;
+        let versions = self.0.store.component_versions(actor_type).await?;
+        let Some(previous) = versions.into_iter().filter(|v| v.version < active).next_back() else {
+            return Err(ActorError::rejected(format!(
+                "`{actor_type}` is at its first version (v{active}); there is nothing to roll back to"
+            )));
+        };
+        self.0.store.set_active_version(actor_type, previous.version).await?;
+        match self.0.registry.loaded(actor_type, previous.version) {
+            Some(loaded) => {
+                let pre = loaded.pre.clone();
+                self.0.registry.activate(previous.clone(), pre);
+            }
+            None => self
+                .load_version(previous.clone())
+                .await
+                .map_err(|e| ActorError::internal(format!("loading v{}: {e:#}", previous.version)))?,
+        }
+        tracing::info!(actor_type, version = previous.version, "rolled back");
+        Ok(previous)
+    }
+
+    /// Sends `payload` to `method` of `target` from outside and waits for the reply.
+    pub async fn ask(&self, target: ActorId, method: &str, payload: Vec<u8>) -> Result<Vec<u8>, ActorError> {
+        let request = Request {
+            target,
+            method: method.to_string(),
+            payload,
+            chain: new_chain_id(),
+            caller: None,
+            deadline: Instant::now() + self.0.config.call_timeout,
+        };
+        self.ask_request(request).await
+    }
+
+    /// Routes a request and waits for its reply (or its deadline).
+    pub(crate) async fn ask_request(&self, request: Request) -> Result<Vec<u8>, ActorError> {
+        self.check_request(&request)?;
+        let (target, method, chain, deadline) =
+            (request.target.clone(), request.method.clone(), request.chain, request.deadline);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match self.0.table.dispatch(self, request, Some(tx)) {
+            Dispatched::Queued => match tokio::time::timeout_at(deadline.into(), rx).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(ActorError::internal(format!("the activation of {target} stopped without replying"))),
+                Err(_) => Err(ActorError::timeout(format!(
+                    "no reply from {target} `{method}` before the deadline (call chain {chain:x}). \
+                     If actors on different call chains call each other in a cycle, they deadlock and end this way"
+                ))),
+            },
+            Dispatched::Reentrant(shared, request) => activation::run_nested(self, shared, request).await,
+        }
+    }
+
+    /// Routes a request without waiting for it.
+    pub(crate) fn tell_request(&self, request: Request) -> Result<(), ActorError> {
+        self.check_request(&request)?;
+        match self.0.table.dispatch(self, request, None) {
+            Dispatched::Queued => Ok(()),
+            Dispatched::Reentrant(shared, request) => {
+                let host = self.clone();
+                tokio::spawn(async move { activation::run_nested(&host, shared, request).await });
+                Ok(())
+            }
+        }
+    }
+
+    fn check_request(&self, request: &Request) -> Result<(), ActorError> {
+        if request.payload.len() > self.0.config.max_payload {
+            return Err(ActorError::payload_too_large(format!(
+                "payload is {} bytes; this host's limit is {}",
+                request.payload.len(),
+                self.0.config.max_payload
+            )));
+        }
+        self.0.registry.active(request.target.actor_type())?;
+        Ok(())
+    }
+
+    /// Every activation on this host.
+    pub fn actors(&self) -> Vec<ActivationInfo> {
+        self.0.table.list()
+    }
+
+    /// Deactivates every idle actor now (their state is already durable).
+    pub fn deactivate_idle(&self) -> usize {
+        self.0.table.sweep_idle(0)
+    }
+
+    /// Drops every activation (state is durable; they reactivate on demand).
+    pub fn deactivate_all(&self) {
+        self.0.table.clear();
+    }
+
+    /// Prometheus text for `GET /metrics`.
+    pub fn metrics_text(&self) -> String {
+        let (count, memory) = self.0.table.totals();
+        self.0.metrics.set_gauges(count, memory, resident_memory_bytes());
+        self.0.metrics.encode()
+    }
+
+    /// Names of the deployed actor types.
+    pub fn actor_types(&self) -> Vec<String> {
+        self.0.registry.type_names()
+    }
+
+    /// The host's settings.
+    pub fn config(&self) -> &HostConfig {
+        &self.0.config
+    }
+
+    /// The storage backend.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.0.store
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.0.engine
+    }
+
+    pub(crate) fn registry(&self) -> &ComponentRegistry {
+        &self.0.registry
+    }
+
+    pub(crate) fn committer(&self) -> &Committer {
+        &self.0.committer
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+}
+
+/// This process's resident set size, in bytes, from the OS.
+pub fn resident_memory_bytes() -> u64 {
+    let pid = sysinfo::Pid::from_u32(std::process::id());
+    let mut system = sysinfo::System::new();
+    system.refresh_processes_specifics(
+        sysinfo::ProcessesToUpdate::Some(&[pid]),
+        true,
+        sysinfo::ProcessRefreshKind::nothing().with_memory(),
+    );
+    system.process(pid).map(|p| p.memory()).unwrap_or(0)
+}

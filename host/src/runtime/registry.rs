@@ -1,0 +1,133 @@
+//! Deployed component versions: compiled, validated against the `actor`
+//! world, pre-instantiated, and which one is active per actor type.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use super::engine::CompiledCache;
+use super::turn::TurnState;
+use crate::capabilities::ActorPre;
+use crate::error::ActorError;
+use crate::storage::{ComponentVersion, Manifest};
+
+/// The export every actor component must have.
+pub const HANDLER_EXPORT: &str = "quark:actor/handler@0.1.0";
+
+/// A component version ready to instantiate.
+pub struct LoadedVersion {
+    /// What the store knows about it.
+    pub info: ComponentVersion,
+    pub(crate) pre: ActorPre<TurnState>,
+}
+
+struct TypeEntry {
+    active: Arc<LoadedVersion>,
+    loaded: HashMap<u64, Arc<LoadedVersion>>,
+}
+
+/// Every actor type's loaded versions and its active one.
+pub struct ComponentRegistry {
+    engine: Engine,
+    linker: Linker<TurnState>,
+    cache: CompiledCache,
+    types: RwLock<HashMap<String, TypeEntry>>,
+}
+
+/// Hex SHA-256 of component bytes.
+pub fn content_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl ComponentRegistry {
+    pub(crate) fn new(engine: Engine, linker: Linker<TurnState>, cache: CompiledCache) -> Self {
+        ComponentRegistry { engine, linker, cache, types: RwLock::new(HashMap::new()) }
+    }
+
+    /// Compiles (or loads from the cache) and validates a component; does not
+    /// register it. Errors name what is wrong with it.
+    pub(crate) fn prepare(&self, actor_type: &str, hash: &str, bytes: &[u8]) -> Result<ActorPre<TurnState>, ActorError> {
+        if !bytes.starts_with(b"\0asm") {
+            return Err(ActorError::rejected(format!(
+                "the body for `{actor_type}` is not WebAssembly (no `\\0asm` header); build the actor with `cargo build --target wasm32-wasip2`"
+            )));
+        }
+        // Byte 4..8: a core module has version 1, a component has layer 1.
+        if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
+            return Err(ActorError::rejected(format!(
+                "the body for `{actor_type}` is a core WebAssembly module, not a component: build for `wasm32-wasip2` \
+                 (or wrap it with `wasm-tools component new`) so it exports `{HANDLER_EXPORT}`"
+            )));
+        }
+        let (component, _cached) = self
+            .cache
+            .load_or_compile(&self.engine, hash, bytes)
+            .map_err(|e| ActorError::rejected(format!("`{actor_type}` is not a valid component: {e:#}")))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            ActorError::rejected(format!(
+                "`{actor_type}` imports something this host does not provide (it must fit the `quark:actor/actor` world): {e:#}"
+            ))
+        })?;
+        ActorPre::new(pre).map_err(|e| {
+            ActorError::rejected(format!(
+                "`{actor_type}` does not fit the `quark:actor/actor` world: it must export `{HANDLER_EXPORT}` with \
+                 `handle(method, payload)` ({e:#})"
+            ))
+        })
+    }
+
+    /// Makes `info` (prepared as `pre`) the active version of its type.
+    pub(crate) fn activate(&self, info: ComponentVersion, pre: ActorPre<TurnState>) -> Arc<LoadedVersion> {
+        let loaded = Arc::new(LoadedVersion { info, pre });
+        let mut types = self.types.write();
+        let actor_type = loaded.info.actor_type.clone();
+        match types.get_mut(&actor_type) {
+            Some(entry) => {
+                entry.loaded.insert(loaded.info.version, loaded.clone());
+                entry.active = loaded.clone();
+            }
+            None => {
+                let loaded_map = HashMap::from([(loaded.info.version, loaded.clone())]);
+                types.insert(actor_type, TypeEntry { active: loaded.clone(), loaded: loaded_map });
+            }
+        }
+        loaded
+    }
+
+    /// A version already loaded in this host, if any.
+    pub(crate) fn loaded(&self, actor_type: &str, version: u64) -> Option<Arc<LoadedVersion>> {
+        self.types.read().get(actor_type).and_then(|t| t.loaded.get(&version).cloned())
+    }
+
+    /// The active version of `actor_type`.
+    pub fn active(&self, actor_type: &str) -> Result<Arc<LoadedVersion>, ActorError> {
+        if let Some(entry) = self.types.read().get(actor_type) {
+            return Ok(entry.active.clone());
+        }
+        let known = self.type_names();
+        Err(ActorError::not_found(if known.is_empty() {
+            format!("unknown actor type `{actor_type}`: nothing is deployed yet (`quark deploy {actor_type} FILE.wasm`)")
+        } else {
+            format!("unknown actor type `{actor_type}`; deployed types: {}", known.join(", "))
+        }))
+    }
+
+    /// Names of every deployed actor type, sorted.
+    pub fn type_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.types.read().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The active version of `actor_type` if it has exactly these bytes and
+    /// limits, so a repeated deploy is a no-op.
+    pub(crate) fn same_as_active(&self, actor_type: &str, hash: &str, manifest: &Manifest) -> Option<ComponentVersion> {
+        let types = self.types.read();
+        let active = &types.get(actor_type)?.active.info;
+        (active.hash == hash && &active.manifest == manifest).then(|| active.clone())
+    }
+}

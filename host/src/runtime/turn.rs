@@ -1,0 +1,109 @@
+//! The data of one actor instance's wasmtime store, and the scope of the
+//! turn it is running.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::Request;
+use super::activation::ActivationShared;
+use super::limits::MemoryLimiter;
+use crate::Host;
+use crate::id::ActorId;
+
+/// What the running turn is: its call chain, who called, and its deadline.
+#[derive(Debug, Clone)]
+pub struct TurnScope {
+    /// Call-chain id: nested calls along the same chain may re-enter an actor.
+    pub chain: u64,
+    /// The calling actor, if the message came from one.
+    pub caller: Option<ActorId>,
+    /// When the turn must be done.
+    pub deadline: Instant,
+}
+
+/// The data of one actor instance's store: the capabilities' host state.
+pub struct TurnState {
+    pub(crate) actor: ActorId,
+    pub(crate) host: Host,
+    pub(crate) scope: TurnScope,
+    pub(crate) activation: Arc<ActivationShared>,
+    /// `Some` for a re-entrant (nested) turn: its writes stay here until it
+    /// succeeds, then join the outer turn's writes.
+    pub(crate) nested_writes: Option<BTreeMap<String, Option<Vec<u8>>>>,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) timed_out: bool,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl TurnState {
+    pub(crate) fn new(host: Host, activation: Arc<ActivationShared>, memory_limit: u64, nested: bool) -> Self {
+        let wasi = WasiCtx::builder().inherit_stderr().inherit_stdout().build();
+        TurnState {
+            actor: activation.id.clone(),
+            host,
+            scope: TurnScope { chain: 0, caller: None, deadline: Instant::now() },
+            limiter: MemoryLimiter::new(memory_limit, activation.clone()),
+            activation,
+            nested_writes: nested.then(BTreeMap::new),
+            timed_out: false,
+            wasi,
+            table: ResourceTable::new(),
+        }
+    }
+
+    /// Reads `key`, seeing this turn's own writes first.
+    pub(crate) fn state_get(&self, key: &str) -> Option<Vec<u8>> {
+        if let Some(local) = self.nested_writes.as_ref().and_then(|w| w.get(key)) {
+            return local.clone();
+        }
+        let state = self.activation.state.lock();
+        match state.in_flight.get(key) {
+            Some(v) => v.clone(),
+            None => state.committed.get(key).cloned(),
+        }
+    }
+
+    /// Buffers a write (or a delete, with `None`) for the turn's commit.
+    pub(crate) fn state_write(&mut self, key: String, value: Option<Vec<u8>>) {
+        match &mut self.nested_writes {
+            Some(local) => {
+                local.insert(key, value);
+            }
+            None => {
+                self.activation.state.lock().in_flight.insert(key, value);
+            }
+        }
+    }
+
+    /// Every key, with this turn's writes applied.
+    pub(crate) fn state_keys(&self) -> Vec<String> {
+        let state = self.activation.state.lock();
+        let mut keys: BTreeSet<&String> = state.committed.keys().collect();
+        let layers = state.in_flight.iter().chain(self.nested_writes.iter().flatten());
+        for (key, value) in layers {
+            if value.is_some() {
+                keys.insert(key);
+            } else {
+                keys.remove(key);
+            }
+        }
+        keys.into_iter().cloned().collect()
+    }
+
+    /// A request from this turn to another actor, on the same call chain.
+    pub(crate) fn outgoing(&self, target: ActorId, method: String, payload: Vec<u8>) -> Request {
+        let deadline = self.scope.deadline.min(Instant::now() + self.host.config().call_timeout);
+        Request { target, method, payload, chain: self.scope.chain, caller: Some(self.actor.clone()), deadline }
+    }
+}
+
+impl WasiView for TurnState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}

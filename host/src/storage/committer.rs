@@ -1,0 +1,71 @@
+//! Group commit: one task owns the write side of the store and commits the
+//! turns of many actors in one transaction, so they share the fsync.
+//!
+//! There is no artificial wait: while one transaction is in flight, the next
+//! turns queue up, and the committer takes all of them (up to
+//! [`MAX_BATCH`]) as the next batch. Under light load a commit is one turn;
+//! under heavy load batches grow by themselves.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Store, StoreError, TurnCommit};
+use crate::metrics::Metrics;
+
+/// Most turns in one transaction: bounds the transaction's size and the
+/// latency the last turn in a batch waits for.
+pub const MAX_BATCH: usize = 1024;
+
+/// Turns waiting for the committer before callers wait to enqueue.
+const QUEUE_DEPTH: usize = 8192;
+
+type Request = (TurnCommit, oneshot::Sender<Result<(), Arc<StoreError>>>);
+
+/// A handle for sending turn commits to the group committer task.
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Committer {
+    /// Starts the committer task on the current tokio runtime.
+    pub fn spawn(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run(store, metrics, rx));
+        Committer { tx }
+    }
+
+    /// Commits `commit` durably; returns once it is on disk (or failed).
+    pub async fn commit(&self, commit: TurnCommit) -> Result<(), Arc<StoreError>> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send((commit, done))
+            .await
+            .map_err(|_| Arc::new(StoreError::Unavailable("the committer has stopped".into())))?;
+        wait.await
+            .map_err(|_| Arc::new(StoreError::Unavailable("the committer has stopped".into())))?
+    }
+}
+
+async fn run(store: Arc<dyn Store>, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Request>) {
+    let mut commits = Vec::with_capacity(MAX_BATCH);
+    let mut waiters = Vec::with_capacity(MAX_BATCH);
+    let mut buffer = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut buffer, MAX_BATCH).await > 0 {
+        for (commit, done) in buffer.drain(..) {
+            commits.push(commit);
+            waiters.push(done);
+        }
+        let started = std::time::Instant::now();
+        let outcome = store.commit(&commits).await.map_err(Arc::new);
+        metrics.record_commit(commits.len(), started.elapsed(), outcome.is_ok());
+        if let Err(e) = &outcome {
+            tracing::warn!(turns = commits.len(), error = %e, "group commit failed; the turns fail with `unavailable`");
+        }
+        for done in waiters.drain(..) {
+            let _ = done.send(outcome.clone());
+        }
+        commits.clear();
+    }
+}

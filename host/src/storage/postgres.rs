@@ -1,0 +1,198 @@
+//! The PostgreSQL store: production and multi-host.
+//!
+//! A turn batch is one transaction of two statements whatever its size:
+//! upserts and deletes pass as arrays through `UNNEST`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Connection, Row};
+
+use super::{ComponentStore, ComponentVersion, Manifest, StateStore, Store, StoreError, TurnCommit, flatten_batch, now_ms};
+use crate::id::ActorId;
+
+/// Pool size: the committer uses one connection, activations read with the rest.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// How long to wait for a connection before a turn fails with `unavailable`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A PostgreSQL-backed [`Store`].
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` and migrates. With `schema`, everything lives in
+    /// that schema (created if missing), so tests and tenants stay apart.
+    pub async fn connect(url: &str, schema: Option<&str>) -> Result<Self, StoreError> {
+        let mut options = PgConnectOptions::from_str(url)?;
+        if let Some(schema) = schema {
+            if !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(StoreError::Unavailable(format!("bad schema name {schema:?}")));
+            }
+            let mut conn = options.connect().await?;
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(&mut conn).await?;
+            conn.close().await?;
+            options = options.options([("search_path", schema)]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("src/storage/migrations/postgres").run(&pool).await?;
+        Ok(PostgresStore { pool })
+    }
+}
+
+impl Store for PostgresStore {
+    fn backend_name(&self) -> &'static str {
+        "postgres"
+    }
+}
+
+#[async_trait]
+impl StateStore for PostgresStore {
+    async fn load_state(&self, actor: &ActorId) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let rows = sqlx::query("SELECT key, value FROM actor_state WHERE actor = $1 ORDER BY key")
+            .bind(actor.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
+    }
+
+    async fn commit(&self, batch: &[TurnCommit]) -> Result<(), StoreError> {
+        let (upserts, deletes) = flatten_batch(batch);
+        let mut tx = self.pool.begin().await?;
+        if !upserts.is_empty() {
+            let actors: Vec<&str> = upserts.iter().map(|u| u.0).collect();
+            let keys: Vec<&str> = upserts.iter().map(|u| u.1).collect();
+            let values: Vec<&[u8]> = upserts.iter().map(|u| u.2).collect();
+            sqlx::query(
+                "INSERT INTO actor_state (actor, key, value) SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[]) \
+                 ON CONFLICT (actor, key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(&actors)
+            .bind(&keys)
+            .bind(&values)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !deletes.is_empty() {
+            let actors: Vec<&str> = deletes.iter().map(|d| d.0).collect();
+            let keys: Vec<&str> = deletes.iter().map(|d| d.1).collect();
+            sqlx::query("DELETE FROM actor_state WHERE (actor, key) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))")
+                .bind(&actors)
+                .bind(&keys)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn version_from_row(row: &PgRow) -> Result<ComponentVersion, StoreError> {
+    let manifest: String = row.try_get("manifest")?;
+    Ok(ComponentVersion {
+        actor_type: row.try_get("actor_type")?,
+        version: row.try_get::<i64, _>("version")? as u64,
+        hash: row.try_get("hash")?,
+        size: row.try_get::<i64, _>("size")? as u64,
+        manifest: serde_json::from_str::<Manifest>(&manifest).map_err(|e| StoreError::Corrupt(format!("manifest: {e}")))?,
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+#[async_trait]
+impl ComponentStore for PostgresStore {
+    async fn add_component_version(
+        &self,
+        actor_type: &str,
+        hash: &str,
+        bytes: &[u8],
+        manifest: &Manifest,
+    ) -> Result<ComponentVersion, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO component_blobs (hash, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(hash)
+            .bind(bytes)
+            .execute(&mut *tx)
+            .await?;
+        let version: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM component_versions WHERE actor_type = $1")
+                .bind(actor_type)
+                .fetch_one(&mut *tx)
+                .await?;
+        let created_at_ms = now_ms();
+        let manifest_json = serde_json::to_string(manifest).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO component_versions (actor_type, version, hash, size, manifest, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(actor_type)
+        .bind(version)
+        .bind(hash)
+        .bind(bytes.len() as i64)
+        .bind(&manifest_json)
+        .bind(created_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO component_heads (actor_type, version) VALUES ($1, $2) ON CONFLICT (actor_type) DO UPDATE SET version = excluded.version",
+        )
+        .bind(actor_type)
+        .bind(version)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ComponentVersion {
+            actor_type: actor_type.to_string(),
+            version: version as u64,
+            hash: hash.to_string(),
+            size: bytes.len() as u64,
+            manifest: manifest.clone(),
+            created_at_ms,
+        })
+    }
+
+    async fn component_versions(&self, actor_type: &str) -> Result<Vec<ComponentVersion>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM component_versions WHERE actor_type = $1 ORDER BY version")
+            .bind(actor_type)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(version_from_row).collect()
+    }
+
+    async fn component_bytes(&self, actor_type: &str, version: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT b.bytes FROM component_versions v JOIN component_blobs b ON b.hash = v.hash WHERE v.actor_type = $1 AND v.version = $2",
+        )
+        .bind(actor_type)
+        .bind(version as i64)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn set_active_version(&self, actor_type: &str, version: u64) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO component_heads (actor_type, version) VALUES ($1, $2) ON CONFLICT (actor_type) DO UPDATE SET version = excluded.version",
+        )
+        .bind(actor_type)
+        .bind(version as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn active_versions(&self) -> Result<Vec<ComponentVersion>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT v.* FROM component_heads h JOIN component_versions v ON v.actor_type = h.actor_type AND v.version = h.version ORDER BY v.actor_type",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(version_from_row).collect()
+    }
+}
