@@ -1,0 +1,228 @@
+//! Quark's benchmarks: `make bench` (or `cargo run --release -p quark-host --example bench`).
+//!
+//! Prints one line per figure with the machine it ran on. Absolute numbers
+//! drift on a shared 2-core machine; compare within one run.
+//! Set `QUARK_BENCH_QUICK=1` for a short smoke run.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quark_host::storage::Store;
+use quark_host::storage::postgres::PostgresStore;
+use quark_host::storage::sqlite::SqliteStore;
+use quark_host::{ActorId, Host, HostConfig, Manifest};
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod raw {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "actor",
+        imports: { "quark:actor/runtime.call": async },
+        exports: { default: async },
+    });
+}
+
+fn quick() -> bool {
+    std::env::var("QUARK_BENCH_QUICK").is_ok_and(|v| v == "1")
+}
+
+fn scale(n: usize) -> usize {
+    if quick() { (n / 20).max(10) } else { n }
+}
+
+fn component(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/samples").join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|_| panic!("{} missing: run `make samples`", path.display()))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!("{} cores, {cpu}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0))
+}
+
+/// A bare wasmtime embedding of the same component: the baseline for the
+/// cost Quark adds to a call.
+struct RawState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    state: HashMap<String, Vec<u8>>,
+}
+
+impl WasiView for RawState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+use raw::quark::actor::types::Error as RawError;
+
+impl raw::quark::actor::types::Host for RawState {}
+impl raw::quark::actor::log::Host for RawState {
+    fn log(&mut self, _: raw::quark::actor::log::Level, _: String) {}
+}
+impl raw::quark::actor::state::Host for RawState {
+    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, RawError> {
+        Ok(self.state.get(&key).cloned())
+    }
+    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), RawError> {
+        self.state.insert(key, value);
+        Ok(())
+    }
+    fn delete(&mut self, key: String) -> Result<(), RawError> {
+        self.state.remove(&key);
+        Ok(())
+    }
+    fn keys(&mut self) -> Result<Vec<String>, RawError> {
+        Ok(self.state.keys().cloned().collect())
+    }
+}
+impl raw::quark::actor::runtime::Host for RawState {
+    fn self_id(&mut self) -> String {
+        "counter/raw".into()
+    }
+    fn caller(&mut self) -> Option<String> {
+        None
+    }
+    async fn call(&mut self, _: String, _: String, _: Vec<u8>) -> Result<Vec<u8>, RawError> {
+        Err(RawError::NotFound("raw".into()))
+    }
+    fn tell(&mut self, _: String, _: String, _: Vec<u8>) -> Result<(), RawError> {
+        Ok(())
+    }
+    fn now(&mut self) -> u64 {
+        0
+    }
+}
+
+async fn raw_call_ns(n: usize) -> f64 {
+    let engine = wasmtime::Engine::default();
+    let mut linker = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    raw::Actor::add_to_linker::<RawState, HasSelf<RawState>>(&mut linker, |s| s).unwrap();
+    let comp = wasmtime::component::Component::new(&engine, component("counter")).unwrap();
+    let pre = raw::ActorPre::new(linker.instantiate_pre(&comp).unwrap()).unwrap();
+    let mut store = wasmtime::Store::new(
+        &engine,
+        RawState { wasi: WasiCtx::builder().build(), table: ResourceTable::new(), state: HashMap::new() },
+    );
+    let actor = pre.instantiate_async(&mut store).await.unwrap();
+    let started = Instant::now();
+    for _ in 0..n {
+        actor.quark_actor_handler().call_handle(&mut store, "get", &b"null".to_vec()).await.unwrap().unwrap();
+    }
+    started.elapsed().as_nanos() as f64 / n as f64
+}
+
+async fn host_on(store: Arc<dyn Store>, dir: &std::path::Path) -> Host {
+    let host = Host::start(HostConfig::new(dir), store).await.unwrap();
+    host.deploy("counter", component("counter"), Manifest::parse(Some("16MiB"), None).unwrap()).await.unwrap();
+    host
+}
+
+fn id(s: String) -> ActorId {
+    ActorId::parse(&s).unwrap()
+}
+
+/// Runs `total` asks spread over `actors` actors from `concurrency` tasks;
+/// returns (turns/s, p50, p99).
+async fn throughput(host: &Host, method: &'static str, body: &'static [u8], actors: usize, total: usize, concurrency: usize) -> (f64, Duration, Duration) {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..concurrency {
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(total / concurrency);
+            let mut i = t;
+            while i < total {
+                let s = Instant::now();
+                host.ask(id(format!("counter/k{}", i % actors)), method, body.to_vec()).await.unwrap();
+                lat.push(s.elapsed());
+                i += concurrency;
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    lat.sort();
+    (total as f64 / elapsed.as_secs_f64(), percentile(&lat, 0.5), percentile(&lat, 0.99))
+}
+
+#[tokio::main]
+async fn main() {
+    println!("# quark bench — {} — {}", machine(), if quick() { "QUICK" } else { "full" });
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("bench.db")).await.unwrap());
+    let host = host_on(sqlite, dir.path()).await;
+
+    // 1. Raw wasmtime call vs Quark ask, single caller.
+    let n = scale(200_000);
+    let raw_ns = raw_call_ns(n).await;
+    host.ask(id("counter/single".into()), "get", b"null".to_vec()).await.unwrap();
+    let started = Instant::now();
+    for _ in 0..n {
+        host.ask(id("counter/single".into()), "get", b"null".to_vec()).await.unwrap();
+    }
+    let ask_ns = started.elapsed().as_nanos() as f64 / n as f64;
+    println!("raw wasmtime call (counter.get): {:.2} µs; quark ask: {:.2} µs; ratio raw/ask = {:.2}", raw_ns / 1e3, ask_ns / 1e3, raw_ns / ask_ns);
+
+    // 2. Volatile ask throughput, 1,000 actors.
+    let (rate, p50, p99) = throughput(&host, "get", b"null", 1000, scale(1_000_000), 64).await;
+    println!("volatile asks (counter.get), 1000 actors, 64 callers: {rate:.0} turns/s, p50 {p50:?}, p99 {p99:?}");
+
+    // 3. Cold activation: new keys, component cached.
+    let n = scale(20_000);
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = Instant::now();
+        host.ask(id(format!("counter/cold{i}")), "get", b"null".to_vec()).await.unwrap();
+        lat.push(s.elapsed());
+    }
+    lat.sort();
+    println!("cold activation + first turn: p50 {:?}, p99 {:?} ({n} new keys)", percentile(&lat, 0.5), percentile(&lat, 0.99));
+
+    // 4. Resident memory per idle activation.
+    host.deactivate_all();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let n = scale(10_000);
+    let before = quark_host::runtime::resident_memory_bytes();
+    for i in 0..n {
+        host.ask(id(format!("counter/idle{i}")), "get", b"null".to_vec()).await.unwrap();
+    }
+    let after = quark_host::runtime::resident_memory_bytes();
+    let linear: u64 = host.actors().iter().map(|a| a.memory_bytes).sum::<u64>() / host.actors().len().max(1) as u64;
+    println!(
+        "idle counter activations: {:.1} KiB RSS each ({n} activations; linear memory reserved per instance {:.0} KiB)",
+        (after.saturating_sub(before)) as f64 / n as f64 / 1024.0,
+        linear as f64 / 1024.0
+    );
+    host.deactivate_all();
+
+    // 5. Durable turns with group commit.
+    let (rate, p50, p99) = throughput(&host, "increment", br#"{"by":1}"#, 1000, scale(200_000), 256).await;
+    println!("durable turns (counter.increment) on SQLite, 1000 actors, 256 callers: {rate:.0} turns/s, p50 {p50:?}, p99 {p99:?}");
+    drop(host);
+
+    let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("quark_bench_{}", std::process::id());
+    match PostgresStore::connect(&pg_url, Some(&schema)).await {
+        Ok(pg) => {
+            let host = host_on(Arc::new(pg), dir.path()).await;
+            let (rate, p50, p99) = throughput(&host, "increment", br#"{"by":1}"#, 1000, scale(100_000), 256).await;
+            println!("durable turns (counter.increment) on PostgreSQL, 1000 actors, 256 callers: {rate:.0} turns/s, p50 {p50:?}, p99 {p99:?}");
+        }
+        Err(e) => println!("SKIP PostgreSQL durable turns: {e}"),
+    }
+}

@@ -1,0 +1,80 @@
+//! A test actor that fails on purpose, one method per failure path.
+use quark_sdk::{Deserialize, Error, Result, Value, state};
+
+#[derive(Deserialize)]
+struct Alloc {
+    mib: usize,
+}
+
+#[derive(Deserialize)]
+struct Put {
+    key: String,
+    value: Value,
+}
+
+#[derive(Deserialize)]
+struct Forward {
+    target: String,
+    method: String,
+    payload: Value,
+}
+
+struct Misbehave;
+
+impl Misbehave {
+    /// Panics after writing state: the write must not be committed.
+    fn panic(_: ()) -> Result<()> {
+        state::set("written-before-panic", &true)?;
+        panic!("misbehave: panic on purpose");
+    }
+
+    /// Loops forever after writing state: the turn time limit must stop it.
+    fn spin(_: ()) -> Result<()> {
+        state::set("written-before-spin", &true)?;
+        let mut x: u64 = 0;
+        loop {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+    }
+
+    /// Allocates and touches `mib` MiB of linear memory.
+    fn alloc(Alloc { mib }: Alloc) -> Result<usize> {
+        let mut buffers = Vec::new();
+        for _ in 0..mib {
+            buffers.push(vec![1u8; 1 << 20]);
+        }
+        Ok(std::hint::black_box(buffers).iter().map(Vec::len).sum())
+    }
+
+    /// Writes state, then returns an error: the write must not be committed.
+    fn write_then_fail(_: ()) -> Result<()> {
+        state::set("written-before-error", &true)?;
+        Err(Error::rejected("misbehave: refused on purpose"))
+    }
+
+    /// Stores `value` under `key`.
+    fn put(Put { key, value }: Put) -> Result<()> {
+        state::set(&key, &value)
+    }
+
+    /// Every key and value of this actor.
+    fn dump(_: ()) -> Result<Value> {
+        let mut map = serde_json::Map::new();
+        for key in state::keys()? {
+            map.insert(key.clone(), state::get(&key)?.unwrap_or(Value::Null));
+        }
+        Ok(Value::Object(map))
+    }
+
+    /// Echoes its request.
+    fn echo(value: Value) -> Result<Value> {
+        Ok(value)
+    }
+
+    /// Calls another actor and returns its reply.
+    fn forward(Forward { target, method, payload }: Forward) -> Result<Value> {
+        quark_sdk::call(&target, &method, &payload)
+    }
+}
+
+quark_sdk::actor!(Misbehave { panic, spin, alloc, write_then_fail, put, dump, echo, forward });

@@ -1,0 +1,109 @@
+//! Calling actors: state, actor-to-actor calls, ordering, re-entrancy,
+//! deadlocking cycles, idle deactivation.
+
+use std::time::Duration;
+
+use quark_host::{ErrorKind, HostConfig};
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn counter_state_survives_deactivation_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let host = host_with(dir.path(), &[("counter", "counter")]).await;
+        assert_eq!(ask(&host, "counter/alice", "increment", json!({"by": 2})).await.unwrap(), json!(2));
+        assert_eq!(ask(&host, "counter/alice", "increment", json!({"by": 3})).await.unwrap(), json!(5));
+        assert_eq!(ask(&host, "counter/bob", "get", json!(null)).await.unwrap(), json!(0));
+        host.deactivate_all();
+        assert_eq!(ask(&host, "counter/alice", "get", json!(null)).await.unwrap(), json!(5));
+    }
+    // A new host on the same data directory sees the committed state.
+    let host = sqlite_host(dir.path()).await;
+    assert_eq!(ask(&host, "counter/alice", "get", json!(null)).await.unwrap(), json!(5));
+}
+
+#[tokio::test]
+async fn greeter_calls_counter() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with(dir.path(), &[("counter", "counter"), ("greeter", "greeter")]).await;
+    let first = ask(&host, "greeter/ada", "greet", json!({"name": "Ada"})).await.unwrap();
+    assert_eq!(first, json!({"message": "Hello, Ada!", "visits": 1}));
+    let second = ask(&host, "greeter/ada", "greet", json!({"name": "Lovelace"})).await.unwrap();
+    assert_eq!(second["visits"], json!(2));
+    assert_eq!(ask(&host, "counter/ada", "get", json!(null)).await.unwrap(), json!(2));
+    assert_eq!(ask(&host, "greeter/ada", "last", json!(null)).await.unwrap(), json!("Lovelace"));
+}
+
+#[tokio::test]
+async fn turns_of_one_actor_run_in_arrival_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with(dir.path(), &[("counter", "counter")]).await;
+    let calls = (0..200).map(|_| ask(&host, "counter/ordered", "increment", json!({"by": 1})));
+    let replies = futures::future::join_all(calls).await;
+    let values: Vec<i64> = replies.into_iter().map(|r| r.unwrap().as_i64().unwrap()).collect();
+    assert_eq!(values, (1..=200).collect::<Vec<_>>(), "each turn saw the previous one's committed write, in order");
+}
+
+#[tokio::test]
+async fn reentrant_call_chain_completes_and_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with(dir.path(), &[("pingpong", "pingpong")]).await;
+    // a -> b -> a -> b: a is re-entered while its first turn waits on b.
+    let chain = ask(&host, "pingpong/a", "ping", json!({"peer": "pingpong/b", "depth": 3})).await.unwrap();
+    assert_eq!(chain, json!(["pingpong/a", "pingpong/b", "pingpong/a", "pingpong/b"]));
+    assert_eq!(ask(&host, "pingpong/a", "pings", json!(null)).await.unwrap(), json!(2));
+    assert_eq!(ask(&host, "pingpong/b", "pings", json!(null)).await.unwrap(), json!(2));
+    // The nested turn's write was committed with the outer turn: it survives deactivation.
+    host.deactivate_all();
+    assert_eq!(ask(&host, "pingpong/a", "pings", json!(null)).await.unwrap(), json!(2));
+}
+
+#[tokio::test]
+async fn cycle_across_call_chains_times_out_instead_of_hanging() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = HostConfig::new(dir.path());
+    config.call_timeout = Duration::from_secs(2);
+    let store = std::sync::Arc::new(
+        quark_host::storage::sqlite::SqliteStore::open(&dir.path().join("quark.db")).await.unwrap(),
+    );
+    let host = quark_host::Host::start(config, store).await.unwrap();
+    host.deploy("pingpong", component("pingpong"), manifest()).await.unwrap();
+    // x waits 300 ms then calls y; y does the same towards x; two chains, one cycle.
+    let (a, b) = tokio::join!(
+        ask(&host, "pingpong/x", "cross", json!({"peer": "pingpong/y", "spin_ms": 300})),
+        ask(&host, "pingpong/y", "cross", json!({"peer": "pingpong/x", "spin_ms": 300})),
+    );
+    let errors: Vec<_> = [a, b].into_iter().filter_map(Result::err).collect();
+    assert!(!errors.is_empty(), "a cross-chain cycle cannot complete");
+    for e in &errors {
+        assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
+        assert!(e.message.contains("call chain") || e.message.contains("deadline"), "{e}");
+    }
+    // The host keeps serving both actors.
+    assert_eq!(ask(&host, "pingpong/x", "pings", json!(null)).await.unwrap(), json!(0));
+    assert_eq!(ask(&host, "pingpong/y", "pings", json!(null)).await.unwrap(), json!(0));
+}
+
+#[tokio::test]
+async fn idle_actors_are_deactivated_and_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = HostConfig::new(dir.path());
+    config.idle_timeout = Duration::from_millis(200);
+    let store = std::sync::Arc::new(
+        quark_host::storage::sqlite::SqliteStore::open(&dir.path().join("quark.db")).await.unwrap(),
+    );
+    let host = quark_host::Host::start(config, store).await.unwrap();
+    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    ask(&host, "counter/sleepy", "increment", json!({"by": 7})).await.unwrap();
+    assert_eq!(host.actors().len(), 1);
+    assert!(host.actors()[0].memory_bytes > 0, "the activation reports its linear memory");
+    let mut waited = Duration::ZERO;
+    while !host.actors().is_empty() {
+        assert!(waited < Duration::from_secs(10), "idle actor never deactivated");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waited += Duration::from_millis(50);
+    }
+    assert_eq!(ask(&host, "counter/sleepy", "get", json!(null)).await.unwrap(), json!(7));
+}

@@ -1,0 +1,189 @@
+//! The `quark` binary as a person uses it: serve, deploy, call, inspect,
+//! and SIGKILL in the middle of traffic.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const QUARK: &str = env!("CARGO_BIN_EXE_quark");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(data_dir: &Path, port: u16) -> Server {
+        let child = Command::new(QUARK)
+            .args(["serve", "--data-dir"])
+            .arg(data_dir)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let started = Instant::now();
+        loop {
+            if reqwest::blocking_get_ok(&format!("{url}/healthz")) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "quark serve did not become healthy");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server { child, url }
+    }
+
+    fn quark(&self, args: &[&str]) -> Output {
+        Command::new(QUARK).args(args).env("QUARK_SERVER", &self.url).output().unwrap()
+    }
+
+    fn kill9(mut self) {
+        // Child::kill sends SIGKILL on Unix: no shutdown code runs.
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+mod reqwest {
+    /// A tiny blocking GET over std's TcpStream, so the poll loop needs no runtime.
+    pub(super) fn blocking_get_ok(url: &str) -> bool {
+        use std::io::{Read, Write};
+        let addr = url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+        let path = format!("/{}", url.trim_start_matches("http://").split_once('/').map(|x| x.1).unwrap_or(""));
+        let Ok(mut s) = std::net::TcpStream::connect(&addr) else { return false };
+        let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out.starts_with("HTTP/1.1 200")
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn cli_deploy_call_versions_actors_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), free_port());
+    let counter = root().join("target/samples/counter.wasm");
+    let v2 = root().join("target/test-actors/counter-v2.wasm");
+    component("counter"); // fails clearly if not built
+
+    let out = server.quark(&["deploy", "counter", counter.to_str().unwrap(), "--memory-limit", "16MiB", "--turn-timeout", "5s"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("deployed counter v1"), "{}", stdout(&out));
+
+    let out = server.quark(&["call", "counter/alice", "increment", r#"{"by": 2}"#]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "2");
+
+    let out = server.quark(&["deploy", "counter", v2.to_str().unwrap()]);
+    assert!(stdout(&out).contains("deployed counter v2"), "{}", stdout(&out));
+    let out = server.quark(&["versions", "counter"]);
+    assert!(out.status.success());
+    let listing = stdout(&out);
+    assert!(listing.lines().any(|l| l.starts_with('*') && l.contains(" 2 ")), "{listing}");
+
+    let out = server.quark(&["actors"]);
+    assert!(stdout(&out).contains("counter/alice"), "{}", stdout(&out));
+
+    let out = server.quark(&["rollback", "counter"]);
+    assert!(stdout(&out).contains("now at v1"), "{}", stdout(&out));
+
+    // Errors: non-zero exit and a message naming the cause.
+    let out = server.quark(&["call", "nosuch/alice", "get"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("unknown actor type `nosuch`"), "{}", stderr(&out));
+    let out = server.quark(&["call", "counter/alice", "increment", "{oops"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not valid JSON"), "{}", stderr(&out));
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"hello").unwrap();
+    let out = server.quark(&["deploy", "junk", junk.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not WebAssembly"), "{}", stderr(&out));
+}
+
+#[test]
+fn serve_refuses_a_public_address_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(QUARK)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen", "0.0.0.0:0"])
+        .env_remove("QUARK_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("without --token"), "{}", stderr(&out));
+}
+
+#[test]
+fn acknowledged_writes_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Server::start(dir.path(), port);
+    let counter = root().join("target/samples/counter.wasm");
+    assert!(server.quark(&["deploy", "counter", counter.to_str().unwrap()]).status.success());
+
+    // Acknowledged increments from several threads, then SIGKILL while more are in flight.
+    let url = server.url.clone();
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, acked, stop) = (url.clone(), acked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    let http = ::reqwest::Client::new();
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let r = http.post(format!("{url}/v1/actors/counter/k/increment")).body(r#"{"by":1}"#).send().await;
+                        match r {
+                            Ok(r) if r.status().is_success() => {
+                                acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            _ => break,
+                        }
+                    }
+                })
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let before_kill = acked.load(std::sync::atomic::Ordering::SeqCst);
+    server.kill9();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let acknowledged = acked.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(before_kill > 10, "traffic ran before the kill ({before_kill} acknowledged)");
+
+    let server = Server::start(dir.path(), port);
+    let out = server.quark(&["call", "counter/k", "get"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let value: i64 = stdout(&out).trim().parse().unwrap();
+    // Every acknowledged increment is there; at most the in-flight ones
+    // (one per worker, committed but not yet acknowledged) are extra.
+    assert!(value >= acknowledged && value <= acknowledged + 4, "value {value}, acknowledged {acknowledged}");
+}

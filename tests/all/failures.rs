@@ -1,0 +1,217 @@
+//! DESIGN.md's failure table: each failure gives a clear error, commits
+//! nothing, and leaves the host serving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quark_host::storage::sqlite::SqliteStore;
+use quark_host::{ErrorKind, Host, HostConfig};
+use serde_json::json;
+use sqlx::Connection;
+
+use crate::support::*;
+
+async fn misbehave_host(dir: &std::path::Path) -> Host {
+    let host = sqlite_host(dir).await;
+    host.deploy("misbehave", component("misbehave"), manifest_with("16MiB", "1s")).await.unwrap();
+    host
+}
+
+async fn dump(host: &Host, actor: &str) -> serde_json::Value {
+    ask(host, actor, "dump", json!(null)).await.unwrap()
+}
+
+#[tokio::test]
+async fn guest_panic_fails_the_turn_and_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = misbehave_host(dir.path()).await;
+    ask(&host, "misbehave/p", "put", json!({"key": "kept", "value": 1})).await.unwrap();
+    let e = ask(&host, "misbehave/p", "panic", json!(null)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Internal, "{e}");
+    assert!(e.message.contains("trapped"), "{e}");
+    assert!(e.message.contains("misbehave/p"), "the error names the actor: {e}");
+    assert_eq!(dump(&host, "misbehave/p").await, json!({"kept": 1}), "the panicking turn's write is gone");
+}
+
+#[tokio::test]
+async fn infinite_loop_is_stopped_by_the_turn_time_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = misbehave_host(dir.path()).await;
+    let started = std::time::Instant::now();
+    let e = ask(&host, "misbehave/loop", "spin", json!(null)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
+    assert!(e.message.contains("time limit") || e.message.contains("deadline"), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(30), "the loop was stopped");
+    assert_eq!(dump(&host, "misbehave/loop").await, json!({}), "nothing committed");
+    assert_eq!(ask(&host, "misbehave/other", "echo", json!("still here")).await.unwrap(), json!("still here"));
+}
+
+#[tokio::test]
+async fn growing_memory_past_the_limit_fails_only_that_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = misbehave_host(dir.path()).await;
+    let e = ask(&host, "misbehave/hog", "alloc", json!({"mib": 64})).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::LimitExceeded, "{e}");
+    assert!(e.message.contains("memory"), "{e}");
+    // Below the limit it works, on a fresh instance of the same actor.
+    assert_eq!(ask(&host, "misbehave/hog", "alloc", json!({"mib": 2})).await.unwrap(), json!(2 << 20));
+}
+
+#[tokio::test]
+async fn handler_error_commits_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = misbehave_host(dir.path()).await;
+    let e = ask(&host, "misbehave/e", "write_then_fail", json!(null)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Rejected);
+    assert_eq!(e.message, "misbehave: refused on purpose");
+    assert_eq!(dump(&host, "misbehave/e").await, json!({}));
+}
+
+#[tokio::test]
+async fn deploys_of_things_that_are_not_actors_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sqlite_host(dir.path()).await;
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        ("random", (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect(), "not WebAssembly"),
+        ("core", b"\0asm\x01\0\0\0".to_vec(), "core WebAssembly module"),
+        ("nohandler", component("no-handler"), "quark:actor/handler"),
+    ];
+    for (actor_type, bytes, expected) in cases {
+        let e = host.deploy(actor_type, bytes, manifest()).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Rejected, "{actor_type}: {e}");
+        assert!(e.message.contains(expected), "{actor_type}: {e}");
+        assert_eq!(host.versions(actor_type).await.unwrap_err().kind, ErrorKind::NotFound, "nothing stored for {actor_type}");
+    }
+    assert!(host.actor_types().is_empty());
+    // The host still deploys and runs a real actor.
+    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    assert_eq!(ask(&host, "counter/a", "increment", json!({"by": 1})).await.unwrap(), json!(1));
+}
+
+#[tokio::test]
+async fn component_that_cannot_start_within_its_memory_limit_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sqlite_host(dir.path()).await;
+    let e = host.deploy("counter", component("counter"), manifest_with("128KiB", "5s")).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Rejected, "{e}");
+    assert!(e.message.contains("memory"), "{e}");
+}
+
+#[tokio::test]
+async fn unknown_type_unknown_method_bad_json_and_oversized_payloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with(dir.path(), &[("counter", "counter")]).await;
+
+    let e = ask(&host, "nosuch/a", "get", json!(null)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert!(e.message.contains("unknown actor type `nosuch`") && e.message.contains("counter"), "{e}");
+
+    let e = ask(&host, "counter/a", "explode", json!(null)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert!(e.message.contains("unknown method `explode`"), "{e}");
+
+    let e = host.ask(id("counter/a"), "increment", b"{not json".to_vec()).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Rejected);
+    assert!(e.message.contains("bad request for `increment`"), "{e}");
+
+    let e = host.ask(id("counter/a"), "increment", vec![b' '; (1 << 20) + 1]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PayloadTooLarge);
+
+    assert_eq!(ask(&host, "counter/a", "increment", json!({"by": 4})).await.unwrap(), json!(4));
+}
+
+#[tokio::test]
+async fn sqlite_locked_by_another_process_fails_durable_turns_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("quark.db");
+    let store = Arc::new(SqliteStore::open_with_busy_timeout(&db, Duration::from_millis(200)).await.unwrap());
+    let host = Host::start(HostConfig::new(dir.path()), store).await.unwrap();
+    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    assert_eq!(ask(&host, "counter/a", "increment", json!({"by": 1})).await.unwrap(), json!(1));
+
+    // Another process takes the write lock: the store is unwritable for us.
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut other).await.unwrap();
+
+    let e = ask(&host, "counter/a", "increment", json!({"by": 10})).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    assert!(e.message.contains("could not be committed"), "{e}");
+    // Turns that write nothing keep working.
+    assert_eq!(ask(&host, "counter/b", "get", json!(null)).await.unwrap(), json!(0));
+
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    // The failed turn never happened: 1 + 1, not 1 + 10 + 1.
+    assert_eq!(ask(&host, "counter/a", "increment", json!({"by": 1})).await.unwrap(), json!(2));
+}
+
+/// A TCP relay to PostgreSQL that can cut every connection, to take the
+/// real server "down" for one host without touching the shared server.
+struct Relay {
+    addr: std::net::SocketAddr,
+    up: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<parking_lot::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Relay {
+    async fn start(upstream: &'static str) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (up2, conns2) = (up.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: connection refused in effect
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns2.lock().push(task.abort_handle());
+            }
+        });
+        Relay { addr, up, conns }
+    }
+
+    fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn postgres_going_down_fails_durable_turns_and_recovers() {
+    let relay = Relay::start("127.0.0.1:5432").await;
+    let url = postgres_url().replace("127.0.0.1:5432", &relay.addr.to_string());
+    let Some(store) = postgres_store_at(&url, "postgres_going_down_fails_durable_turns_and_recovers").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(HostConfig::new(dir.path()), Arc::new(store)).await.unwrap();
+    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    assert_eq!(ask(&host, "counter/pg", "increment", json!({"by": 1})).await.unwrap(), json!(1));
+
+    relay.down();
+    let e = ask(&host, "counter/pg", "increment", json!({"by": 10})).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
+    assert_eq!(ask(&host, "counter/pg", "get", json!(null)).await.unwrap(), json!(1), "volatile turns still serve from memory");
+
+    relay.restore();
+    let mut result = ask(&host, "counter/pg", "increment", json!({"by": 1})).await;
+    for _ in 0..20 {
+        if result.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        result = ask(&host, "counter/pg", "increment", json!({"by": 1})).await;
+    }
+    assert_eq!(result.unwrap(), json!(2), "recovered, and the failed turn never happened");
+}

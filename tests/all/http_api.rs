@@ -1,0 +1,132 @@
+//! The HTTP contract: status codes, JSON error bodies, tokens, inspection.
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+async fn serve(token: Option<&str>) -> (String, tempfile::TempDir, quark_host::Host) {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sqlite_host(dir.path()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = quark_host::api::router(host.clone(), token.map(str::to_string));
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    (base, dir, host)
+}
+
+async fn json_of(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+fn assert_error(status: u16, body: &Value, expected_status: u16, kind: &str) {
+    assert_eq!(status, expected_status, "{body}");
+    assert_eq!(body["error"]["kind"], json!(kind), "{body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+}
+
+#[tokio::test]
+async fn deploy_call_and_errors_over_http() {
+    let (base, _dir, _host) = serve(None).await;
+    let http = reqwest::Client::new();
+
+    let (status, body) = json_of(http.put(format!("{base}/v1/components/counter")).body(component("counter")).send().await.unwrap()).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["version"], json!(1));
+    let (status, body) = json_of(http.put(format!("{base}/v1/components/counter")).body(component("counter")).send().await.unwrap()).await;
+    assert_eq!((status, &body["created"]), (200, &json!(false)));
+    let (status, body) = json_of(
+        http.put(format!("{base}/v1/components/counter?memory_limit=16MiB"))
+            .header("x-quark-turn-timeout", "2s")
+            .body(component("counter-v2"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["version"], json!(2));
+    assert_eq!(body["manifest"], json!({"memory_limit": 16 << 20, "turn_timeout": 2000}));
+
+    let call = |path: &str, body: &'static str| http.post(format!("{base}/v1/actors/{path}")).body(body).send();
+    let (status, body) = json_of(call("counter/alice/increment", r#"{"by": 2}"#).await.unwrap()).await;
+    assert_eq!((status, body), (200, json!(2)));
+    let (status, body) = json_of(call("counter/alice/get", "").await.unwrap()).await;
+    assert_eq!((status, body), (200, json!(2)));
+
+    let (status, body) = json_of(call("counter/alice/increment", "{oops").await.unwrap()).await;
+    assert_error(status, &body, 400, "bad-request");
+    let (status, body) = json_of(call("nosuch/alice/get", "").await.unwrap()).await;
+    assert_error(status, &body, 404, "not-found");
+    let (status, body) = json_of(call("counter/alice/nosuch", "").await.unwrap()).await;
+    assert_error(status, &body, 404, "not-found");
+    let (status, body) = json_of(call("counter/alice/increment", r#"{"by": "two"}"#).await.unwrap()).await;
+    assert_error(status, &body, 422, "rejected");
+    let big = format!("\"{}\"", "x".repeat(2 << 20));
+    let (status, body) =
+        json_of(http.post(format!("{base}/v1/actors/counter/alice/increment")).body(big).send().await.unwrap()).await;
+    assert_error(status, &body, 413, "payload-too-large");
+    let (status, body) =
+        json_of(http.put(format!("{base}/v1/components/junk")).body("not wasm").send().await.unwrap()).await;
+    assert_error(status, &body, 422, "rejected");
+    let (status, body) = json_of(
+        http.put(format!("{base}/v1/components/counter?memory_limit=lots")).body(component("counter")).send().await.unwrap(),
+    )
+    .await;
+    assert_error(status, &body, 400, "bad-request");
+
+    // Nothing above changed the counter.
+    let (_, body) = json_of(call("counter/alice/get", "").await.unwrap()).await;
+    assert_eq!(body, json!(2));
+}
+
+#[tokio::test]
+async fn inspection_health_and_metrics() {
+    let (base, _dir, host) = serve(None).await;
+    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+    http.post(format!("{base}/v1/actors/counter/m/increment")).body(r#"{"by":1}"#).send().await.unwrap();
+
+    let (status, body) = json_of(http.get(format!("{base}/v1/actors")).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    let actors = body["actors"].as_array().unwrap();
+    assert_eq!(actors.len(), 1);
+    assert_eq!(actors[0]["id"], json!("counter/m"));
+    assert!(actors[0]["memory_bytes"].as_u64().unwrap() > 0);
+
+    let (status, body) = json_of(http.get(format!("{base}/v1/components/counter/versions")).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["active_version"], json!(1));
+
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    for name in [
+        "quark_turns_total{outcome=\"ok\"} 1",
+        "quark_turn_duration_seconds_count 1",
+        "quark_activations 1",
+        "quark_commit_turns_total 1",
+        "quark_guest_memory_bytes",
+        "quark_host_resident_memory_bytes",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in:\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn token_guards_the_api_and_public_addresses_need_one() {
+    let (base, _dir, _host) = serve(Some("s3cret")).await;
+    let http = reqwest::Client::new();
+    let (status, body) = json_of(http.get(format!("{base}/v1/actors")).send().await.unwrap()).await;
+    assert_error(status, &body, 401, "unauthorized");
+    let (status, body) = json_of(http.get(format!("{base}/v1/actors")).bearer_auth("wrong").send().await.unwrap()).await;
+    assert_error(status, &body, 401, "unauthorized");
+    let ok = http.get(format!("{base}/v1/actors")).bearer_auth("s3cret").send().await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
+
+    let dir = tempfile::tempdir().unwrap();
+    let host = sqlite_host(dir.path()).await;
+    let public = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let e = quark_host::api::serve(host, public, None).await.unwrap_err();
+    assert!(e.to_string().contains("without a token"), "{e}");
+}

@@ -1,0 +1,13 @@
+//! Quark's end-to-end tests: one binary, one module per area.
+//!
+//! They run real components (built from `samples/` and `tests/actors/` by
+//! `make samples`) on a real SQLite file and, where named, a real PostgreSQL.
+
+mod support;
+
+mod actor_calls;
+mod cli_process;
+mod failures;
+mod hot_swap;
+mod http_api;
+mod storage_conformance;

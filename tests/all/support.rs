@@ -1,0 +1,97 @@
+//! Shared helpers: component bytes, hosts on fresh stores, backend skips.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use quark_host::storage::postgres::PostgresStore;
+use quark_host::storage::sqlite::SqliteStore;
+use quark_host::storage::{Manifest, Store};
+use quark_host::{ActorId, Host, HostConfig};
+
+/// The workspace root.
+pub(crate) fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The bytes of a guest component built by `make samples`.
+pub(crate) fn component(name: &str) -> Vec<u8> {
+    for dir in ["target/samples", "target/test-actors"] {
+        let path = root().join(dir).join(format!("{name}.wasm"));
+        if let Ok(bytes) = std::fs::read(&path) {
+            return bytes;
+        }
+    }
+    panic!("component `{name}` is not built: run `make samples` (or `make test`, which builds it first)");
+}
+
+/// A manifest with the host defaults.
+pub(crate) fn manifest() -> Manifest {
+    Manifest::parse(None, None).unwrap()
+}
+
+/// A manifest with the given limits (`16MiB`, `2s`).
+pub(crate) fn manifest_with(memory: &str, timeout: &str) -> Manifest {
+    Manifest::parse(Some(memory), Some(timeout)).unwrap()
+}
+
+/// `type/key` as an id.
+pub(crate) fn id(s: &str) -> ActorId {
+    ActorId::parse(s).unwrap()
+}
+
+/// A host on a SQLite store in `dir`.
+pub(crate) async fn sqlite_host(dir: &std::path::Path) -> Host {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("quark.db")).await.unwrap());
+    Host::start(HostConfig::new(dir), store).await.unwrap()
+}
+
+/// A host on a fresh SQLite store with the given components deployed.
+pub(crate) async fn host_with(dir: &std::path::Path, components: &[(&str, &str)]) -> Host {
+    let host = sqlite_host(dir).await;
+    for (actor_type, name) in components {
+        host.deploy(actor_type, component(name), manifest()).await.unwrap();
+    }
+    host
+}
+
+/// Calls and decodes the JSON reply.
+pub(crate) async fn ask(host: &Host, actor: &str, method: &str, json: serde_json::Value) -> Result<serde_json::Value, quark_host::ActorError> {
+    let reply = host.ask(id(actor), method, serde_json::to_vec(&json).unwrap()).await?;
+    Ok(serde_json::from_slice(&reply).unwrap())
+}
+
+/// The PostgreSQL URL tests use.
+pub(crate) fn postgres_url() -> String {
+    std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// True when an absent backend must fail the test rather than skip it (CI).
+pub(crate) fn backends_required() -> bool {
+    std::env::var("QUARK_REQUIRE_BACKENDS").is_ok_and(|v| v == "1")
+}
+
+/// A random suffix for schema names, so tests do not see each other.
+pub(crate) fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{prefix}_{}_{}_{}", std::process::id(), nanos, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A PostgreSQL store in a fresh schema, or `None` (after printing SKIP)
+/// when no server answers and backends are not required.
+pub(crate) async fn postgres_store(test: &str) -> Option<PostgresStore> {
+    postgres_store_at(&postgres_url(), test).await
+}
+
+/// Like [`postgres_store`] at a given URL.
+pub(crate) async fn postgres_store_at(url: &str, test: &str) -> Option<PostgresStore> {
+    match PostgresStore::connect(url, Some(&unique("quark_test"))).await {
+        Ok(store) => Some(store),
+        Err(e) if !backends_required() => {
+            eprintln!("SKIP {test}: PostgreSQL is not reachable at {url} ({e}); set QUARK_REQUIRE_BACKENDS=1 to fail instead");
+            None
+        }
+        Err(e) => panic!("{test}: PostgreSQL is required (QUARK_REQUIRE_BACKENDS=1) but not reachable at {url}: {e}"),
+    }
+}
