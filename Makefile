@@ -44,7 +44,10 @@ check:
 
 bench: guests
 	@echo ">> building and running the benchmarks (release)"
-	$(CARGO) run --release -p quark-host --example bench
+	$(CARGO) build --release -p quark-host --bins --examples
+	./target/release/examples/bench
+	@echo ">> HTTP load with wrk against a release host"
+	bash bench/http.sh
 
 clean-data:
 	rm -rf $(DATA_DIR)

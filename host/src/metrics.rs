@@ -48,6 +48,8 @@ pub struct Metrics {
     commit_turns: Counter,
     commit_failures: Counter,
     commit_seconds: Histogram,
+    compiles: Counter,
+    compile_cache_hits: Counter,
 }
 
 impl Default for Metrics {
@@ -76,6 +78,8 @@ impl Metrics {
             commit_turns: Counter::default(),
             commit_failures: Counter::default(),
             commit_seconds,
+            compiles: Counter::default(),
+            compile_cache_hits: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("turns", "Turns run, by outcome", m.turns.clone());
@@ -89,6 +93,8 @@ impl Metrics {
         registry.register("commit_turns", "Turns committed through group commit", m.commit_turns.clone());
         registry.register("commit_failures", "Group-commit transactions that failed", m.commit_failures.clone());
         registry.register("commit_duration_seconds", "Group-commit transaction latency", m.commit_seconds.clone());
+        registry.register("component_compiles", "Components compiled by cranelift", m.compiles.clone());
+        registry.register("component_cache_hits", "Components loaded from the on-disk compiled cache", m.compile_cache_hits.clone());
         Metrics { registry, ..m }
     }
 
@@ -107,6 +113,11 @@ impl Metrics {
             self.commit_failures.inc();
         }
         self.commit_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records a component made ready: compiled now, or loaded from the cache.
+    pub fn record_component_load(&self, from_cache: bool) {
+        if from_cache { self.compile_cache_hits.inc() } else { self.compiles.inc() };
     }
 
     /// Records an activation starting.

@@ -30,6 +30,7 @@ async fn guest_panic_fails_the_turn_and_commits_nothing() {
     assert_eq!(e.kind, ErrorKind::Internal, "{e}");
     assert!(e.message.contains("trapped"), "{e}");
     assert!(e.message.contains("misbehave/p"), "the error names the actor: {e}");
+    assert!(e.message.contains("misbehave: panic on purpose"), "the error quotes the panic message: {e}");
     assert_eq!(dump(&host, "misbehave/p").await, json!({"kept": 1}), "the panicking turn's write is gone");
 }
 

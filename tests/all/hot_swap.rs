@@ -40,8 +40,12 @@ async fn versions_rollback_and_restart_keep_the_active_version() {
 
         host.deploy("counter", component("counter-v2"), manifest()).await.unwrap();
     }
-    // After a restart the host runs the version that was active.
+    // After a restart the host runs the version that was active, loaded
+    // from the on-disk compiled cache rather than recompiled.
     let host = sqlite_host(dir.path()).await;
+    let metrics = host.metrics_text();
+    assert!(metrics.contains("quark_component_cache_hits_total 1"), "{metrics}");
+    assert!(metrics.contains("quark_component_compiles_total 0"), "{metrics}");
     assert_eq!(ask(&host, "counter/v", "version", json!(null)).await.unwrap(), json!(2));
     assert_eq!(ask(&host, "counter/v", "get", json!(null)).await.unwrap(), json!(6));
 }

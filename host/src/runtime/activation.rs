@@ -19,11 +19,11 @@ use super::Request;
 use super::registry::LoadedVersion;
 use super::turn::TurnState;
 use crate::Host;
-use crate::capabilities::Actor;
+use crate::capabilities::{Actor, ActorPre};
 use crate::error::ActorError;
 use crate::id::ActorId;
 use crate::metrics::{TurnOutcome, outcome_of};
-use crate::storage::{StateWrite, TurnCommit, now_ms};
+use crate::storage::{Manifest, StateWrite, TurnCommit, now_ms};
 
 /// Shards of the activation table: enough that two cores rarely contend.
 const SHARDS: usize = 64;
@@ -60,6 +60,21 @@ pub(crate) struct ActivationShared {
     /// The component version of the live instance (0 before the first turn).
     pub(crate) version: AtomicU64,
     pub(crate) state: Mutex<ActorState>,
+}
+
+impl ActivationShared {
+    pub(crate) fn new(id: ActorId) -> Self {
+        ActivationShared {
+            id,
+            busy_chain: AtomicU64::new(0),
+            pending: AtomicUsize::new(0),
+            memory_bytes: AtomicU64::new(0),
+            turns: AtomicU64::new(0),
+            last_active_ms: AtomicI64::new(now_ms()),
+            version: AtomicU64::new(0),
+            state: Mutex::new(ActorState::default()),
+        }
+    }
 }
 
 struct Handle {
@@ -202,16 +217,7 @@ struct Activation {
 
 impl Activation {
     fn spawn(host: &Host, id: ActorId) -> Handle {
-        let shared = Arc::new(ActivationShared {
-            id,
-            busy_chain: AtomicU64::new(0),
-            pending: AtomicUsize::new(0),
-            memory_bytes: AtomicU64::new(0),
-            turns: AtomicU64::new(0),
-            last_active_ms: AtomicI64::new(now_ms()),
-            version: AtomicU64::new(0),
-            state: Mutex::new(ActorState::default()),
-        });
+        let shared = Arc::new(ActivationShared::new(id));
         let (tx, rx) = mpsc::unbounded_channel();
         let activation = Activation { host: host.clone(), shared: shared.clone(), live: None };
         host.metrics().activation_started();
@@ -358,6 +364,7 @@ async fn run_handler(live: &mut Live, request: &Request, deadline: Instant) -> R
         data.scope = super::turn::TurnScope { chain: request.chain, caller: request.caller.clone(), deadline };
         data.limiter.exceeded = false;
         data.timed_out = false;
+        data.stderr.clear_tail();
     }
     live.store.set_epoch_deadline(1);
     let handler = live.bindings.quark_actor_handler();
@@ -376,10 +383,13 @@ async fn run_handler(live: &mut Live, request: &Request, deadline: Instant) -> R
         Ok(Err(_)) if data.limiter.exceeded => Err(HandlerFailure::Broken(ActorError::limit_exceeded(format!(
             "{actor} `{method}` tried to grow its memory past the limit of its actor type and trapped"
         )))),
-        Ok(Err(trap)) => Err(HandlerFailure::Broken(ActorError::internal(format!(
-            "{actor} `{method}` trapped (a panic or a bug in the actor): {}",
-            trap.root_cause()
-        )))),
+        Ok(Err(trap)) => {
+            let printed = data.stderr.tail().map(|t| format!("; it printed: {t}")).unwrap_or_default();
+            Err(HandlerFailure::Broken(ActorError::internal(format!(
+                "{actor} `{method}` trapped (a panic or a bug in the actor): {}{printed}",
+                trap.root_cause()
+            ))))
+        }
         Err(_elapsed) => Err(HandlerFailure::Broken(ActorError::timeout(format!(
             "{actor} `{method}` did not finish before its deadline (turn time limit or call deadline; call chain {:x})",
             request.chain
@@ -394,7 +404,20 @@ async fn instantiate(
     version: &LoadedVersion,
     nested: bool,
 ) -> Result<Live, ActorError> {
-    let memory_limit = version.info.manifest.memory_limit;
+    let (store, bindings) = instantiate_pre(host, shared, &version.pre, &version.info.manifest, nested).await?;
+    Ok(Live { store, bindings, version: version.info.version })
+}
+
+/// Instantiates `pre` in a new store under `manifest`'s limits. Also used
+/// at deploy time to check that a component can start at all.
+pub(crate) async fn instantiate_pre(
+    host: &Host,
+    shared: &Arc<ActivationShared>,
+    pre: &ActorPre<TurnState>,
+    manifest: &Manifest,
+    nested: bool,
+) -> Result<(Store<TurnState>, Actor), ActorError> {
+    let memory_limit = manifest.memory_limit;
     let mut store = Store::new(host.engine(), TurnState::new(host.clone(), shared.clone(), memory_limit, nested));
     store.limiter(|s| &mut s.limiter);
     store.epoch_deadline_callback(|mut ctx| {
@@ -406,10 +429,14 @@ async fn instantiate(
         }
     });
     // Instantiation runs guest start code: give it one turn's time.
-    store.data_mut().scope.deadline = Instant::now() + version.info.manifest.turn_timeout;
+    store.data_mut().scope.deadline = Instant::now() + manifest.turn_timeout;
     store.set_epoch_deadline(1);
-    match version.pre.instantiate_async(&mut store).await {
-        Ok(bindings) => Ok(Live { store, bindings, version: version.info.version }),
+    match pre.instantiate_async(&mut store).await {
+        Ok(bindings) => Ok((store, bindings)),
+        Err(_) if store.data().timed_out => Err(ActorError::timeout(format!(
+            "{} did not start within its turn time limit of {:?}",
+            shared.id, manifest.turn_timeout
+        ))),
         Err(e) if store.data().limiter.exceeded => Err(ActorError::limit_exceeded(format!(
             "{} needs more memory than its limit of {} bytes just to start: {e:#}",
             shared.id, memory_limit

@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub mod engine;
+mod guest_output;
 pub mod limits;
 pub mod registry;
 pub mod turn;
@@ -21,7 +22,7 @@ use wasmtime::component::Linker;
 use self::activation::{ActivationInfo, ActivationTable, Dispatched};
 use self::engine::CompiledCache;
 use self::registry::{ComponentRegistry, content_hash};
-use crate::error::ActorError;
+use crate::error::{ActorError, ErrorKind};
 use crate::id::{ActorId, validate_type_name};
 use crate::metrics::Metrics;
 use crate::storage::committer::Committer;
@@ -177,7 +178,8 @@ impl Host {
             pre.map(|pre| (info, pre))
         })
         .await?;
-        let (info, pre) = pre?;
+        let (info, (pre, cached)) = pre?;
+        self.0.metrics.record_component_load(cached);
         self.0.registry.activate(info, pre);
         Ok(())
     }
@@ -201,7 +203,7 @@ impl Host {
             return Ok(DeployOutcome { version, created: false });
         }
         let host = self.clone();
-        let (bytes, pre) = {
+        let (bytes, (pre, cached)) = {
             let (actor_type, hash) = (actor_type.to_string(), hash.clone());
             tokio::task::spawn_blocking(move || {
                 let pre = host.0.registry.prepare(&actor_type, &hash, &bytes);
@@ -210,6 +212,7 @@ impl Host {
             .await
             .map_err(|e| ActorError::internal(format!("compiling: {e}")))??
         };
+        self.0.metrics.record_component_load(cached);
         self.trial_instantiate(actor_type, &pre, &manifest).await?;
         let info = self.0.store.add_component_version(actor_type, &hash, &bytes, &manifest).await?;
         tracing::info!(actor_type, version = info.version, hash = %&hash[..12], "deployed");
@@ -225,33 +228,14 @@ impl Host {
         pre: &crate::capabilities::ActorPre<turn::TurnState>,
         manifest: &Manifest,
     ) -> Result<(), ActorError> {
-        let id = ActorId::new(actor_type, "deploy-check")?;
-        let shared = Arc::new(activation::ActivationShared {
-            id,
-            busy_chain: Default::default(),
-            pending: Default::default(),
-            memory_bytes: Default::default(),
-            turns: Default::default(),
-            last_active_ms: Default::default(),
-            version: Default::default(),
-            state: Default::default(),
-        });
-        let mut store = wasmtime::Store::new(
-            &self.0.engine,
-            turn::TurnState::new(self.clone(), shared, manifest.memory_limit, true),
-        );
-        store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_callback(|_| Ok(wasmtime::UpdateDeadline::Yield(1)));
-        store.set_epoch_deadline(1);
-        let started = tokio::time::timeout(manifest.turn_timeout, pre.instantiate_async(&mut store)).await;
-        match started {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) if store.data().limiter.exceeded => Err(ActorError::rejected(format!(
-                "`{actor_type}` needs more memory than its limit of {} bytes just to start; deploy it with a larger --memory-limit ({e:#})",
-                manifest.memory_limit
+        let shared = Arc::new(activation::ActivationShared::new(ActorId::new(actor_type, "deploy-check")?));
+        match activation::instantiate_pre(self, &shared, pre, manifest, true).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind == ErrorKind::LimitExceeded => Err(ActorError::rejected(format!(
+                "`{actor_type}` cannot start within its memory limit; deploy it with a larger --memory-limit ({})",
+                e.message
             ))),
-            Ok(Err(e)) => Err(ActorError::rejected(format!("`{actor_type}` failed to start: {e:#}"))),
-            Err(_) => Err(ActorError::rejected(format!("`{actor_type}` did not start within its turn time limit"))),
+            Err(e) => Err(ActorError::rejected(format!("`{actor_type}` failed to start: {}", e.message))),
         }
     }
 

@@ -50,7 +50,8 @@ impl ComponentRegistry {
 
     /// Compiles (or loads from the cache) and validates a component; does not
     /// register it. Errors name what is wrong with it.
-    pub(crate) fn prepare(&self, actor_type: &str, hash: &str, bytes: &[u8]) -> Result<ActorPre<TurnState>, ActorError> {
+    /// Also says whether the compiled code came from the on-disk cache.
+    pub(crate) fn prepare(&self, actor_type: &str, hash: &str, bytes: &[u8]) -> Result<(ActorPre<TurnState>, bool), ActorError> {
         if !bytes.starts_with(b"\0asm") {
             return Err(ActorError::rejected(format!(
                 "the body for `{actor_type}` is not WebAssembly (no `\\0asm` header); build the actor with `cargo build --target wasm32-wasip2`"
@@ -63,7 +64,7 @@ impl ComponentRegistry {
                  (or wrap it with `wasm-tools component new`) so it exports `{HANDLER_EXPORT}`"
             )));
         }
-        let (component, _cached) = self
+        let (component, cached) = self
             .cache
             .load_or_compile(&self.engine, hash, bytes)
             .map_err(|e| ActorError::rejected(format!("`{actor_type}` is not a valid component: {e:#}")))?;
@@ -72,12 +73,13 @@ impl ComponentRegistry {
                 "`{actor_type}` imports something this host does not provide (it must fit the `quark:actor/actor` world): {e:#}"
             ))
         })?;
-        ActorPre::new(pre).map_err(|e| {
+        let pre = ActorPre::new(pre).map_err(|e| {
             ActorError::rejected(format!(
                 "`{actor_type}` does not fit the `quark:actor/actor` world: it must export `{HANDLER_EXPORT}` with \
                  `handle(method, payload)` ({e:#})"
             ))
-        })
+        })?;
+        Ok((pre, cached))
     }
 
     /// Makes `info` (prepared as `pre`) the active version of its type.

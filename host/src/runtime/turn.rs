@@ -10,6 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::Request;
 use super::activation::ActivationShared;
+use super::guest_output::GuestOutput;
 use super::limits::MemoryLimiter;
 use crate::Host;
 use crate::id::ActorId;
@@ -36,13 +37,19 @@ pub struct TurnState {
     pub(crate) nested_writes: Option<BTreeMap<String, Option<Vec<u8>>>>,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) timed_out: bool,
+    /// The guest's stderr: logged, and its tail quoted when the guest traps.
+    pub(crate) stderr: GuestOutput,
     wasi: WasiCtx,
     table: ResourceTable,
 }
 
 impl TurnState {
     pub(crate) fn new(host: Host, activation: Arc<ActivationShared>, memory_limit: u64, nested: bool) -> Self {
-        let wasi = WasiCtx::builder().inherit_stderr().inherit_stdout().build();
+        let stderr = GuestOutput::new(activation.id.clone(), "stderr");
+        let wasi = WasiCtx::builder()
+            .stdout(GuestOutput::new(activation.id.clone(), "stdout"))
+            .stderr(stderr.clone())
+            .build();
         TurnState {
             actor: activation.id.clone(),
             host,
@@ -51,6 +58,7 @@ impl TurnState {
             activation,
             nested_writes: nested.then(BTreeMap::new),
             timed_out: false,
+            stderr,
             wasi,
             table: ResourceTable::new(),
         }

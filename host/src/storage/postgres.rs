@@ -7,10 +7,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Row};
 
-use super::{ComponentStore, ComponentVersion, Manifest, StateStore, Store, StoreError, TurnCommit, flatten_batch, now_ms};
+use super::{ComponentStore, ComponentVersion, Manifest, StateStore, Store, StoreError, TurnCommit, flatten_batch, now_ms, version_from_row};
 use crate::id::ActorId;
 
 /// Pool size: the committer uses one connection, activations read with the rest.
@@ -93,18 +93,6 @@ impl StateStore for PostgresStore {
         tx.commit().await?;
         Ok(())
     }
-}
-
-fn version_from_row(row: &PgRow) -> Result<ComponentVersion, StoreError> {
-    let manifest: String = row.try_get("manifest")?;
-    Ok(ComponentVersion {
-        actor_type: row.try_get("actor_type")?,
-        version: row.try_get::<i64, _>("version")? as u64,
-        hash: row.try_get("hash")?,
-        size: row.try_get::<i64, _>("size")? as u64,
-        manifest: serde_json::from_str::<Manifest>(&manifest).map_err(|e| StoreError::Corrupt(format!("manifest: {e}")))?,
-        created_at_ms: row.try_get("created_at_ms")?,
-    })
 }
 
 #[async_trait]

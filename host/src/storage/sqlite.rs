@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{ComponentStore, ComponentVersion, Manifest, StateStore, Store, StoreError, TurnCommit, flatten_batch, now_ms};
+use super::{ComponentStore, ComponentVersion, Manifest, StateStore, Store, StoreError, TurnCommit, flatten_batch, now_ms, version_from_row};
 use crate::id::ActorId;
 
 /// How long a write waits for a lock held by another process before the
@@ -105,18 +105,6 @@ impl StateStore for SqliteStore {
         tx.commit().await?;
         Ok(())
     }
-}
-
-fn version_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<ComponentVersion, StoreError> {
-    let manifest: String = row.try_get("manifest")?;
-    Ok(ComponentVersion {
-        actor_type: row.try_get("actor_type")?,
-        version: row.try_get::<i64, _>("version")? as u64,
-        hash: row.try_get("hash")?,
-        size: row.try_get::<i64, _>("size")? as u64,
-        manifest: serde_json::from_str::<Manifest>(&manifest).map_err(|e| StoreError::Corrupt(format!("manifest: {e}")))?,
-        created_at_ms: row.try_get("created_at_ms")?,
-    })
 }
 
 #[async_trait]
