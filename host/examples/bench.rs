@@ -104,7 +104,8 @@ impl raw::quark::actor::runtime::Host for RawState {
 }
 
 async fn raw_call_ns(n: usize) -> f64 {
-    let engine = wasmtime::Engine::default();
+    // Same engine settings as the host, so the ratio is Quark's own cost.
+    let engine = wasmtime::Engine::new(&quark_host::runtime::engine::engine_config()).unwrap();
     let mut linker = Linker::new(&engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
     raw::Actor::add_to_linker::<RawState, HasSelf<RawState>>(&mut linker, |s| s).unwrap();
@@ -114,6 +115,7 @@ async fn raw_call_ns(n: usize) -> f64 {
         &engine,
         RawState { wasi: WasiCtx::builder().build(), table: ResourceTable::new(), state: HashMap::new() },
     );
+    store.set_epoch_deadline(u64::MAX / 2);
     let actor = pre.instantiate_async(&mut store).await.unwrap();
     let started = Instant::now();
     for _ in 0..n {
@@ -160,14 +162,32 @@ async fn throughput(host: &Host, method: &'static str, body: &'static [u8], acto
     (total as f64 / elapsed.as_secs_f64(), percentile(&lat, 0.5), percentile(&lat, 0.99))
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    let mut builder = match std::env::var("QUARK_BENCH_THREADS").ok().and_then(|t| t.parse::<usize>().ok()) {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build().unwrap().block_on(run());
+}
+
+/// True when `QUARK_BENCH_ONLY` (comma-separated) is unset or names `part`.
+fn wanted(part: &str) -> bool {
+    std::env::var("QUARK_BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p == part))
+}
+
+async fn run() {
     println!("# quark bench — {} — {}", machine(), if quick() { "QUICK" } else { "full" });
     let dir = tempfile::tempdir().unwrap();
     let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("bench.db")).await.unwrap());
     let host = host_on(sqlite, dir.path()).await;
 
     // 1. Raw wasmtime call vs Quark ask, single caller.
+    if wanted("ask") {
     let n = scale(200_000);
     let raw_ns = raw_call_ns(n).await;
     host.ask(id("counter/single".into()), "get", b"null".to_vec()).await.unwrap();
@@ -177,13 +197,17 @@ async fn main() {
     }
     let ask_ns = started.elapsed().as_nanos() as f64 / n as f64;
     println!("raw wasmtime call (counter.get): {:.2} µs; quark ask: {:.2} µs; ratio raw/ask = {:.2}", raw_ns / 1e3, ask_ns / 1e3, raw_ns / ask_ns);
+    }
 
     // 2. Volatile ask throughput, 1,000 actors.
-    let (rate, p50, p99) = throughput(&host, "get", b"null", 1000, scale(1_000_000), 64).await;
-    println!("volatile asks (counter.get), 1000 actors, 64 callers: {rate:.0} turns/s, p50 {p50:?}, p99 {p99:?}");
+    if wanted("volatile") {
+        let (rate, p50, p99) = throughput(&host, "get", b"null", 1000, scale(1_000_000), 64).await;
+        println!("volatile asks (counter.get), 1000 actors, 64 callers: {rate:.0} turns/s, p50 {p50:?}, p99 {p99:?}");
+    }
 
     // 3. Cold activation: new keys, component cached.
-    let n = scale(20_000);
+    if wanted("cold") {
+    let n = scale(5_000);
     let mut lat = Vec::with_capacity(n);
     for i in 0..n {
         let s = Instant::now();
@@ -192,8 +216,11 @@ async fn main() {
     }
     lat.sort();
     println!("cold activation + first turn: p50 {:?}, p99 {:?} ({n} new keys)", percentile(&lat, 0.5), percentile(&lat, 0.99));
+    host.deactivate_all();
+    }
 
     // 4. Resident memory per idle activation.
+    if wanted("memory") {
     host.deactivate_all();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let n = scale(10_000);
@@ -202,18 +229,26 @@ async fn main() {
         host.ask(id(format!("counter/idle{i}")), "get", b"null".to_vec()).await.unwrap();
     }
     let after = quark_host::runtime::resident_memory_bytes();
-    let linear: u64 = host.actors().iter().map(|a| a.memory_bytes).sum::<u64>() / host.actors().len().max(1) as u64;
+    let maps = std::fs::read_to_string("/proc/self/maps").map(|m| m.lines().count()).unwrap_or(0);
+    let live = host.actors().len();
+    let linear: u64 = host.actors().iter().map(|a| a.memory_bytes).sum::<u64>() / live.max(1) as u64;
     println!(
-        "idle counter activations: {:.1} KiB RSS each ({n} activations; linear memory reserved per instance {:.0} KiB)",
-        (after.saturating_sub(before)) as f64 / n as f64 / 1024.0,
+        "idle counter activations: {:.1} KiB RSS each ({live} live of {n} activated; linear memory per instance {:.0} KiB, mostly untouched; {maps} memory maps in the process)",
+        (after.saturating_sub(before)) as f64 / live.max(1) as f64 / 1024.0,
         linear as f64 / 1024.0
     );
     host.deactivate_all();
+    }
 
     // 5. Durable turns with group commit.
-    let (rate, p50, p99) = throughput(&host, "increment", br#"{"by":1}"#, 1000, scale(200_000), 256).await;
-    println!("durable turns (counter.increment) on SQLite, 1000 actors, 256 callers: {rate:.0} turns/s, p50 {p50:?}, p99 {p99:?}");
+    if wanted("durable") {
+        let (rate, p50, p99) = throughput(&host, "increment", br#"{"by":1}"#, 1000, scale(200_000), 256).await;
+        println!("durable turns (counter.increment) on SQLite, 1000 actors, 256 callers: {rate:.0} turns/s, p50 {p50:?}, p99 {p99:?}");
+    }
     drop(host);
+    if !wanted("postgres") {
+        return;
+    }
 
     let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let schema = format!("quark_bench_{}", std::process::id());

@@ -20,10 +20,11 @@ use super::registry::LoadedVersion;
 use super::turn::TurnState;
 use crate::Host;
 use crate::capabilities::{Actor, ActorPre};
-use crate::error::ActorError;
+use crate::error::{ActorError, ErrorKind};
 use crate::id::ActorId;
 use crate::metrics::{TurnOutcome, outcome_of};
-use crate::storage::{Manifest, StateWrite, TurnCommit, now_ms};
+use super::engine::coarse_now_ms;
+use crate::storage::{Manifest, StateWrite, TurnCommit};
 
 /// Shards of the activation table: enough that two cores rarely contend.
 const SHARDS: usize = 64;
@@ -70,7 +71,7 @@ impl ActivationShared {
             pending: AtomicUsize::new(0),
             memory_bytes: AtomicU64::new(0),
             turns: AtomicU64::new(0),
-            last_active_ms: AtomicI64::new(now_ms()),
+            last_active_ms: AtomicI64::new(coarse_now_ms()),
             version: AtomicU64::new(0),
             state: Mutex::new(ActorState::default()),
         }
@@ -125,12 +126,19 @@ impl ActivationTable {
         &self.shards[(h.finish() as usize) % SHARDS]
     }
 
-    /// Delivers `request` to its actor, activating it if needed.
-    pub(crate) fn dispatch(&self, host: &Host, request: Request, reply: Option<Reply>) -> Dispatched {
+    /// Delivers `request` to its actor, activating it if needed (an unknown
+    /// actor type is `not-found`).
+    pub(crate) fn dispatch(&self, host: &Host, request: Request, reply: Option<Reply>) -> Result<Dispatched, ActorError> {
         let mut shard = self.shard(&request.target).lock();
-        let handle = shard.entry(request.target.clone()).or_insert_with(|| Activation::spawn(host, request.target.clone()));
+        let handle = match shard.entry(request.target.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                host.registry().active(request.target.actor_type())?;
+                e.insert(Activation::spawn(host, request.target.clone()))
+            }
+        };
         if request.chain != 0 && handle.shared.busy_chain.load(Ordering::Acquire) == request.chain {
-            return Dispatched::Reentrant(handle.shared.clone(), request);
+            return Ok(Dispatched::Reentrant(handle.shared.clone(), request));
         }
         handle.shared.pending.fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::error::SendError(envelope)) = handle.tx.send(Envelope { request, reply }) {
@@ -141,13 +149,13 @@ impl ActivationTable {
             let _ = fresh.tx.send(envelope);
             *handle = fresh;
         }
-        Dispatched::Queued
+        Ok(Dispatched::Queued)
     }
 
     /// Removes activations idle for at least `idle_ms` with empty mailboxes;
     /// their tasks end once they see the mailbox closed.
     pub(crate) fn sweep_idle(&self, idle_ms: i64) -> usize {
-        let now = now_ms();
+        let now = coarse_now_ms();
         let mut removed = 0;
         for shard in self.shards.iter() {
             shard.lock().retain(|_, h| {
@@ -156,6 +164,28 @@ impl ActivationTable {
                 removed += usize::from(idle);
                 !idle
             });
+        }
+        removed
+    }
+
+    /// Removes up to `count` idle activations, least recently used first.
+    pub(crate) fn shed_oldest_idle(&self, count: usize) -> usize {
+        let mut idle: Vec<(i64, ActorId)> = Vec::new();
+        for shard in self.shards.iter() {
+            for (id, h) in shard.lock().iter() {
+                if h.shared.pending.load(Ordering::Acquire) == 0 {
+                    idle.push((h.shared.last_active_ms.load(Ordering::Relaxed), id.clone()));
+                }
+            }
+        }
+        idle.sort_unstable();
+        let mut removed = 0;
+        for (_, id) in idle.into_iter().take(count) {
+            let mut shard = self.shard(&id).lock();
+            if shard.get(&id).is_some_and(|h| h.shared.pending.load(Ordering::Acquire) == 0) {
+                shard.remove(&id);
+                removed += 1;
+            }
         }
         removed
     }
@@ -169,7 +199,7 @@ impl ActivationTable {
 
     /// A snapshot of every activation.
     pub(crate) fn list(&self) -> Vec<ActivationInfo> {
-        let now = now_ms();
+        let now = coarse_now_ms();
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             for h in shard.lock().values() {
@@ -213,13 +243,15 @@ struct Activation {
     host: Host,
     shared: Arc<ActivationShared>,
     live: Option<Live>,
+    /// The active version of this actor's type, as of a registry generation.
+    version: Option<(u64, Arc<LoadedVersion>)>,
 }
 
 impl Activation {
     fn spawn(host: &Host, id: ActorId) -> Handle {
         let shared = Arc::new(ActivationShared::new(id));
         let (tx, rx) = mpsc::unbounded_channel();
-        let activation = Activation { host: host.clone(), shared: shared.clone(), live: None };
+        let activation = Activation { host: host.clone(), shared: shared.clone(), live: None, version: None };
         host.metrics().activation_started();
         tokio::spawn(activation.run(rx));
         Handle { tx, shared }
@@ -235,7 +267,7 @@ impl Activation {
             };
             self.host.metrics().record_turn(outcome, started.elapsed());
             self.shared.turns.fetch_add(1, Ordering::Relaxed);
-            self.shared.last_active_ms.store(now_ms(), Ordering::Relaxed);
+            self.shared.last_active_ms.store(coarse_now_ms(), Ordering::Relaxed);
             self.shared.pending.fetch_sub(1, Ordering::AcqRel);
             if let Some(reply) = reply {
                 let _ = reply.send(result);
@@ -253,13 +285,24 @@ impl Activation {
             )));
         }
         ensure_state_loaded(&self.host, &self.shared).await?;
-        let version = self.host.registry().active(request.target.actor_type())?;
+        let version = self.host.registry().active_cached(request.target.actor_type(), &mut self.version)?;
         if self.live.as_ref().is_some_and(|l| l.version != version.info.version) {
             // Hot swap: the next turn runs on the new code with the same state.
             self.live = None;
         }
         if self.live.is_none() {
-            self.live = Some(instantiate(&self.host, &self.shared, &version, false).await?);
+            let live = match instantiate(&self.host, &self.shared, &version, false).await {
+                Err(e) if e.kind == ErrorKind::Unavailable => {
+                    // Out of room for instances: shed the oldest idle
+                    // activations (their state is durable) and try once more.
+                    let shed = self.host.shed_idle_activations();
+                    tracing::warn!(actor = %self.shared.id, shed, "activation capacity reached; shed idle actors");
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    instantiate(&self.host, &self.shared, &version, false).await?
+                }
+                other => other?,
+            };
+            self.live = Some(live);
             self.shared.version.store(version.info.version, Ordering::Relaxed);
         }
         let Some(live) = self.live.as_mut() else { unreachable!("instantiated above") };
@@ -440,6 +483,11 @@ pub(crate) async fn instantiate_pre(
         Err(e) if store.data().limiter.exceeded => Err(ActorError::limit_exceeded(format!(
             "{} needs more memory than its limit of {} bytes just to start: {e:#}",
             shared.id, memory_limit
+        ))),
+        Err(e) if format!("{e:#}").contains("os error 12") => Err(ActorError::unavailable(format!(
+            "{} cannot be activated: this host is out of memory mappings for new instances ({e:#}); \
+             idle actors are being shed, and raising vm.max_map_count raises the limit",
+            shared.id
         ))),
         Err(e) => Err(ActorError::internal(format!("instantiating {}: {e:#}", shared.id))),
     }

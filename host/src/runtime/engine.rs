@@ -13,19 +13,59 @@ use wasmtime::{Config, Engine};
 /// both how long one guest can hog a thread and how late a timeout fires.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Builds the engine every component runs on.
-pub fn new_engine() -> wasmtime::Result<Engine> {
+static COARSE_NOW_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Wall-clock milliseconds since the Unix epoch, at most one [`EPOCH_TICK`]
+/// old: an atomic load instead of a clock read, for idle bookkeeping.
+pub(crate) fn coarse_now_ms() -> i64 {
+    match COARSE_NOW_MS.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => crate::storage::now_ms(),
+        ms => ms,
+    }
+}
+
+/// Address space reserved per linear memory. wasmtime's 64-bit default
+/// (4 GiB, so bounds checks can be elided) caps a process at about 20,000
+/// live instances before the 128 TiB address space runs out; a virtual-actor
+/// host needs far more. Memories that grow past this move (rarely).
+pub const MEMORY_RESERVATION: u64 = 64 << 20;
+
+/// Guard region after each linear memory.
+pub const MEMORY_GUARD: u64 = 2 << 20;
+
+/// Memory mappings one activation holds with these settings (linear memory
+/// with its copy-on-write image and guard, and the cached fiber stack), as
+/// measured by `make bench`: the kernel's `vm.max_map_count` divided by this
+/// bounds how many activations fit in one process.
+pub const MAPS_PER_ACTIVATION: u64 = 7;
+
+/// How many activations the kernel's map limit allows, if it can be read.
+pub fn activation_capacity() -> Option<u64> {
+    let max = std::fs::read_to_string("/proc/sys/vm/max_map_count").ok()?.trim().parse::<u64>().ok()?;
+    Some(max / MAPS_PER_ACTIVATION)
+}
+
+/// The engine settings every component runs with.
+pub fn engine_config() -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     config.epoch_interruption(true);
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
-    let engine = Engine::new(&config)?;
+    config.memory_reservation(MEMORY_RESERVATION);
+    config.memory_guard_size(MEMORY_GUARD);
+    config
+}
+
+/// Builds the engine every component runs on, with its epoch ticker.
+pub fn new_engine() -> wasmtime::Result<Engine> {
+    let engine = Engine::new(&engine_config())?;
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("quark-epoch".into())
         .spawn(move || {
             while let Some(engine) = weak.upgrade() {
                 engine.increment_epoch();
+                COARSE_NOW_MS.store(crate::storage::now_ms(), std::sync::atomic::Ordering::Relaxed);
                 drop(engine);
                 std::thread::sleep(EPOCH_TICK);
             }

@@ -89,8 +89,9 @@ static NEXT_CHAIN: AtomicU64 = AtomicU64::new(1);
 /// A fresh call-chain id (never 0, which means "idle").
 pub fn new_chain_id() -> u64 {
     // Spread ids so logs from different hosts rarely collide.
+    static PROCESS_BITS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| u64::from(std::process::id()) << 40);
     let n = NEXT_CHAIN.fetch_add(1, Ordering::Relaxed);
-    (u64::from(std::process::id()) << 40) ^ n
+    *PROCESS_BITS ^ n
 }
 
 /// What a deploy did.
@@ -144,6 +145,13 @@ impl Host {
             host.load_version(info).await?;
         }
         host.spawn_idle_sweeper();
+        if let Some(capacity) = engine::activation_capacity() {
+            tracing::info!(
+                capacity,
+                "about {capacity} activations fit in this process (vm.max_map_count / {}); idle ones are shed beyond that",
+                engine::MAPS_PER_ACTIVATION
+            );
+        }
         Ok(host)
     }
 
@@ -289,7 +297,7 @@ impl Host {
         let (target, method, chain, deadline) =
             (request.target.clone(), request.method.clone(), request.chain, request.deadline);
         let (tx, rx) = tokio::sync::oneshot::channel();
-        match self.0.table.dispatch(self, request, Some(tx)) {
+        match self.0.table.dispatch(self, request, Some(tx))? {
             Dispatched::Queued => match tokio::time::timeout_at(deadline.into(), rx).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(_)) => Err(ActorError::internal(format!("the activation of {target} stopped without replying"))),
@@ -305,7 +313,7 @@ impl Host {
     /// Routes a request without waiting for it.
     pub(crate) fn tell_request(&self, request: Request) -> Result<(), ActorError> {
         self.check_request(&request)?;
-        match self.0.table.dispatch(self, request, None) {
+        match self.0.table.dispatch(self, request, None)? {
             Dispatched::Queued => Ok(()),
             Dispatched::Reentrant(shared, request) => {
                 let host = self.clone();
@@ -323,7 +331,6 @@ impl Host {
                 self.0.config.max_payload
             )));
         }
-        self.0.registry.active(request.target.actor_type())?;
         Ok(())
     }
 
@@ -335,6 +342,13 @@ impl Host {
     /// Deactivates every idle actor now (their state is already durable).
     pub fn deactivate_idle(&self) -> usize {
         self.0.table.sweep_idle(0)
+    }
+
+    /// Sheds a tenth of the activations (at least 64), oldest idle first,
+    /// to make room when the host cannot create more instances.
+    pub fn shed_idle_activations(&self) -> usize {
+        let (count, _) = self.0.table.totals();
+        self.0.table.shed_oldest_idle((count / 10).max(64))
     }
 
     /// Drops every activation (state is durable; they reactivate on demand).

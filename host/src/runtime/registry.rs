@@ -36,6 +36,8 @@ pub struct ComponentRegistry {
     linker: Linker<TurnState>,
     cache: CompiledCache,
     types: RwLock<HashMap<String, TypeEntry>>,
+    /// Bumped whenever any type's active version changes.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Hex SHA-256 of component bytes.
@@ -45,7 +47,7 @@ pub fn content_hash(bytes: &[u8]) -> String {
 
 impl ComponentRegistry {
     pub(crate) fn new(engine: Engine, linker: Linker<TurnState>, cache: CompiledCache) -> Self {
-        ComponentRegistry { engine, linker, cache, types: RwLock::new(HashMap::new()) }
+        ComponentRegistry { engine, linker, cache, types: RwLock::new(HashMap::new()), generation: Default::default() }
     }
 
     /// Compiles (or loads from the cache) and validates a component; does not
@@ -97,6 +99,7 @@ impl ComponentRegistry {
                 types.insert(actor_type, TypeEntry { active: loaded.clone(), loaded: loaded_map });
             }
         }
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
         loaded
     }
 
@@ -116,6 +119,24 @@ impl ComponentRegistry {
         } else {
             format!("unknown actor type `{actor_type}`; deployed types: {}", known.join(", "))
         }))
+    }
+
+    /// Like [`ComponentRegistry::active`], but answers from `cache` while no
+    /// version changed anywhere: one atomic load on the turn path.
+    pub(crate) fn active_cached(
+        &self,
+        actor_type: &str,
+        cache: &mut Option<(u64, Arc<LoadedVersion>)>,
+    ) -> Result<Arc<LoadedVersion>, ActorError> {
+        let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        match cache {
+            Some((g, version)) if *g == generation => Ok(version.clone()),
+            _ => {
+                let version = self.active(actor_type)?;
+                *cache = Some((generation, version.clone()));
+                Ok(version)
+            }
+        }
     }
 
     /// Names of every deployed actor type, sorted.
