@@ -33,8 +33,11 @@ fn scale(n: usize) -> usize {
 }
 
 fn component(name: &str) -> Vec<u8> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/samples").join(format!("{name}.wasm"));
-    std::fs::read(&path).unwrap_or_else(|_| panic!("{} missing: run `make samples`", path.display()))
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    ["target/samples", "target/test-actors"]
+        .iter()
+        .find_map(|dir| std::fs::read(root.join(dir).join(format!("{name}.wasm"))).ok())
+        .unwrap_or_else(|| panic!("component {name} missing: run `make samples`"))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -162,6 +165,56 @@ async fn throughput(host: &Host, method: &'static str, body: &'static [u8], acto
     (total as f64 / elapsed.as_secs_f64(), percentile(&lat, 0.5), percentile(&lat, 0.99))
 }
 
+/// 16 clients each send sequential increments to their own actor; v2 of
+/// `counter` is deployed mid-way. Reports the longest single call (the
+/// pause a client saw) and checks every increment landed exactly once.
+async fn hot_swap(host: &Host) {
+    let calls = scale(2_000);
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for c in 0..16 {
+        let host = host.clone();
+        clients.push(tokio::spawn(async move {
+            let actor = id(format!("counter/swap{c}"));
+            let mut longest = Duration::ZERO;
+            let mut values = Vec::with_capacity(calls);
+            for _ in 0..calls {
+                let s = Instant::now();
+                let v = host.ask(actor.clone(), "increment", br#"{"by":1}"#.to_vec()).await.unwrap();
+                longest = longest.max(s.elapsed());
+                values.push(serde_json::from_slice::<i64>(&v).unwrap());
+            }
+            (longest, values)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let swap_started = Instant::now();
+    host.deploy("counter", component("counter-v2"), Manifest::parse(Some("16MiB"), None).unwrap()).await.unwrap();
+    let deploy_took = swap_started.elapsed();
+    let mut longest = Duration::ZERO;
+    let mut out_of_order = 0;
+    let mut total = 0;
+    for c in clients {
+        let (l, values) = c.await.unwrap();
+        longest = longest.max(l);
+        out_of_order += values.windows(2).filter(|w| w[1] != w[0] + 1).count();
+        total += values.len();
+    }
+    let mut lost_or_duplicated = 0i64;
+    for a in 0..16 {
+        let v = host.ask(id(format!("counter/swap{a}")), "get", b"null".to_vec()).await.unwrap();
+        lost_or_duplicated += (serde_json::from_slice::<i64>(&v).unwrap() - calls as i64).abs();
+    }
+    let version = host.ask(id("counter/swap0".into()), "version", b"null".to_vec()).await.unwrap();
+    println!(
+        "hot swap under load: {total} increments in {:?}, deploy took {deploy_took:?}, longest call {longest:?}, \
+         lost or duplicated {lost_or_duplicated}, out-of-order replies {out_of_order}, now on version {}",
+        started.elapsed(),
+        String::from_utf8_lossy(&version)
+    );
+    host.rollback("counter").await.unwrap();
+}
+
 fn main() {
     let mut builder = match std::env::var("QUARK_BENCH_THREADS").ok().and_then(|t| t.parse::<usize>().ok()) {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -240,7 +293,12 @@ async fn run() {
     host.deactivate_all();
     }
 
-    // 5. Durable turns with group commit.
+    // 5. Hot swap under load: clients increment while v2 is deployed.
+    if wanted("swap") {
+        hot_swap(&host).await;
+    }
+
+    // 6. Durable turns with group commit.
     if wanted("durable") {
         let (rate, p50, p99) = throughput(&host, "increment", br#"{"by":1}"#, 1000, scale(200_000), 256).await;
         println!("durable turns (counter.increment) on SQLite, 1000 actors, 256 callers: {rate:.0} turns/s, p50 {p50:?}, p99 {p99:?}");

@@ -77,9 +77,9 @@ impl Client {
             println!(
                 "{:<40} {:>7} {:>12} {:>8} {:>9}s",
                 a["id"].as_str().unwrap_or(""),
-                a["version"],
+                a["version"].as_u64().unwrap_or(0),
                 bytesize::ByteSize::b(a["memory_bytes"].as_u64().unwrap_or(0)).display().iec().to_string(),
-                a["turns"],
+                a["turns"].as_u64().unwrap_or(0),
                 a["idle_ms"].as_i64().unwrap_or(0) / 1000,
             );
         }

@@ -166,7 +166,8 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     };
     println!("quark serving on http://{addr} (store: {where_})");
     if host.actor_types().iter().any(|t| t == "counter") {
-        println!("try:  quark call counter/alice increment '{{\"by\": 2}}'");
+        let quark = std::env::args().next().unwrap_or_else(|| "quark".into());
+        println!("try:  {quark} call counter/alice increment '{{\"by\": 2}}'");
         println!("      curl -X POST http://{addr}/v1/actors/counter/alice/get");
     }
     let shutdown = async {
