@@ -107,3 +107,24 @@ async fn idle_actors_are_deactivated_and_come_back() {
     }
     assert_eq!(ask(&host, "counter/sleepy", "get", json!(null)).await.unwrap(), json!(7));
 }
+
+#[tokio::test]
+async fn past_the_activation_limit_the_oldest_idle_actors_are_shed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = HostConfig::new(dir.path());
+    config.max_activations = 5;
+    let store = std::sync::Arc::new(
+        quark_host::storage::sqlite::SqliteStore::open(&dir.path().join("quark.db")).await.unwrap(),
+    );
+    let host = quark_host::Host::start(config, store).await.unwrap();
+    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    for i in 0..12 {
+        ask(&host, &format!("counter/n{i}"), "increment", json!({"by": i})).await.unwrap();
+        assert!(host.actors().len() <= 5, "at most the limit is held: {:?}", host.actors());
+    }
+    // The newest actor is still active; shed ones come back with their state.
+    assert!(host.actors().iter().any(|a| a.id == "counter/n11"));
+    for i in 0..12 {
+        assert_eq!(ask(&host, &format!("counter/n{i}"), "get", json!(null)).await.unwrap(), json!(i));
+    }
+}

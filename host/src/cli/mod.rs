@@ -85,6 +85,9 @@ struct ServeArgs {
     /// Largest request payload.
     #[arg(long, default_value = "1MiB")]
     max_payload: bytesize::ByteSize,
+    /// Most activations in memory at once (default: what vm.max_map_count allows).
+    #[arg(long)]
+    max_activations: Option<usize>,
     /// Deploy `TYPE=FILE.wasm` at start (skipped when already active); repeatable.
     #[arg(long = "deploy", value_name = "TYPE=FILE")]
     deploys: Vec<String>,
@@ -144,6 +147,9 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     config.idle_timeout = Duration::from(args.idle_timeout);
     config.call_timeout = Duration::from(args.call_timeout);
     config.max_payload = usize::try_from(args.max_payload.as_u64()).unwrap_or(usize::MAX);
+    if let Some(max) = args.max_activations {
+        config.max_activations = max.max(1);
+    }
     let store_name = store.backend_name();
     let host = Host::start(config, store).await.context("starting the host")?;
     for spec in &args.deploys {

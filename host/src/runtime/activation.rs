@@ -113,11 +113,17 @@ pub(crate) enum Dispatched {
 pub(crate) struct ActivationTable {
     shards: Box<[Mutex<HashMap<ActorId, Handle>>]>,
     hasher: std::collections::hash_map::RandomState,
+    /// Activations in the table, kept without locking every shard.
+    len: AtomicUsize,
 }
 
 impl ActivationTable {
     pub(crate) fn new() -> Self {
-        ActivationTable { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), hasher: Default::default() }
+        ActivationTable {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+            len: AtomicUsize::new(0),
+        }
     }
 
     fn shard(&self, id: &ActorId) -> &Mutex<HashMap<ActorId, Handle>> {
@@ -134,6 +140,7 @@ impl ActivationTable {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 host.registry().active(request.target.actor_type())?;
+                self.len.fetch_add(1, Ordering::Relaxed);
                 e.insert(Activation::spawn(host, request.target.clone()))
             }
         };
@@ -165,6 +172,7 @@ impl ActivationTable {
                 !idle
             });
         }
+        self.len.fetch_sub(removed, Ordering::Relaxed);
         removed
     }
 
@@ -187,14 +195,22 @@ impl ActivationTable {
                 removed += 1;
             }
         }
+        self.len.fetch_sub(removed, Ordering::Relaxed);
         removed
     }
 
     /// Removes every activation (shutdown, tests).
     pub(crate) fn clear(&self) {
         for shard in self.shards.iter() {
-            shard.lock().clear();
+            let mut shard = shard.lock();
+            self.len.fetch_sub(shard.len(), Ordering::Relaxed);
+            shard.clear();
         }
+    }
+
+    /// How many activations the table holds.
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
     }
 
     /// A snapshot of every activation.

@@ -53,6 +53,10 @@ pub struct HostConfig {
     pub call_timeout: Duration,
     /// Largest request payload, in bytes.
     pub max_payload: usize,
+    /// Most activations held at once; past it the oldest idle ones are shed
+    /// (their state is durable). Defaults to what the kernel's memory-map
+    /// limit allows, with a margin.
+    pub max_activations: usize,
 }
 
 impl HostConfig {
@@ -63,6 +67,7 @@ impl HostConfig {
             idle_timeout: Duration::from_secs(300),
             call_timeout: Duration::from_secs(30),
             max_payload: DEFAULT_MAX_PAYLOAD,
+            max_activations: engine::activation_capacity().map_or(usize::MAX, |c| (c as usize) * 9 / 10),
         }
     }
 }
@@ -148,7 +153,8 @@ impl Host {
         if let Some(capacity) = engine::activation_capacity() {
             tracing::info!(
                 capacity,
-                "about {capacity} activations fit in this process (vm.max_map_count / {}); idle ones are shed beyond that",
+                max_activations = host.0.config.max_activations,
+                "about {capacity} activations fit in this process (vm.max_map_count / {}); idle ones are shed past max_activations",
                 engine::MAPS_PER_ACTIVATION
             );
         }
@@ -324,6 +330,10 @@ impl Host {
     }
 
     fn check_request(&self, request: &Request) -> Result<(), ActorError> {
+        if self.0.table.len() >= self.0.config.max_activations {
+            let shed = self.shed_idle_activations();
+            tracing::debug!(shed, limit = self.0.config.max_activations, "activation limit reached; shed idle actors");
+        }
         if request.payload.len() > self.0.config.max_payload {
             return Err(ActorError::payload_too_large(format!(
                 "payload is {} bytes; this host's limit is {}",
@@ -347,8 +357,8 @@ impl Host {
     /// Sheds a tenth of the activations (at least 64), oldest idle first,
     /// to make room when the host cannot create more instances.
     pub fn shed_idle_activations(&self) -> usize {
-        let (count, _) = self.0.table.totals();
-        self.0.table.shed_oldest_idle((count / 10).max(64))
+        let count = self.0.table.len();
+        self.0.table.shed_oldest_idle((count / 10).max(64).min(count))
     }
 
     /// Drops every activation (state is durable; they reactivate on demand).
