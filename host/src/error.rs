@@ -82,6 +82,9 @@ constructors! {
 
 impl From<crate::storage::StoreError> for ActorError {
     fn from(e: crate::storage::StoreError) -> Self {
-        ActorError::unavailable(e.to_string())
+        match e {
+            crate::storage::StoreError::Rejected(_) => ActorError::rejected(e.to_string()),
+            _ => ActorError::unavailable(e.to_string()),
+        }
     }
 }

@@ -216,3 +216,46 @@ async fn postgres_going_down_fails_durable_turns_and_recovers() {
     }
     assert_eq!(result.unwrap(), json!(2), "recovered, and the failed turn never happened");
 }
+
+#[tokio::test]
+async fn a_failed_turn_sends_none_of_its_tells() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = misbehave_host(dir.path()).await;
+    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    let tell = |fail: bool| json!({"target": "counter/told", "method": "increment", "payload": {"by": 1}, "fail": fail});
+
+    let e = ask(&host, "misbehave/t", "tell", tell(true)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Rejected);
+    ask(&host, "misbehave/t", "tell", tell(false)).await.unwrap();
+    // Told messages are delivered after the commit; wait for the one that counts.
+    let mut value = json!(0);
+    for _ in 0..100 {
+        value = ask(&host, "counter/told", "get", json!(null)).await.unwrap();
+        if value != json!(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(ask(&host, "counter/told", "get", json!(null)).await.unwrap(), json!(1), "only the committed turn's tell arrived");
+    assert_eq!(value, json!(1));
+
+    let e = ask(&host, "misbehave/t", "tell", json!({"target": "nosuch/x", "method": "m", "payload": null, "fail": false}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound, "telling an unknown type fails at once: {e}");
+}
+
+#[tokio::test]
+async fn keys_with_nul_and_limits_out_of_range_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = misbehave_host(dir.path()).await;
+    let e = ask(&host, "misbehave/k", "put", json!({"key": "a\0b", "value": 1})).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Rejected, "{e}");
+    assert_eq!(dump(&host, "misbehave/k").await, json!({}));
+
+    for (memory, timeout) in [(None, Some("300000000000years")), (None, Some("2h")), (None, Some("0s")), (Some("8GiB"), None)] {
+        let e = quark_host::Manifest::parse(memory, timeout).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest, "{memory:?} {timeout:?}: {e}");
+    }
+}

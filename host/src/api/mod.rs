@@ -118,7 +118,14 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
 
 async fn read_body(body: Body, limit: usize, what: &str) -> ApiResult<Bytes> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        ApiError(ActorError::payload_too_large(format!("{what} is over the limit of {limit} bytes ({e})")))
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        ApiError(if too_large {
+            ActorError::payload_too_large(format!("{what} is over the limit of {limit} bytes"))
+        } else {
+            ActorError::bad_request(format!("reading {what}: {e}"))
+        })
     })
 }
 
@@ -148,8 +155,8 @@ async fn deploy(
 async fn list_components(State(state): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
     let mut types = Vec::new();
     for name in state.host.actor_types() {
-        let (_, active) = state.host.versions(&name).await?;
-        types.push(json!({ "type": name, "active_version": active }));
+        let active = state.host.active_version(&name)?;
+        types.push(json!({ "type": name, "active_version": active.version, "hash": active.hash }));
     }
     Ok(Json(json!({ "components": types })))
 }

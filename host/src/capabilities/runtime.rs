@@ -23,9 +23,14 @@ impl Host for TurnState {
     fn tell(&mut self, target: String, method: String, payload: Vec<u8>) -> Result<(), GuestError> {
         let target = ActorId::parse(&target)?;
         let mut request = self.outgoing(target, method, payload);
-        // A tell starts its own chain: the sender does not wait for it.
+        // A tell starts its own chain: the sender does not wait for it. It
+        // is sent when this turn commits, and never if the turn fails.
         request.chain = crate::runtime::new_chain_id();
-        Ok(self.host.tell_request(request)?)
+        request.caller = Some(self.actor.clone());
+        request.deadline = std::time::Instant::now() + self.host.config().call_timeout;
+        self.host.check_request(&request)?;
+        self.host.registry().active(request.target.actor_type())?;
+        Ok(self.buffer_tell(request)?)
     }
 
     fn now(&mut self) -> u64 {

@@ -16,6 +16,9 @@ fn check_key(key: &str) -> Result<(), GuestError> {
     if key.len() > MAX_KEY_BYTES {
         return Err(GuestError::LimitExceeded(format!("state key is {} bytes; the limit is {MAX_KEY_BYTES}", key.len())));
     }
+    if key.contains('\0') {
+        return Err(GuestError::Rejected("state keys may not contain NUL characters".into()));
+    }
     Ok(())
 }
 

@@ -24,7 +24,14 @@ use crate::error::{ActorError, ErrorKind};
 use crate::id::ActorId;
 use crate::metrics::{TurnOutcome, outcome_of};
 use super::engine::coarse_now_ms;
-use crate::storage::{Manifest, StateWrite, TurnCommit};
+use crate::storage::{Manifest, StateWrite, StoreError, TurnCommit};
+
+/// Most re-entrant turns one actor runs at once; each has its own instance
+/// and memory, so a runaway recursion must stop somewhere.
+const MAX_NESTED_TURNS: usize = 8;
+
+/// Pause after a shed that found nothing idle before scanning again.
+const SHED_INTERVAL_MS: i64 = 20;
 
 /// Shards of the activation table: enough that two cores rarely contend.
 const SHARDS: usize = 64;
@@ -38,13 +45,33 @@ pub(crate) struct Envelope {
     pub(crate) reply: Option<Reply>,
 }
 
+/// What a turn did that takes effect only if it commits: state writes, and
+/// messages told to other actors (sent after the commit). Later capabilities
+/// (journal events, jobs, outbox) add their buffers here.
+#[derive(Default)]
+pub(crate) struct TurnEffects {
+    pub(crate) writes: BTreeMap<String, Option<Vec<u8>>>,
+    pub(crate) tells: Vec<Request>,
+}
+
+impl TurnEffects {
+    /// Adds a later (nested) turn's effects on top of these.
+    pub(crate) fn merge(&mut self, later: TurnEffects) {
+        self.writes.extend(later.writes);
+        self.tells.extend(later.tells);
+    }
+}
+
 /// An actor's state as this host holds it: the committed values and the
-/// running turn's uncommitted writes.
+/// running turn's uncommitted effects.
 #[derive(Default)]
 pub(crate) struct ActorState {
     pub(crate) loaded: bool,
+    /// Set when a commit failed: its outcome is unknown, so the next turn
+    /// reloads from the store if it can.
+    pub(crate) stale: bool,
     pub(crate) committed: HashMap<String, Vec<u8>>,
-    pub(crate) in_flight: BTreeMap<String, Option<Vec<u8>>>,
+    pub(crate) in_flight: TurnEffects,
 }
 
 /// What the table, the inspection API and re-entrant calls see of an activation.
@@ -60,6 +87,8 @@ pub(crate) struct ActivationShared {
     pub(crate) last_active_ms: AtomicI64,
     /// The component version of the live instance (0 before the first turn).
     pub(crate) version: AtomicU64,
+    /// Re-entrant turns running now (each on its own instance).
+    pub(crate) nested_turns: AtomicUsize,
     pub(crate) state: Mutex<ActorState>,
 }
 
@@ -73,6 +102,7 @@ impl ActivationShared {
             turns: AtomicU64::new(0),
             last_active_ms: AtomicI64::new(coarse_now_ms()),
             version: AtomicU64::new(0),
+            nested_turns: AtomicUsize::new(0),
             state: Mutex::new(ActorState::default()),
         }
     }
@@ -115,6 +145,9 @@ pub(crate) struct ActivationTable {
     hasher: std::collections::hash_map::RandomState,
     /// Activations in the table, kept without locking every shard.
     len: AtomicUsize,
+    /// When a shed last found nothing idle (coarse ms): until
+    /// [`SHED_INTERVAL_MS`] later, messages do not scan again.
+    last_empty_shed_ms: AtomicI64,
 }
 
 impl ActivationTable {
@@ -123,6 +156,7 @@ impl ActivationTable {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: Default::default(),
             len: AtomicUsize::new(0),
+            last_empty_shed_ms: AtomicI64::new(0),
         }
     }
 
@@ -196,16 +230,17 @@ impl ActivationTable {
             }
         }
         self.len.fetch_sub(removed, Ordering::Relaxed);
+        if removed == 0 {
+            self.last_empty_shed_ms.store(coarse_now_ms(), Ordering::Relaxed);
+        }
         removed
     }
 
-    /// Removes every activation (shutdown, tests).
-    pub(crate) fn clear(&self) {
-        for shard in self.shards.iter() {
-            let mut shard = shard.lock();
-            self.len.fetch_sub(shard.len(), Ordering::Relaxed);
-            shard.clear();
-        }
+    /// False for [`SHED_INTERVAL_MS`] after a shed that found nothing idle:
+    /// shedding scans every shard, and a host at its limit with every actor
+    /// busy must not do that on every message.
+    pub(crate) fn may_shed(&self) -> bool {
+        coarse_now_ms() - self.last_empty_shed_ms.load(Ordering::Relaxed) >= SHED_INTERVAL_MS
     }
 
     /// How many activations the table holds.
@@ -323,14 +358,27 @@ impl Activation {
         }
         let Some(live) = self.live.as_mut() else { unreachable!("instantiated above") };
 
-        self.shared.busy_chain.store(request.chain, Ordering::Release);
+        {
+            let mut state = self.shared.state.lock();
+            state.in_flight = TurnEffects::default();
+            self.shared.busy_chain.store(request.chain, Ordering::Release);
+        }
         let result = run_handler(live, &request, turn_deadline(&request, &version)).await;
-        self.shared.busy_chain.store(0, Ordering::Release);
-
-        let writes = std::mem::take(&mut self.shared.state.lock().in_flight);
+        let effects = {
+            // Under the state lock, so a late nested turn either merged
+            // before this or sees the chain closed and discards its effects.
+            let mut state = self.shared.state.lock();
+            self.shared.busy_chain.store(0, Ordering::Release);
+            std::mem::take(&mut state.in_flight)
+        };
         match result {
             Ok(reply) => {
-                self.commit(writes).await?;
+                self.commit(effects.writes).await?;
+                for tell in effects.tells {
+                    if let Err(e) = self.host.tell_request(tell) {
+                        tracing::warn!(actor = %self.shared.id, error = %e, "a message told during a committed turn could not be delivered");
+                    }
+                }
                 Ok(reply)
             }
             Err(HandlerFailure::Returned(e)) => Err(e),
@@ -344,8 +392,9 @@ impl Activation {
 
     /// Commits the turn's writes through the group committer. The cached
     /// state is updated first and restored if the commit fails: the turn did
-    /// not happen. (If a backend reports failure for a commit that did land,
-    /// the actor's next durable turn overwrites it from the restored state.)
+    /// not happen. Since a backend can report failure for a commit that did
+    /// land, the cache is also marked stale and reloaded before the next
+    /// turn when the store answers; until then reads are served from it.
     async fn commit(&mut self, writes: BTreeMap<String, Option<Vec<u8>>>) -> Result<(), ActorError> {
         if writes.is_empty() {
             return Ok(());
@@ -375,32 +424,44 @@ impl Activation {
                     None => cached.committed.remove(&key),
                 };
             }
+            cached.stale = true;
             drop(cached);
             self.live = None;
-            return Err(ActorError::unavailable(format!(
-                "the turn of {} ran but its writes could not be committed, so it did not happen: {e}",
-                self.shared.id
-            )));
+            let message = format!("the turn of {} ran but its writes could not be committed, so it did not happen: {e}", self.shared.id);
+            return Err(match *e {
+                StoreError::Rejected(_) => ActorError::rejected(message),
+                _ => ActorError::unavailable(message),
+            });
         }
         Ok(())
     }
 }
 
-/// Loads the actor's committed state into memory before its first turn
-/// (and again after a failed commit).
+/// Loads the actor's committed state into memory before its first turn,
+/// and again after a failed commit (keeping the cache if the store is still
+/// down).
 async fn ensure_state_loaded(host: &Host, shared: &ActivationShared) -> Result<(), ActorError> {
-    if shared.state.lock().loaded {
-        return Ok(());
+    let had_cache = {
+        let state = shared.state.lock();
+        if state.loaded && !state.stale {
+            return Ok(());
+        }
+        state.loaded
+    };
+    match host.store().load_state(&shared.id).await {
+        Ok(rows) => {
+            let mut state = shared.state.lock();
+            state.committed = rows.into_iter().collect();
+            state.loaded = true;
+            state.stale = false;
+            Ok(())
+        }
+        Err(e) if had_cache => {
+            tracing::debug!(actor = %shared.id, error = %e, "store still unavailable; serving from the cached state");
+            Ok(())
+        }
+        Err(e) => Err(ActorError::unavailable(format!("loading the state of {}: {e}", shared.id))),
     }
-    let rows = host
-        .store()
-        .load_state(&shared.id)
-        .await
-        .map_err(|e| ActorError::unavailable(format!("loading the state of {}: {e}", shared.id)))?;
-    let mut state = shared.state.lock();
-    state.committed = rows.into_iter().collect();
-    state.loaded = true;
-    Ok(())
 }
 
 /// Why a handler call did not produce a reply.
@@ -513,15 +574,34 @@ pub(crate) async fn instantiate_pre(
 /// fresh instance. It sees the outer turn's writes; its own join them only
 /// if it succeeds, and are committed with the outer turn.
 pub(crate) async fn run_nested(host: &Host, shared: Arc<ActivationShared>, request: Request) -> Result<Vec<u8>, ActorError> {
+    if shared.nested_turns.fetch_add(1, Ordering::AcqRel) >= MAX_NESTED_TURNS {
+        shared.nested_turns.fetch_sub(1, Ordering::AcqRel);
+        return Err(ActorError::limit_exceeded(format!(
+            "{} is re-entered more than {MAX_NESTED_TURNS} times at once on call chain {:x}",
+            shared.id, request.chain
+        )));
+    }
+    let result = run_nested_turn(host, &shared, &request).await;
+    shared.nested_turns.fetch_sub(1, Ordering::AcqRel);
+    result
+}
+
+async fn run_nested_turn(host: &Host, shared: &Arc<ActivationShared>, request: &Request) -> Result<Vec<u8>, ActorError> {
     let version = host.registry().active(request.target.actor_type())?;
     let version = host.registry().loaded(&version.info.actor_type, shared.version.load(Ordering::Relaxed)).unwrap_or(version);
-    let mut live = instantiate(host, &shared, &version, true).await?;
-    let result = run_handler(&mut live, &request, turn_deadline(&request, &version)).await;
+    let mut live = instantiate(host, shared, &version, true).await?;
+    let result = run_handler(&mut live, request, turn_deadline(request, &version)).await;
     match result {
         Ok(reply) => {
-            if let Some(writes) = live.store.data_mut().nested_writes.take() {
-                shared.state.lock().in_flight.extend(writes);
+            let effects = live.store.data_mut().nested.take().unwrap_or_default();
+            let mut state = shared.state.lock();
+            if shared.busy_chain.load(Ordering::Acquire) != request.chain {
+                return Err(ActorError::timeout(format!(
+                    "the turn of {} that call chain {:x} re-entered ended before this nested call finished; its effects are discarded",
+                    shared.id, request.chain
+                )));
             }
+            state.in_flight.merge(effects);
             Ok(reply)
         }
         Err(HandlerFailure::Returned(e) | HandlerFailure::Broken(e)) => Err(e),

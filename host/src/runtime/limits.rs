@@ -28,7 +28,8 @@ impl MemoryLimiter {
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.limit {
+        // The limit is for all of this instance's memories together.
+        if self.current + desired - current > self.limit {
             self.exceeded = true;
             return Ok(false);
         }

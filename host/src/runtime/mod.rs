@@ -147,7 +147,11 @@ impl Host {
             deploy_lock: tokio::sync::Mutex::new(()),
         }));
         for info in host.0.store.active_versions().await? {
-            host.load_version(info).await?;
+            let (actor_type, version) = (info.actor_type.clone(), info.version);
+            // One broken type must not keep the others from serving.
+            if let Err(e) = host.load_version(info).await {
+                tracing::error!(actor_type, version, error = %format!("{e:#}"), "could not load the active version; this type is unavailable");
+            }
         }
         host.spawn_idle_sweeper();
         if let Some(capacity) = engine::activation_capacity() {
@@ -180,6 +184,13 @@ impl Host {
 
     /// Compiles (cache permitting) and activates a stored version.
     async fn load_version(&self, info: ComponentVersion) -> anyhow::Result<()> {
+        let pre = self.prepare_stored(&info).await?;
+        self.0.registry.activate(info, pre);
+        Ok(())
+    }
+
+    /// Compiles (cache permitting) and validates a stored version.
+    async fn prepare_stored(&self, info: &ComponentVersion) -> anyhow::Result<crate::capabilities::ActorPre<turn::TurnState>> {
         let bytes = self
             .0
             .store
@@ -187,15 +198,11 @@ impl Host {
             .await?
             .ok_or_else(|| anyhow::anyhow!("component bytes of {} v{} are missing", info.actor_type, info.version))?;
         let host = self.clone();
-        let pre = tokio::task::spawn_blocking(move || {
-            let pre = host.0.registry.prepare(&info.actor_type, &info.hash, &bytes);
-            pre.map(|pre| (info, pre))
-        })
-        .await?;
-        let (info, (pre, cached)) = pre?;
+        let (actor_type, hash) = (info.actor_type.clone(), info.hash.clone());
+        let (pre, cached) =
+            tokio::task::spawn_blocking(move || host.0.registry.prepare(&actor_type, &hash, &bytes)).await??;
         self.0.metrics.record_component_load(cached);
-        self.0.registry.activate(info, pre);
-        Ok(())
+        Ok(pre)
     }
 
     /// Deploys `bytes` as the new active version of `actor_type`.
@@ -269,17 +276,16 @@ impl Host {
                 "`{actor_type}` is at its first version (v{active}); there is nothing to roll back to"
             )));
         };
-        self.0.store.set_active_version(actor_type, previous.version).await?;
-        match self.0.registry.loaded(actor_type, previous.version) {
-            Some(loaded) => {
-                let pre = loaded.pre.clone();
-                self.0.registry.activate(previous.clone(), pre);
-            }
+        let pre = match self.0.registry.loaded(actor_type, previous.version) {
+            Some(loaded) => loaded.pre.clone(),
             None => self
-                .load_version(previous.clone())
+                .prepare_stored(&previous)
                 .await
                 .map_err(|e| ActorError::internal(format!("loading v{}: {e:#}", previous.version)))?,
-        }
+        };
+        // The store moves first: if it fails, nothing changed anywhere.
+        self.0.store.set_active_version(actor_type, previous.version).await?;
+        self.0.registry.activate(previous.clone(), pre);
         tracing::info!(actor_type, version = previous.version, "rolled back");
         Ok(previous)
     }
@@ -316,21 +322,21 @@ impl Host {
         }
     }
 
-    /// Routes a request without waiting for it.
+    /// Routes a request without waiting for it. Tells start their own call
+    /// chain, so they always queue.
     pub(crate) fn tell_request(&self, request: Request) -> Result<(), ActorError> {
         self.check_request(&request)?;
         match self.0.table.dispatch(self, request, None)? {
             Dispatched::Queued => Ok(()),
-            Dispatched::Reentrant(shared, request) => {
-                let host = self.clone();
-                tokio::spawn(async move { activation::run_nested(&host, shared, request).await });
-                Ok(())
-            }
+            Dispatched::Reentrant(shared, _) => Err(ActorError::internal(format!(
+                "a told message re-entered {} on its own call chain",
+                shared.id
+            ))),
         }
     }
 
-    fn check_request(&self, request: &Request) -> Result<(), ActorError> {
-        if self.0.table.len() >= self.0.config.max_activations {
+    pub(crate) fn check_request(&self, request: &Request) -> Result<(), ActorError> {
+        if self.0.table.len() >= self.0.config.max_activations && self.0.table.may_shed() {
             let shed = self.shed_idle_activations();
             tracing::debug!(shed, limit = self.0.config.max_activations, "activation limit reached; shed idle actors");
         }
@@ -349,11 +355,6 @@ impl Host {
         self.0.table.list()
     }
 
-    /// Deactivates every idle actor now (their state is already durable).
-    pub fn deactivate_idle(&self) -> usize {
-        self.0.table.sweep_idle(0)
-    }
-
     /// Sheds a tenth of the activations (at least 64), oldest idle first,
     /// to make room when the host cannot create more instances.
     pub fn shed_idle_activations(&self) -> usize {
@@ -361,9 +362,11 @@ impl Host {
         self.0.table.shed_oldest_idle((count / 10).max(64).min(count))
     }
 
-    /// Drops every activation (state is durable; they reactivate on demand).
+    /// Deactivates every activation that is not running or queued (state is
+    /// durable; they reactivate on demand). Busy ones are left alone so an
+    /// actor is never active twice.
     pub fn deactivate_all(&self) {
-        self.0.table.clear();
+        self.0.table.sweep_idle(0);
     }
 
     /// Prometheus text for `GET /metrics`.
@@ -371,6 +374,11 @@ impl Host {
         let (count, memory) = self.0.table.totals();
         self.0.metrics.set_gauges(count, memory, resident_memory_bytes());
         self.0.metrics.encode()
+    }
+
+    /// The active version of `actor_type`, from memory.
+    pub fn active_version(&self, actor_type: &str) -> Result<ComponentVersion, ActorError> {
+        Ok(self.0.registry.active(actor_type)?.info.clone())
     }
 
     /// Names of the deployed actor types.

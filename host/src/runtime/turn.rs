@@ -1,7 +1,7 @@
 //! The data of one actor instance's wasmtime store, and the scope of the
 //! turn it is running.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -9,10 +9,11 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::Request;
-use super::activation::ActivationShared;
+use super::activation::{ActivationShared, TurnEffects};
 use super::guest_output::GuestOutput;
 use super::limits::MemoryLimiter;
 use crate::Host;
+use crate::error::ActorError;
 use crate::id::ActorId;
 
 /// What the running turn is: its call chain, who called, and its deadline.
@@ -32,9 +33,9 @@ pub struct TurnState {
     pub(crate) host: Host,
     pub(crate) scope: TurnScope,
     pub(crate) activation: Arc<ActivationShared>,
-    /// `Some` for a re-entrant (nested) turn: its writes stay here until it
-    /// succeeds, then join the outer turn's writes.
-    pub(crate) nested_writes: Option<BTreeMap<String, Option<Vec<u8>>>>,
+    /// `Some` for a re-entrant (nested) turn: its effects stay here until it
+    /// succeeds, then join the outer turn's.
+    pub(crate) nested: Option<TurnEffects>,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) timed_out: bool,
     /// The guest's stderr: logged, and its tail quoted when the guest traps.
@@ -56,7 +57,7 @@ impl TurnState {
             scope: TurnScope { chain: 0, caller: None, deadline: Instant::now() },
             limiter: MemoryLimiter::new(memory_limit, activation.clone()),
             activation,
-            nested_writes: nested.then(BTreeMap::new),
+            nested: nested.then(TurnEffects::default),
             timed_out: false,
             stderr,
             wasi,
@@ -66,11 +67,11 @@ impl TurnState {
 
     /// Reads `key`, seeing this turn's own writes first.
     pub(crate) fn state_get(&self, key: &str) -> Option<Vec<u8>> {
-        if let Some(local) = self.nested_writes.as_ref().and_then(|w| w.get(key)) {
+        if let Some(local) = self.nested.as_ref().and_then(|n| n.writes.get(key)) {
             return local.clone();
         }
         let state = self.activation.state.lock();
-        match state.in_flight.get(key) {
+        match state.in_flight.writes.get(key) {
             Some(v) => v.clone(),
             None => state.committed.get(key).cloned(),
         }
@@ -78,12 +79,12 @@ impl TurnState {
 
     /// Buffers a write (or a delete, with `None`) for the turn's commit.
     pub(crate) fn state_write(&mut self, key: String, value: Option<Vec<u8>>) {
-        match &mut self.nested_writes {
+        match &mut self.nested {
             Some(local) => {
-                local.insert(key, value);
+                local.writes.insert(key, value);
             }
             None => {
-                self.activation.state.lock().in_flight.insert(key, value);
+                self.activation.state.lock().in_flight.writes.insert(key, value);
             }
         }
     }
@@ -92,7 +93,7 @@ impl TurnState {
     pub(crate) fn state_keys(&self) -> Vec<String> {
         let state = self.activation.state.lock();
         let mut keys: BTreeSet<&String> = state.committed.keys().collect();
-        let layers = state.in_flight.iter().chain(self.nested_writes.iter().flatten());
+        let layers = state.in_flight.writes.iter().chain(self.nested.iter().flat_map(|n| n.writes.iter()));
         for (key, value) in layers {
             if value.is_some() {
                 keys.insert(key);
@@ -103,11 +104,30 @@ impl TurnState {
         keys.into_iter().cloned().collect()
     }
 
+    /// Buffers a message to send if this turn commits.
+    pub(crate) fn buffer_tell(&mut self, request: Request) -> Result<(), ActorError> {
+        match &mut self.nested {
+            Some(local) => push_tell(&mut local.tells, request),
+            None => push_tell(&mut self.activation.state.lock().in_flight.tells, request),
+        }
+    }
+
     /// A request from this turn to another actor, on the same call chain.
     pub(crate) fn outgoing(&self, target: ActorId, method: String, payload: Vec<u8>) -> Request {
         let deadline = self.scope.deadline.min(Instant::now() + self.host.config().call_timeout);
         Request { target, method, payload, chain: self.scope.chain, caller: Some(self.actor.clone()), deadline }
     }
+}
+
+/// Most messages one turn may tell: they sit in memory until it commits.
+const MAX_TELLS_PER_TURN: usize = 1000;
+
+fn push_tell(tells: &mut Vec<Request>, request: Request) -> Result<(), ActorError> {
+    if tells.len() >= MAX_TELLS_PER_TURN {
+        return Err(ActorError::limit_exceeded(format!("a turn may tell at most {MAX_TELLS_PER_TURN} messages")));
+    }
+    tells.push(request);
+    Ok(())
 }
 
 impl WasiView for TurnState {

@@ -60,11 +60,24 @@ async fn run(store: Arc<dyn Store>, metrics: Arc<Metrics>, mut rx: mpsc::Receive
         let started = std::time::Instant::now();
         let outcome = store.commit(&commits).await.map_err(Arc::new);
         metrics.record_commit(commits.len(), started.elapsed(), outcome.is_ok());
-        if let Err(e) = &outcome {
-            tracing::warn!(turns = commits.len(), error = %e, "group commit failed; the turns fail with `unavailable`");
-        }
-        for done in waiters.drain(..) {
-            let _ = done.send(outcome.clone());
+        match outcome {
+            // The backend refused some turn's data: commit the turns one by
+            // one so only the offending turn fails, not its whole batch.
+            Err(e) if matches!(*e, StoreError::Rejected(_)) && commits.len() > 1 => {
+                tracing::warn!(turns = commits.len(), error = %e, "group commit refused; retrying its turns one by one");
+                for (commit, done) in commits.drain(..).zip(waiters.drain(..)) {
+                    let single = store.commit(std::slice::from_ref(&commit)).await.map_err(Arc::new);
+                    let _ = done.send(single);
+                }
+            }
+            outcome => {
+                if let Err(e) = &outcome {
+                    tracing::warn!(turns = commits.len(), error = %e, "group commit failed; its turns did not happen");
+                }
+                for done in waiters.drain(..) {
+                    let _ = done.send(outcome.clone());
+                }
+            }
         }
         commits.clear();
     }

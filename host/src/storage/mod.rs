@@ -21,6 +21,10 @@ pub enum StoreError {
     /// The backend could not be reached or refused the operation.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The backend refused the data itself (a constraint, an invalid
+    /// value): retrying the same write will fail again.
+    #[error("store rejected the write: {0}")]
+    Rejected(String),
     /// Stored data is not what this version of Quark expects.
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
@@ -28,7 +32,19 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
-        StoreError::Unavailable(e.to_string())
+        match e {
+            // Data the backend will never accept: constraint violations,
+            // PostgreSQL data exceptions (SQLSTATE 22xxx/23xxx), SQLite's
+            // TOOBIG (18) and MISMATCH (20). Busy, locked, I/O and
+            // connection errors stay `Unavailable`: a retry may succeed.
+            sqlx::Error::Database(db)
+                if db.kind() != sqlx::error::ErrorKind::Other
+                    || db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c == "18" || c == "20") =>
+            {
+                StoreError::Rejected(db.to_string())
+            }
+            other => StoreError::Unavailable(other.to_string()),
+        }
     }
 }
 
@@ -76,6 +92,13 @@ pub struct Manifest {
     pub turn_timeout: Duration,
 }
 
+/// Longest turn time limit a deploy may ask for: a turn holds its actor,
+/// and longer work belongs in durable jobs or workflows.
+pub const MAX_TURN_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Largest memory limit: all a 32-bit wasm memory can address.
+pub const MAX_MEMORY_LIMIT: u64 = 4 << 30;
+
 impl Manifest {
     /// Builds a manifest from the strings a person types (`16MiB`, `5s`);
     /// missing parts take the host's defaults.
@@ -98,8 +121,15 @@ impl Manifest {
                 "memory limit {memory_limit} bytes is below one wasm page (64 KiB)"
             )));
         }
-        if turn_timeout.is_zero() {
-            return Err(crate::ActorError::bad_request("turn timeout must be above zero"));
+        if turn_timeout.is_zero() || turn_timeout > MAX_TURN_TIMEOUT {
+            return Err(crate::ActorError::bad_request(format!(
+                "turn timeout {turn_timeout:?} must be above zero and at most {MAX_TURN_TIMEOUT:?}"
+            )));
+        }
+        if memory_limit > MAX_MEMORY_LIMIT {
+            return Err(crate::ActorError::bad_request(format!(
+                "memory limit {memory_limit} bytes is over {MAX_MEMORY_LIMIT} (4 GiB, all a 32-bit wasm memory can address)"
+            )));
         }
         Ok(Manifest { memory_limit, turn_timeout })
     }

@@ -19,6 +19,14 @@ struct Forward {
     payload: Value,
 }
 
+#[derive(Deserialize)]
+struct Tell {
+    target: String,
+    method: String,
+    payload: Value,
+    fail: bool,
+}
+
 struct Misbehave;
 
 impl Misbehave {
@@ -71,10 +79,17 @@ impl Misbehave {
         Ok(value)
     }
 
+    /// Tells another actor, then succeeds or fails: a failed turn's tells
+    /// must never be sent.
+    fn tell(Tell { target, method, payload, fail }: Tell) -> Result<()> {
+        quark_sdk::tell(&target, &method, &payload)?;
+        if fail { Err(Error::rejected("misbehave: failing after a tell")) } else { Ok(()) }
+    }
+
     /// Calls another actor and returns its reply.
     fn forward(Forward { target, method, payload }: Forward) -> Result<Value> {
         quark_sdk::call(&target, &method, &payload)
     }
 }
 
-quark_sdk::actor!(Misbehave { panic, spin, alloc, write_then_fail, put, dump, echo, forward });
+quark_sdk::actor!(Misbehave { panic, spin, alloc, write_then_fail, put, dump, echo, forward, tell });
