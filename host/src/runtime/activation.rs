@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use wasmtime::{Store, UpdateDeadline};
@@ -311,7 +312,17 @@ impl Activation {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Envelope>) {
         while let Some(Envelope { request, reply }) = rx.recv().await {
             let started = Instant::now();
-            let result = self.turn(request).await;
+            let actor = request.target.clone();
+            // A host bug in one turn must not take the mailbox down with it.
+            let result = match std::panic::AssertUnwindSafe(self.turn(request)).catch_unwind().await {
+                Ok(result) => result,
+                Err(_) => {
+                    self.live = None;
+                    self.shared.state.lock().stale = true;
+                    tracing::error!(actor = %actor, "a turn panicked in the host; instance discarded");
+                    Err(ActorError::internal(format!("the host failed while running a turn of {actor}")))
+                }
+            };
             let outcome = match &result {
                 Ok(_) => TurnOutcome::ok,
                 Err(e) => outcome_of(e.kind),

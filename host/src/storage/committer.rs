@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Store, StoreError, TurnCommit};
@@ -58,7 +59,11 @@ async fn run(store: Arc<dyn Store>, metrics: Arc<Metrics>, mut rx: mpsc::Receive
             waiters.push(done);
         }
         let started = std::time::Instant::now();
-        let outcome = store.commit(&commits).await.map_err(Arc::new);
+        // A panic inside a backend fails this batch, not the committer.
+        let outcome = match std::panic::AssertUnwindSafe(store.commit(&commits)).catch_unwind().await {
+            Ok(outcome) => outcome.map_err(Arc::new),
+            Err(_) => Err(Arc::new(StoreError::Unavailable("the store backend panicked during a commit".into()))),
+        };
         metrics.record_commit(commits.len(), started.elapsed(), outcome.is_ok());
         match outcome {
             // The backend refused some turn's data: commit the turns one by
