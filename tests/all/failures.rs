@@ -259,3 +259,16 @@ async fn keys_with_nul_and_limits_out_of_range_are_refused() {
         assert_eq!(e.kind, ErrorKind::BadRequest, "{memory:?} {timeout:?}: {e}");
     }
 }
+
+#[tokio::test]
+async fn a_caller_that_goes_away_mid_turn_leaves_the_actor_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = misbehave_host(dir.path()).await;
+    // The actor is idle, so this turn runs in the caller's own task; the
+    // caller then gives up (as an HTTP client that disconnects does).
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), ask(&host, "misbehave/c", "spin", json!(null))).await;
+    assert!(gave_up.is_err(), "the spin is still running when the caller leaves");
+    assert_eq!(ask(&host, "misbehave/c", "echo", json!("next")).await.unwrap(), json!("next"));
+    assert_eq!(dump(&host, "misbehave/c").await, json!({}), "the abandoned turn committed nothing");
+    assert_eq!(host.actors().iter().find(|a| a.id == "misbehave/c").map(|a| a.pending), Some(0));
+}

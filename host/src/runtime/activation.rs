@@ -90,6 +90,10 @@ pub(crate) struct ActivationShared {
     pub(crate) version: AtomicU64,
     /// Re-entrant turns running now (each on its own instance).
     pub(crate) nested_turns: AtomicUsize,
+    /// The instance and its version; `None` while a turn holds them.
+    core: Mutex<Option<Core>>,
+    /// Signalled when an inline turn puts the core back.
+    core_returned: tokio::sync::Notify,
     pub(crate) state: Mutex<ActorState>,
 }
 
@@ -104,6 +108,8 @@ impl ActivationShared {
             last_active_ms: AtomicI64::new(coarse_now_ms()),
             version: AtomicU64::new(0),
             nested_turns: AtomicUsize::new(0),
+            core: Mutex::new(Some(Core::default())),
+            core_returned: tokio::sync::Notify::new(),
             state: Mutex::new(ActorState::default()),
         }
     }
@@ -138,6 +144,8 @@ pub(crate) enum Dispatched {
     /// The actor is busy on this very call chain: the caller runs the turn
     /// now, on a fresh instance that sees the outer turn's writes.
     Reentrant(Arc<ActivationShared>, Request),
+    /// The actor was idle: the caller runs the turn itself.
+    Inline(InlineTurn, Request),
 }
 
 /// Every activation on this host, sharded by actor id.
@@ -181,6 +189,13 @@ impl ActivationTable {
         };
         if request.chain != 0 && handle.shared.busy_chain.load(Ordering::Acquire) == request.chain {
             return Ok(Dispatched::Reentrant(handle.shared.clone(), request));
+        }
+        if reply.is_some() && handle.shared.pending.load(Ordering::Acquire) == 0 {
+            if let Some(core) = handle.shared.core.lock().take() {
+                handle.shared.pending.fetch_add(1, Ordering::AcqRel);
+                let turn = InlineTurn { host: host.clone(), shared: handle.shared.clone(), core: Some(core), finished: false };
+                return Ok(Dispatched::Inline(turn, request));
+            }
         }
         handle.shared.pending.fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::error::SendError(envelope)) = handle.tx.send(Envelope { request, reply }) {
@@ -290,104 +305,166 @@ struct Live {
     version: u64,
 }
 
-/// The task that owns one actor's instance and runs its turns.
-struct Activation {
-    host: Host,
-    shared: Arc<ActivationShared>,
+/// What runs an actor's turns: its live instance and the version it was
+/// made from. Exactly one holder at a time, in `ActivationShared::core`:
+/// the mailbox task, or a caller running a turn inline.
+#[derive(Default)]
+pub(crate) struct Core {
     live: Option<Live>,
     /// The active version of this actor's type, as of a registry generation.
     version: Option<(u64, Arc<LoadedVersion>)>,
 }
 
+/// The mailbox task of one activation.
+struct Activation;
+
 impl Activation {
     fn spawn(host: &Host, id: ActorId) -> Handle {
         let shared = Arc::new(ActivationShared::new(id));
         let (tx, rx) = mpsc::unbounded_channel();
-        let activation = Activation { host: host.clone(), shared: shared.clone(), live: None, version: None };
         host.metrics().activation_started();
-        tokio::spawn(activation.run(rx));
+        tokio::spawn(Self::run(host.clone(), shared.clone(), rx));
         Handle { tx, shared }
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Envelope>) {
+    async fn run(host: Host, shared: Arc<ActivationShared>, mut rx: mpsc::UnboundedReceiver<Envelope>) {
         while let Some(Envelope { request, reply }) = rx.recv().await {
-            let started = Instant::now();
-            let actor = request.target.clone();
-            // A host bug in one turn must not take the mailbox down with it.
-            let result = match std::panic::AssertUnwindSafe(self.turn(request)).catch_unwind().await {
-                Ok(result) => result,
-                Err(_) => {
-                    self.live = None;
-                    self.shared.state.lock().stale = true;
-                    tracing::error!(actor = %actor, "a turn panicked in the host; instance discarded");
-                    Err(ActorError::internal(format!("the host failed while running a turn of {actor}")))
-                }
-            };
-            let outcome = match &result {
-                Ok(_) => TurnOutcome::ok,
-                Err(e) => outcome_of(e.kind),
-            };
-            self.host.metrics().record_turn(outcome, started.elapsed());
-            self.shared.turns.fetch_add(1, Ordering::Relaxed);
-            self.shared.last_active_ms.store(coarse_now_ms(), Ordering::Relaxed);
-            self.shared.pending.fetch_sub(1, Ordering::AcqRel);
+            let mut core = take_core(&shared).await;
+            let result = core.run_turn(&host, &shared, request).await;
+            // Back before `pending` drops, so a caller that sees the actor
+            // idle finds its core in place.
+            *shared.core.lock() = Some(core);
+            shared.pending.fetch_sub(1, Ordering::AcqRel);
             if let Some(reply) = reply {
                 let _ = reply.send(result);
             }
         }
-        self.live = None;
-        self.host.metrics().activation_stopped();
+        // Removed from the table: drop the instance now (it refers back to
+        // `shared`, so it would otherwise keep both alive).
+        drop(shared.core.lock().take());
+        host.metrics().activation_stopped();
+    }
+}
+
+/// Waits until no inline turn holds the core, then takes it.
+async fn take_core(shared: &ActivationShared) -> Core {
+    loop {
+        let returned = shared.core_returned.notified();
+        if let Some(core) = shared.core.lock().take() {
+            return core;
+        }
+        returned.await;
+    }
+}
+
+/// A turn run by its caller's own task (the actor was idle, so no queue to
+/// keep in order): no mailbox hop, no task switch. If the caller goes away
+/// mid-turn, the instance is discarded and the state reloaded, as after a
+/// trap; the core always goes back.
+pub(crate) struct InlineTurn {
+    host: Host,
+    shared: Arc<ActivationShared>,
+    core: Option<Core>,
+    finished: bool,
+}
+
+impl InlineTurn {
+    pub(crate) async fn run(mut self, request: Request) -> Result<Vec<u8>, ActorError> {
+        let (host, shared) = (self.host.clone(), self.shared.clone());
+        let core = self.core.as_mut().expect("an inline turn holds the core");
+        let result = core.run_turn(&host, &shared, request).await;
+        self.finished = true;
+        result
+    }
+}
+
+impl Drop for InlineTurn {
+    fn drop(&mut self) {
+        let mut core = self.core.take().unwrap_or_default();
+        if !self.finished {
+            core.live = None;
+            self.shared.busy_chain.store(0, Ordering::Release);
+            self.shared.state.lock().stale = true;
+        }
+        *self.shared.core.lock() = Some(core);
+        self.shared.pending.fetch_sub(1, Ordering::AcqRel);
+        self.shared.core_returned.notify_one();
+    }
+}
+
+impl Core {
+    /// Runs one turn with its bookkeeping; a host panic fails only this turn.
+    async fn run_turn(&mut self, host: &Host, shared: &Arc<ActivationShared>, request: Request) -> Result<Vec<u8>, ActorError> {
+        let started = Instant::now();
+        let actor = request.target.clone();
+        let result = match std::panic::AssertUnwindSafe(self.turn(host, shared, request)).catch_unwind().await {
+            Ok(result) => result,
+            Err(_) => {
+                self.live = None;
+                shared.state.lock().stale = true;
+                tracing::error!(actor = %actor, "a turn panicked in the host; instance discarded");
+                Err(ActorError::internal(format!("the host failed while running a turn of {actor}")))
+            }
+        };
+        let outcome = match &result {
+            Ok(_) => TurnOutcome::ok,
+            Err(e) => outcome_of(e.kind),
+        };
+        host.metrics().record_turn(outcome, started.elapsed());
+        shared.turns.fetch_add(1, Ordering::Relaxed);
+        shared.last_active_ms.store(coarse_now_ms(), Ordering::Relaxed);
+        result
     }
 
-    async fn turn(&mut self, request: Request) -> Result<Vec<u8>, ActorError> {
+    async fn turn(&mut self, host: &Host, shared: &Arc<ActivationShared>, request: Request) -> Result<Vec<u8>, ActorError> {
         if Instant::now() >= request.deadline {
             return Err(ActorError::timeout(format!(
                 "message to {} `{}` (call chain {:x}) passed its deadline in the mailbox before it ran",
                 request.target, request.method, request.chain
             )));
         }
-        ensure_state_loaded(&self.host, &self.shared).await?;
-        let version = self.host.registry().active_cached(request.target.actor_type(), &mut self.version)?;
+        ensure_state_loaded(host, shared).await?;
+        let version = host.registry().active_cached(request.target.actor_type(), &mut self.version)?;
         if self.live.as_ref().is_some_and(|l| l.version != version.info.version) {
             // Hot swap: the next turn runs on the new code with the same state.
             self.live = None;
         }
         if self.live.is_none() {
-            let live = match instantiate(&self.host, &self.shared, &version, false).await {
+            let live = match instantiate(host, shared, &version, false).await {
                 Err(e) if e.kind == ErrorKind::Unavailable => {
                     // Out of room for instances: shed the oldest idle
                     // activations (their state is durable) and try once more.
-                    let shed = self.host.shed_idle_activations();
-                    tracing::warn!(actor = %self.shared.id, shed, "activation capacity reached; shed idle actors");
+                    let shed = host.shed_idle_activations();
+                    tracing::warn!(actor = %shared.id, shed, "activation capacity reached; shed idle actors");
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                    instantiate(&self.host, &self.shared, &version, false).await?
+                    instantiate(host, shared, &version, false).await?
                 }
                 other => other?,
             };
             self.live = Some(live);
-            self.shared.version.store(version.info.version, Ordering::Relaxed);
+            shared.version.store(version.info.version, Ordering::Relaxed);
         }
         let Some(live) = self.live.as_mut() else { unreachable!("instantiated above") };
 
         {
-            let mut state = self.shared.state.lock();
+            let mut state = shared.state.lock();
             state.in_flight = TurnEffects::default();
-            self.shared.busy_chain.store(request.chain, Ordering::Release);
+            shared.busy_chain.store(request.chain, Ordering::Release);
         }
         let result = run_handler(live, &request, turn_deadline(&request, &version)).await;
         let effects = {
             // Under the state lock, so a late nested turn either merged
             // before this or sees the chain closed and discards its effects.
-            let mut state = self.shared.state.lock();
-            self.shared.busy_chain.store(0, Ordering::Release);
+            let mut state = shared.state.lock();
+            shared.busy_chain.store(0, Ordering::Release);
             std::mem::take(&mut state.in_flight)
         };
         match result {
             Ok(reply) => {
-                self.commit(effects.writes).await?;
+                self.commit(host, shared, effects.writes).await?;
                 for tell in effects.tells {
-                    if let Err(e) = self.host.tell_request(tell) {
-                        tracing::warn!(actor = %self.shared.id, error = %e, "a message told during a committed turn could not be delivered");
+                    if let Err(e) = host.tell_request(tell) {
+                        tracing::warn!(actor = %shared.id, error = %e, "a message told during a committed turn could not be delivered");
                     }
                 }
                 Ok(reply)
@@ -406,13 +483,18 @@ impl Activation {
     /// not happen. Since a backend can report failure for a commit that did
     /// land, the cache is also marked stale and reloaded before the next
     /// turn when the store answers; until then reads are served from it.
-    async fn commit(&mut self, writes: BTreeMap<String, Option<Vec<u8>>>) -> Result<(), ActorError> {
+    async fn commit(
+        &mut self,
+        host: &Host,
+        shared: &ActivationShared,
+        writes: BTreeMap<String, Option<Vec<u8>>>,
+    ) -> Result<(), ActorError> {
         if writes.is_empty() {
             return Ok(());
         }
         let state: Vec<StateWrite> = writes.into_iter().map(|(key, value)| StateWrite { key, value }).collect();
         let undo: Vec<(String, Option<Vec<u8>>)> = {
-            let mut cached = self.shared.state.lock();
+            let mut cached = shared.state.lock();
             state
                 .iter()
                 .map(|w| {
@@ -424,11 +506,11 @@ impl Activation {
                 })
                 .collect()
         };
-        let commit = TurnCommit { actor: self.shared.id.clone(), state };
-        if let Err(e) = self.host.committer().commit(commit).await {
+        let commit = TurnCommit { actor: shared.id.clone(), state };
+        if let Err(e) = host.committer().commit(commit).await {
             // Put the cache back as it was: reads keep being served, and the
             // next turn starts from the last committed state.
-            let mut cached = self.shared.state.lock();
+            let mut cached = shared.state.lock();
             for (key, previous) in undo.into_iter().rev() {
                 match previous {
                     Some(v) => cached.committed.insert(key, v),
@@ -438,7 +520,7 @@ impl Activation {
             cached.stale = true;
             drop(cached);
             self.live = None;
-            let message = format!("the turn of {} ran but its writes could not be committed, so it did not happen: {e}", self.shared.id);
+            let message = format!("the turn of {} ran but its writes could not be committed, so it did not happen: {e}", shared.id);
             return Err(match *e {
                 StoreError::Rejected(_) => ActorError::rejected(message),
                 _ => ActorError::unavailable(message),
@@ -508,7 +590,8 @@ async fn run_handler(live: &mut Live, request: &Request, deadline: Instant) -> R
         Ok(Ok(Ok(reply))) => Ok(reply),
         Ok(Ok(Err(guest_error))) => Err(HandlerFailure::Returned(guest_error.into())),
         Ok(Err(trap)) if data.timed_out => Err(HandlerFailure::Broken(ActorError::timeout(format!(
-            "{actor} `{method}` ran past its turn time limit and was stopped ({})",
+            "{actor} `{method}` ran past its deadline (turn time limit or call deadline; call chain {:x}) and was stopped ({})",
+            request.chain,
             trap.root_cause()
         )))),
         Ok(Err(_)) if data.limiter.exceeded => Err(HandlerFailure::Broken(ActorError::limit_exceeded(format!(

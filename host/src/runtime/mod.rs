@@ -310,6 +310,7 @@ impl Host {
             (request.target.clone(), request.method.clone(), request.chain, request.deadline);
         let (tx, rx) = tokio::sync::oneshot::channel();
         match self.0.table.dispatch(self, request, Some(tx))? {
+            Dispatched::Inline(turn, request) => turn.run(request).await,
             Dispatched::Queued => match tokio::time::timeout_at(deadline.into(), rx).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(_)) => Err(ActorError::internal(format!("the activation of {target} stopped without replying"))),
@@ -332,6 +333,7 @@ impl Host {
                 "a told message re-entered {} on its own call chain",
                 shared.id
             ))),
+            Dispatched::Inline(..) => unreachable!("tells carry no reply, so they always queue"),
         }
     }
 
