@@ -139,8 +139,9 @@ pub struct ActivationInfo {
 
 /// Where a message went.
 pub(crate) enum Dispatched {
-    /// Into the actor's mailbox; the reply comes on the oneshot.
-    Queued,
+    /// Into the actor's mailbox; the reply (if one was wanted) comes on
+    /// the receiver.
+    Queued(Option<oneshot::Receiver<Result<Vec<u8>, ActorError>>>),
     /// The actor is busy on this very call chain: the caller runs the turn
     /// now, on a fresh instance that sees the outer turn's writes.
     Reentrant(Arc<ActivationShared>, Request),
@@ -177,7 +178,8 @@ impl ActivationTable {
 
     /// Delivers `request` to its actor, activating it if needed (an unknown
     /// actor type is `not-found`).
-    pub(crate) fn dispatch(&self, host: &Host, request: Request, reply: Option<Reply>) -> Result<Dispatched, ActorError> {
+    /// `wants_reply` is false for tells.
+    pub(crate) fn dispatch(&self, host: &Host, request: Request, wants_reply: bool) -> Result<Dispatched, ActorError> {
         let mut shard = self.shard(&request.target).lock();
         let handle = match shard.entry(request.target.clone()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -190,13 +192,19 @@ impl ActivationTable {
         if request.chain != 0 && handle.shared.busy_chain.load(Ordering::Acquire) == request.chain {
             return Ok(Dispatched::Reentrant(handle.shared.clone(), request));
         }
-        if reply.is_some() && handle.shared.pending.load(Ordering::Acquire) == 0 {
+        if wants_reply && handle.shared.pending.load(Ordering::Acquire) == 0 {
             if let Some(core) = handle.shared.core.lock().take() {
                 handle.shared.pending.fetch_add(1, Ordering::AcqRel);
                 let turn = InlineTurn { host: host.clone(), shared: handle.shared.clone(), core: Some(core), finished: false };
                 return Ok(Dispatched::Inline(turn, request));
             }
         }
+        let (reply, receiver) = if wants_reply {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
         handle.shared.pending.fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::error::SendError(envelope)) = handle.tx.send(Envelope { request, reply }) {
             // The activation task died (a host bug); replace it.
@@ -206,7 +214,7 @@ impl ActivationTable {
             let _ = fresh.tx.send(envelope);
             *handle = fresh;
         }
-        Ok(Dispatched::Queued)
+        Ok(Dispatched::Queued(receiver))
     }
 
     /// Removes activations idle for at least `idle_ms` with empty mailboxes;

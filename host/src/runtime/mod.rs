@@ -308,10 +308,10 @@ impl Host {
         self.check_request(&request)?;
         let (target, method, chain, deadline) =
             (request.target.clone(), request.method.clone(), request.chain, request.deadline);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        match self.0.table.dispatch(self, request, Some(tx))? {
+        match self.0.table.dispatch(self, request, true)? {
             Dispatched::Inline(turn, request) => turn.run(request).await,
-            Dispatched::Queued => match tokio::time::timeout_at(deadline.into(), rx).await {
+            Dispatched::Queued(None) => Err(ActorError::internal("no reply channel for an ask")),
+            Dispatched::Queued(Some(rx)) => match tokio::time::timeout_at(deadline.into(), rx).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(_)) => Err(ActorError::internal(format!("the activation of {target} stopped without replying"))),
                 Err(_) => Err(ActorError::timeout(format!(
@@ -327,8 +327,8 @@ impl Host {
     /// chain, so they always queue.
     pub(crate) fn tell_request(&self, request: Request) -> Result<(), ActorError> {
         self.check_request(&request)?;
-        match self.0.table.dispatch(self, request, None)? {
-            Dispatched::Queued => Ok(()),
+        match self.0.table.dispatch(self, request, false)? {
+            Dispatched::Queued(_) => Ok(()),
             Dispatched::Reentrant(shared, _) => Err(ActorError::internal(format!(
                 "a told message re-entered {} on its own call chain",
                 shared.id
