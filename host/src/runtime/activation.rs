@@ -431,14 +431,17 @@ impl Core {
                 request.target, request.method, request.chain
             )));
         }
-        ensure_state_loaded(host, shared).await?;
         let version = host.registry().active_cached(request.target.actor_type(), &mut self.version)?;
         if self.live.as_ref().is_some_and(|l| l.version != version.info.version) {
             // Hot swap: the next turn runs on the new code with the same state.
             self.live = None;
         }
         if self.live.is_none() {
-            let live = match instantiate(host, shared, &version, false).await {
+            // Activation: read the state and create the instance at once;
+            // the read waits on the store while the instance is built here.
+            let (loaded, instance) = tokio::join!(ensure_state_loaded(host, shared), instantiate(host, shared, &version, false));
+            loaded?;
+            let live = match instance {
                 Err(e) if e.kind == ErrorKind::Unavailable => {
                     // Out of room for instances: shed the oldest idle
                     // activations (their state is durable) and try once more.
@@ -451,6 +454,8 @@ impl Core {
             };
             self.live = Some(live);
             shared.version.store(version.info.version, Ordering::Relaxed);
+        } else {
+            ensure_state_loaded(host, shared).await?;
         }
         let Some(live) = self.live.as_mut() else { unreachable!("instantiated above") };
 
