@@ -65,10 +65,7 @@ async fn cycle_across_call_chains_times_out_instead_of_hanging() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = HostConfig::new(dir.path());
     config.call_timeout = Duration::from_secs(2);
-    let store = std::sync::Arc::new(
-        quark_host::storage::sqlite::SqliteStore::open(&dir.path().join("quark.db")).await.unwrap(),
-    );
-    let host = quark_host::Host::start(config, store).await.unwrap();
+    let host = host_with_config(config).await;
     host.deploy("pingpong", component("pingpong"), manifest()).await.unwrap();
     // x waits 300 ms then calls y; y does the same towards x; two chains, one cycle.
     let (a, b) = tokio::join!(
@@ -91,10 +88,7 @@ async fn idle_actors_are_deactivated_and_come_back() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = HostConfig::new(dir.path());
     config.idle_timeout = Duration::from_millis(200);
-    let store = std::sync::Arc::new(
-        quark_host::storage::sqlite::SqliteStore::open(&dir.path().join("quark.db")).await.unwrap(),
-    );
-    let host = quark_host::Host::start(config, store).await.unwrap();
+    let host = host_with_config(config).await;
     host.deploy("counter", component("counter"), manifest()).await.unwrap();
     ask(&host, "counter/sleepy", "increment", json!({"by": 7})).await.unwrap();
     assert_eq!(host.actors().len(), 1);
@@ -113,10 +107,7 @@ async fn past_the_activation_limit_the_oldest_idle_actors_are_shed() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = HostConfig::new(dir.path());
     config.max_activations = 5;
-    let store = std::sync::Arc::new(
-        quark_host::storage::sqlite::SqliteStore::open(&dir.path().join("quark.db")).await.unwrap(),
-    );
-    let host = quark_host::Host::start(config, store).await.unwrap();
+    let host = host_with_config(config).await;
     host.deploy("counter", component("counter"), manifest()).await.unwrap();
     for i in 0..12 {
         ask(&host, &format!("counter/n{i}"), "increment", json!({"by": i})).await.unwrap();

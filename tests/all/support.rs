@@ -45,6 +45,12 @@ pub(crate) async fn sqlite_host(dir: &std::path::Path) -> Host {
     Host::start(HostConfig::new(dir), store).await.unwrap()
 }
 
+/// A host with `config` on a SQLite store in its data directory.
+pub(crate) async fn host_with_config(config: HostConfig) -> Host {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir.join("quark.db")).await.unwrap());
+    Host::start(config, store).await.unwrap()
+}
+
 /// A host on a fresh SQLite store with the given components deployed.
 pub(crate) async fn host_with(dir: &std::path::Path, components: &[(&str, &str)]) -> Host {
     let host = sqlite_host(dir).await;

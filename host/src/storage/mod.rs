@@ -13,6 +13,7 @@ use crate::id::ActorId;
 pub mod committer;
 pub mod postgres;
 pub mod sqlite;
+mod sql;
 
 /// A failure of the storage backend. Turns that need the store fail with
 /// `unavailable`; nothing is partially committed.
@@ -226,25 +227,6 @@ pub(crate) fn flatten_batch(batch: &[TurnCommit]) -> (Vec<(&str, &str, &[u8])>, 
         }
     }
     (upserts, deletes)
-}
-
-/// Reads a `component_versions` row; the same columns in every SQL backend.
-pub(crate) fn version_from_row<R>(row: &R) -> Result<ComponentVersion, StoreError>
-where
-    R: sqlx::Row,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-{
-    let manifest: String = row.try_get("manifest")?;
-    Ok(ComponentVersion {
-        actor_type: row.try_get("actor_type")?,
-        version: row.try_get::<i64, _>("version")? as u64,
-        hash: row.try_get("hash")?,
-        size: row.try_get::<i64, _>("size")? as u64,
-        manifest: serde_json::from_str::<Manifest>(&manifest).map_err(|e| StoreError::Corrupt(format!("manifest: {e}")))?,
-        created_at_ms: row.try_get("created_at_ms")?,
-    })
 }
 
 /// Milliseconds since the Unix epoch, now.

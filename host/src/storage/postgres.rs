@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Row};
 
-use super::{ComponentStore, ComponentVersion, Manifest, StateStore, Store, StoreError, TurnCommit, flatten_batch, now_ms, version_from_row};
+use super::{StateStore, Store, StoreError, TurnCommit, flatten_batch};
 use crate::id::ActorId;
 
 /// Pool size: the committer uses one connection, activations read with the rest.
@@ -95,92 +95,4 @@ impl StateStore for PostgresStore {
     }
 }
 
-#[async_trait]
-impl ComponentStore for PostgresStore {
-    async fn add_component_version(
-        &self,
-        actor_type: &str,
-        hash: &str,
-        bytes: &[u8],
-        manifest: &Manifest,
-    ) -> Result<ComponentVersion, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO component_blobs (hash, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(hash)
-            .bind(bytes)
-            .execute(&mut *tx)
-            .await?;
-        let version: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) + 1 FROM component_versions WHERE actor_type = $1")
-                .bind(actor_type)
-                .fetch_one(&mut *tx)
-                .await?;
-        let created_at_ms = now_ms();
-        let manifest_json = serde_json::to_string(manifest).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO component_versions (actor_type, version, hash, size, manifest, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(actor_type)
-        .bind(version)
-        .bind(hash)
-        .bind(bytes.len() as i64)
-        .bind(&manifest_json)
-        .bind(created_at_ms)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO component_heads (actor_type, version) VALUES ($1, $2) ON CONFLICT (actor_type) DO UPDATE SET version = excluded.version",
-        )
-        .bind(actor_type)
-        .bind(version)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(ComponentVersion {
-            actor_type: actor_type.to_string(),
-            version: version as u64,
-            hash: hash.to_string(),
-            size: bytes.len() as u64,
-            manifest: manifest.clone(),
-            created_at_ms,
-        })
-    }
-
-    async fn component_versions(&self, actor_type: &str) -> Result<Vec<ComponentVersion>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM component_versions WHERE actor_type = $1 ORDER BY version")
-            .bind(actor_type)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(version_from_row).collect()
-    }
-
-    async fn component_bytes(&self, actor_type: &str, version: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT b.bytes FROM component_versions v JOIN component_blobs b ON b.hash = v.hash WHERE v.actor_type = $1 AND v.version = $2",
-        )
-        .bind(actor_type)
-        .bind(version as i64)
-        .fetch_optional(&self.pool)
-        .await?)
-    }
-
-    async fn set_active_version(&self, actor_type: &str, version: u64) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO component_heads (actor_type, version) VALUES ($1, $2) ON CONFLICT (actor_type) DO UPDATE SET version = excluded.version",
-        )
-        .bind(actor_type)
-        .bind(version as i64)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn active_versions(&self) -> Result<Vec<ComponentVersion>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT v.* FROM component_heads h JOIN component_versions v ON v.actor_type = h.actor_type AND v.version = h.version ORDER BY v.actor_type",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(version_from_row).collect()
-    }
-}
+super::sql::sql_component_store!(PostgresStore, writer: pool, reader: pool);
