@@ -6,7 +6,7 @@
 //! can be stranded in a mailbox that nobody reads.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -171,9 +171,7 @@ impl ActivationTable {
     }
 
     fn shard(&self, id: &ActorId) -> &Mutex<HashMap<ActorId, Handle>> {
-        let mut h = self.hasher.build_hasher();
-        id.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(id) as usize) % SHARDS]
     }
 
     /// Delivers `request` to its actor, activating it if needed (an unknown
@@ -192,12 +190,13 @@ impl ActivationTable {
         if request.chain != 0 && handle.shared.busy_chain.load(Ordering::Acquire) == request.chain {
             return Ok(Dispatched::Reentrant(handle.shared.clone(), request));
         }
-        if wants_reply && handle.shared.pending.load(Ordering::Acquire) == 0 {
-            if let Some(core) = handle.shared.core.lock().take() {
-                handle.shared.pending.fetch_add(1, Ordering::AcqRel);
-                let turn = InlineTurn { host: host.clone(), shared: handle.shared.clone(), core: Some(core), finished: false };
-                return Ok(Dispatched::Inline(turn, request));
-            }
+        if wants_reply
+            && handle.shared.pending.load(Ordering::Acquire) == 0
+            && let Some(core) = handle.shared.core.lock().take()
+        {
+            handle.shared.pending.fetch_add(1, Ordering::AcqRel);
+            let turn = InlineTurn { host: host.clone(), shared: handle.shared.clone(), core: Some(core), finished: false };
+            return Ok(Dispatched::Inline(turn, request));
         }
         let (reply, receiver) = if wants_reply {
             let (tx, rx) = oneshot::channel();

@@ -271,7 +271,7 @@ impl Host {
         let _serial = self.0.deploy_lock.lock().await;
         let active = self.0.registry.active(actor_type)?.info.version;
         let versions = self.0.store.component_versions(actor_type).await?;
-        let Some(previous) = versions.into_iter().filter(|v| v.version < active).next_back() else {
+        let Some(previous) = versions.into_iter().rfind(|v| v.version < active) else {
             return Err(ActorError::rejected(format!(
                 "`{actor_type}` is at its first version (v{active}); there is nothing to roll back to"
             )));

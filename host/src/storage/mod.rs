@@ -208,10 +208,16 @@ pub trait ComponentStore: Send + Sync {
     async fn active_versions(&self) -> Result<Vec<ComponentVersion>, StoreError>;
 }
 
+/// One `(actor, key, value)` row to write.
+pub(crate) type Upsert<'a> = (&'a str, &'a str, &'a [u8]);
+
+/// One `(actor, key)` row to delete.
+pub(crate) type Delete<'a> = (&'a str, &'a str);
+
 /// Merges a batch of turns into final per-key writes (the last write of a
 /// key wins), split into upserts and deletes, so each backend runs two
 /// bulk statements instead of one per write.
-pub(crate) fn flatten_batch(batch: &[TurnCommit]) -> (Vec<(&str, &str, &[u8])>, Vec<(&str, &str)>) {
+pub(crate) fn flatten_batch(batch: &[TurnCommit]) -> (Vec<Upsert<'_>>, Vec<Delete<'_>>) {
     let mut last: std::collections::HashMap<(&str, &str), Option<&[u8]>> = std::collections::HashMap::new();
     for commit in batch {
         for write in &commit.state {
