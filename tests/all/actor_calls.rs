@@ -119,3 +119,15 @@ async fn past_the_activation_limit_the_oldest_idle_actors_are_shed() {
         assert_eq!(ask(&host, &format!("counter/n{i}"), "get", json!(null)).await.unwrap(), json!(i));
     }
 }
+
+#[tokio::test]
+async fn re_entering_an_actor_twice_on_one_chain_keeps_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with(dir.path(), &[("pingpong", "pingpong")]).await;
+    // a -> b -> a -> b -> a -> b: a and b are each re-entered twice, nested.
+    let chain = ask(&host, "pingpong/a", "ping", json!({"peer": "pingpong/b", "depth": 5})).await.unwrap();
+    assert_eq!(chain.as_array().unwrap().len(), 6);
+    host.deactivate_all();
+    assert_eq!(ask(&host, "pingpong/a", "pings", json!(null)).await.unwrap(), json!(3), "each nested turn saw the one it is nested in");
+    assert_eq!(ask(&host, "pingpong/b", "pings", json!(null)).await.unwrap(), json!(3));
+}

@@ -72,7 +72,10 @@ pub(crate) struct ActorState {
     /// reloads from the store if it can.
     pub(crate) stale: bool,
     pub(crate) committed: HashMap<String, Vec<u8>>,
-    pub(crate) in_flight: TurnEffects,
+    /// The running turn's effects: `[0]` is the outer turn's; each
+    /// re-entrant turn on its chain pushes a layer above the turn it is
+    /// nested in and, when it succeeds, folds it into that one.
+    pub(crate) layers: Vec<TurnEffects>,
 }
 
 /// What the table, the inspection API and re-entrant calls see of an activation.
@@ -438,7 +441,7 @@ impl Core {
         if self.live.is_none() {
             // Activation: read the state and create the instance at once;
             // the read waits on the store while the instance is built here.
-            let (loaded, instance) = tokio::join!(ensure_state_loaded(host, shared), instantiate(host, shared, &version, false));
+            let (loaded, instance) = tokio::join!(ensure_state_loaded(host, shared), instantiate(host, shared, &version, 0));
             loaded?;
             let live = match instance {
                 Err(e) if e.kind == ErrorKind::Unavailable => {
@@ -447,7 +450,7 @@ impl Core {
                     let shed = host.shed_idle_activations();
                     tracing::warn!(actor = %shared.id, shed, "activation capacity reached; shed idle actors");
                     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                    instantiate(host, shared, &version, false).await?
+                    instantiate(host, shared, &version, 0).await?
                 }
                 other => other?,
             };
@@ -460,7 +463,7 @@ impl Core {
 
         {
             let mut state = shared.state.lock();
-            state.in_flight = TurnEffects::default();
+            state.layers = vec![TurnEffects::default()];
             shared.busy_chain.store(request.chain, Ordering::Release);
         }
         let result = run_handler(live, &request, turn_deadline(&request, &version)).await;
@@ -469,7 +472,8 @@ impl Core {
             // before this or sees the chain closed and discards its effects.
             let mut state = shared.state.lock();
             shared.busy_chain.store(0, Ordering::Release);
-            std::mem::take(&mut state.in_flight)
+            let mut layers = std::mem::take(&mut state.layers);
+            layers.drain(..).next().unwrap_or_default()
         };
         match result {
             Ok(reply) => {
@@ -628,9 +632,9 @@ async fn instantiate(
     host: &Host,
     shared: &Arc<ActivationShared>,
     version: &LoadedVersion,
-    nested: bool,
+    layer: usize,
 ) -> Result<Live, ActorError> {
-    let (store, bindings) = instantiate_pre(host, shared, &version.pre, &version.info.manifest, nested).await?;
+    let (store, bindings) = instantiate_pre(host, shared, &version.pre, &version.info.manifest, layer).await?;
     Ok(Live { store, bindings, version: version.info.version })
 }
 
@@ -641,10 +645,10 @@ pub(crate) async fn instantiate_pre(
     shared: &Arc<ActivationShared>,
     pre: &ActorPre<TurnState>,
     manifest: &Manifest,
-    nested: bool,
+    layer: usize,
 ) -> Result<(Store<TurnState>, Actor), ActorError> {
     let memory_limit = manifest.memory_limit;
-    let mut store = Store::new(host.engine(), TurnState::new(host.clone(), shared.clone(), memory_limit, nested));
+    let mut store = Store::new(host.engine(), TurnState::new(host.clone(), shared.clone(), memory_limit, layer));
     store.limiter(|s| &mut s.limiter);
     store.epoch_deadline_callback(|mut ctx| {
         if Instant::now() >= ctx.data().scope.deadline {
@@ -695,21 +699,40 @@ pub(crate) async fn run_nested(host: &Host, shared: Arc<ActivationShared>, reque
 async fn run_nested_turn(host: &Host, shared: &Arc<ActivationShared>, request: &Request) -> Result<Vec<u8>, ActorError> {
     let version = host.registry().active(request.target.actor_type())?;
     let version = host.registry().loaded(&version.info.actor_type, shared.version.load(Ordering::Relaxed)).unwrap_or(version);
-    let mut live = instantiate(host, shared, &version, true).await?;
-    let result = run_handler(&mut live, request, turn_deadline(request, &version)).await;
+    let layer = {
+        let mut state = shared.state.lock();
+        if state.layers.is_empty() || shared.busy_chain.load(Ordering::Acquire) != request.chain {
+            return Err(ActorError::timeout(format!(
+                "the turn of {} that call chain {:x} re-entered has already ended",
+                shared.id, request.chain
+            )));
+        }
+        state.layers.push(TurnEffects::default());
+        state.layers.len() - 1
+    };
+    let result = match instantiate(host, shared, &version, layer).await {
+        Ok(mut live) => run_handler(&mut live, request, turn_deadline(request, &version)).await,
+        Err(e) => Err(HandlerFailure::Returned(e)),
+    };
+    let mut state = shared.state.lock();
+    let still_open = shared.busy_chain.load(Ordering::Acquire) == request.chain && state.layers.len() == layer + 1;
     match result {
-        Ok(reply) => {
-            let effects = live.store.data_mut().nested.take().unwrap_or_default();
-            let mut state = shared.state.lock();
-            if shared.busy_chain.load(Ordering::Acquire) != request.chain {
-                return Err(ActorError::timeout(format!(
-                    "the turn of {} that call chain {:x} re-entered ended before this nested call finished; its effects are discarded",
-                    shared.id, request.chain
-                )));
-            }
-            state.in_flight.merge(effects);
+        Ok(reply) if still_open => {
+            let mine = state.layers.pop().unwrap_or_default();
+            state.layers[layer - 1].merge(mine);
             Ok(reply)
         }
-        Err(HandlerFailure::Returned(e) | HandlerFailure::Broken(e)) => Err(e),
+        Ok(_) => {
+            state.layers.truncate(layer);
+            Err(ActorError::timeout(format!(
+                "the turn of {} that call chain {:x} re-entered ended before this nested call finished; its effects are discarded",
+                shared.id, request.chain
+            )))
+        }
+        Err(HandlerFailure::Returned(e) | HandlerFailure::Broken(e)) => {
+            state.layers.truncate(layer);
+            Err(e)
+        }
     }
 }
+

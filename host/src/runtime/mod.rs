@@ -250,7 +250,7 @@ impl Host {
         manifest: &Manifest,
     ) -> Result<(), ActorError> {
         let shared = Arc::new(activation::ActivationShared::new(ActorId::new(actor_type, "deploy-check")?));
-        match activation::instantiate_pre(self, &shared, pre, manifest, true).await {
+        match activation::instantiate_pre(self, &shared, pre, manifest, 0).await {
             Ok(_) => Ok(()),
             Err(e) if e.kind == ErrorKind::LimitExceeded => Err(ActorError::rejected(format!(
                 "`{actor_type}` cannot start within its memory limit; deploy it with a larger --memory-limit ({})",

@@ -9,7 +9,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::Request;
-use super::activation::{ActivationShared, TurnEffects};
+use super::activation::ActivationShared;
 use super::guest_output::GuestOutput;
 use super::limits::MemoryLimiter;
 use crate::Host;
@@ -33,9 +33,9 @@ pub struct TurnState {
     pub(crate) host: Host,
     pub(crate) scope: TurnScope,
     pub(crate) activation: Arc<ActivationShared>,
-    /// `Some` for a re-entrant (nested) turn: its effects stay here until it
-    /// succeeds, then join the outer turn's.
-    pub(crate) nested: Option<TurnEffects>,
+    /// Which of the actor's effect layers this turn writes: 0 for a turn
+    /// from the mailbox, higher for re-entrant turns (see `ActorState`).
+    layer: usize,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) timed_out: bool,
     /// The guest's stderr: logged, and its tail quoted when the guest traps.
@@ -45,7 +45,7 @@ pub struct TurnState {
 }
 
 impl TurnState {
-    pub(crate) fn new(host: Host, activation: Arc<ActivationShared>, memory_limit: u64, nested: bool) -> Self {
+    pub(crate) fn new(host: Host, activation: Arc<ActivationShared>, memory_limit: u64, layer: usize) -> Self {
         let stderr = GuestOutput::new(activation.id.clone(), "stderr");
         let wasi = WasiCtx::builder()
             .stdout(GuestOutput::new(activation.id.clone(), "stdout"))
@@ -57,7 +57,7 @@ impl TurnState {
             scope: TurnScope { chain: 0, caller: None, deadline: Instant::now() },
             limiter: MemoryLimiter::new(memory_limit, activation.clone()),
             activation,
-            nested: nested.then(TurnEffects::default),
+            layer,
             timed_out: false,
             stderr,
             wasi,
@@ -65,13 +65,12 @@ impl TurnState {
         }
     }
 
-    /// Reads `key`, seeing this turn's own writes first.
+    /// Reads `key`, seeing this turn's own writes first, then those of the
+    /// turns it is nested in.
     pub(crate) fn state_get(&self, key: &str) -> Option<Vec<u8>> {
-        if let Some(local) = self.nested.as_ref().and_then(|n| n.writes.get(key)) {
-            return local.clone();
-        }
         let state = self.activation.state.lock();
-        match state.in_flight.writes.get(key) {
+        let visible = &state.layers[..state.layers.len().min(self.layer + 1)];
+        match visible.iter().rev().find_map(|l| l.writes.get(key)) {
             Some(v) => v.clone(),
             None => state.committed.get(key).cloned(),
         }
@@ -79,22 +78,17 @@ impl TurnState {
 
     /// Buffers a write (or a delete, with `None`) for the turn's commit.
     pub(crate) fn state_write(&mut self, key: String, value: Option<Vec<u8>>) {
-        match &mut self.nested {
-            Some(local) => {
-                local.writes.insert(key, value);
-            }
-            None => {
-                self.activation.state.lock().in_flight.writes.insert(key, value);
-            }
+        if let Some(layer) = self.activation.state.lock().layers.get_mut(self.layer) {
+            layer.writes.insert(key, value);
         }
     }
 
-    /// Every key, with this turn's writes applied.
+    /// Every key, with this turn's writes (and those it is nested in) applied.
     pub(crate) fn state_keys(&self) -> Vec<String> {
         let state = self.activation.state.lock();
         let mut keys: BTreeSet<&String> = state.committed.keys().collect();
-        let layers = state.in_flight.writes.iter().chain(self.nested.iter().flat_map(|n| n.writes.iter()));
-        for (key, value) in layers {
+        let visible = &state.layers[..state.layers.len().min(self.layer + 1)];
+        for (key, value) in visible.iter().flat_map(|l| l.writes.iter()) {
             if value.is_some() {
                 keys.insert(key);
             } else {
@@ -106,9 +100,9 @@ impl TurnState {
 
     /// Buffers a message to send if this turn commits.
     pub(crate) fn buffer_tell(&mut self, request: Request) -> Result<(), ActorError> {
-        match &mut self.nested {
-            Some(local) => push_tell(&mut local.tells, request),
-            None => push_tell(&mut self.activation.state.lock().in_flight.tells, request),
+        match self.activation.state.lock().layers.get_mut(self.layer) {
+            Some(layer) => push_tell(&mut layer.tells, request),
+            None => Err(ActorError::timeout("this turn has already ended")),
         }
     }
 
