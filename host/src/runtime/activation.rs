@@ -463,7 +463,9 @@ impl Core {
 
         {
             let mut state = shared.state.lock();
-            state.layers = vec![TurnEffects::default()];
+            // Reuse the vector: no allocation per turn.
+            state.layers.clear();
+            state.layers.push(TurnEffects::default());
             shared.busy_chain.store(request.chain, Ordering::Release);
         }
         let result = run_handler(live, &request, turn_deadline(&request, &version)).await;
@@ -472,8 +474,7 @@ impl Core {
             // before this or sees the chain closed and discards its effects.
             let mut state = shared.state.lock();
             shared.busy_chain.store(0, Ordering::Release);
-            let mut layers = std::mem::take(&mut state.layers);
-            layers.drain(..).next().unwrap_or_default()
+            state.layers.drain(..).next().unwrap_or_default()
         };
         match result {
             Ok(reply) => {
