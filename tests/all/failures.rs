@@ -38,11 +38,11 @@ async fn guest_panic_fails_the_turn_and_commits_nothing() {
 async fn infinite_loop_is_stopped_by_the_turn_time_limit() {
     let dir = tempfile::tempdir().unwrap();
     let host = misbehave_host(dir.path()).await;
-    let started = std::time::Instant::now();
     let e = ask(&host, "misbehave/loop", "spin", json!(null)).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
-    assert!(e.message.contains("time limit") || e.message.contains("deadline"), "{e}");
-    assert!(started.elapsed() < Duration::from_secs(30), "the loop was stopped");
+    // Stopped inside the guest by epoch interruption at the 1 s turn limit,
+    // not abandoned by the caller at its 30 s call deadline.
+    assert!(e.message.contains("and was stopped"), "{e}");
     assert_eq!(dump(&host, "misbehave/loop").await, json!({}), "nothing committed");
     assert_eq!(ask(&host, "misbehave/other", "echo", json!("still here")).await.unwrap(), json!("still here"));
 }
