@@ -143,8 +143,8 @@ pub struct ActivationInfo {
 /// Where a message went.
 pub(crate) enum Dispatched {
     /// Into the actor's mailbox; the reply (if one was wanted) comes on
-    /// the receiver.
-    Queued(Option<oneshot::Receiver<Result<Vec<u8>, ActorError>>>),
+    /// the receiver. Carries the method name for a deadline error.
+    Queued(Option<oneshot::Receiver<Result<Vec<u8>, ActorError>>>, String),
     /// The actor is busy on this very call chain: the caller runs the turn
     /// now, on a fresh instance that sees the outer turn's writes.
     Reentrant(Arc<ActivationShared>, Request),
@@ -207,6 +207,7 @@ impl ActivationTable {
         } else {
             (None, None)
         };
+        let method = if wants_reply { request.method.clone() } else { String::new() };
         handle.shared.pending.fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::error::SendError(envelope)) = handle.tx.send(Envelope { request, reply }) {
             // The activation task died (a host bug); replace it.
@@ -216,7 +217,7 @@ impl ActivationTable {
             let _ = fresh.tx.send(envelope);
             *handle = fresh;
         }
-        Ok(Dispatched::Queued(receiver))
+        Ok(Dispatched::Queued(receiver, method))
     }
 
     /// Removes activations idle for at least `idle_ms` with empty mailboxes;

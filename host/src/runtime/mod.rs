@@ -306,12 +306,13 @@ impl Host {
     /// Routes a request and waits for its reply (or its deadline).
     pub(crate) async fn ask_request(&self, request: Request) -> Result<Vec<u8>, ActorError> {
         self.check_request(&request)?;
-        let (target, method, chain, deadline) =
-            (request.target.clone(), request.method.clone(), request.chain, request.deadline);
+        // Only what a queued message's deadline error needs; the inline
+        // path takes the request as it is.
+        let (target, chain, deadline) = (request.target.clone(), request.chain, request.deadline);
         match self.0.table.dispatch(self, request, true)? {
             Dispatched::Inline(turn, request) => turn.run(request).await,
-            Dispatched::Queued(None) => Err(ActorError::internal("no reply channel for an ask")),
-            Dispatched::Queued(Some(rx)) => match tokio::time::timeout_at(deadline.into(), rx).await {
+            Dispatched::Queued(None, _) => Err(ActorError::internal("no reply channel for an ask")),
+            Dispatched::Queued(Some(rx), method) => match tokio::time::timeout_at(deadline.into(), rx).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(_)) => Err(ActorError::internal(format!("the activation of {target} stopped without replying"))),
                 Err(_) => Err(ActorError::timeout(format!(
@@ -328,7 +329,7 @@ impl Host {
     pub(crate) fn tell_request(&self, request: Request) -> Result<(), ActorError> {
         self.check_request(&request)?;
         match self.0.table.dispatch(self, request, false)? {
-            Dispatched::Queued(_) => Ok(()),
+            Dispatched::Queued(..) => Ok(()),
             Dispatched::Reentrant(shared, _) => Err(ActorError::internal(format!(
                 "a told message re-entered {} on its own call chain",
                 shared.id
