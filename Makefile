@@ -3,8 +3,8 @@
 
 CARGO        ?= cargo
 WASM_TARGET  := wasm32-wasip2
-SAMPLES      := counter greeter
-TEST_ACTORS  := misbehave pingpong no-handler counter-v2
+SAMPLES      := counter greeter bank accounts-summary
+TEST_ACTORS  := misbehave pingpong no-handler counter-v2 ledger
 GUEST_DIR    := target/$(WASM_TARGET)/wasm
 DATA_DIR     ?= ./quark-data
 LISTEN       ?= 127.0.0.1:7878
@@ -33,7 +33,8 @@ run: guests
 	$(CARGO) build --release -p quark-host
 	@echo ">> starting quark serve on $(LISTEN), data in $(DATA_DIR), samples deployed"
 	./target/release/quark serve --data-dir $(DATA_DIR) --listen $(LISTEN) \
-		$(foreach s,$(SAMPLES),--deploy $(s)=target/samples/$(s).wasm)
+		$(foreach s,$(SAMPLES),--deploy $(s)=target/samples/$(s).wasm) \
+		--projection accounts-summary=bank:accounts-summary/all
 
 test: guests
 	@echo ">> running the tests (unit, integration, storage conformance on SQLite and PostgreSQL)"

@@ -43,6 +43,24 @@ pub mod bindings {
     });
 }
 
+/// Bindings for the `aggregate-export` world: the `aggregate` export an
+/// event-sourced actor adds to the `actor` world (types shared with
+/// [`bindings`]). Only [`event_sourced!`] exports through it.
+#[doc(hidden)]
+pub mod es_bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "aggregate-export",
+        pub_export_macro: true,
+        export_macro_name: "export_aggregate",
+        default_bindings_module: "quark_sdk::es_bindings",
+        with: {
+            "quark:actor/types@0.1.0": crate::bindings::quark::actor::types,
+            "quark:actor/journal@0.1.0": crate::bindings::quark::actor::journal,
+        },
+    });
+}
+
 /// The error every capability and handler returns; the WIT `error` variant.
 pub use bindings::quark::actor::types::Error;
 
@@ -106,6 +124,116 @@ pub mod state {
     pub fn set_raw(key: &str, value: &[u8]) -> Result<()> {
         state::set(key, value)
     }
+}
+
+/// The actor's journal: append-only events, committed with the turn.
+///
+/// Any actor may append events (an audit trail). An event-sourced actor
+/// (see [`EventSourced`]) appends through [`emit`](crate::emit), which also
+/// folds the event into its state.
+pub mod journal {
+    use super::{Error, Result, Serialize, bindings::quark::actor::journal};
+
+    /// An event as the journal holds it, with its audit fields.
+    pub use super::bindings::quark::actor::journal::RecordedEvent;
+
+    /// Appends one event whose body is `data` encoded as JSON; returns its version.
+    pub fn append<T: Serialize + ?Sized>(event_type: &str, schema_version: u32, data: &T) -> Result<u64> {
+        let data = serde_json::to_vec(data).map_err(|e| Error::internal(format!("encoding event `{event_type}`: {e}")))?;
+        append_raw(event_type, schema_version, &data)
+    }
+
+    /// Appends one event with a raw body; returns its version.
+    pub fn append_raw(event_type: &str, schema_version: u32, data: &[u8]) -> Result<u64> {
+        journal::append(&[journal::Event { event_type: event_type.to_string(), schema_version, data: data.to_vec() }])
+    }
+
+    /// This actor's version: committed events plus this turn's.
+    pub fn version() -> Result<u64> {
+        journal::version()
+    }
+
+    /// Up to `max` committed events from version `from` on.
+    pub fn read(from: u64, max: u32) -> Result<Vec<RecordedEvent>> {
+        journal::read(from, max)
+    }
+
+    /// Asks the host to snapshot this (event-sourced) actor after this turn.
+    pub fn request_snapshot() {
+        journal::request_snapshot()
+    }
+}
+
+/// An event-sourced actor's state: always the fold of its events.
+///
+/// Commands (the methods listed in [`event_sourced!`]) validate and call
+/// [`emit`]; only `apply` changes the state. The host rebuilds the state
+/// on activation from the latest snapshot (this type as JSON) plus the
+/// events after it.
+pub trait EventSourced: Default + Serialize + DeserializeOwned + 'static {
+    /// The events, stored as JSON. An enum's variant name is the event type.
+    type Event: Serialize + DeserializeOwned;
+
+    /// Version of the events' shape. Bump it when a field changes, and
+    /// convert older events in [`EventSourced::upcast`].
+    const SCHEMA_VERSION: u32 = 1;
+
+    /// Folds one event into the state. It must accept every event that
+    /// [`emit`] recorded: the journal cannot be changed afterwards.
+    fn apply(&mut self, event: Self::Event);
+
+    /// Turns the JSON of an event written with an older `schema_version`
+    /// into the current shape. The default keeps it as it is.
+    fn upcast(event_type: &str, schema_version: u32, data: Value) -> Result<Value> {
+        let _ = (event_type, schema_version);
+        Ok(data)
+    }
+}
+
+/// Records `event` in the journal (committed with this turn) and folds it
+/// into `state`; returns the actor's new version.
+pub fn emit<S: EventSourced>(state: &mut S, event: S::Event) -> Result<u64> {
+    let value = serde_json::to_value(&event).map_err(|e| Error::internal(format!("encoding an event: {e}")))?;
+    let event_type = event_type_of::<S::Event>(&value);
+    let data = serde_json::to_vec(&value).map_err(|e| Error::internal(format!("encoding event `{event_type}`: {e}")))?;
+    let version = journal::append_raw(&event_type, S::SCHEMA_VERSION, &data)?;
+    state.apply(event);
+    Ok(version)
+}
+
+/// An event's type name from its JSON: the variant of an enum (externally
+/// tagged or `#[serde(tag = "type")]`), else the Rust type's name.
+fn event_type_of<E>(value: &Value) -> String {
+    match value {
+        Value::String(unit_variant) => unit_variant.clone(),
+        Value::Object(map) if map.len() == 1 => map.keys().next().cloned().unwrap_or_default(),
+        Value::Object(map) if map.get("type").is_some_and(Value::is_string) => map["type"].as_str().unwrap_or_default().to_string(),
+        _ => core::any::type_name::<E>().rsplit("::").next().unwrap_or("event").to_string(),
+    }
+}
+
+/// Folds recorded events into `state`, upcasting old schema versions.
+#[doc(hidden)]
+pub fn apply_recorded<S: EventSourced>(state: &mut S, events: Vec<journal::RecordedEvent>) -> Result<()> {
+    for recorded in events {
+        let value: Value = serde_json::from_slice(&recorded.data).map_err(|e| {
+            Error::internal(format!("event {} (`{}`) is not JSON: {e}", recorded.version, recorded.event_type))
+        })?;
+        let value = if recorded.schema_version == S::SCHEMA_VERSION {
+            value
+        } else {
+            S::upcast(&recorded.event_type, recorded.schema_version, value)?
+        };
+        let event: S::Event = serde_json::from_value(value).map_err(|e| {
+            Error::internal(format!(
+                "event {} (`{}`, schema {}) does not decode as this actor's events: {e}; \
+                 convert old shapes in `EventSourced::upcast`",
+                recorded.version, recorded.event_type, recorded.schema_version
+            ))
+        })?;
+        state.apply(event);
+    }
+    Ok(())
 }
 
 /// Logging into the host's log, tagged with this actor's id.
@@ -207,5 +335,64 @@ macro_rules! actor {
         }
 
         $crate::bindings::export!(QuarkActorExport with_types_in $crate::bindings);
+    };
+}
+
+/// Exports `Type` (an [`EventSourced`] state) as an event-sourced Quark
+/// actor whose commands are the listed methods:
+/// `quark_sdk::event_sourced!(Account { deposit, withdraw, balance });`.
+///
+/// Each method has the shape `fn(&mut self, Req) -> Result<Resp>`; it
+/// validates the request and calls [`emit`] for what happened. The host
+/// calls `apply`, `snapshot` and `restore` to rebuild the state from the
+/// journal.
+#[macro_export]
+macro_rules! event_sourced {
+    ($ty:ty { $($method:ident),* $(,)? }) => {
+        ::std::thread_local! {
+            static QUARK_STATE: ::core::cell::RefCell<$ty> = ::core::cell::RefCell::new(<$ty as ::core::default::Default>::default());
+        }
+
+        #[doc(hidden)]
+        pub struct QuarkActorExport;
+
+        impl $crate::bindings::exports::quark::actor::handler::Guest for QuarkActorExport {
+            fn handle(method: ::std::string::String, payload: ::std::vec::Vec<u8>)
+                -> ::core::result::Result<::std::vec::Vec<u8>, $crate::Error>
+            {
+                QUARK_STATE.with(|cell| {
+                    let mut state = cell.borrow_mut();
+                    match method.as_str() {
+                        $( stringify!($method) => $crate::dispatch(stringify!($method), &payload, |request| <$ty>::$method(&mut *state, request)), )*
+                        other => ::core::result::Result::Err($crate::Error::NotFound(
+                            ::std::format!("unknown method `{}` (this actor has: {})", other, [$(stringify!($method)),*].join(", ")),
+                        )),
+                    }
+                })
+            }
+        }
+
+        impl $crate::es_bindings::exports::quark::actor::aggregate::Guest for QuarkActorExport {
+            fn apply(events: ::std::vec::Vec<$crate::journal::RecordedEvent>) -> ::core::result::Result<(), $crate::Error> {
+                QUARK_STATE.with(|cell| $crate::apply_recorded(&mut *cell.borrow_mut(), events))
+            }
+
+            fn snapshot() -> ::core::result::Result<::std::vec::Vec<u8>, $crate::Error> {
+                QUARK_STATE.with(|cell| {
+                    $crate::serde_json::to_vec(&*cell.borrow())
+                        .map_err(|e| $crate::Error::internal(::std::format!("encoding the snapshot: {e}")))
+                })
+            }
+
+            fn restore(snapshot: ::std::vec::Vec<u8>) -> ::core::result::Result<(), $crate::Error> {
+                let state: $ty = $crate::serde_json::from_slice(&snapshot)
+                    .map_err(|e| $crate::Error::rejected(::std::format!("the snapshot does not decode as this actor's state: {e}")))?;
+                QUARK_STATE.with(|cell| *cell.borrow_mut() = state);
+                ::core::result::Result::Ok(())
+            }
+        }
+
+        $crate::bindings::export!(QuarkActorExport with_types_in $crate::bindings);
+        $crate::es_bindings::export_aggregate!(QuarkActorExport with_types_in $crate::es_bindings);
     };
 }

@@ -88,6 +88,18 @@ impl raw::quark::actor::state::Host for RawState {
         Ok(self.state.keys().cloned().collect())
     }
 }
+impl raw::quark::actor::journal::Host for RawState {
+    fn append(&mut self, _: Vec<raw::quark::actor::journal::Event>) -> Result<u64, RawError> {
+        Err(RawError::Rejected("raw".into()))
+    }
+    fn version(&mut self) -> Result<u64, RawError> {
+        Ok(0)
+    }
+    fn read(&mut self, _: u64, _: u32) -> Result<Vec<raw::quark::actor::journal::RecordedEvent>, RawError> {
+        Ok(Vec::new())
+    }
+    fn request_snapshot(&mut self) {}
+}
 impl raw::quark::actor::runtime::Host for RawState {
     fn self_id(&mut self) -> String {
         "counter/raw".into()

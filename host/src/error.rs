@@ -20,6 +20,9 @@ pub enum ErrorKind {
     LimitExceeded,
     /// Guest trap or unexpected host failure.
     Internal,
+    /// An optimistic-concurrency check failed (a journal moved under the
+    /// turn); guests see it as `rejected`.
+    Conflict,
     /// Malformed request: bad JSON, bad actor id, bad parameter.
     BadRequest,
     /// Request body over the host's payload limit.
@@ -38,6 +41,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::LimitExceeded => "limit-exceeded",
             ErrorKind::Internal => "internal",
+            ErrorKind::Conflict => "conflict",
             ErrorKind::BadRequest => "bad-request",
             ErrorKind::PayloadTooLarge => "payload-too-large",
             ErrorKind::Unauthorized => "unauthorized",
@@ -75,6 +79,7 @@ constructors! {
     unavailable => Unavailable,
     limit_exceeded => LimitExceeded,
     internal => Internal,
+    conflict => Conflict,
     bad_request => BadRequest,
     payload_too_large => PayloadTooLarge,
     unauthorized => Unauthorized,
@@ -84,6 +89,7 @@ impl From<crate::storage::StoreError> for ActorError {
     fn from(e: crate::storage::StoreError) -> Self {
         match e {
             crate::storage::StoreError::Rejected(_) => ActorError::rejected(e.to_string()),
+            crate::storage::StoreError::Conflict(_) => ActorError::conflict(e.to_string()),
             _ => ActorError::unavailable(e.to_string()),
         }
     }

@@ -8,6 +8,7 @@
 //! - [`runtime`]: the engine, component registry, activations and turns;
 //! - [`capabilities`]: the host side of each WIT interface;
 //! - [`storage`]: the `Store` traits and their SQLite and PostgreSQL backends;
+//! - [`journal`]: audit trail, replay, snapshots and projections;
 //! - [`api`]: the HTTP API; [`cli`]: the `quark` command.
 
 pub mod api;
@@ -15,6 +16,7 @@ pub mod capabilities;
 pub mod cli;
 pub mod error;
 pub mod id;
+pub mod journal;
 pub mod metrics;
 pub mod runtime;
 pub mod storage;

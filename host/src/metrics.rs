@@ -35,6 +35,11 @@ struct OutcomeLabel {
     outcome: TurnOutcome,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProjectionLabel {
+    projection: String,
+}
+
 /// Every metric the host exports.
 pub struct Metrics {
     registry: Registry,
@@ -53,6 +58,9 @@ pub struct Metrics {
     commit_seconds: Histogram,
     compiles: Counter,
     compile_cache_hits: Counter,
+    events_appended: Counter,
+    snapshots: Counter,
+    projection_lag: Family<ProjectionLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -93,6 +101,9 @@ impl Metrics {
             commit_seconds,
             compiles: Counter::default(),
             compile_cache_hits: Counter::default(),
+            events_appended: Counter::default(),
+            snapshots: Counter::default(),
+            projection_lag: Family::default(),
             registry: Registry::default(),
         };
         registry.register("turns", "Turns run, by outcome", m.turns.clone());
@@ -108,6 +119,9 @@ impl Metrics {
         registry.register("commit_duration_seconds", "Group-commit transaction latency", m.commit_seconds.clone());
         registry.register("component_compiles", "Components compiled by cranelift", m.compiles.clone());
         registry.register("component_cache_hits", "Components loaded from the on-disk compiled cache", m.compile_cache_hits.clone());
+        registry.register("journal_events_appended", "Journal events committed", m.events_appended.clone());
+        registry.register("journal_snapshots", "Snapshots of event-sourced actors taken", m.snapshots.clone());
+        registry.register("projection_lag_events", "Events a projection has yet to handle", m.projection_lag.clone());
         Metrics { registry, ..m }
     }
 
@@ -126,6 +140,21 @@ impl Metrics {
             self.commit_failures.inc();
         }
         self.commit_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Records committed journal events.
+    pub fn record_events(&self, count: u64) {
+        self.events_appended.inc_by(count);
+    }
+
+    /// Records a snapshot taken.
+    pub fn record_snapshot(&self) {
+        self.snapshots.inc();
+    }
+
+    /// Sets how many events `projection` has yet to handle.
+    pub fn set_projection_lag(&self, projection: &str, lag: u64) {
+        self.projection_lag.get_or_create(&ProjectionLabel { projection: projection.to_string() }).set(lag as i64);
     }
 
     /// Records a component made ready: compiled now, or loaded from the cache.

@@ -46,7 +46,10 @@ async fn deploy_call_and_errors_over_http() {
     .await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["version"], json!(2));
-    assert_eq!(body["manifest"], json!({"memory_limit": 16 << 20, "turn_timeout": 2000}));
+    assert_eq!(
+        body["manifest"],
+        json!({"memory_limit": 16 << 20, "turn_timeout": 2000, "snapshot_every": 1000, "retention": "keep"})
+    );
 
     let call = |path: &str, body: &'static str| http.post(format!("{base}/v1/actors/{path}")).body(body).send();
     let (status, body) = json_of(call("counter/alice/increment", r#"{"by": 2}"#).await.unwrap()).await;
@@ -129,4 +132,62 @@ async fn token_guards_the_api_and_public_addresses_need_one() {
     let public = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let e = quark_host::api::serve(host, public, None).await.unwrap_err();
     assert!(e.to_string().contains("without a token"), "{e}");
+}
+
+#[tokio::test]
+async fn journal_replay_snapshot_and_projections_over_http() {
+    let (base, _dir, _host) = serve(None).await;
+    let http = reqwest::Client::new();
+    for (name, component_name) in [("bank", "bank"), ("accounts-summary", "accounts-summary")] {
+        let r = http.put(format!("{base}/v1/components/{name}?snapshot_every=2&retention=archive")).body(component(component_name)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 201);
+    }
+    let (status, body) =
+        json_of(http.put(format!("{base}/v1/components/bank?retention=forever")).body(component("bank")).send().await.unwrap()).await;
+    assert_error(status, &body, 400, "bad-request");
+    for amount in [10, 20, 30] {
+        let r = http.post(format!("{base}/v1/actors/bank/alice/deposit")).body(format!(r#"{{"amount": {amount}}}"#)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    }
+    let (status, body) = json_of(http.post(format!("{base}/v1/actors/bank/alice/withdraw")).body(r#"{"amount": 500}"#).send().await.unwrap()).await;
+    assert_error(status, &body, 422, "rejected");
+
+    let (status, body) = json_of(http.get(format!("{base}/v1/actors/bank/alice/journal?from=2")).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["version"], json!(3));
+    assert_eq!(body["events"].as_array().unwrap().len(), 2);
+    assert_eq!(body["events"][0]["data"], json!({"deposited": {"amount": 20}}));
+    assert_eq!(body["events"][0]["method"], json!("deposit"));
+
+    let (status, body) = json_of(http.get(format!("{base}/v1/actors/bank/alice/replay?to_version=2")).send().await.unwrap()).await;
+    assert_eq!((status, &body["state"], &body["version"]), (200, &json!({"balance": 30}), &json!(2)), "{body}");
+    let (status, body) = json_of(http.get(format!("{base}/v1/actors/bank/alice/replay?at=2001-01-01T00:00:00Z")).send().await.unwrap()).await;
+    assert_eq!((status, &body["version"], &body["state"]), (200, &json!(0), &json!({"balance": 0})), "{body}");
+    let (status, body) = json_of(http.get(format!("{base}/v1/actors/bank/alice/replay")).send().await.unwrap()).await;
+    assert_error(status, &body, 400, "bad-request");
+    let (status, body) = json_of(http.get(format!("{base}/v1/actors/bank/alice/balance")).send().await.unwrap()).await;
+    assert_error(status, &body, 404, "not-found");
+
+    let (status, body) = json_of(http.post(format!("{base}/v1/snapshots/bank/alice")).send().await.unwrap()).await;
+    assert_eq!((status, &body["version"]), (200, &json!(3)), "{body}");
+
+    let projection = json!({"name": "summary", "source": "bank", "target": "accounts-summary/all"});
+    let (status, body) = json_of(http.post(format!("{base}/v1/projections")).json(&projection).send().await.unwrap()).await;
+    assert_eq!((status, &body["method"]), (201, &json!("project")), "{body}");
+    let mut caught_up = false;
+    for _ in 0..500 {
+        let (_, body) = json_of(http.get(format!("{base}/v1/projections")).send().await.unwrap()).await;
+        if body["projections"][0]["lag"] == json!(0) && body["projections"][0]["checkpoint"].as_u64() > Some(0) {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(caught_up, "the projection never caught up");
+    let (_, total) = json_of(http.post(format!("{base}/v1/actors/accounts-summary/all/total")).send().await.unwrap()).await;
+    assert_eq!(total, json!(60));
+    let r = http.delete(format!("{base}/v1/projections/summary")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let (status, body) = json_of(http.delete(format!("{base}/v1/projections/summary")).send().await.unwrap()).await;
+    assert_error(status, &body, 404, "not-found");
 }

@@ -10,4 +10,5 @@ mod cli_process;
 mod failures;
 mod hot_swap;
 mod http_api;
+mod journal;
 mod storage_conformance;

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use quark_host::storage::sqlite::SqliteStore;
-use quark_host::storage::{StateWrite, Store, TurnCommit};
+use quark_host::storage::{
+    CheckpointAdvance, EventRecord, JournalAppend, ProjectionDef, Retention, Snapshot, StateWrite, Store, StoreError, TurnCommit,
+};
 use quark_host::{Host, HostConfig};
 use serde_json::json;
 
@@ -17,10 +19,10 @@ async fn commit_and_load(store: Arc<dyn Store>) {
     let (a, b) = (id("t/a"), id("t/b"));
     assert!(store.load_state(&a).await.unwrap().is_empty());
     let batch = vec![
-        TurnCommit { actor: a.clone(), state: vec![write("x", Some("1")), write("y", Some("2"))] },
-        TurnCommit { actor: b.clone(), state: vec![write("x", Some("b"))] },
+        TurnCommit::state_only(a.clone(), vec![write("x", Some("1")), write("y", Some("2"))]),
+        TurnCommit::state_only(b.clone(), vec![write("x", Some("b"))]),
         // A later turn in the same batch: last write wins, deletes apply.
-        TurnCommit { actor: a.clone(), state: vec![write("x", Some("3")), write("y", None), write("z", Some("4"))] },
+        TurnCommit::state_only(a.clone(), vec![write("x", Some("3")), write("y", None), write("z", Some("4"))]),
     ];
     store.commit(&batch).await.unwrap();
     let state = store.load_state(&a).await.unwrap();
@@ -28,14 +30,13 @@ async fn commit_and_load(store: Arc<dyn Store>) {
     assert_eq!(store.load_state(&b).await.unwrap(), vec![("x".into(), b"b".to_vec())]);
     // Binary values and many rows in one batch.
     let many: Vec<TurnCommit> = (0..1500)
-        .map(|i| TurnCommit {
-            actor: id(&format!("t/m{i}")),
-            state: vec![StateWrite { key: "v".into(), value: Some(vec![0, 255, (i % 256) as u8]) }],
+        .map(|i| {
+            TurnCommit::state_only(id(&format!("t/m{i}")), vec![StateWrite { key: "v".into(), value: Some(vec![0, 255, (i % 256) as u8]) }])
         })
         .collect();
     store.commit(&many).await.unwrap();
     assert_eq!(store.load_state(&id("t/m1499")).await.unwrap(), vec![("v".into(), vec![0, 255, (1499 % 256) as u8])]);
-    store.commit(&[TurnCommit { actor: a.clone(), state: vec![write("x", None), write("z", None)] }]).await.unwrap();
+    store.commit(&[TurnCommit::state_only(a.clone(), vec![write("x", None), write("z", None)])]).await.unwrap();
     assert!(store.load_state(&a).await.unwrap().is_empty());
 }
 
@@ -75,6 +76,122 @@ async fn host_turns_commit_and_reload(store: Arc<dyn Store>) {
     }
 }
 
+fn event(version: u64, event_type: &str, at_ms: i64) -> EventRecord {
+    EventRecord {
+        version,
+        event_type: event_type.into(),
+        schema_version: 1,
+        data: format!("{{\"n\":{version}}}").into_bytes(),
+        recorded_at_ms: at_ms,
+        correlation_id: "c0ffee".into(),
+        causation_id: format!("turn-{version}"),
+        caller: version.is_multiple_of(2).then(|| "other/x".to_string()),
+        method: "record".into(),
+    }
+}
+
+fn append(actor: &str, expected: u64, versions: std::ops::RangeInclusive<u64>, state: Vec<StateWrite>) -> TurnCommit {
+    TurnCommit {
+        actor: id(actor),
+        state,
+        journal: Some(JournalAppend { expected_version: expected, events: versions.map(|v| event(v, "recorded", 1000 + v as i64)).collect() }),
+        checkpoint: None,
+    }
+}
+
+async fn journal_append_read_and_conflict(store: Arc<dyn Store>) {
+    let (a, b) = (id("j/a"), id("j/b"));
+    assert_eq!(store.journal_head(&a).await.unwrap(), 0);
+    store.commit(&[append("j/a", 0, 1..=3, vec![write("k", Some("v"))]), append("j/b", 0, 1..=1, vec![])]).await.unwrap();
+    store.commit(&[append("j/a", 3, 4..=5, vec![])]).await.unwrap();
+    assert_eq!(store.journal_head(&a).await.unwrap(), 5);
+    assert_eq!(store.journal_head(&b).await.unwrap(), 1);
+    let events = store.read_events(&a, 1, 100).await.unwrap();
+    assert_eq!(events, (1..=5).map(|v| event(v, "recorded", 1000 + v as i64)).collect::<Vec<_>>());
+    assert_eq!(store.read_events(&a, 4, 1).await.unwrap(), vec![event(4, "recorded", 1004)]);
+    assert_eq!(store.version_at(&a, 1003).await.unwrap(), 3);
+    assert_eq!(store.version_at(&a, 999).await.unwrap(), 0);
+
+    // A stale writer (expects 3, or a new stream at 0) conflicts, and its
+    // whole batch (state included) is not written.
+    for stale in [append("j/a", 3, 4..=4, vec![write("k", Some("lost"))]), append("j/a", 0, 1..=1, vec![write("k", Some("lost"))])] {
+        let err = store.commit(&[stale, append("j/c", 0, 1..=1, vec![])]).await.unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    }
+    assert_eq!(store.journal_head(&a).await.unwrap(), 5);
+    assert_eq!(store.journal_head(&id("j/c")).await.unwrap(), 0);
+    assert_eq!(store.load_state(&a).await.unwrap(), vec![("k".into(), b"v".to_vec())]);
+    // Alone, the conflict names the actor.
+    let err = store.commit(&[append("j/a", 2, 3..=3, vec![])]).await.unwrap_err();
+    assert!(err.to_string().contains("j/a") && err.to_string().contains("version 2"), "{err}");
+}
+
+async fn snapshots_and_retention(store: Arc<dyn Store>) {
+    let a = id("s/a");
+    store.commit(&[append("s/a", 0, 1..=10, vec![])]).await.unwrap();
+    assert_eq!(store.latest_snapshot(&a, u64::MAX).await.unwrap(), None);
+    let snap = |version: u64| Snapshot { version, component_version: 1, taken_at_ms: 5, data: format!("state@{version}").into_bytes() };
+    store.save_snapshot(&a, &snap(4), Retention::Keep).await.unwrap();
+    store.save_snapshot(&a, &snap(8), Retention::Keep).await.unwrap();
+    assert_eq!(store.latest_snapshot(&a, u64::MAX).await.unwrap(), Some(snap(8)));
+    assert_eq!(store.latest_snapshot(&a, 7).await.unwrap(), Some(snap(4)));
+    assert_eq!(store.latest_snapshot(&a, 3).await.unwrap(), None);
+    assert_eq!(store.read_events(&a, 1, 100).await.unwrap().len(), 10);
+
+    // Archive: out of the live journal, still in the audit trail.
+    store.save_snapshot(&a, &snap(8), Retention::Archive).await.unwrap();
+    assert_eq!(store.read_events(&a, 1, 100).await.unwrap().len(), 10);
+    assert_eq!(store.read_type_events("s", 0, 100).await.unwrap().len(), 10, "projections read archived events too");
+
+    // Delete: gone, except what a lagging projection still has to read.
+    let b = id("s/b");
+    store.commit(&[append("s/b", 0, 1..=6, vec![])]).await.unwrap();
+    let def = ProjectionDef { name: "lagging".into(), source_type: "s".into(), target: "p/x".into(), method: "project".into() };
+    assert!(store.create_projection(&def).await.unwrap());
+    store.save_snapshot(&b, &snap(6), Retention::Delete).await.unwrap();
+    assert_eq!(store.read_events(&b, 1, 100).await.unwrap().len(), 6, "a projection at 0 keeps every event");
+    store.delete_projection("lagging").await.unwrap();
+    store.save_snapshot(&b, &snap(6), Retention::Delete).await.unwrap();
+    assert!(store.read_events(&b, 1, 100).await.unwrap().is_empty());
+    assert_eq!(store.journal_head(&b).await.unwrap(), 6, "the head survives retention");
+    // A stale append at a deleted version is still a conflict.
+    assert!(matches!(store.commit(&[append("s/b", 3, 4..=4, vec![])]).await, Err(StoreError::Conflict(_))));
+}
+
+async fn projections_and_checkpoints(store: Arc<dyn Store>) {
+    let def = ProjectionDef { name: "summary".into(), source_type: "acct".into(), target: "sum/all".into(), method: "project".into() };
+    assert!(store.create_projection(&def).await.unwrap());
+    assert!(!store.create_projection(&def).await.unwrap(), "the same definition again is a no-op");
+    let other = ProjectionDef { target: "sum/other".into(), ..def.clone() };
+    assert!(matches!(store.create_projection(&other).await, Err(StoreError::Rejected(_))));
+
+    store.commit(&[append("acct/a", 0, 1..=2, vec![]), append("other/z", 0, 1..=1, vec![]), append("acct/b", 0, 1..=1, vec![])]).await.unwrap();
+    store.commit(&[append("acct/a", 2, 3..=3, vec![])]).await.unwrap();
+    let events = store.read_type_events("acct", 0, 100).await.unwrap();
+    let seen: Vec<(String, u64)> = events.iter().map(|e| (e.actor.clone(), e.event.version)).collect();
+    assert_eq!(seen, vec![("acct/a".into(), 1), ("acct/a".into(), 2), ("acct/b".into(), 1), ("acct/a".into(), 3)]);
+    assert!(events.windows(2).all(|w| w[0].position < w[1].position));
+    assert_eq!(store.count_type_events("acct", 0).await.unwrap(), 4);
+
+    // The checkpoint moves with the projection actor's state, atomically.
+    let to = events[1].position;
+    let advance = |from: u64, to: u64, value: &str| TurnCommit {
+        actor: id("sum/all"),
+        state: vec![write("total", Some(value))],
+        journal: None,
+        checkpoint: Some(CheckpointAdvance { projection: "summary".into(), from, to }),
+    };
+    store.commit(&[advance(0, to, "2")]).await.unwrap();
+    assert_eq!(store.projections().await.unwrap()[0].checkpoint, to);
+    assert_eq!(store.count_type_events("acct", to).await.unwrap(), 2);
+    assert_eq!(store.read_type_events("acct", to, 100).await.unwrap().len(), 2);
+    // A second runner at the old checkpoint conflicts and writes nothing.
+    assert!(matches!(store.commit(&[advance(0, to, "stale")]).await, Err(StoreError::Conflict(_))));
+    assert_eq!(store.load_state(&id("sum/all")).await.unwrap(), vec![("total".into(), b"2".to_vec())]);
+    assert!(store.delete_projection("summary").await.unwrap());
+    assert!(!store.delete_projection("summary").await.unwrap());
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -99,4 +216,11 @@ macro_rules! conformance {
     };
 }
 
-conformance!(commit_and_load, component_versions, host_turns_commit_and_reload);
+conformance!(
+    commit_and_load,
+    component_versions,
+    host_turns_commit_and_reload,
+    journal_append_read_and_conflict,
+    snapshots_and_retention,
+    projections_and_checkpoints,
+);

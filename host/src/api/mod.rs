@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -36,6 +36,7 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Rejected => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
         ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
         ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -71,7 +72,10 @@ pub fn router(host: Host, token: Option<String>) -> Router {
         .route("/components/{actor_type}/versions", get(versions))
         .route("/components/{actor_type}/rollback", post(rollback))
         .route("/actors", get(actors))
-        .route("/actors/{actor_type}/{key}/{method}", post(call))
+        .route("/actors/{actor_type}/{key}/{method}", get(inspect_actor).post(call))
+        .route("/snapshots/{actor_type}/{key}", post(take_snapshot))
+        .route("/projections", get(list_projections).post(create_projection))
+        .route("/projections/{name}", delete(delete_projection))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/v1", v1)
@@ -133,6 +137,8 @@ async fn read_body(body: Body, limit: usize, what: &str) -> ApiResult<Bytes> {
 struct DeployParams {
     memory_limit: Option<String>,
     turn_timeout: Option<String>,
+    snapshot_every: Option<String>,
+    retention: Option<String>,
 }
 
 async fn deploy(
@@ -145,7 +151,8 @@ async fn deploy(
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let memory_limit = params.memory_limit.or_else(|| header("x-quark-memory-limit"));
     let turn_timeout = params.turn_timeout.or_else(|| header("x-quark-turn-timeout"));
-    let manifest = Manifest::parse(memory_limit.as_deref(), turn_timeout.as_deref())?;
+    let manifest = Manifest::parse(memory_limit.as_deref(), turn_timeout.as_deref())?
+        .with_journal(params.snapshot_every.as_deref(), params.retention.as_deref())?;
     let bytes = read_body(body, MAX_COMPONENT_BYTES, "the component").await?;
     let outcome = state.host.deploy(&actor_type, bytes.to_vec(), manifest).await?;
     let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -190,6 +197,96 @@ async fn call(
     }
     let reply = state.host.ask(id, &method, payload.to_vec()).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], reply).into_response())
+}
+
+#[derive(Deserialize)]
+struct InspectParams {
+    from: Option<u64>,
+    to: Option<u64>,
+    limit: Option<usize>,
+    to_version: Option<u64>,
+    at: Option<String>,
+    component_version: Option<u64>,
+}
+
+/// `GET /v1/actors/{type}/{key}/journal` lists events (`from`, `to`,
+/// `limit`); `GET …/replay` computes the state at `to_version` or `at`
+/// (RFC 3339 or ms since the epoch), optionally on `component_version`.
+async fn inspect_actor(
+    State(state): State<ApiState>,
+    Path((actor_type, key, what)): Path<(String, String, String)>,
+    Query(params): Query<InspectParams>,
+) -> ApiResult<Response> {
+    let id = ActorId::new(&actor_type, &key)?;
+    match what.as_str() {
+        "journal" => {
+            let limit = params.limit.unwrap_or(crate::journal::MAX_LISTING);
+            let page = state.host.journal(&id, params.from.unwrap_or(1), params.to, limit).await?;
+            Ok(Json(page).into_response())
+        }
+        "replay" => {
+            let target = match (params.to_version, params.at) {
+                (Some(v), None) => crate::journal::ReplayTarget::Version(v),
+                (None, Some(at)) => crate::journal::ReplayTarget::At(parse_time(&at)?),
+                _ => {
+                    return Err(ApiError(ActorError::bad_request(
+                        "replay needs exactly one of `to_version` (an event version) or `at` (a time, RFC 3339)",
+                    )));
+                }
+            };
+            Ok(Json(state.host.replay(&id, target, params.component_version).await?).into_response())
+        }
+        other => Err(ApiError(ActorError::not_found(format!(
+            "GET /v1/actors/{{type}}/{{key}}/{other}: only `journal` and `replay` can be read; methods are called with POST"
+        )))),
+    }
+}
+
+/// Milliseconds since the epoch from RFC 3339 (`2026-11-01T12:00:00Z`) or a number.
+pub fn parse_time(s: &str) -> Result<i64, ActorError> {
+    if let Ok(ms) = s.trim().parse::<i64>() {
+        return Ok(ms);
+    }
+    let t = humantime::parse_rfc3339_weak(s.trim())
+        .map_err(|e| ActorError::bad_request(format!("bad time {s:?} (try 2026-11-01T12:00:00Z): {e}")))?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0))
+}
+
+async fn take_snapshot(State(state): State<ApiState>, Path((actor_type, key)): Path<(String, String)>) -> ApiResult<Json<serde_json::Value>> {
+    let id = ActorId::new(&actor_type, &key)?;
+    let version = state.host.snapshot(&id).await?;
+    Ok(Json(json!({ "actor": id.to_string(), "version": version })))
+}
+
+async fn list_projections(State(state): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(json!({ "projections": state.host.projections().await? })))
+}
+
+#[derive(Deserialize)]
+struct NewProjection {
+    name: String,
+    source: String,
+    target: String,
+    method: Option<String>,
+}
+
+async fn create_projection(State(state): State<ApiState>, body: Bytes) -> ApiResult<Response> {
+    let p: NewProjection = serde_json::from_slice(&body).map_err(|e| {
+        ActorError::bad_request(format!("a projection is {{\"name\", \"source\", \"target\", \"method\"?}}: {e}"))
+    })?;
+    let def = crate::storage::ProjectionDef {
+        name: p.name,
+        source_type: p.source,
+        target: p.target,
+        method: p.method.unwrap_or_else(|| crate::journal::projection::DEFAULT_METHOD.to_string()),
+    };
+    let info = state.host.create_projection(def).await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn delete_projection(State(state): State<ApiState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    state.host.delete_projection(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {

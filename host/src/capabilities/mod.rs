@@ -4,6 +4,7 @@
 //! wasmtime store. Backend failures never trap a guest: they come back as the
 //! WIT `error` variant.
 
+mod journal;
 mod log;
 mod runtime;
 mod state;
@@ -11,29 +12,86 @@ mod state;
 use crate::error::{ActorError, ErrorKind};
 use crate::runtime::turn::TurnState;
 
-/// Bindings generated from `wit/` for the `actor` world.
+/// Bindings generated from `wit/` for the `event-sourced` world: the
+/// `actor` world's imports and both exports. A plain actor lacks the
+/// `aggregate` export, so the exports are looked up one interface at a
+/// time (see [`ActorPre`]).
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
-        world: "actor",
+        world: "event-sourced",
         imports: {
             "quark:actor/runtime.call": async,
+            "quark:actor/journal.append": async,
+            "quark:actor/journal.version": async,
+            "quark:actor/journal.read": async,
         },
         exports: { default: async },
     });
 }
 
+pub(crate) use bindings::exports::quark::actor::aggregate::Guest as AggregateExport;
+pub(crate) use bindings::exports::quark::actor::handler::Guest as HandlerExport;
+pub(crate) use bindings::quark::actor::journal::{Event as GuestEvent, RecordedEvent as GuestRecordedEvent};
 pub(crate) use bindings::quark::actor::types::Error as GuestError;
-pub(crate) use bindings::{Actor, ActorPre};
+use bindings::exports::quark::actor::{aggregate, handler};
+pub(crate) use journal::to_guest as to_guest_event;
 
 impl bindings::quark::actor::types::Host for TurnState {}
+
+/// The export an event-sourced actor adds.
+pub const AGGREGATE_EXPORT: &str = "quark:actor/aggregate@0.1.0";
 
 /// Adds every Quark capability, and the WASI interfaces Rust's standard
 /// library expects, to `linker`.
 pub(crate) fn add_to_linker(linker: &mut wasmtime::component::Linker<TurnState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
-    Actor::add_to_linker::<TurnState, wasmtime::component::HasSelf<TurnState>>(linker, |state| state)?;
+    bindings::EventSourced::add_to_linker::<TurnState, wasmtime::component::HasSelf<TurnState>>(linker, |state| state)?;
     Ok(())
+}
+
+/// A component linked and checked, ready to instantiate: its `handler`
+/// export, and its `aggregate` export if it is event-sourced.
+#[derive(Clone)]
+pub(crate) struct ActorPre {
+    pre: wasmtime::component::InstancePre<TurnState>,
+    handler: handler::GuestIndices,
+    aggregate: Option<aggregate::GuestIndices>,
+}
+
+/// A live instance's exports.
+pub(crate) struct ActorInstance {
+    pub(crate) handler: HandlerExport,
+    pub(crate) aggregate: Option<AggregateExport>,
+}
+
+impl ActorPre {
+    /// Finds the exports; fails when `handler` is missing or has the wrong
+    /// shape, or when `aggregate` is there with the wrong shape.
+    pub(crate) fn new(pre: wasmtime::component::InstancePre<TurnState>) -> wasmtime::Result<Self> {
+        let handler = handler::GuestIndices::new(&pre)?;
+        let aggregate = match pre.component().get_export_index(None, AGGREGATE_EXPORT) {
+            None => None,
+            Some(_) => Some(aggregate::GuestIndices::new(&pre)?),
+        };
+        Ok(ActorPre { pre, handler, aggregate })
+    }
+
+    /// True when the component exports `aggregate`.
+    pub(crate) fn is_event_sourced(&self) -> bool {
+        self.aggregate.is_some()
+    }
+
+    /// Instantiates it in `store`.
+    pub(crate) async fn instantiate_async(
+        &self,
+        mut store: impl wasmtime::AsContextMut<Data = TurnState>,
+    ) -> wasmtime::Result<ActorInstance> {
+        let instance = self.pre.instantiate_async(&mut store).await?;
+        let handler = self.handler.load(&mut store, &instance)?;
+        let aggregate = self.aggregate.as_ref().map(|a| a.load(&mut store, &instance)).transpose()?;
+        Ok(ActorInstance { handler, aggregate })
+    }
 }
 
 impl From<ActorError> for GuestError {
@@ -41,7 +99,9 @@ impl From<ActorError> for GuestError {
         let ActorError { kind, message } = e;
         match kind {
             ErrorKind::NotFound => GuestError::NotFound(message),
-            ErrorKind::Rejected | ErrorKind::BadRequest | ErrorKind::Unauthorized => GuestError::Rejected(message),
+            ErrorKind::Rejected | ErrorKind::Conflict | ErrorKind::BadRequest | ErrorKind::Unauthorized => {
+                GuestError::Rejected(message)
+            }
             ErrorKind::Timeout => GuestError::Timeout(message),
             ErrorKind::Unavailable => GuestError::Unavailable(message),
             ErrorKind::LimitExceeded | ErrorKind::PayloadTooLarge => GuestError::LimitExceeded(message),

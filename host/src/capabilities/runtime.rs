@@ -15,12 +15,14 @@ impl Host for TurnState {
     }
 
     async fn call(&mut self, target: String, method: String, payload: Vec<u8>) -> Result<Vec<u8>, GuestError> {
+        self.refuse_in_sandbox()?;
         let target = ActorId::parse(&target)?;
         let request = self.outgoing(target, method, payload);
         Ok(self.host.ask_request(request).await?)
     }
 
     fn tell(&mut self, target: String, method: String, payload: Vec<u8>) -> Result<(), GuestError> {
+        self.refuse_in_sandbox()?;
         let target = ActorId::parse(&target)?;
         let mut request = self.outgoing(target, method, payload);
         // A tell starts its own chain: the sender does not wait for it. It
@@ -35,5 +37,14 @@ impl Host for TurnState {
 
     fn now(&mut self) -> u64 {
         crate::storage::now_ms() as u64
+    }
+}
+
+impl TurnState {
+    fn refuse_in_sandbox(&self) -> Result<(), GuestError> {
+        if self.sandbox {
+            return Err(GuestError::Rejected(format!("{} is replaying in a sandbox: it cannot message other actors", self.actor)));
+        }
+        Ok(())
     }
 }

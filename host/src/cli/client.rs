@@ -1,4 +1,4 @@
-//! The HTTP client behind `quark deploy`, `call`, `actors`, `versions`, `rollback`.
+//! The HTTP client behind every `quark` command but `serve`.
 
 use std::path::Path;
 
@@ -36,15 +36,8 @@ impl Client {
         Ok(json)
     }
 
-    pub(super) async fn deploy(&self, actor_type: &str, file: &Path, memory_limit: Option<&str>, turn_timeout: Option<&str>) -> anyhow::Result<()> {
+    pub(super) async fn deploy(&self, actor_type: &str, file: &Path, query: &[(&str, String)]) -> anyhow::Result<()> {
         let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-        let mut query = Vec::new();
-        if let Some(m) = memory_limit {
-            query.push(("memory_limit", m));
-        }
-        if let Some(t) = turn_timeout {
-            query.push(("turn_timeout", t));
-        }
         let url = format!("{}/v1/components/{actor_type}", self.base);
         let reply = self.send(self.http.put(url).query(&query).body(bytes)).await?;
         let version = reply["version"].as_u64().unwrap_or(0);
@@ -109,6 +102,101 @@ impl Client {
     pub(super) async fn rollback(&self, actor_type: &str) -> anyhow::Result<()> {
         let reply = self.send(self.http.post(format!("{}/v1/components/{actor_type}/rollback", self.base))).await?;
         println!("{actor_type} is now at v{}", reply["active_version"]);
+        Ok(())
+    }
+
+    fn actor_url(&self, actor: &str, what: &str) -> anyhow::Result<String> {
+        let (actor_type, key) = actor.split_once('/').with_context(|| format!("bad actor {actor:?}: expected TYPE/KEY, e.g. bank/alice"))?;
+        Ok(format!("{}/v1/actors/{actor_type}/{key}/{what}", self.base))
+    }
+
+    pub(super) async fn journal(&self, actor: &str, from: Option<u64>, to: Option<u64>, limit: Option<usize>, json: bool) -> anyhow::Result<()> {
+        let mut query = Vec::new();
+        query.extend(from.map(|v| ("from", v.to_string())));
+        query.extend(to.map(|v| ("to", v.to_string())));
+        query.extend(limit.map(|v| ("limit", v.to_string())));
+        let reply = self.send(self.http.get(self.actor_url(actor, "journal")?).query(&query)).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&reply)?);
+            return Ok(());
+        }
+        let events = reply["events"].as_array().cloned().unwrap_or_default();
+        println!(
+            "{:>7}  {:<24} {:<16} {:>6}  {:<16} {:<22} {:<20} {:<12} DATA",
+            "VERSION", "TIME (UTC)", "TYPE", "SCHEMA", "CORRELATION", "CAUSATION", "CALLER", "METHOD"
+        );
+        for e in &events {
+            let ms = e["recorded_at_ms"].as_i64().unwrap_or(0).max(0) as u64;
+            let time = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+            println!(
+                "{:>7}  {:<24} {:<16} {:>6}  {:<16} {:<22} {:<20} {:<12} {}",
+                e["version"].as_u64().unwrap_or(0),
+                time.to_string(),
+                e["event_type"].as_str().unwrap_or(""),
+                e["schema_version"].as_u64().unwrap_or(0),
+                e["correlation_id"].as_str().unwrap_or(""),
+                e["causation_id"].as_str().unwrap_or(""),
+                e["caller"].as_str().unwrap_or("(external)"),
+                e["method"].as_str().unwrap_or(""),
+                e["data"],
+            );
+        }
+        println!("{}: version {}, {} event(s) shown", reply["actor"].as_str().unwrap_or(actor), reply["version"], events.len());
+        Ok(())
+    }
+
+    pub(super) async fn replay(&self, actor: &str, to_version: Option<u64>, at: Option<&str>, component_version: Option<u64>) -> anyhow::Result<()> {
+        let mut query = Vec::new();
+        query.extend(to_version.map(|v| ("to_version", v.to_string())));
+        query.extend(at.map(|v| ("at", v.to_string())));
+        query.extend(component_version.map(|v| ("component_version", v.to_string())));
+        let reply = self.send(self.http.get(self.actor_url(actor, "replay")?).query(&query)).await?;
+        eprintln!(
+            "{} at version {} (component v{}, from snapshot {}):",
+            reply["actor"].as_str().unwrap_or(actor),
+            reply["version"],
+            reply["component_version"],
+            reply["from_snapshot"]
+        );
+        println!("{}", serde_json::to_string_pretty(&reply["state"])?);
+        Ok(())
+    }
+
+    pub(super) async fn snapshot(&self, actor: &str) -> anyhow::Result<()> {
+        let (actor_type, key) = actor.split_once('/').with_context(|| format!("bad actor {actor:?}: expected TYPE/KEY"))?;
+        let reply = self.send(self.http.post(format!("{}/v1/snapshots/{actor_type}/{key}", self.base))).await?;
+        println!("snapshot of {actor} at version {}", reply["version"]);
+        Ok(())
+    }
+
+    pub(super) async fn projections(&self) -> anyhow::Result<()> {
+        let reply = self.send(self.http.get(format!("{}/v1/projections", self.base))).await?;
+        println!("{:<24} {:<12} {:<28} {:<12} {:>10} {:>8}  LAST ERROR", "NAME", "SOURCE", "TARGET", "METHOD", "CHECKPOINT", "LAG");
+        for p in reply["projections"].as_array().into_iter().flatten() {
+            println!(
+                "{:<24} {:<12} {:<28} {:<12} {:>10} {:>8}  {}",
+                p["name"].as_str().unwrap_or(""),
+                p["source_type"].as_str().unwrap_or(""),
+                p["target"].as_str().unwrap_or(""),
+                p["method"].as_str().unwrap_or(""),
+                p["checkpoint"].as_u64().unwrap_or(0),
+                p["lag"].as_u64().unwrap_or(0),
+                p["last_error"].as_str().unwrap_or("-"),
+            );
+        }
+        Ok(())
+    }
+
+    pub(super) async fn add_projection(&self, name: &str, source: &str, target: &str, method: &str) -> anyhow::Result<()> {
+        let body = serde_json::json!({ "name": name, "source": source, "target": target, "method": method });
+        let reply = self.send(self.http.post(format!("{}/v1/projections", self.base)).json(&body)).await?;
+        println!("projection {name}: {source} -> {target} `{method}` (lag {})", reply["lag"]);
+        Ok(())
+    }
+
+    pub(super) async fn remove_projection(&self, name: &str) -> anyhow::Result<()> {
+        self.send(self.http.delete(format!("{}/v1/projections/{name}", self.base))).await?;
+        println!("projection {name} removed");
         Ok(())
     }
 }

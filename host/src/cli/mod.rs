@@ -41,6 +41,12 @@ enum Command {
         /// Longest one turn may run, e.g. `5s`.
         #[arg(long)]
         turn_timeout: Option<String>,
+        /// Event-sourced actors: snapshot after this many events (default 1000).
+        #[arg(long)]
+        snapshot_every: Option<String>,
+        /// What happens to events a snapshot covers: keep, archive or delete.
+        #[arg(long)]
+        retention: Option<String>,
     },
     /// Call a method of an actor and print its JSON reply.
     Call {
@@ -62,6 +68,71 @@ enum Command {
     Rollback {
         /// Actor type name.
         actor_type: String,
+    },
+    /// Show an actor's journal: the audit trail of its events.
+    Journal {
+        /// `type/key`, e.g. `bank/alice`.
+        actor: String,
+        /// First version to show.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Last version to show.
+        #[arg(long)]
+        to: Option<u64>,
+        /// Most events to show.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print the raw JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an event-sourced actor's state at a past version or time,
+    /// computed in a sandbox that cannot touch the live actor.
+    Replay {
+        /// `type/key`, e.g. `bank/alice`.
+        actor: String,
+        /// Replay up to this event version.
+        #[arg(long, conflicts_with = "at", required_unless_present = "at")]
+        to_version: Option<u64>,
+        /// Replay up to this time (RFC 3339, e.g. 2026-11-01T12:00:00Z).
+        #[arg(long)]
+        at: Option<String>,
+        /// Fold the events with this component version (default: the active one).
+        #[arg(long)]
+        component_version: Option<u64>,
+    },
+    /// Snapshot an event-sourced actor now.
+    Snapshot {
+        /// `type/key`, e.g. `bank/alice`.
+        actor: String,
+    },
+    /// List projections with their checkpoint and lag, or add or remove one.
+    Projections {
+        #[command(subcommand)]
+        action: Option<ProjectionCommand>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionCommand {
+    /// Send every event of an actor type, in order and exactly once, to one actor.
+    Add {
+        /// Projection name, e.g. `accounts-summary`.
+        name: String,
+        /// The actor type whose events it reads, e.g. `bank`.
+        #[arg(long)]
+        source: String,
+        /// The actor that receives them, e.g. `accounts-summary/all`.
+        #[arg(long)]
+        target: String,
+        /// The method that receives them.
+        #[arg(long, default_value = crate::journal::projection::DEFAULT_METHOD)]
+        method: String,
+    },
+    /// Stop and remove a projection (its actor's state stays).
+    Remove {
+        /// Projection name.
+        name: String,
     },
 }
 
@@ -91,6 +162,10 @@ struct ServeArgs {
     /// Deploy `TYPE=FILE.wasm` at start (skipped when already active); repeatable.
     #[arg(long = "deploy", value_name = "TYPE=FILE")]
     deploys: Vec<String>,
+    /// Declare projection `NAME=SOURCE_TYPE:TARGET_ACTOR` at start (method
+    /// `project`), e.g. `accounts-summary=bank:accounts-summary/all`; repeatable.
+    #[arg(long = "projection", value_name = "NAME=SOURCE:TARGET")]
+    projections: Vec<String>,
 }
 
 /// Runs the command line; the binary's `main`.
@@ -116,13 +191,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = client::Client::new(&cli.server, cli.token.clone());
     match cli.command {
         Command::Serve(args) => serve(args, cli.token).await,
-        Command::Deploy { actor_type, file, memory_limit, turn_timeout } => {
-            client.deploy(&actor_type, &file, memory_limit.as_deref(), turn_timeout.as_deref()).await
+        Command::Deploy { actor_type, file, memory_limit, turn_timeout, snapshot_every, retention } => {
+            let options = [
+                ("memory_limit", memory_limit),
+                ("turn_timeout", turn_timeout),
+                ("snapshot_every", snapshot_every),
+                ("retention", retention),
+            ];
+            let query: Vec<(&str, String)> = options.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect();
+            client.deploy(&actor_type, &file, &query).await
         }
         Command::Call { actor, method, json } => client.call(&actor, &method, json.as_deref()).await,
         Command::Actors => client.actors().await,
         Command::Versions { actor_type } => client.versions(&actor_type).await,
         Command::Rollback { actor_type } => client.rollback(&actor_type).await,
+        Command::Journal { actor, from, to, limit, json } => client.journal(&actor, from, to, limit, json).await,
+        Command::Replay { actor, to_version, at, component_version } => {
+            client.replay(&actor, to_version, at.as_deref(), component_version).await
+        }
+        Command::Snapshot { actor } => client.snapshot(&actor).await,
+        Command::Projections { action: None } => client.projections().await,
+        Command::Projections { action: Some(ProjectionCommand::Add { name, source, target, method }) } => {
+            client.add_projection(&name, &source, &target, &method).await
+        }
+        Command::Projections { action: Some(ProjectionCommand::Remove { name }) } => client.remove_projection(&name).await,
     }
 }
 
@@ -166,6 +258,12 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
             if outcome.created { "" } else { " (already active)" }
         );
     }
+    for spec in &args.projections {
+        let def = parse_projection_spec(spec)?;
+        let name = def.name.clone();
+        host.create_projection(def).await.with_context(|| format!("declaring projection {name}"))?;
+        println!("projection {spec}");
+    }
     let where_ = match store_name {
         "sqlite" => format!("sqlite at {}", args.data_dir.join("quark.db").display()),
         other => other.to_string(),
@@ -184,4 +282,16 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
         served = crate::api::serve(host, listener, token) => served,
         () = shutdown => Ok(()),
     }
+}
+
+/// Parses `NAME=SOURCE:TARGET` (see `quark serve --projection`).
+fn parse_projection_spec(spec: &str) -> anyhow::Result<crate::storage::ProjectionDef> {
+    let (name, rest) = spec.split_once('=').with_context(|| format!("--projection {spec:?}: expected NAME=SOURCE:TARGET"))?;
+    let (source, target) = rest.split_once(':').with_context(|| format!("--projection {spec:?}: expected NAME=SOURCE:TARGET"))?;
+    Ok(crate::storage::ProjectionDef {
+        name: name.to_string(),
+        source_type: source.to_string(),
+        target: target.to_string(),
+        method: crate::journal::projection::DEFAULT_METHOD.to_string(),
+    })
 }

@@ -16,16 +16,16 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use wasmtime::{Store, UpdateDeadline};
 
-use super::Request;
+use super::engine::coarse_now_ms;
 use super::registry::LoadedVersion;
 use super::turn::TurnState;
+use super::{Control, Request};
 use crate::Host;
-use crate::capabilities::{Actor, ActorPre};
+use crate::capabilities::{ActorInstance, ActorPre, GuestError};
 use crate::error::{ActorError, ErrorKind};
 use crate::id::ActorId;
 use crate::metrics::{TurnOutcome, outcome_of};
-use super::engine::coarse_now_ms;
-use crate::storage::{Manifest, StateWrite, StoreError, TurnCommit};
+use crate::storage::{CheckpointAdvance, EventRecord, JournalAppend, Manifest, StateWrite, StoreError, TurnCommit};
 
 /// Most re-entrant turns one actor runs at once; each has its own instance
 /// and memory, so a runaway recursion must stop somewhere.
@@ -46,13 +46,17 @@ pub(crate) struct Envelope {
     pub(crate) reply: Option<Reply>,
 }
 
-/// What a turn did that takes effect only if it commits: state writes, and
-/// messages told to other actors (sent after the commit). Later capabilities
-/// (journal events, jobs, outbox) add their buffers here.
+/// What a turn did that takes effect only if it commits: state writes,
+/// journal events, a projection checkpoint, and messages told to other
+/// actors (sent after the commit). Later capabilities (jobs, outbox) add
+/// their buffers here.
 #[derive(Default)]
 pub(crate) struct TurnEffects {
     pub(crate) writes: BTreeMap<String, Option<Vec<u8>>>,
     pub(crate) tells: Vec<Request>,
+    pub(crate) events: Vec<EventRecord>,
+    pub(crate) snapshot_requested: bool,
+    pub(crate) checkpoint: Option<CheckpointAdvance>,
 }
 
 impl TurnEffects {
@@ -60,7 +64,20 @@ impl TurnEffects {
     pub(crate) fn merge(&mut self, later: TurnEffects) {
         self.writes.extend(later.writes);
         self.tells.extend(later.tells);
+        self.events.extend(later.events);
+        self.snapshot_requested |= later.snapshot_requested;
     }
+}
+
+/// Where an actor's journal stands, as this host knows it.
+#[derive(Default)]
+pub(crate) struct JournalCursor {
+    /// False until the version was read (lazily, on first use).
+    pub(crate) loaded: bool,
+    /// The last committed event's version.
+    pub(crate) version: u64,
+    /// Events committed since the last snapshot (event-sourced actors).
+    pub(crate) since_snapshot: u64,
 }
 
 /// An actor's state as this host holds it: the committed values and the
@@ -76,6 +93,7 @@ pub(crate) struct ActorState {
     /// re-entrant turn on its chain pushes a layer above the turn it is
     /// nested in and, when it succeeds, folds it into that one.
     pub(crate) layers: Vec<TurnEffects>,
+    pub(crate) journal: JournalCursor,
 }
 
 /// What the table, the inspection API and re-entrant calls see of an activation.
@@ -310,10 +328,10 @@ impl ActivationTable {
 }
 
 /// A live wasm instance of an actor.
-struct Live {
-    store: Store<TurnState>,
-    bindings: Actor,
-    version: u64,
+pub(crate) struct Live {
+    pub(crate) store: Store<TurnState>,
+    pub(crate) bindings: ActorInstance,
+    pub(crate) version: u64,
 }
 
 /// What runs an actor's turns: its live instance and the version it was
@@ -427,7 +445,7 @@ impl Core {
         result
     }
 
-    async fn turn(&mut self, host: &Host, shared: &Arc<ActivationShared>, request: Request) -> Result<Vec<u8>, ActorError> {
+    async fn turn(&mut self, host: &Host, shared: &Arc<ActivationShared>, mut request: Request) -> Result<Vec<u8>, ActorError> {
         if Instant::now() >= request.deadline {
             return Err(ActorError::timeout(format!(
                 "message to {} `{}` (call chain {:x}) passed its deadline in the mailbox before it ran",
@@ -455,18 +473,28 @@ impl Core {
                 }
                 other => other?,
             };
+            let live = if live.bindings.aggregate.is_some() { self.rebuild(host, shared, &version, live).await? } else { live };
             self.live = Some(live);
             shared.version.store(version.info.version, Ordering::Relaxed);
         } else {
             ensure_state_loaded(host, shared).await?;
         }
+        let control = request.control.take().map(|c| *c);
+        if let Some(Control::Snapshot) = control {
+            let version = self.snapshot_now(host, shared, &version, true).await?;
+            return Ok(serde_json::to_vec(&serde_json::json!({ "version": version })).unwrap_or_default());
+        }
         let Some(live) = self.live.as_mut() else { unreachable!("instantiated above") };
+        let event_sourced = live.bindings.aggregate.is_some();
 
         {
             let mut state = shared.state.lock();
             // Reuse the vector: no allocation per turn.
             state.layers.clear();
             state.layers.push(TurnEffects::default());
+            if let Some(Control::Checkpoint(advance)) = control {
+                state.layers[0].checkpoint = Some(advance);
+            }
             shared.busy_chain.store(request.chain, Ordering::Release);
         }
         let result = run_handler(live, &request, turn_deadline(&request, &version)).await;
@@ -479,21 +507,103 @@ impl Core {
         };
         match result {
             Ok(reply) => {
-                self.commit(host, shared, effects.writes).await?;
-                for tell in effects.tells {
+                let TurnEffects { writes, tells, events, snapshot_requested, checkpoint } = effects;
+                self.commit(host, shared, writes, events, checkpoint).await?;
+                for tell in tells {
                     if let Err(e) = host.tell_request(tell) {
                         tracing::warn!(actor = %shared.id, error = %e, "a message told during a committed turn could not be delivered");
                     }
                 }
+                let due = shared.state.lock().journal.since_snapshot >= version.info.manifest.snapshot_every;
+                if event_sourced
+                    && (snapshot_requested || due)
+                    && let Err(e) = self.snapshot_now(host, shared, &version, false).await
+                {
+                    tracing::warn!(actor = %shared.id, error = %e, "could not take a snapshot; the next one is tried after more events");
+                }
                 Ok(reply)
             }
-            Err(HandlerFailure::Returned(e)) => Err(e),
+            Err(HandlerFailure::Returned(e)) => {
+                // An SDK actor folds its events as it appends them: after a
+                // failed turn its memory is ahead of its journal.
+                if event_sourced && !effects.events.is_empty() {
+                    self.live = None;
+                }
+                Err(e)
+            }
             Err(HandlerFailure::Broken(e)) => {
                 // The instance may be mid-update: never run it again.
                 self.live = None;
                 Err(e)
             }
         }
+    }
+
+    /// Rebuilds a fresh instance of an event-sourced actor from its latest
+    /// snapshot and the events after it. If `restore` traps, the snapshot
+    /// is skipped on a second fresh instance.
+    async fn rebuild(&mut self, host: &Host, shared: &Arc<ActivationShared>, version: &LoadedVersion, mut live: Live) -> Result<Live, ActorError> {
+        let timeout = version.info.manifest.turn_timeout;
+        let rebuilt = match super::aggregate::rebuild(host, &mut live, &shared.id, super::aggregate::SnapshotUse::Any, u64::MAX, timeout).await {
+            Err(super::aggregate::RebuildError::SnapshotBroke(e)) => {
+                tracing::warn!(actor = %shared.id, error = %e, "restoring the snapshot trapped; replaying the whole journal on a fresh instance");
+                live = instantiate(host, shared, version, 0).await?;
+                super::aggregate::rebuild(host, &mut live, &shared.id, super::aggregate::SnapshotUse::None, u64::MAX, timeout).await
+            }
+            other => other,
+        }
+        .map_err(super::aggregate::RebuildError::into_actor_error)?;
+        let mut state = shared.state.lock();
+        state.journal = JournalCursor { loaded: true, version: rebuilt.version, since_snapshot: rebuilt.version - rebuilt.snapshot_version };
+        Ok(live)
+    }
+
+    /// Snapshots the live event-sourced instance at its committed version.
+    /// With `wait`, returns once the snapshot is stored; otherwise stores it
+    /// in the background. Returns the version it covers.
+    async fn snapshot_now(&mut self, host: &Host, shared: &Arc<ActivationShared>, version: &LoadedVersion, wait: bool) -> Result<u64, ActorError> {
+        let Some(live) = self.live.as_mut() else {
+            return Err(ActorError::internal(format!("{} has no live instance to snapshot", shared.id)));
+        };
+        if live.bindings.aggregate.is_none() {
+            return Err(ActorError::rejected(format!(
+                "{} is not event-sourced: its component does not export `{}`",
+                shared.id,
+                crate::capabilities::AGGREGATE_EXPORT
+            )));
+        }
+        let head = shared.state.lock().journal.version;
+        if head == 0 {
+            return Ok(0);
+        }
+        let deadline = Instant::now() + version.info.manifest.turn_timeout;
+        let data = match super::aggregate::call_snapshot(live, deadline, &shared.id).await {
+            Ok(data) => data,
+            Err(HandlerFailure::Returned(e)) => return Err(e),
+            Err(HandlerFailure::Broken(e)) => {
+                self.live = None;
+                return Err(e);
+            }
+        };
+        shared.state.lock().journal.since_snapshot = 0;
+        let snapshot = crate::storage::Snapshot {
+            version: head,
+            component_version: version.info.version,
+            taken_at_ms: crate::storage::now_ms(),
+            data,
+        };
+        let (store, actor, retention) = (host.store().clone(), shared.id.clone(), version.info.manifest.retention);
+        if wait {
+            store.save_snapshot(&actor, &snapshot, retention).await?;
+        } else {
+            tokio::spawn(async move {
+                if let Err(e) = store.save_snapshot(&actor, &snapshot, retention).await {
+                    tracing::warn!(actor = %actor, version = snapshot.version, error = %e, "storing a snapshot failed");
+                }
+            });
+        }
+        host.metrics().record_snapshot();
+        Ok(head)
     }
 
     /// Commits the turn's writes through the group committer. The cached
@@ -506,10 +616,13 @@ impl Core {
         host: &Host,
         shared: &ActivationShared,
         writes: BTreeMap<String, Option<Vec<u8>>>,
+        events: Vec<EventRecord>,
+        checkpoint: Option<CheckpointAdvance>,
     ) -> Result<(), ActorError> {
-        if writes.is_empty() {
+        if writes.is_empty() && events.is_empty() && checkpoint.is_none() {
             return Ok(());
         }
+        let event_count = events.len() as u64;
         let state: Vec<StateWrite> = writes.into_iter().map(|(key, value)| StateWrite { key, value }).collect();
         let undo: Vec<(String, Option<Vec<u8>>)> = {
             let mut cached = shared.state.lock();
@@ -524,7 +637,12 @@ impl Core {
                 })
                 .collect()
         };
-        let commit = TurnCommit { actor: shared.id.clone(), state };
+        let journal = if events.is_empty() {
+            None
+        } else {
+            Some(JournalAppend { expected_version: shared.state.lock().journal.version, events })
+        };
+        let commit = TurnCommit { actor: shared.id.clone(), state, journal, checkpoint };
         if let Err(e) = host.committer().commit(commit).await {
             // Put the cache back as it was: reads keep being served, and the
             // next turn starts from the last committed state.
@@ -536,13 +654,23 @@ impl Core {
                 };
             }
             cached.stale = true;
+            cached.journal.loaded = false;
             drop(cached);
             self.live = None;
             let message = format!("the turn of {} ran but its writes could not be committed, so it did not happen: {e}", shared.id);
             return Err(match *e {
                 StoreError::Rejected(_) => ActorError::rejected(message),
+                StoreError::Conflict(_) => ActorError::conflict(message),
                 _ => ActorError::unavailable(message),
             });
+        }
+        if event_count > 0 {
+            let mut cached = shared.state.lock();
+            cached.journal.version += event_count;
+            cached.journal.since_snapshot += event_count;
+            drop(cached);
+            host.metrics().record_events(event_count);
+            host.journal_committed(event_count);
         }
         Ok(())
     }
@@ -575,8 +703,8 @@ async fn ensure_state_loaded(host: &Host, shared: &ActivationShared) -> Result<(
     }
 }
 
-/// Why a handler call did not produce a reply.
-enum HandlerFailure {
+/// Why a call into the guest did not produce a result.
+pub(crate) enum HandlerFailure {
     /// The guest returned an error; the instance is fine.
     Returned(ActorError),
     /// Trap, timeout or memory limit; the instance must be discarded.
@@ -591,46 +719,65 @@ fn turn_deadline(request: &Request, version: &LoadedVersion) -> Instant {
 
 async fn run_handler(live: &mut Live, request: &Request, deadline: Instant) -> Result<Vec<u8>, HandlerFailure> {
     {
-        let data = live.store.data_mut();
-        data.scope = super::turn::TurnScope { chain: request.chain, caller: request.caller.clone(), deadline };
-        data.limiter.exceeded = false;
-        data.timed_out = false;
-        data.stderr.clear_tail();
+        let scope = &mut live.store.data_mut().scope;
+        scope.chain = request.chain;
+        scope.caller.clone_from(&request.caller);
+        scope.deadline = deadline;
+        // `clone_from` keeps the buffer: no allocation per turn.
+        scope.method.clone_from(&request.method);
+        scope.turn = super::turn::next_turn_number();
     }
-    live.store.set_epoch_deadline(1);
-    let handler = live.bindings.quark_actor_handler();
-    let call = handler.call_handle(&mut live.store, &request.method, &request.payload);
+    prepare_guest_call(live);
+    let call = live.bindings.handler.call_handle(&mut live.store, &request.method, &request.payload);
     let outcome = tokio::time::timeout_at(deadline.into(), call).await;
-    let data = live.store.data();
-    let actor = &request.target;
-    let method = &request.method;
+    let what = format!("{} `{}`", request.target, request.method);
+    classify_guest_call(outcome, live.store.data(), &what, request.chain)
+}
+
+/// Resets the per-call flags and arms the epoch deadline before a call
+/// into the guest.
+pub(crate) fn prepare_guest_call(live: &mut Live) {
+    let data = live.store.data_mut();
+    data.limiter.exceeded = false;
+    data.timed_out = false;
+    data.stderr.clear_tail();
+    live.store.set_epoch_deadline(1);
+}
+
+/// Sorts the outcome of a call into the guest (`what` names it in errors):
+/// a returned error leaves the instance usable; a trap, timeout or memory
+/// limit hit does not.
+pub(crate) fn classify_guest_call<T>(
+    outcome: Result<wasmtime::Result<Result<T, GuestError>>, tokio::time::error::Elapsed>,
+    data: &TurnState,
+    what: &str,
+    chain: u64,
+) -> Result<T, HandlerFailure> {
     match outcome {
-        Ok(Ok(Ok(reply))) => Ok(reply),
+        Ok(Ok(Ok(value))) => Ok(value),
         Ok(Ok(Err(guest_error))) => Err(HandlerFailure::Returned(guest_error.into())),
         Ok(Err(trap)) if data.timed_out => Err(HandlerFailure::Broken(ActorError::timeout(format!(
-            "{actor} `{method}` ran past its deadline (turn time limit or call deadline; call chain {:x}) and was stopped ({})",
-            request.chain,
+            "{what} ran past its deadline (turn time limit or call deadline; call chain {chain:x}) and was stopped ({})",
             trap.root_cause()
         )))),
         Ok(Err(_)) if data.limiter.exceeded => Err(HandlerFailure::Broken(ActorError::limit_exceeded(format!(
-            "{actor} `{method}` tried to grow its memory past the limit of its actor type and trapped"
+            "{what} tried to grow its memory past the limit of its actor type and trapped"
         )))),
         Ok(Err(trap)) => {
             let printed = data.stderr.tail().map(|t| format!("; it printed: {t}")).unwrap_or_default();
             Err(HandlerFailure::Broken(ActorError::internal(format!(
-                "{actor} `{method}` trapped (a panic or a bug in the actor): {}{printed}",
+                "{what} trapped (a panic or a bug in the actor): {}{printed}",
                 trap.root_cause()
             ))))
         }
         Err(_elapsed) => Err(HandlerFailure::Broken(ActorError::timeout(format!(
-            "{actor} `{method}` did not finish before its deadline (turn time limit or call deadline; call chain {:x})",
-            request.chain
+            "{what} did not finish before its deadline (turn time limit or call deadline; call chain {chain:x})"
         )))),
     }
 }
 
 /// Creates a fresh instance of `version` for the actor behind `shared`.
-async fn instantiate(
+pub(crate) async fn instantiate(
     host: &Host,
     shared: &Arc<ActivationShared>,
     version: &LoadedVersion,
@@ -645,10 +792,10 @@ async fn instantiate(
 pub(crate) async fn instantiate_pre(
     host: &Host,
     shared: &Arc<ActivationShared>,
-    pre: &ActorPre<TurnState>,
+    pre: &ActorPre,
     manifest: &Manifest,
     layer: usize,
-) -> Result<(Store<TurnState>, Actor), ActorError> {
+) -> Result<(Store<TurnState>, ActorInstance), ActorError> {
     let memory_limit = manifest.memory_limit;
     let mut store = Store::new(host.engine(), TurnState::new(host.clone(), shared.clone(), memory_limit, layer));
     store.limiter(|s| &mut s.limiter);
@@ -712,6 +859,15 @@ async fn run_nested_turn(host: &Host, shared: &Arc<ActivationShared>, request: &
         state.layers.push(TurnEffects::default());
         state.layers.len() - 1
     };
+    if version.pre.is_event_sourced() {
+        state_pop(shared, layer);
+        return Err(ActorError::rejected(format!(
+            "{} is event-sourced and was called back on its own call chain {:x}: event-sourced actors are not \
+             re-entrant (their state is the fold of their events, which a second instance cannot share); \
+             restructure the calls, or tell instead of call",
+            shared.id, request.chain
+        )));
+    }
     let result = match instantiate(host, shared, &version, layer).await {
         Ok(mut live) => run_handler(&mut live, request, turn_deadline(request, &version)).await,
         Err(e) => Err(HandlerFailure::Returned(e)),
@@ -738,3 +894,8 @@ async fn run_nested_turn(host: &Host, shared: &Arc<ActivationShared>, request: &
     }
 }
 
+
+/// Drops the effect layer a nested turn pushed before it ran.
+fn state_pop(shared: &ActivationShared, layer: usize) {
+    shared.state.lock().layers.truncate(layer);
+}

@@ -5,12 +5,14 @@
 //! committer before the reply goes out.
 
 pub mod activation;
+pub(crate) mod aggregate;
 pub mod engine;
 mod guest_output;
 pub mod limits;
 pub mod registry;
 pub mod turn;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,6 +89,17 @@ pub struct Request {
     pub caller: Option<ActorId>,
     /// When the caller stops waiting.
     pub deadline: Instant,
+    /// Host work riding on this message instead of (or with) a handler call.
+    pub(crate) control: Option<Box<Control>>,
+}
+
+/// Host work a message carries, run in the actor's turn order.
+#[derive(Debug, Clone)]
+pub(crate) enum Control {
+    /// Runs no handler: snapshots the (event-sourced) actor now.
+    Snapshot,
+    /// Delivers projection events; the checkpoint moves in the turn's commit.
+    Checkpoint(crate::storage::CheckpointAdvance),
 }
 
 static NEXT_CHAIN: AtomicU64 = AtomicU64::new(1);
@@ -119,11 +132,24 @@ struct HostInner {
     metrics: Arc<Metrics>,
     /// Serialises deploys and rollbacks so versions are numbered in order.
     deploy_lock: tokio::sync::Mutex<()>,
+    /// Counts committed journal events; projection runners wait on it.
+    journal_commits: tokio::sync::watch::Sender<u64>,
+    projection_runners: parking_lot::Mutex<HashMap<String, Arc<crate::journal::projection::ProjectionRunner>>>,
 }
 
 /// A running Quark host. Cheap to clone.
 #[derive(Clone)]
 pub struct Host(Arc<HostInner>);
+
+/// A handle that does not keep the host alive (for background tasks).
+#[derive(Clone)]
+pub(crate) struct WeakHost(std::sync::Weak<HostInner>);
+
+impl WeakHost {
+    pub(crate) fn upgrade(&self) -> Option<Host> {
+        self.0.upgrade().map(Host)
+    }
+}
 
 impl Host {
     /// Starts a host on `store`: loads the active version of every deployed
@@ -145,6 +171,8 @@ impl Host {
             committer,
             metrics,
             deploy_lock: tokio::sync::Mutex::new(()),
+            journal_commits: tokio::sync::watch::Sender::new(0),
+            projection_runners: parking_lot::Mutex::new(HashMap::new()),
         }));
         for info in host.0.store.active_versions().await? {
             let (actor_type, version) = (info.actor_type.clone(), info.version);
@@ -154,6 +182,7 @@ impl Host {
             }
         }
         host.spawn_idle_sweeper();
+        host.start_projections().await?;
         if let Some(capacity) = engine::activation_capacity() {
             tracing::info!(
                 capacity,
@@ -189,8 +218,29 @@ impl Host {
         Ok(())
     }
 
+    /// A stored version of `actor_type`, loaded (and compiled, cache
+    /// permitting) if this host has not loaded it yet.
+    pub(crate) async fn load_component_version(&self, actor_type: &str, version: u64) -> Result<Arc<registry::LoadedVersion>, ActorError> {
+        if let Some(loaded) = self.0.registry.loaded(actor_type, version) {
+            return Ok(loaded);
+        }
+        let info = self
+            .0
+            .store
+            .component_versions(actor_type)
+            .await?
+            .into_iter()
+            .find(|v| v.version == version)
+            .ok_or_else(|| ActorError::not_found(format!("`{actor_type}` has no version {version} (`quark versions {actor_type}`)")))?;
+        let pre = self
+            .prepare_stored(&info)
+            .await
+            .map_err(|e| ActorError::internal(format!("loading {actor_type} v{version}: {e:#}")))?;
+        Ok(self.0.registry.insert_loaded(info, pre))
+    }
+
     /// Compiles (cache permitting) and validates a stored version.
-    async fn prepare_stored(&self, info: &ComponentVersion) -> anyhow::Result<crate::capabilities::ActorPre<turn::TurnState>> {
+    async fn prepare_stored(&self, info: &ComponentVersion) -> anyhow::Result<crate::capabilities::ActorPre> {
         let bytes = self
             .0
             .store
@@ -246,7 +296,7 @@ impl Host {
     async fn trial_instantiate(
         &self,
         actor_type: &str,
-        pre: &crate::capabilities::ActorPre<turn::TurnState>,
+        pre: &crate::capabilities::ActorPre,
         manifest: &Manifest,
     ) -> Result<(), ActorError> {
         let shared = Arc::new(activation::ActivationShared::new(ActorId::new(actor_type, "deploy-check")?));
@@ -299,6 +349,7 @@ impl Host {
             chain: new_chain_id(),
             caller: None,
             deadline: Instant::now() + self.0.config.call_timeout,
+            control: None,
         };
         self.ask_request(request).await
     }
@@ -413,6 +464,23 @@ impl Host {
 
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakHost {
+        WeakHost(Arc::downgrade(&self.0))
+    }
+
+    /// Wakes projection runners: `count` journal events were committed.
+    pub(crate) fn journal_committed(&self, count: u64) {
+        self.0.journal_commits.send_modify(|n| *n += count);
+    }
+
+    pub(crate) fn journal_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.journal_commits.subscribe()
+    }
+
+    pub(crate) fn projection_runners(&self) -> &parking_lot::Mutex<HashMap<String, Arc<crate::journal::projection::ProjectionRunner>>> {
+        &self.0.projection_runners
     }
 }
 

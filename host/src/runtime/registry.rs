@@ -22,7 +22,7 @@ pub const HANDLER_EXPORT: &str = "quark:actor/handler@0.1.0";
 pub struct LoadedVersion {
     /// What the store knows about it.
     pub info: ComponentVersion,
-    pub(crate) pre: ActorPre<TurnState>,
+    pub(crate) pre: ActorPre,
 }
 
 struct TypeEntry {
@@ -53,7 +53,7 @@ impl ComponentRegistry {
     /// Compiles (or loads from the cache) and validates a component; does not
     /// register it. Errors name what is wrong with it.
     /// Also says whether the compiled code came from the on-disk cache.
-    pub(crate) fn prepare(&self, actor_type: &str, hash: &str, bytes: &[u8]) -> Result<(ActorPre<TurnState>, bool), ActorError> {
+    pub(crate) fn prepare(&self, actor_type: &str, hash: &str, bytes: &[u8]) -> Result<(ActorPre, bool), ActorError> {
         if !bytes.starts_with(b"\0asm") {
             return Err(ActorError::rejected(format!(
                 "the body for `{actor_type}` is not WebAssembly (no `\\0asm` header); build the actor with `cargo build --target wasm32-wasip2`"
@@ -78,14 +78,15 @@ impl ComponentRegistry {
         let pre = ActorPre::new(pre).map_err(|e| {
             ActorError::rejected(format!(
                 "`{actor_type}` does not fit the `quark:actor/actor` world: it must export `{HANDLER_EXPORT}` with \
-                 `handle(method, payload)` ({e:#})"
+                 `handle(method, payload)`, and an event-sourced actor `{}` with `apply`, `snapshot` and `restore` ({e:#})",
+                crate::capabilities::AGGREGATE_EXPORT
             ))
         })?;
         Ok((pre, cached))
     }
 
     /// Makes `info` (prepared as `pre`) the active version of its type.
-    pub(crate) fn activate(&self, info: ComponentVersion, pre: ActorPre<TurnState>) -> Arc<LoadedVersion> {
+    pub(crate) fn activate(&self, info: ComponentVersion, pre: ActorPre) -> Arc<LoadedVersion> {
         let loaded = Arc::new(LoadedVersion { info, pre });
         let mut types = self.types.write();
         let actor_type = loaded.info.actor_type.clone();
@@ -100,6 +101,16 @@ impl ComponentRegistry {
             }
         }
         self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+        loaded
+    }
+
+    /// Keeps a prepared older version loaded without making it active
+    /// (replays against old code).
+    pub(crate) fn insert_loaded(&self, info: ComponentVersion, pre: ActorPre) -> Arc<LoadedVersion> {
+        let loaded = Arc::new(LoadedVersion { info, pre });
+        if let Some(entry) = self.types.write().get_mut(&loaded.info.actor_type) {
+            entry.loaded.insert(loaded.info.version, loaded.clone());
+        }
         loaded
     }
 

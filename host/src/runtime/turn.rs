@@ -25,7 +25,29 @@ pub struct TurnScope {
     pub caller: Option<ActorId>,
     /// When the turn must be done.
     pub deadline: Instant,
+    /// The method being handled (recorded with journal events).
+    pub method: String,
+    /// This turn's number in this process (the causation id of its events).
+    pub turn: u64,
 }
+
+impl TurnScope {
+    /// A scope for work that is not a message (instantiation, rebuilds).
+    pub(crate) fn system(deadline: Instant) -> Self {
+        TurnScope { chain: 0, caller: None, deadline, method: String::new(), turn: 0 }
+    }
+}
+
+static NEXT_TURN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A number for the next turn, unique in this process.
+pub(crate) fn next_turn_number() -> u64 {
+    NEXT_TURN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Milliseconds at process start: with the turn number, a causation id
+/// that stays unique across restarts.
+static PROCESS_EPOCH_MS: std::sync::LazyLock<i64> = std::sync::LazyLock::new(crate::storage::now_ms);
 
 /// The data of one actor instance's store: the capabilities' host state.
 pub struct TurnState {
@@ -38,6 +60,8 @@ pub struct TurnState {
     layer: usize,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) timed_out: bool,
+    /// A replay sandbox: no messages, no appends, nothing committed.
+    pub(crate) sandbox: bool,
     /// The guest's stderr: logged, and its tail quoted when the guest traps.
     pub(crate) stderr: GuestOutput,
     wasi: WasiCtx,
@@ -54,11 +78,12 @@ impl TurnState {
         TurnState {
             actor: activation.id.clone(),
             host,
-            scope: TurnScope { chain: 0, caller: None, deadline: Instant::now() },
+            scope: TurnScope::system(Instant::now()),
             limiter: MemoryLimiter::new(memory_limit, activation.clone()),
             activation,
             layer,
             timed_out: false,
+            sandbox: false,
             stderr,
             wasi,
             table: ResourceTable::new(),
@@ -106,11 +131,109 @@ impl TurnState {
         }
     }
 
+    /// Buffers `events` after the actor's current version (committed plus
+    /// what this turn and the turns it is nested in appended); returns the
+    /// version of the last one.
+    pub(crate) async fn journal_append(&mut self, events: Vec<crate::capabilities::GuestEvent>) -> Result<u64, ActorError> {
+        if self.sandbox {
+            return Err(ActorError::rejected("a replay sandbox cannot append events"));
+        }
+        for e in &events {
+            if e.event_type.is_empty() || e.event_type.len() > MAX_EVENT_TYPE_BYTES {
+                return Err(ActorError::rejected(format!(
+                    "an event type must be 1 to {MAX_EVENT_TYPE_BYTES} bytes, not {}",
+                    e.event_type.len()
+                )));
+            }
+            if e.data.len() > MAX_EVENT_BYTES {
+                return Err(ActorError::limit_exceeded(format!(
+                    "event `{}` is {} bytes; the limit is {MAX_EVENT_BYTES}",
+                    e.event_type,
+                    e.data.len()
+                )));
+            }
+        }
+        ensure_journal_loaded(&self.host, &self.activation).await?;
+        let recorded_at_ms = crate::storage::now_ms();
+        let causation_id = format!("{:x}-{:x}", *PROCESS_EPOCH_MS, self.scope.turn);
+        let correlation_id = format!("{:016x}", self.scope.chain);
+        let caller = self.scope.caller.as_ref().map(ToString::to_string);
+        let mut state = self.activation.state.lock();
+        let visible = state.layers.len().min(self.layer + 1);
+        let buffered: usize = state.layers[..visible].iter().map(|l| l.events.len()).sum();
+        if buffered + events.len() > MAX_EVENTS_PER_TURN {
+            return Err(ActorError::limit_exceeded(format!("a turn may append at most {MAX_EVENTS_PER_TURN} events")));
+        }
+        let base = state.journal.version + buffered as u64;
+        let Some(layer) = state.layers.get_mut(self.layer) else {
+            return Err(ActorError::timeout("this turn has already ended"));
+        };
+        let count = events.len() as u64;
+        for (i, e) in events.into_iter().enumerate() {
+            layer.events.push(crate::storage::EventRecord {
+                version: base + i as u64 + 1,
+                event_type: e.event_type,
+                schema_version: e.schema_version,
+                data: e.data,
+                recorded_at_ms,
+                correlation_id: correlation_id.clone(),
+                causation_id: causation_id.clone(),
+                caller: caller.clone(),
+                method: self.scope.method.clone(),
+            });
+        }
+        Ok(base + count)
+    }
+
+    /// The actor's journal version as this turn sees it.
+    pub(crate) async fn journal_version(&mut self) -> Result<u64, ActorError> {
+        ensure_journal_loaded(&self.host, &self.activation).await?;
+        let state = self.activation.state.lock();
+        let visible = state.layers.len().min(self.layer + 1);
+        let buffered: usize = state.layers[..visible].iter().map(|l| l.events.len()).sum();
+        Ok(state.journal.version + buffered as u64)
+    }
+
+    /// Asks for a snapshot after this turn commits.
+    pub(crate) fn journal_request_snapshot(&mut self) {
+        if let Some(layer) = self.activation.state.lock().layers.get_mut(self.layer) {
+            layer.snapshot_requested = true;
+        }
+    }
+
     /// A request from this turn to another actor, on the same call chain.
     pub(crate) fn outgoing(&self, target: ActorId, method: String, payload: Vec<u8>) -> Request {
         let deadline = self.scope.deadline.min(Instant::now() + self.host.config().call_timeout);
-        Request { target, method, payload, chain: self.scope.chain, caller: Some(self.actor.clone()), deadline }
+        Request { target, method, payload, chain: self.scope.chain, caller: Some(self.actor.clone()), deadline, control: None }
     }
+}
+
+/// Longest event type name.
+const MAX_EVENT_TYPE_BYTES: usize = 256;
+
+/// Largest event body: events are replayed on every rebuild, so big data
+/// belongs in state or a blob store, with the event pointing at it.
+pub(crate) const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// Most events one turn may append: they sit in memory until it commits.
+const MAX_EVENTS_PER_TURN: usize = 10_000;
+
+/// Loads the actor's journal version the first time a turn needs it.
+pub(crate) async fn ensure_journal_loaded(host: &Host, activation: &ActivationShared) -> Result<(), ActorError> {
+    if activation.state.lock().journal.loaded {
+        return Ok(());
+    }
+    let version = host
+        .store()
+        .journal_head(&activation.id)
+        .await
+        .map_err(|e| ActorError::unavailable(format!("reading the journal version of {}: {e}", activation.id)))?;
+    let mut state = activation.state.lock();
+    if !state.journal.loaded {
+        state.journal.loaded = true;
+        state.journal.version = version;
+    }
+    Ok(())
 }
 
 /// Most messages one turn may tell: they sit in memory until it commits.

@@ -68,7 +68,8 @@ async fn run(store: Arc<dyn Store>, metrics: Arc<Metrics>, mut rx: mpsc::Receive
         match outcome {
             // The backend refused some turn's data: commit the turns one by
             // one so only the offending turn fails, not its whole batch.
-            Err(e) if matches!(*e, StoreError::Rejected(_)) && commits.len() > 1 => {
+            // A conflict is retried the same way, so it names its turn.
+            Err(e) if matches!(*e, StoreError::Rejected(_) | StoreError::Conflict(_)) && commits.len() > 1 => {
                 tracing::warn!(turns = commits.len(), error = %e, "group commit refused; retrying its turns one by one");
                 for (commit, done) in commits.drain(..).zip(waiters.drain(..)) {
                     let single = store.commit(std::slice::from_ref(&commit)).await.map_err(Arc::new);

@@ -29,6 +29,10 @@ pub enum StoreError {
     /// Stored data is not what this version of Quark expects.
     #[error("store data is corrupt: {0}")]
     Corrupt(String),
+    /// An optimistic-concurrency check failed: another writer moved a
+    /// journal or a projection checkpoint first. Nothing was written.
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -66,20 +70,173 @@ pub struct StateWrite {
 
 /// Everything durable one successful turn did, committed atomically.
 ///
-/// Later capabilities (journal events, jobs, outbox messages, the inbox
-/// entry) add fields here, so they commit in the same transaction.
+/// Later capabilities (jobs, outbox messages, the inbox entry) add fields
+/// here, so they commit in the same transaction.
 #[derive(Debug, Clone)]
 pub struct TurnCommit {
     /// The actor whose turn this was.
     pub actor: ActorId,
     /// State writes, in the order the turn made them (last write of a key wins).
     pub state: Vec<StateWrite>,
+    /// Events the turn appended to the actor's journal.
+    pub journal: Option<JournalAppend>,
+    /// The projection checkpoint this turn advances (projection turns only).
+    pub checkpoint: Option<CheckpointAdvance>,
 }
 
 impl TurnCommit {
+    /// A commit of state writes only.
+    pub fn state_only(actor: ActorId, state: Vec<StateWrite>) -> Self {
+        TurnCommit { actor, state, journal: None, checkpoint: None }
+    }
+
     /// True when the turn wrote nothing durable, so it can skip the store.
     pub fn is_empty(&self) -> bool {
-        self.state.is_empty()
+        self.state.is_empty() && self.journal.is_none() && self.checkpoint.is_none()
+    }
+}
+
+/// One journal event as it is stored: the persisted format, pinned by the
+/// golden-file test `tests/goldenfiles/journal_events.json`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EventRecord {
+    /// Position in the actor's stream, from 1, without gaps.
+    pub version: u64,
+    /// What happened, e.g. `deposited`.
+    pub event_type: String,
+    /// Version of the event's shape.
+    pub schema_version: u32,
+    /// The body (JSON for SDK actors).
+    #[serde(with = "json_or_base64")]
+    pub data: Vec<u8>,
+    /// When the turn appended it, milliseconds since the Unix epoch.
+    pub recorded_at_ms: i64,
+    /// The call chain of the request that caused it.
+    pub correlation_id: String,
+    /// The turn (message) that appended it.
+    pub causation_id: String,
+    /// The calling actor, if the message came from one.
+    pub caller: Option<String>,
+    /// The method whose turn appended it.
+    pub method: String,
+}
+
+/// Events appended by one turn, and the version its actor had before:
+/// the commit fails with [`StoreError::Conflict`] unless the stored stream
+/// is still at `expected_version`.
+#[derive(Debug, Clone)]
+pub struct JournalAppend {
+    /// The stream's version when the turn started.
+    pub expected_version: u64,
+    /// The new events, numbered `expected_version + 1` on.
+    pub events: Vec<EventRecord>,
+}
+
+/// A projection turn's checkpoint move, committed with the projection
+/// actor's state: the events up to `to` are handled exactly once.
+#[derive(Debug, Clone)]
+pub struct CheckpointAdvance {
+    /// The projection.
+    pub projection: String,
+    /// Its checkpoint before the turn (a global journal position).
+    pub from: u64,
+    /// Its checkpoint after.
+    pub to: u64,
+}
+
+/// An event with its actor and its position across all streams, as a
+/// projection reads it.
+#[derive(Debug, Clone)]
+pub struct PositionedEvent {
+    /// Global position: increases with every committed event.
+    pub position: u64,
+    /// The actor whose stream it is in.
+    pub actor: String,
+    /// The event.
+    pub event: EventRecord,
+}
+
+/// A stored snapshot of an event-sourced actor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The journal version it covers (every event up to and including it).
+    pub version: u64,
+    /// The component version that produced it.
+    pub component_version: u64,
+    /// When it was taken, milliseconds since the Unix epoch.
+    pub taken_at_ms: i64,
+    /// What the actor's `snapshot` export returned.
+    pub data: Vec<u8>,
+}
+
+/// What happens to events a new snapshot covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retention {
+    /// Keep every event in the journal (the default: a full audit trail).
+    #[default]
+    Keep,
+    /// Move covered events to the archive table: the live journal stays
+    /// small, the audit trail and replays still see them.
+    Archive,
+    /// Delete covered events: replays can only start from snapshots.
+    Delete,
+}
+
+impl std::str::FromStr for Retention {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "keep" => Ok(Retention::Keep),
+            "archive" => Ok(Retention::Archive),
+            "delete" => Ok(Retention::Delete),
+            other => Err(format!("unknown journal retention {other:?}: use keep, archive or delete")),
+        }
+    }
+}
+
+/// A projection: every event of `source_type` goes, in order, to `method`
+/// of the actor `target`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProjectionDef {
+    /// Its name.
+    pub name: String,
+    /// The actor type whose events it reads.
+    pub source_type: String,
+    /// The actor (`type/key`) that receives them.
+    pub target: String,
+    /// The method that receives them.
+    pub method: String,
+}
+
+/// A projection and how far it has read.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProjectionStatus {
+    /// What it is.
+    #[serde(flatten)]
+    pub def: ProjectionDef,
+    /// Global journal position of the last event it handled.
+    pub checkpoint: u64,
+}
+
+/// Serializes bytes as embedded JSON when they are JSON, else as a
+/// `{"base64": …}` object, so the golden file and the API stay readable.
+pub(crate) mod json_or_base64 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        match serde_json::from_slice::<serde_json::Value>(data) {
+            Ok(value) => value.serialize(s),
+            Err(_) => serde_json::json!({ "base64": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, data) }).serialize(s),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        if let Some(b64) = value.as_object().filter(|o| o.len() == 1).and_then(|o| o.get("base64")).and_then(|v| v.as_str()) {
+            return base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).map_err(serde::de::Error::custom);
+        }
+        serde_json::to_vec(&value).map_err(serde::de::Error::custom)
     }
 }
 
@@ -91,6 +248,21 @@ pub struct Manifest {
     /// Longest one turn may run, wall clock.
     #[serde(with = "duration_ms")]
     pub turn_timeout: Duration,
+    /// An event-sourced actor is snapshotted after this many events, which
+    /// bounds how many events an activation replays.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
+    /// What happens to the events a snapshot covers.
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+/// Events between automatic snapshots unless a deploy says otherwise:
+/// rebuilding replays at most this many (about a millisecond's work).
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 1000;
+
+fn default_snapshot_every() -> u64 {
+    DEFAULT_SNAPSHOT_EVERY
 }
 
 /// Longest turn time limit a deploy may ask for: a turn holds its actor,
@@ -132,7 +304,24 @@ impl Manifest {
                 "memory limit {memory_limit} bytes is over {MAX_MEMORY_LIMIT} (4 GiB, all a 32-bit wasm memory can address)"
             )));
         }
-        Ok(Manifest { memory_limit, turn_timeout })
+        Ok(Manifest { memory_limit, turn_timeout, snapshot_every: DEFAULT_SNAPSHOT_EVERY, retention: Retention::Keep })
+    }
+
+    /// Sets the journal settings from the strings a person types: events
+    /// between snapshots (`500`) and retention (`keep`, `archive`, `delete`).
+    pub fn with_journal(mut self, snapshot_every: Option<&str>, retention: Option<&str>) -> Result<Self, crate::ActorError> {
+        if let Some(s) = snapshot_every {
+            self.snapshot_every = s
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| crate::ActorError::bad_request(format!("bad snapshot interval {s:?}: give a number of events above 0")))?;
+        }
+        if let Some(r) = retention {
+            self.retention = r.trim().parse().map_err(crate::ActorError::bad_request)?;
+        }
+        Ok(self)
     }
 }
 
@@ -161,14 +350,14 @@ pub struct ComponentVersion {
     pub hash: String,
     /// Size of the component in bytes.
     pub size: u64,
-    /// Its limits.
+    /// Its limits and settings.
     pub manifest: Manifest,
     /// When it was deployed, milliseconds since the Unix epoch.
     pub created_at_ms: i64,
 }
 
 /// The storage backend: all the traits below, behind one object.
-pub trait Store: StateStore + ComponentStore + Send + Sync + 'static {
+pub trait Store: StateStore + ComponentStore + JournalStore + Send + Sync + 'static {
     /// A short name for logs and metrics (`sqlite`, `postgres`).
     fn backend_name(&self) -> &'static str;
 }
@@ -206,6 +395,44 @@ pub trait ComponentStore: Send + Sync {
 
     /// Every actor type with its active version.
     async fn active_versions(&self) -> Result<Vec<ComponentVersion>, StoreError>;
+}
+
+/// Journals, snapshots and projections. Appends go through
+/// [`StateStore::commit`] with the rest of the turn.
+#[async_trait]
+pub trait JournalStore: Send + Sync {
+    /// The version of `actor`'s stream: its last committed event (0 if none).
+    async fn journal_head(&self, actor: &ActorId) -> Result<u64, StoreError>;
+
+    /// Up to `max` events of `actor` from version `from` on, oldest first,
+    /// archived ones included.
+    async fn read_events(&self, actor: &ActorId, from: u64, max: usize) -> Result<Vec<EventRecord>, StoreError>;
+
+    /// The version `actor` had at `at_ms`: its last event recorded then or before.
+    async fn version_at(&self, actor: &ActorId, at_ms: i64) -> Result<u64, StoreError>;
+
+    /// The newest snapshot of `actor` at or below version `at_most`.
+    async fn latest_snapshot(&self, actor: &ActorId, at_most: u64) -> Result<Option<Snapshot>, StoreError>;
+
+    /// Stores a snapshot, then applies `retention` to the events it covers.
+    async fn save_snapshot(&self, actor: &ActorId, snapshot: &Snapshot, retention: Retention) -> Result<(), StoreError>;
+
+    /// Declares a projection; false if one by that name exists already
+    /// (with the same definition; a different one is `Rejected`).
+    async fn create_projection(&self, def: &ProjectionDef) -> Result<bool, StoreError>;
+
+    /// Removes a projection; false if there was none.
+    async fn delete_projection(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Every projection, by name.
+    async fn projections(&self) -> Result<Vec<ProjectionStatus>, StoreError>;
+
+    /// Up to `max` events of every actor of `actor_type` after global
+    /// position `after`, in position order (so in order within each stream).
+    async fn read_type_events(&self, actor_type: &str, after: u64, max: usize) -> Result<Vec<PositionedEvent>, StoreError>;
+
+    /// How many events of `actor_type` lie after global position `after`.
+    async fn count_type_events(&self, actor_type: &str, after: u64) -> Result<u64, StoreError>;
 }
 
 /// One `(actor, key, value)` row to write.

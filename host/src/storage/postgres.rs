@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Row};
 
+use super::sql::{checkpoint_conflict, journal_batch, journal_conflict};
 use super::{StateStore, Store, StoreError, TurnCommit, flatten_batch};
 use crate::id::ActorId;
 
@@ -66,7 +67,73 @@ impl StateStore for PostgresStore {
 
     async fn commit(&self, batch: &[TurnCommit]) -> Result<(), StoreError> {
         let (upserts, deletes) = flatten_batch(batch);
+        let journal = journal_batch(batch);
         let mut tx = self.pool.begin().await?;
+        // Stream heads first: a conflict fails the batch before any write.
+        if !journal.created.is_empty() {
+            let actors: Vec<&str> = journal.created.iter().map(|c| c.0).collect();
+            let versions: Vec<i64> = journal.created.iter().map(|c| c.1).collect();
+            let inserted = sqlx::query(
+                "INSERT INTO journal_heads (actor, version) SELECT * FROM UNNEST($1::text[], $2::bigint[]) ON CONFLICT (actor) DO NOTHING",
+            )
+            .bind(&actors)
+            .bind(&versions)
+            .execute(&mut *tx)
+            .await?;
+            if inserted.rows_affected() != actors.len() as u64 {
+                return Err(journal_conflict(batch));
+            }
+        }
+        if !journal.moved.is_empty() {
+            let actors: Vec<&str> = journal.moved.iter().map(|m| m.0).collect();
+            let expected: Vec<i64> = journal.moved.iter().map(|m| m.1).collect();
+            let new: Vec<i64> = journal.moved.iter().map(|m| m.2).collect();
+            let moved = sqlx::query(
+                "UPDATE journal_heads h SET version = v.new FROM UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS v(actor, expected, new) \
+                 WHERE h.actor = v.actor AND h.version = v.expected",
+            )
+            .bind(&actors)
+            .bind(&expected)
+            .bind(&new)
+            .execute(&mut *tx)
+            .await?;
+            if moved.rows_affected() != actors.len() as u64 {
+                return Err(journal_conflict(batch));
+            }
+        }
+        if !journal.events.is_empty() {
+            let events = &journal.events;
+            sqlx::query(
+                "INSERT INTO journal (actor, actor_type, version, event_type, schema_version, data, recorded_at_ms, \
+                 correlation_id, causation_id, caller, method) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::bytea[], $7::bigint[], \
+                 $8::text[], $9::text[], $10::text[], $11::text[])",
+            )
+            .bind(events.iter().map(|e| e.0).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.1).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.2.version as i64).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.2.event_type.as_str()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| i64::from(e.2.schema_version)).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.2.data.as_slice()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.2.recorded_at_ms).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.2.correlation_id.as_str()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.2.causation_id.as_str()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.2.caller.as_deref()).collect::<Vec<_>>())
+            .bind(events.iter().map(|e| e.2.method.as_str()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        for advance in batch.iter().filter_map(|c| c.checkpoint.as_ref()) {
+            let moved = sqlx::query("UPDATE projections SET checkpoint = $1 WHERE name = $2 AND checkpoint = $3")
+                .bind(advance.to as i64)
+                .bind(&advance.projection)
+                .bind(advance.from as i64)
+                .execute(&mut *tx)
+                .await?;
+            if moved.rows_affected() != 1 {
+                return Err(checkpoint_conflict(&advance.projection, advance.from));
+            }
+        }
         if !upserts.is_empty() {
             let actors: Vec<&str> = upserts.iter().map(|u| u.0).collect();
             let keys: Vec<&str> = upserts.iter().map(|u| u.1).collect();
@@ -96,3 +163,4 @@ impl StateStore for PostgresStore {
 }
 
 super::sql::sql_component_store!(PostgresStore, writer: pool, reader: pool);
+super::sql::sql_journal_store!(PostgresStore, writer: pool, reader: pool);

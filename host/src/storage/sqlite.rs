@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
+use super::sql::{checkpoint_conflict, journal_batch, journal_conflict};
 use super::{StateStore, Store, StoreError, TurnCommit, flatten_batch};
 use crate::id::ActorId;
 
@@ -23,6 +24,9 @@ pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rows per multi-row statement: 3 parameters each stays far below
 /// SQLite's 32,766 bound-parameter limit while amortising statement cost.
 const ROWS_PER_STATEMENT: usize = 500;
+
+/// Event rows per insert: 11 parameters each, below SQLite's limit.
+const EVENTS_PER_STATEMENT: usize = 1000;
 
 /// Read connections; SQLite readers in WAL mode do not block the writer.
 const READ_CONNECTIONS: u32 = 4;
@@ -84,7 +88,67 @@ impl StateStore for SqliteStore {
 
     async fn commit(&self, batch: &[TurnCommit]) -> Result<(), StoreError> {
         let (upserts, deletes) = flatten_batch(batch);
+        let journal = journal_batch(batch);
         let mut tx = self.writer.begin().await?;
+        // Stream heads first: a conflict fails the batch before any write.
+        if !journal.created.is_empty() {
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO journal_heads (actor, version) ");
+            q.push_values(&journal.created, |mut row, (actor, version)| {
+                row.push_bind(*actor).push_bind(*version);
+            });
+            q.push(" ON CONFLICT (actor) DO NOTHING");
+            if q.build().execute(&mut *tx).await?.rows_affected() != journal.created.len() as u64 {
+                return Err(journal_conflict(batch));
+            }
+        }
+        if !journal.moved.is_empty() {
+            let mut q = QueryBuilder::<Sqlite>::new("UPDATE journal_heads SET version = v.column3 FROM (VALUES ");
+            let mut list = q.separated(", ");
+            for (actor, expected, new) in &journal.moved {
+                list.push("(")
+                    .push_bind_unseparated(*actor)
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(*expected)
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(*new)
+                    .push_unseparated(")");
+            }
+            q.push(") AS v WHERE journal_heads.actor = v.column1 AND journal_heads.version = v.column2");
+            if q.build().execute(&mut *tx).await?.rows_affected() != journal.moved.len() as u64 {
+                return Err(journal_conflict(batch));
+            }
+        }
+        for chunk in journal.events.chunks(EVENTS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO journal (actor, actor_type, version, event_type, schema_version, data, recorded_at_ms, \
+                 correlation_id, causation_id, caller, method) ",
+            );
+            q.push_values(chunk, |mut row, (actor, actor_type, e)| {
+                row.push_bind(*actor)
+                    .push_bind(*actor_type)
+                    .push_bind(e.version as i64)
+                    .push_bind(e.event_type.as_str())
+                    .push_bind(i64::from(e.schema_version))
+                    .push_bind(e.data.as_slice())
+                    .push_bind(e.recorded_at_ms)
+                    .push_bind(e.correlation_id.as_str())
+                    .push_bind(e.causation_id.as_str())
+                    .push_bind(e.caller.as_deref())
+                    .push_bind(e.method.as_str());
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        for advance in batch.iter().filter_map(|c| c.checkpoint.as_ref()) {
+            let moved = sqlx::query("UPDATE projections SET checkpoint = ? WHERE name = ? AND checkpoint = ?")
+                .bind(advance.to as i64)
+                .bind(&advance.projection)
+                .bind(advance.from as i64)
+                .execute(&mut *tx)
+                .await?;
+            if moved.rows_affected() != 1 {
+                return Err(checkpoint_conflict(&advance.projection, advance.from));
+            }
+        }
         for chunk in upserts.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO actor_state (actor, key, value) ");
             q.push_values(chunk, |mut row, (actor, key, value)| {
@@ -108,3 +172,4 @@ impl StateStore for SqliteStore {
 }
 
 super::sql::sql_component_store!(SqliteStore, writer: writer, reader: reader);
+super::sql::sql_journal_store!(SqliteStore, writer: writer, reader: reader);
