@@ -192,6 +192,36 @@ async fn projections_and_checkpoints(store: Arc<dyn Store>) {
     assert!(!store.delete_projection("summary").await.unwrap());
 }
 
+/// Event sourcing end to end on the backend: appends, rebuild from a
+/// snapshot after a restart, replay, and a projection that catches up.
+async fn host_event_sourcing(store: Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(HostConfig::new(dir.path()), store.clone()).await.unwrap();
+    host.deploy("bank", component("bank"), manifest().with_journal(Some("3"), Some("archive")).unwrap()).await.unwrap();
+    host.deploy("accounts-summary", component("accounts-summary"), manifest()).await.unwrap();
+    for (account, amount) in [("a", 10), ("a", 20), ("b", 5), ("a", 30), ("a", 40)] {
+        ask(&host, &format!("bank/{account}"), "deposit", json!({"amount": amount})).await.unwrap();
+    }
+    let def = ProjectionDef { name: "sum".into(), source_type: "bank".into(), target: "accounts-summary/all".into(), method: "project".into() };
+    host.create_projection(def).await.unwrap();
+    let mut total = json!(null);
+    for _ in 0..500 {
+        total = ask(&host, "accounts-summary/all", "total", json!(null)).await.unwrap();
+        if total == json!(105) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(total, json!(105));
+    drop(host);
+    let host = Host::start(HostConfig::new(dir.path()), store.clone()).await.unwrap();
+    assert_eq!(ask(&host, "bank/a", "balance", json!(null)).await.unwrap(), json!({"balance": 100}));
+    assert!(store.latest_snapshot(&id("bank/a"), u64::MAX).await.unwrap().is_some_and(|s| s.version == 3));
+    assert_eq!(host.journal(&id("bank/a"), 1, None, 100).await.unwrap().events.len(), 4, "archived events stay in the audit trail");
+    let replayed = host.replay(&id("bank/a"), quark_host::journal::ReplayTarget::Version(2), None).await.unwrap();
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&replayed.state).unwrap(), json!({"balance": 30}));
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -213,6 +243,15 @@ macro_rules! conformance {
                 }
             )*
         }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let Some(store) = crate::support::redis_store(concat!("redis::", stringify!($case))).await else { return };
+                    super::$case(super::Arc::new(store)).await;
+                }
+            )*
+        }
     };
 }
 
@@ -223,4 +262,5 @@ conformance!(
     journal_append_read_and_conflict,
     snapshots_and_retention,
     projections_and_checkpoints,
+    host_event_sourcing,
 );

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use quark_host::storage::postgres::PostgresStore;
+use quark_host::storage::redis::RedisStore;
 use quark_host::storage::sqlite::SqliteStore;
 use quark_host::storage::{Manifest, Store};
 use quark_host::{ActorId, Host, HostConfig};
@@ -99,5 +100,24 @@ pub(crate) async fn postgres_store_at(url: &str, test: &str) -> Option<PostgresS
             None
         }
         Err(e) => panic!("{test}: PostgreSQL is required (QUARK_REQUIRE_BACKENDS=1) but not reachable at {url}: {e}"),
+    }
+}
+
+/// The Redis URL tests use.
+pub(crate) fn redis_url() -> String {
+    std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A Redis store under a fresh key prefix, or `None` (after printing SKIP)
+/// when no server answers and backends are not required.
+pub(crate) async fn redis_store(test: &str) -> Option<RedisStore> {
+    let url = redis_url();
+    match RedisStore::connect(&url, Some(&unique("quark_test"))).await {
+        Ok(store) => Some(store),
+        Err(e) if !backends_required() => {
+            eprintln!("SKIP {test}: Redis is not reachable at {url} ({e}); set QUARK_REQUIRE_BACKENDS=1 to fail instead");
+            None
+        }
+        Err(e) => panic!("{test}: Redis is required (QUARK_REQUIRE_BACKENDS=1) but not reachable at {url}: {e}"),
     }
 }

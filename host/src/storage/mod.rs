@@ -12,6 +12,7 @@ use crate::id::ActorId;
 
 pub mod committer;
 pub mod postgres;
+pub mod redis;
 pub mod sqlite;
 mod sql;
 
@@ -470,15 +471,18 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Opens the store named by `url`: `postgres://…`, or a SQLite database in
+/// Opens the store named by `url`: `postgres://…`, `redis://…[#prefix]`, or a SQLite database in
 /// the data directory `data_dir` when `url` is `None`.
 pub async fn open(url: Option<&str>, data_dir: &std::path::Path) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     match url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
             Ok(std::sync::Arc::new(postgres::PostgresStore::connect(url, None).await?))
         }
+        Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            Ok(std::sync::Arc::new(self::redis::RedisStore::connect(url, None).await?))
+        }
         Some(other) => Err(StoreError::Unavailable(format!(
-            "unsupported store URL {other:?}: use postgres://… or omit --store for SQLite"
+            "unsupported store URL {other:?}: use postgres://…, redis://… or omit --store for SQLite"
         ))),
         None => Ok(std::sync::Arc::new(sqlite::SqliteStore::open(&data_dir.join("quark.db")).await?)),
     }

@@ -1,0 +1,542 @@
+//! The Redis store: state, components, journals and projections in one
+//! Redis server.
+//!
+//! A batch of turns commits in ONE Lua script, which Redis runs atomically:
+//! it checks every journal head and projection checkpoint first and writes
+//! nothing if one moved. Layout, under a key prefix (default `quark`):
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `P:s:{actor}` | hash | state key → value |
+//! | `P:j:{actor}` | stream | events, entry id `0-{version}` |
+//! | `P:ja:{actor}` | stream | events moved out by `archive` retention |
+//! | `P:jh` | hash | actor → journal version (the concurrency check) |
+//! | `P:jseq` | string | last global journal position |
+//! | `P:jt:{type}` | sorted set | `actor\n version` scored by global position (projections) |
+//! | `P:snapv:{actor}`, `P:snapd:{actor}` | sorted set, hash | snapshot versions; version → snapshot |
+//! | `P:projs`, `P:proj:{name}` | set, hash | projection names; definition and checkpoint |
+//! | `P:blob:{hash}`, `P:cv:{type}`, `P:heads` | string, hash, hash | component bytes, versions, active versions |
+//!
+//! Durability is Redis's own: with `appendonly yes` and `appendfsync
+//! always` an acknowledged turn survives a crash of Redis; with Redis's
+//! defaults it may not. Keys are not declared to the scripts, so this
+//! backend needs a single Redis, not Redis Cluster.
+
+use async_trait::async_trait;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use super::{
+    ComponentStore, ComponentVersion, EventRecord, JournalStore, Manifest, PositionedEvent, ProjectionDef, ProjectionStatus,
+    Retention, Snapshot, StateStore, Store, StoreError, TurnCommit,
+};
+use crate::id::ActorId;
+
+/// Key prefix unless the URL names one (`redis://host/0#prefix`).
+pub const DEFAULT_PREFIX: &str = "quark";
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        StoreError::Unavailable(format!("redis: {e}"))
+    }
+}
+
+/// A Redis-backed [`Store`].
+pub struct RedisStore {
+    conn: ConnectionManager,
+    prefix: String,
+    commit_script: redis::Script,
+    retention_script: redis::Script,
+    component_script: redis::Script,
+}
+
+/// Commits a batch. ARGV: prefix, then four sections, each a count and
+/// fixed-size records: heads (actor, expected, new), checkpoints (name,
+/// from, to), state ops (actor, key, 'S' value | 'D' ''), events (actor,
+/// type, version, event type, schema, data, at, correlation, causation,
+/// caller or '', has-caller, method). Returns '' or a conflict message.
+const COMMIT_LUA: &str = r#"
+local p = ARGV[1]
+local i = 2
+local nh = tonumber(ARGV[i]); i = i + 1
+local heads = i
+for _ = 1, nh do
+  local cur = redis.call('HGET', p .. ':jh', ARGV[i]) or '0'
+  if cur ~= ARGV[i + 1] then
+    return 'the journal of ' .. ARGV[i] .. ' is no longer at version ' .. ARGV[i + 1] .. ': another writer appended first'
+  end
+  i = i + 3
+end
+local nc = tonumber(ARGV[i]); i = i + 1
+local checkpoints = i
+for _ = 1, nc do
+  local key = p .. ':proj:' .. ARGV[i]
+  if redis.call('EXISTS', key) == 0 or redis.call('HGET', key, 'checkpoint') ~= ARGV[i + 1] then
+    return 'projection `' .. ARGV[i] .. '` is no longer at position ' .. ARGV[i + 1] .. ': another runner advanced it first'
+  end
+  i = i + 3
+end
+local ns = tonumber(ARGV[i]); i = i + 1
+for _ = 1, ns do
+  if ARGV[i + 2] == 'S' then
+    redis.call('HSET', p .. ':s:' .. ARGV[i], ARGV[i + 1], ARGV[i + 3])
+  else
+    redis.call('HDEL', p .. ':s:' .. ARGV[i], ARGV[i + 1])
+  end
+  i = i + 4
+end
+local ne = tonumber(ARGV[i]); i = i + 1
+for _ = 1, ne do
+  local seq = redis.call('INCR', p .. ':jseq')
+  local fields = {'t', ARGV[i + 3], 'sv', ARGV[i + 4], 'd', ARGV[i + 5], 'at', ARGV[i + 6], 'co', ARGV[i + 7],
+    'ca', ARGV[i + 8], 'm', ARGV[i + 11], 'q', seq}
+  if ARGV[i + 10] == '1' then
+    table.insert(fields, 'cl'); table.insert(fields, ARGV[i + 9])
+  end
+  redis.call('XADD', p .. ':j:' .. ARGV[i], '0-' .. ARGV[i + 2], unpack(fields))
+  redis.call('ZADD', p .. ':jt:' .. ARGV[i + 1], seq, ARGV[i] .. '\n' .. ARGV[i + 2])
+  i = i + 12
+end
+for h = 0, nh - 1 do
+  local at = heads + h * 3
+  redis.call('HSET', p .. ':jh', ARGV[at], ARGV[at + 2])
+end
+for c = 0, nc - 1 do
+  local at = checkpoints + c * 3
+  redis.call('HSET', p .. ':proj:' .. ARGV[at], 'checkpoint', ARGV[at + 2])
+end
+return ''
+"#;
+
+/// Stores a snapshot and applies retention to the events it covers,
+/// sparing those a projection of the actor's type has not read. ARGV:
+/// prefix, actor, type, version, snapshot blob, retention.
+const RETENTION_LUA: &str = r#"
+local p, actor, atype, version, blob, retention = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
+redis.call('ZADD', p .. ':snapv:' .. actor, version, ARGV[4])
+redis.call('HSET', p .. ':snapd:' .. actor, ARGV[4], blob)
+if retention == 'keep' then return 0 end
+local safe = nil
+for _, name in ipairs(redis.call('SMEMBERS', p .. ':projs')) do
+  local def = p .. ':proj:' .. name
+  if redis.call('HGET', def, 'source') == atype then
+    local c = tonumber(redis.call('HGET', def, 'checkpoint'))
+    if safe == nil or c < safe then safe = c end
+  end
+end
+local moved = 0
+local entries = redis.call('XRANGE', p .. ':j:' .. actor, '0-1', '0-' .. ARGV[4])
+for _, entry in ipairs(entries) do
+  local fields = entry[2]
+  local seq = nil
+  for f = 1, #fields, 2 do if fields[f] == 'q' then seq = tonumber(fields[f + 1]) end end
+  if safe == nil or (seq ~= nil and seq <= safe) then
+    if retention == 'archive' then
+      redis.call('XADD', p .. ':ja:' .. actor, entry[1], unpack(fields))
+    else
+      redis.call('ZREM', p .. ':jt:' .. atype, actor .. '\n' .. string.sub(entry[1], 3))
+    end
+    redis.call('XDEL', p .. ':j:' .. actor, entry[1])
+    moved = moved + 1
+  end
+end
+return moved
+"#;
+
+/// Adds a component version and makes it active. ARGV: prefix, type,
+/// hash, bytes, record JSON without the version. Returns the version.
+const COMPONENT_LUA: &str = r#"
+local p, atype = ARGV[1], ARGV[2]
+redis.call('SETNX', p .. ':blob:' .. ARGV[3], ARGV[4])
+local version = redis.call('HLEN', p .. ':cv:' .. atype) + 1
+redis.call('HSET', p .. ':cv:' .. atype, version, ARGV[5])
+redis.call('HSET', p .. ':heads', atype, version)
+return version
+"#;
+
+/// A component version as stored (its number is the hash field).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredVersion {
+    hash: String,
+    size: u64,
+    manifest: Manifest,
+    created_at_ms: i64,
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://127.0.0.1:6379`, optionally `#prefix`).
+    /// With `prefix`, every key starts with it (tests use one each).
+    pub async fn connect(url: &str, prefix: Option<&str>) -> Result<Self, StoreError> {
+        let (url, url_prefix) = match url.split_once('#') {
+            Some((u, p)) => (u, Some(p)),
+            None => (url, None),
+        };
+        let prefix = prefix.or(url_prefix).unwrap_or(DEFAULT_PREFIX).to_string();
+        if prefix.is_empty() || prefix.contains(char::is_whitespace) {
+            return Err(StoreError::Unavailable(format!("bad Redis key prefix {prefix:?}")));
+        }
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(std::time::Duration::from_secs(3))
+            .set_response_timeout(std::time::Duration::from_secs(10))
+            .set_number_of_retries(2);
+        let mut conn = ConnectionManager::new_with_config(client, config).await?;
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(RedisStore {
+            conn,
+            prefix,
+            commit_script: redis::Script::new(COMMIT_LUA),
+            retention_script: redis::Script::new(RETENTION_LUA),
+            component_script: redis::Script::new(COMPONENT_LUA),
+        })
+    }
+
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}:{kind}:{name}", self.prefix)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Reads events of one stream (`j` or `ja`) from version `from`.
+    async fn read_stream(&self, kind: &str, actor: &str, from: u64, max: usize) -> Result<Vec<(u64, EventRecord)>, StoreError> {
+        let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+            .arg(self.key(kind, actor))
+            .arg(format!("0-{}", from.max(1)))
+            .arg("+")
+            .arg("COUNT")
+            .arg(max)
+            .query_async(&mut self.conn())
+            .await?;
+        entries.into_iter().map(|(id, fields)| decode_event(&id, &fields)).collect()
+    }
+
+    /// Events of `actor` from `from` on, live and archived, in order.
+    async fn events_of(&self, actor: &str, from: u64, max: usize) -> Result<Vec<(u64, EventRecord)>, StoreError> {
+        let mut events = self.read_stream("ja", actor, from, max).await?;
+        events.extend(self.read_stream("j", actor, from, max).await?);
+        events.sort_by_key(|(_, e)| e.version);
+        events.truncate(max);
+        Ok(events)
+    }
+}
+
+/// Decodes a stream entry written by the commit script.
+fn decode_event(id: &str, fields: &[Vec<u8>]) -> Result<(u64, EventRecord), StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("journal entry {id}: {what}"));
+    let version = id.strip_prefix("0-").and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| corrupt("bad id"))?;
+    let mut map = std::collections::HashMap::new();
+    for pair in fields.chunks(2) {
+        if let [name, value] = pair {
+            map.insert(String::from_utf8_lossy(name).into_owned(), value.clone());
+        }
+    }
+    let text = |name: &str| -> Result<String, StoreError> {
+        map.get(name).map(|v| String::from_utf8_lossy(v).into_owned()).ok_or_else(|| corrupt(&format!("no field {name}")))
+    };
+    let number = |name: &str| -> Result<i64, StoreError> { text(name)?.parse::<i64>().map_err(|_| corrupt(&format!("field {name}"))) };
+    let event = EventRecord {
+        version,
+        event_type: text("t")?,
+        schema_version: number("sv")? as u32,
+        data: map.get("d").cloned().ok_or_else(|| corrupt("no data"))?,
+        recorded_at_ms: number("at")?,
+        correlation_id: text("co")?,
+        causation_id: text("ca")?,
+        caller: map.get("cl").map(|v| String::from_utf8_lossy(v).into_owned()),
+        method: text("m")?,
+    };
+    Ok((number("q")? as u64, event))
+}
+
+impl Store for RedisStore {
+    fn backend_name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+#[async_trait]
+impl StateStore for RedisStore {
+    async fn load_state(&self, actor: &ActorId) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut rows: Vec<(String, Vec<u8>)> = self.conn().hgetall(self.key("s", actor.as_str())).await?;
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(rows)
+    }
+
+    async fn commit(&self, batch: &[TurnCommit]) -> Result<(), StoreError> {
+        let mut invocation = self.commit_script.prepare_invoke();
+        invocation.arg(&self.prefix);
+        let appends: Vec<_> = batch.iter().filter_map(|c| c.journal.as_ref().filter(|j| !j.events.is_empty()).map(|j| (c, j))).collect();
+        invocation.arg(appends.len());
+        for (commit, journal) in &appends {
+            let last = journal.events.last().map_or(journal.expected_version, |e| e.version);
+            invocation.arg(commit.actor.as_str()).arg(journal.expected_version).arg(last);
+        }
+        let checkpoints: Vec<_> = batch.iter().filter_map(|c| c.checkpoint.as_ref()).collect();
+        invocation.arg(checkpoints.len());
+        for c in &checkpoints {
+            invocation.arg(&c.projection).arg(c.from).arg(c.to);
+        }
+        let ops: Vec<_> = batch.iter().flat_map(|c| c.state.iter().map(move |w| (c.actor.as_str(), w))).collect();
+        invocation.arg(ops.len());
+        for (actor, write) in &ops {
+            match &write.value {
+                Some(v) => invocation.arg(*actor).arg(&write.key).arg("S").arg(v.as_slice()),
+                None => invocation.arg(*actor).arg(&write.key).arg("D").arg(""),
+            };
+        }
+        invocation.arg(appends.iter().map(|(_, j)| j.events.len()).sum::<usize>());
+        for (commit, journal) in &appends {
+            for e in &journal.events {
+                invocation
+                    .arg(commit.actor.as_str())
+                    .arg(commit.actor.actor_type())
+                    .arg(e.version)
+                    .arg(&e.event_type)
+                    .arg(e.schema_version)
+                    .arg(e.data.as_slice())
+                    .arg(e.recorded_at_ms)
+                    .arg(&e.correlation_id)
+                    .arg(&e.causation_id)
+                    .arg(e.caller.as_deref().unwrap_or(""))
+                    .arg(if e.caller.is_some() { "1" } else { "0" })
+                    .arg(&e.method);
+            }
+        }
+        let conflict: String = invocation.invoke_async(&mut self.conn()).await?;
+        if conflict.is_empty() { Ok(()) } else { Err(StoreError::Conflict(conflict)) }
+    }
+}
+
+#[async_trait]
+impl ComponentStore for RedisStore {
+    async fn add_component_version(
+        &self,
+        actor_type: &str,
+        hash: &str,
+        bytes: &[u8],
+        manifest: &Manifest,
+    ) -> Result<ComponentVersion, StoreError> {
+        let created_at_ms = super::now_ms();
+        let record = StoredVersion { hash: hash.to_string(), size: bytes.len() as u64, manifest: manifest.clone(), created_at_ms };
+        let json = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let version: u64 = self
+            .component_script
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(actor_type)
+            .arg(hash)
+            .arg(bytes)
+            .arg(json)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(ComponentVersion {
+            actor_type: actor_type.to_string(),
+            version,
+            hash: hash.to_string(),
+            size: bytes.len() as u64,
+            manifest: manifest.clone(),
+            created_at_ms,
+        })
+    }
+
+    async fn component_versions(&self, actor_type: &str) -> Result<Vec<ComponentVersion>, StoreError> {
+        let rows: Vec<(u64, String)> = self.conn().hgetall(self.key("cv", actor_type)).await?;
+        let mut versions = rows
+            .into_iter()
+            .map(|(version, json)| {
+                let s: StoredVersion = serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("component record: {e}")))?;
+                Ok(ComponentVersion {
+                    actor_type: actor_type.to_string(),
+                    version,
+                    hash: s.hash,
+                    size: s.size,
+                    manifest: s.manifest,
+                    created_at_ms: s.created_at_ms,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        versions.sort_by_key(|v| v.version);
+        Ok(versions)
+    }
+
+    async fn component_bytes(&self, actor_type: &str, version: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let json: Option<String> = self.conn().hget(self.key("cv", actor_type), version).await?;
+        let Some(json) = json else { return Ok(None) };
+        let s: StoredVersion = serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("component record: {e}")))?;
+        Ok(self.conn().get(self.key("blob", &s.hash)).await?)
+    }
+
+    async fn set_active_version(&self, actor_type: &str, version: u64) -> Result<(), StoreError> {
+        let _: () = self.conn().hset(format!("{}:heads", self.prefix), actor_type, version).await?;
+        Ok(())
+    }
+
+    async fn active_versions(&self) -> Result<Vec<ComponentVersion>, StoreError> {
+        let heads: Vec<(String, u64)> = self.conn().hgetall(format!("{}:heads", self.prefix)).await?;
+        let mut out = Vec::new();
+        for (actor_type, version) in heads {
+            if let Some(v) = self.component_versions(&actor_type).await?.into_iter().find(|v| v.version == version) {
+                out.push(v);
+            }
+        }
+        out.sort_by(|a, b| a.actor_type.cmp(&b.actor_type));
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl JournalStore for RedisStore {
+    async fn journal_head(&self, actor: &ActorId) -> Result<u64, StoreError> {
+        let v: Option<u64> = self.conn().hget(format!("{}:jh", self.prefix), actor.as_str()).await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    async fn read_events(&self, actor: &ActorId, from: u64, max: usize) -> Result<Vec<EventRecord>, StoreError> {
+        Ok(self.events_of(actor.as_str(), from, max).await?.into_iter().map(|(_, e)| e).collect())
+    }
+
+    async fn version_at(&self, actor: &ActorId, at_ms: i64) -> Result<u64, StoreError> {
+        let mut best = 0;
+        let mut from = 1;
+        loop {
+            let page = self.events_of(actor.as_str(), from, 1000).await?;
+            let Some((_, last)) = page.last() else { break };
+            from = last.version + 1;
+            best = page.iter().filter(|(_, e)| e.recorded_at_ms <= at_ms).map(|(_, e)| e.version).max().unwrap_or(best).max(best);
+            if page.len() < 1000 {
+                break;
+            }
+        }
+        Ok(best)
+    }
+
+    async fn latest_snapshot(&self, actor: &ActorId, at_most: u64) -> Result<Option<Snapshot>, StoreError> {
+        let versions: Vec<u64> = redis::cmd("ZREVRANGEBYSCORE")
+            .arg(self.key("snapv", actor.as_str()))
+            .arg(at_most.min(1 << 53))
+            .arg("-inf")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(1)
+            .query_async(&mut self.conn())
+            .await?;
+        let Some(version) = versions.first().copied() else { return Ok(None) };
+        let blob: Option<Vec<u8>> = self.conn().hget(self.key("snapd", actor.as_str()), version).await?;
+        let Some(blob) = blob.filter(|b| b.len() >= 16) else { return Ok(None) };
+        Ok(Some(Snapshot {
+            version,
+            component_version: u64::from_be_bytes(blob[0..8].try_into().unwrap_or_default()),
+            taken_at_ms: i64::from_be_bytes(blob[8..16].try_into().unwrap_or_default()),
+            data: blob[16..].to_vec(),
+        }))
+    }
+
+    async fn save_snapshot(&self, actor: &ActorId, snapshot: &Snapshot, retention: Retention) -> Result<(), StoreError> {
+        let mut blob = Vec::with_capacity(16 + snapshot.data.len());
+        blob.extend_from_slice(&snapshot.component_version.to_be_bytes());
+        blob.extend_from_slice(&snapshot.taken_at_ms.to_be_bytes());
+        blob.extend_from_slice(&snapshot.data);
+        let retention = match retention {
+            Retention::Keep => "keep",
+            Retention::Archive => "archive",
+            Retention::Delete => "delete",
+        };
+        let _: i64 = self
+            .retention_script
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(actor.as_str())
+            .arg(actor.actor_type())
+            .arg(snapshot.version)
+            .arg(blob)
+            .arg(retention)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    async fn create_projection(&self, def: &ProjectionDef) -> Result<bool, StoreError> {
+        let key = self.key("proj", &def.name);
+        let created: bool = self.conn().hset_nx(&key, "source", &def.source_type).await?;
+        if created {
+            let fields = [("target", def.target.as_str()), ("method", def.method.as_str()), ("checkpoint", "0")];
+            let _: () = self.conn().hset_multiple(&key, &fields).await?;
+            let _: () = self.conn().sadd(format!("{}:projs", self.prefix), &def.name).await?;
+            return Ok(true);
+        }
+        let (source, target, method): (String, String, String) =
+            redis::cmd("HMGET").arg(&key).arg("source").arg("target").arg("method").query_async(&mut self.conn()).await?;
+        if (source.as_str(), target.as_str(), method.as_str()) == (def.source_type.as_str(), def.target.as_str(), def.method.as_str()) {
+            Ok(false)
+        } else {
+            Err(StoreError::Rejected(format!(
+                "projection `{}` exists already with source `{source}`, target `{target}`, method `{method}`",
+                def.name
+            )))
+        }
+    }
+
+    async fn delete_projection(&self, name: &str) -> Result<bool, StoreError> {
+        let removed: u64 = self.conn().srem(format!("{}:projs", self.prefix), name).await?;
+        let _: () = self.conn().del(self.key("proj", name)).await?;
+        Ok(removed > 0)
+    }
+
+    async fn projections(&self) -> Result<Vec<ProjectionStatus>, StoreError> {
+        let mut names: Vec<String> = self.conn().smembers(format!("{}:projs", self.prefix)).await?;
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            let (source, target, method, checkpoint): (Option<String>, Option<String>, Option<String>, Option<u64>) = redis::cmd("HMGET")
+                .arg(self.key("proj", &name))
+                .arg("source")
+                .arg("target")
+                .arg("method")
+                .arg("checkpoint")
+                .query_async(&mut self.conn())
+                .await?;
+            if let (Some(source_type), Some(target), Some(method)) = (source, target, method) {
+                out.push(ProjectionStatus { def: ProjectionDef { name, source_type, target, method }, checkpoint: checkpoint.unwrap_or(0) });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read_type_events(&self, actor_type: &str, after: u64, max: usize) -> Result<Vec<PositionedEvent>, StoreError> {
+        let members: Vec<(String, u64)> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.key("jt", actor_type))
+            .arg(format!("({after}"))
+            .arg("+inf")
+            .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(max)
+            .query_async(&mut self.conn())
+            .await?;
+        // One round trip for every event: live stream and archive.
+        let mut pipe = redis::pipe();
+        for (member, _) in &members {
+            let (actor, version) = member.split_once('\n').ok_or_else(|| StoreError::Corrupt(format!("type index entry {member:?}")))?;
+            for kind in ["j", "ja"] {
+                pipe.cmd("XRANGE").arg(self.key(kind, actor)).arg(format!("0-{version}")).arg(format!("0-{version}"));
+            }
+        }
+        let replies: Vec<Vec<(String, Vec<Vec<u8>>)>> = pipe.query_async(&mut self.conn()).await?;
+        let mut out = Vec::with_capacity(members.len());
+        for ((member, position), pair) in members.iter().zip(replies.chunks(2)) {
+            let actor = member.split_once('\n').map_or("", |(a, _)| a);
+            let Some((id, fields)) = pair.iter().flatten().next() else {
+                return Err(StoreError::Corrupt(format!("journal entry {member:?} is indexed but missing")));
+            };
+            let (_, event) = decode_event(id, fields)?;
+            out.push(PositionedEvent { position: *position, actor: actor.to_string(), event });
+        }
+        Ok(out)
+    }
+
+    async fn count_type_events(&self, actor_type: &str, after: u64) -> Result<u64, StoreError> {
+        Ok(self.conn().zcount(self.key("jt", actor_type), format!("({after}"), "+inf").await?)
+    }
+}
