@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use quark_host::storage::Store;
 use quark_host::storage::postgres::PostgresStore;
+use quark_host::storage::redis::RedisStore;
 use quark_host::storage::sqlite::SqliteStore;
+use quark_host::storage::{EventRecord, JournalAppend, Store, TurnCommit};
 use quark_host::{ActorId, Host, HostConfig, Manifest};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -227,6 +228,122 @@ async fn hot_swap(host: &Host) {
     host.rollback("counter").await.unwrap();
 }
 
+/// 100 ledger actors, each driven by its own caller, append `per_turn`
+/// events of about 200 bytes per turn; prints events/s and turn latency.
+async fn journal_append(store: Arc<dyn Store>, dir: &std::path::Path, backend: &str, per_turn: usize) {
+    let host = Host::start(HostConfig::new(dir), store).await.unwrap();
+    host.deploy("ledger", component("ledger"), Manifest::parse(Some("64MiB"), None).unwrap()).await.unwrap();
+    let actors = 100;
+    let turns = scale(if per_turn == 1 { 100_000 } else { 20_000 }) / actors * actors;
+    // `{"recorded":{"note":"xxx…"}}`: 200 bytes of event data.
+    let body = serde_json::to_vec(&serde_json::json!({"count": per_turn, "note": "x".repeat(176)})).unwrap();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for a in 0..actors {
+        let (host, body) = (host.clone(), body.clone());
+        let actor = id(format!("ledger/{backend}-{per_turn}-{a}"));
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(turns / actors);
+            for _ in 0..turns / actors {
+                let s = Instant::now();
+                host.ask(actor.clone(), "record_many", body.clone()).await.unwrap();
+                lat.push(s.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    lat.sort();
+    println!(
+        "journal append on {backend}, 100 actors, {per_turn} event(s) of 200 B per turn: {:.0} events/s ({:.0} turns/s), turn p50 {:?}, p99 {:?}",
+        (turns * per_turn) as f64 / elapsed.as_secs_f64(),
+        turns as f64 / elapsed.as_secs_f64(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+}
+
+/// Writes `count` bank deposit events for `actor` straight to the store,
+/// after version `from`.
+async fn seed_bank_events(store: &Arc<dyn Store>, actor: &ActorId, from: u64, count: u64) {
+    let mut version = from;
+    while version < from + count {
+        let n = 1000.min(from + count - version);
+        let events = (version + 1..=version + n)
+            .map(|v| EventRecord {
+                version: v,
+                event_type: "deposited".into(),
+                schema_version: 1,
+                data: br#"{"deposited":{"amount":1}}"#.to_vec(),
+                recorded_at_ms: 1_700_000_000_000 + v as i64,
+                correlation_id: "bench".into(),
+                causation_id: format!("seed-{v}"),
+                caller: None,
+                method: "deposit".into(),
+            })
+            .collect();
+        let commit = TurnCommit { actor: actor.clone(), state: vec![], journal: Some(JournalAppend { expected_version: version, events }), checkpoint: None };
+        store.commit(&[commit]).await.unwrap();
+        version += n;
+    }
+}
+
+/// Rebuilds of a 100,000-event bank account (full replay, and from a
+/// snapshot with 999 events after it), then replays of a 10,000-event one.
+async fn rebuild_and_replay(dir: &std::path::Path) {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("rebuild.db")).await.unwrap());
+    let host = Host::start(HostConfig::new(dir), store.clone()).await.unwrap();
+    let manifest = Manifest::parse(Some("64MiB"), Some("30s")).unwrap().with_journal(Some("1000000"), None).unwrap();
+    host.deploy("bank", component("bank"), manifest).await.unwrap();
+    let big = id("bank/big".into());
+    let events = scale(100_000) as u64;
+    seed_bank_events(&store, &big, 0, events).await;
+    let s = Instant::now();
+    let balance = host.ask(big.clone(), "balance", b"null".to_vec()).await.unwrap();
+    let full = s.elapsed();
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&balance).unwrap()["balance"], serde_json::json!(events));
+    println!(
+        "rebuild without snapshot: {events} events in {full:?} = {:.0} events/s through `apply` (batches of 1000, SQLite)",
+        events as f64 / full.as_secs_f64()
+    );
+    host.snapshot(&big).await.unwrap();
+    seed_bank_events(&store, &big, events, 999).await;
+    let mut lat = Vec::new();
+    for _ in 0..scale(40).max(5) {
+        host.deactivate_all();
+        let s = Instant::now();
+        host.ask(big.clone(), "balance", b"null".to_vec()).await.unwrap();
+        lat.push(s.elapsed());
+    }
+    lat.sort();
+    println!(
+        "activation of a {}-event actor snapshotted every 1000 events (restore + 999 events): p50 {:?}, p99 {:?}",
+        events + 999,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+
+    let stream = id("bank/replay10k".into());
+    seed_bank_events(&store, &stream, 0, 10_000).await;
+    for (label, snapshot) in [("no snapshot", false), ("snapshot at 10,000", true)] {
+        if snapshot {
+            host.snapshot(&stream).await.unwrap();
+        }
+        let mut lat = Vec::new();
+        for _ in 0..scale(40).max(5) {
+            let s = Instant::now();
+            host.replay(&stream, quark_host::journal::ReplayTarget::Version(10_000), None).await.unwrap();
+            lat.push(s.elapsed());
+        }
+        lat.sort();
+        println!("replay to version 10,000 of a 10,000-event stream ({label}): p50 {:?}, p99 {:?}", percentile(&lat, 0.5), percentile(&lat, 0.99));
+    }
+}
+
 fn main() {
     let mut builder = match std::env::var("QUARK_BENCH_THREADS").ok().and_then(|t| t.parse::<usize>().ok()) {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -334,6 +451,28 @@ async fn run() {
         println!("durable turns (counter.increment) on SQLite, 1000 actors, 256 callers: {rate:.0} turns/s, p50 {p50:?}, p99 {p99:?}");
     }
     drop(host);
+
+    // 7. Journal: append throughput on every backend, rebuilds, replays.
+    if wanted("journal") {
+        for per_turn in [1, 10] {
+            let sub = dir.path().join(format!("journal-{per_turn}"));
+            let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&sub.join("journal.db")).await.unwrap());
+            journal_append(sqlite, &sub, "SQLite", per_turn).await;
+            let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            match PostgresStore::connect(&pg_url, Some(&format!("quark_bench_j{per_turn}_{}", std::process::id()))).await {
+                Ok(pg) => journal_append(Arc::new(pg), &sub, "PostgreSQL", per_turn).await,
+                Err(e) => println!("SKIP journal append on PostgreSQL: {e}"),
+            }
+            let redis_url = std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            match RedisStore::connect(&redis_url, Some(&format!("quark_bench_{per_turn}_{}", std::process::id()))).await {
+                Ok(redis) => journal_append(Arc::new(redis), &sub, "Redis", per_turn).await,
+                Err(e) => println!("SKIP journal append on Redis: {e}"),
+            }
+        }
+    }
+    if wanted("rebuild") {
+        rebuild_and_replay(&dir.path().join("rebuild")).await;
+    }
     if !wanted("postgres") {
         return;
     }
