@@ -228,23 +228,26 @@ async fn hot_swap(host: &Host) {
     host.rollback("counter").await.unwrap();
 }
 
-/// 100 ledger actors, each driven by its own caller, append `per_turn`
-/// events of about 200 bytes per turn; prints events/s and turn latency.
-async fn journal_append(store: Arc<dyn Store>, dir: &std::path::Path, backend: &str, per_turn: usize) {
+/// 100 ledger actors, each with `callers` concurrent callers, append
+/// `per_turn` events of about 200 bytes per turn; prints events/s and turn
+/// latency. With several callers an actor runs its next turn while the
+/// last one commits, so group commits grow past one turn per actor.
+async fn journal_append(store: Arc<dyn Store>, dir: &std::path::Path, backend: &str, per_turn: usize, callers: usize) {
     let host = Host::start(HostConfig::new(dir), store).await.unwrap();
     host.deploy("ledger", component("ledger"), Manifest::parse(Some("64MiB"), None).unwrap()).await.unwrap();
     let actors = 100;
-    let turns = scale(if per_turn == 1 { 100_000 } else { 20_000 }) / actors * actors;
+    let tasks_total = actors * callers;
+    let turns = scale(if per_turn == 1 { 200_000 } else { 20_000 }) / tasks_total * tasks_total;
     // `{"recorded":{"note":"xxx…"}}`: 200 bytes of event data.
     let body = serde_json::to_vec(&serde_json::json!({"count": per_turn, "note": "x".repeat(176)})).unwrap();
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for a in 0..actors {
+    for t in 0..tasks_total {
         let (host, body) = (host.clone(), body.clone());
-        let actor = id(format!("ledger/{backend}-{per_turn}-{a}"));
+        let actor = id(format!("ledger/{backend}-{per_turn}-{callers}-{}", t % actors));
         tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(turns / actors);
-            for _ in 0..turns / actors {
+            let mut lat = Vec::with_capacity(turns / tasks_total);
+            for _ in 0..turns / tasks_total {
                 let s = Instant::now();
                 host.ask(actor.clone(), "record_many", body.clone()).await.unwrap();
                 lat.push(s.elapsed());
@@ -259,7 +262,7 @@ async fn journal_append(store: Arc<dyn Store>, dir: &std::path::Path, backend: &
     let elapsed = started.elapsed();
     lat.sort();
     println!(
-        "journal append on {backend}, 100 actors, {per_turn} event(s) of 200 B per turn: {:.0} events/s ({:.0} turns/s), turn p50 {:?}, p99 {:?}",
+        "journal append on {backend}, 100 actors x {callers} caller(s), {per_turn} event(s) of 200 B per turn: {:.0} events/s ({:.0} turns/s), turn p50 {:?}, p99 {:?}",
         (turns * per_turn) as f64 / elapsed.as_secs_f64(),
         turns as f64 / elapsed.as_secs_f64(),
         percentile(&lat, 0.5),
@@ -454,18 +457,18 @@ async fn run() {
 
     // 7. Journal: append throughput on every backend, rebuilds, replays.
     if wanted("journal") {
-        for per_turn in [1, 10] {
-            let sub = dir.path().join(format!("journal-{per_turn}"));
+        for (per_turn, callers) in [(1, 1), (1, 8), (10, 1)] {
+            let sub = dir.path().join(format!("journal-{per_turn}-{callers}"));
             let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&sub.join("journal.db")).await.unwrap());
-            journal_append(sqlite, &sub, "SQLite", per_turn).await;
+            journal_append(sqlite, &sub, "SQLite", per_turn, callers).await;
             let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-            match PostgresStore::connect(&pg_url, Some(&format!("quark_bench_j{per_turn}_{}", std::process::id()))).await {
-                Ok(pg) => journal_append(Arc::new(pg), &sub, "PostgreSQL", per_turn).await,
+            match PostgresStore::connect(&pg_url, Some(&format!("quark_bench_j{per_turn}_{callers}_{}", std::process::id()))).await {
+                Ok(pg) => journal_append(Arc::new(pg), &sub, "PostgreSQL", per_turn, callers).await,
                 Err(e) => println!("SKIP journal append on PostgreSQL: {e}"),
             }
             let redis_url = std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-            match RedisStore::connect(&redis_url, Some(&format!("quark_bench_{per_turn}_{}", std::process::id()))).await {
-                Ok(redis) => journal_append(Arc::new(redis), &sub, "Redis", per_turn).await,
+            match RedisStore::connect(&redis_url, Some(&format!("quark_bench_{per_turn}_{callers}_{}", std::process::id()))).await {
+                Ok(redis) => journal_append(Arc::new(redis), &sub, "Redis", per_turn, callers).await,
                 Err(e) => println!("SKIP journal append on Redis: {e}"),
             }
         }

@@ -145,6 +145,58 @@ async fn sqlite_locked_by_another_process_fails_durable_turns_only() {
     assert_eq!(ask(&host, "counter/a", "increment", json!({"by": 1})).await.unwrap(), json!(2));
 }
 
+/// An actor runs its next turn while the last one commits. A turn that
+/// read a write whose commit then fails must not show it to anyone.
+#[tokio::test]
+async fn pipelined_turns_never_expose_a_write_that_failed_to_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("quark.db");
+    let store = Arc::new(SqliteStore::open_with_busy_timeout(&db, Duration::from_millis(300)).await.unwrap());
+    let host = Host::start(HostConfig::new(dir.path()), store).await.unwrap();
+    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    assert_eq!(ask(&host, "counter/p", "increment", json!({"by": 1})).await.unwrap(), json!(1));
+
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut other).await.unwrap();
+    // Ten increments queue on one actor; each runs on the uncommitted
+    // result of the one before, then a read.
+    let writes: Vec<_> = (0..10)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move { ask(&host, "counter/p", "increment", json!({"by": 10})).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let read = ask(&host, "counter/p", "get", json!(null)).await;
+    for w in writes {
+        let e = w.await.unwrap().unwrap_err();
+        assert!(matches!(e.kind, ErrorKind::Unavailable | ErrorKind::Conflict), "{e}");
+    }
+    match read {
+        Ok(v) => assert_eq!(v, json!(1), "a read may only see committed state"),
+        Err(e) => assert!(matches!(e.kind, ErrorKind::Unavailable | ErrorKind::Conflict), "{e}"),
+    }
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    // None of them happened; the actor goes on from the store.
+    assert_eq!(ask(&host, "counter/p", "increment", json!({"by": 1})).await.unwrap(), json!(2));
+
+    // With the store healthy, pipelined turns all commit, in order.
+    let writes: Vec<_> = (0..50)
+        .map(|_| {
+            let host = host.clone();
+            tokio::spawn(async move { ask(&host, "counter/p", "increment", json!({"by": 1})).await.unwrap() })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for w in writes {
+        replies.push(w.await.unwrap().as_i64().unwrap());
+    }
+    replies.sort();
+    assert_eq!(replies, (3..=52).collect::<Vec<i64>>(), "every increment once");
+    host.deactivate_all();
+    assert_eq!(ask(&host, "counter/p", "get", json!(null)).await.unwrap(), json!(52));
+}
+
 /// A TCP relay to PostgreSQL that can cut every connection, to take the
 /// real server "down" for one host without touching the shared server.
 struct Relay {

@@ -121,6 +121,13 @@ async fn journal_append_read_and_conflict(store: Arc<dyn Store>) {
     assert_eq!(store.journal_head(&a).await.unwrap(), 5);
     assert_eq!(store.journal_head(&id("j/c")).await.unwrap(), 0);
     assert_eq!(store.load_state(&a).await.unwrap(), vec![("k".into(), b"v".to_vec())]);
+    // Pipelined turns of one actor in one batch follow each other.
+    store.commit(&[append("j/p", 0, 1..=2, vec![]), append("j/p", 2, 3..=3, vec![]), append("j/p", 3, 4..=5, vec![])]).await.unwrap();
+    assert_eq!(store.journal_head(&id("j/p")).await.unwrap(), 5);
+    assert_eq!(store.read_events(&id("j/p"), 1, 100).await.unwrap().len(), 5);
+    let gap = store.commit(&[append("j/p", 5, 6..=6, vec![]), append("j/p", 7, 8..=8, vec![])]).await.unwrap_err();
+    assert!(matches!(gap, StoreError::Conflict(_)), "{gap}");
+    assert_eq!(store.journal_head(&id("j/p")).await.unwrap(), 5);
     // Alone, the conflict names the actor.
     let err = store.commit(&[append("j/a", 2, 3..=3, vec![])]).await.unwrap_err();
     assert!(err.to_string().contains("j/a") && err.to_string().contains("version 2"), "{err}");

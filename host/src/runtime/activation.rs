@@ -25,7 +25,9 @@ use crate::capabilities::{ActorInstance, ActorPre, GuestError};
 use crate::error::{ActorError, ErrorKind};
 use crate::id::ActorId;
 use crate::metrics::{TurnOutcome, outcome_of};
-use crate::storage::{CheckpointAdvance, EventRecord, JournalAppend, Manifest, StateWrite, StoreError, TurnCommit};
+use super::commit::{PendingCommit, TurnOutput};
+use crate::storage::committer::DependencyFlag;
+use crate::storage::{CheckpointAdvance, EventRecord, JournalAppend, Manifest, Snapshot, StateWrite, TurnCommit};
 
 /// Most re-entrant turns one actor runs at once; each has its own instance
 /// and memory, so a runaway recursion must stop somewhere.
@@ -94,6 +96,19 @@ pub(crate) struct ActorState {
     /// nested in and, when it succeeds, folds it into that one.
     pub(crate) layers: Vec<TurnEffects>,
     pub(crate) journal: JournalCursor,
+    /// Shared by this activation's commits since its last failed one: the
+    /// committer fails the later ones once it is set (they saw its effects).
+    pub(crate) commit_flag: DependencyFlag,
+    /// Commits this activation enqueued so far.
+    pub(crate) enqueued: u64,
+    /// Bumped on every reload from the store: a late failure does not
+    /// undo into a cache that was reloaded since.
+    pub(crate) generation: u64,
+    /// The cache holds effects of a commit that failed: it must be
+    /// reloaded before it serves anything.
+    pub(crate) dirty: bool,
+    /// Drop the instance before the next turn (a commit it built on failed).
+    pub(crate) discard_instance: bool,
 }
 
 /// What the table, the inspection API and re-entrant calls see of an activation.
@@ -111,6 +126,8 @@ pub(crate) struct ActivationShared {
     pub(crate) version: AtomicU64,
     /// Re-entrant turns running now (each on its own instance).
     pub(crate) nested_turns: AtomicUsize,
+    /// Turns whose commit is enqueued and not yet resolved.
+    pub(crate) commits_in_flight: AtomicUsize,
     /// The instance and its version; `None` while a turn holds them.
     core: Mutex<Option<Core>>,
     /// Signalled when an inline turn puts the core back.
@@ -119,6 +136,12 @@ pub(crate) struct ActivationShared {
 }
 
 impl ActivationShared {
+    /// No message queued or running and no commit in flight: safe to
+    /// deactivate (a new activation reads everything from the store).
+    fn is_quiet(&self) -> bool {
+        self.pending.load(Ordering::Acquire) == 0 && self.commits_in_flight.load(Ordering::Acquire) == 0
+    }
+
     pub(crate) fn new(id: ActorId) -> Self {
         ActivationShared {
             id,
@@ -129,6 +152,7 @@ impl ActivationShared {
             last_active_ms: AtomicI64::new(coarse_now_ms()),
             version: AtomicU64::new(0),
             nested_turns: AtomicUsize::new(0),
+            commits_in_flight: AtomicUsize::new(0),
             core: Mutex::new(Some(Core::default())),
             core_returned: tokio::sync::Notify::new(),
             state: Mutex::new(ActorState::default()),
@@ -245,8 +269,7 @@ impl ActivationTable {
         let mut removed = 0;
         for shard in self.shards.iter() {
             shard.lock().retain(|_, h| {
-                let idle = h.shared.pending.load(Ordering::Acquire) == 0
-                    && now - h.shared.last_active_ms.load(Ordering::Relaxed) >= idle_ms;
+                let idle = h.shared.is_quiet() && now - h.shared.last_active_ms.load(Ordering::Relaxed) >= idle_ms;
                 removed += usize::from(idle);
                 !idle
             });
@@ -260,7 +283,7 @@ impl ActivationTable {
         let mut idle: Vec<(i64, ActorId)> = Vec::new();
         for shard in self.shards.iter() {
             for (id, h) in shard.lock().iter() {
-                if h.shared.pending.load(Ordering::Acquire) == 0 {
+                if h.shared.is_quiet() {
                     idle.push((h.shared.last_active_ms.load(Ordering::Relaxed), id.clone()));
                 }
             }
@@ -269,7 +292,7 @@ impl ActivationTable {
         let mut removed = 0;
         for (_, id) in idle.into_iter().take(count) {
             let mut shard = self.shard(&id).lock();
-            if shard.get(&id).is_some_and(|h| h.shared.pending.load(Ordering::Acquire) == 0) {
+            if shard.get(&id).is_some_and(|h| h.shared.is_quiet()) {
                 shard.remove(&id);
                 removed += 1;
             }
@@ -357,17 +380,47 @@ impl Activation {
     }
 
     async fn run(host: Host, shared: Arc<ActivationShared>, mut rx: mpsc::UnboundedReceiver<Envelope>) {
-        while let Some(Envelope { request, reply }) = rx.recv().await {
+        // Turns whose commits are in flight: their replies go out as they
+        // resolve, while the next turns run.
+        let mut committing = futures::stream::FuturesUnordered::new();
+        loop {
+            let Envelope { request, reply } = tokio::select! {
+                biased;
+                Some(()) = futures::StreamExt::next(&mut committing), if !committing.is_empty() => continue,
+                envelope = rx.recv() => match envelope {
+                    Some(envelope) => envelope,
+                    None => break,
+                },
+            };
             let mut core = take_core(&shared).await;
-            let result = core.run_turn(&host, &shared, request).await;
+            let output = core.run_turn(&host, &shared, request).await;
             // Back before `pending` drops, so a caller that sees the actor
             // idle finds its core in place.
             *shared.core.lock() = Some(core);
             shared.pending.fetch_sub(1, Ordering::AcqRel);
-            if let Some(reply) = reply {
-                let _ = reply.send(result);
+            match output {
+                Ok(TurnOutput::Pending(pending)) => {
+                    let host = host.clone();
+                    committing.push(async move {
+                        let result = pending.resolve(&host).await;
+                        if let Some(reply) = reply {
+                            let _ = reply.send(result);
+                        }
+                    });
+                }
+                Ok(TurnOutput::Done(bytes)) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(bytes));
+                    }
+                }
+                Err(e) => {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
         }
+        while futures::StreamExt::next(&mut committing).await.is_some() {}
         // Removed from the table: drop the instance now (it refers back to
         // `shared`, so it would otherwise keep both alive).
         drop(shared.core.lock().take());
@@ -388,8 +441,8 @@ async fn take_core(shared: &ActivationShared) -> Core {
 
 /// A turn run by its caller's own task (the actor was idle, so no queue to
 /// keep in order): no mailbox hop, no task switch. If the caller goes away
-/// mid-turn, the instance is discarded and the state reloaded, as after a
-/// trap; the core always goes back.
+/// mid-turn, the instance is discarded (its effects were only buffered);
+/// the core always goes back, before the caller waits for the commit.
 pub(crate) struct InlineTurn {
     host: Host,
     shared: Arc<ActivationShared>,
@@ -401,9 +454,14 @@ impl InlineTurn {
     pub(crate) async fn run(mut self, request: Request) -> Result<Vec<u8>, ActorError> {
         let (host, shared) = (self.host.clone(), self.shared.clone());
         let core = self.core.as_mut().expect("an inline turn holds the core");
-        let result = core.run_turn(&host, &shared, request).await;
+        let output = core.run_turn(&host, &shared, request).await;
         self.finished = true;
-        result
+        // Returns the core: the actor's next turn need not wait for this commit.
+        drop(self);
+        match output? {
+            TurnOutput::Done(bytes) => Ok(bytes),
+            TurnOutput::Pending(pending) => pending.resolve(&host).await,
+        }
     }
 }
 
@@ -411,9 +469,9 @@ impl Drop for InlineTurn {
     fn drop(&mut self) {
         let mut core = self.core.take().unwrap_or_default();
         if !self.finished {
+            // Its effects were only buffered in layers: the cache is intact.
             core.live = None;
             self.shared.busy_chain.store(0, Ordering::Release);
-            self.shared.state.lock().stale = true;
         }
         *self.shared.core.lock() = Some(core);
         self.shared.pending.fetch_sub(1, Ordering::AcqRel);
@@ -423,10 +481,10 @@ impl Drop for InlineTurn {
 
 impl Core {
     /// Runs one turn with its bookkeeping; a host panic fails only this turn.
-    async fn run_turn(&mut self, host: &Host, shared: &Arc<ActivationShared>, request: Request) -> Result<Vec<u8>, ActorError> {
+    async fn run_turn(&mut self, host: &Host, shared: &Arc<ActivationShared>, request: Request) -> Result<TurnOutput, ActorError> {
         let started = Instant::now();
         let actor = request.target.clone();
-        let result = match std::panic::AssertUnwindSafe(self.turn(host, shared, request)).catch_unwind().await {
+        let result = match std::panic::AssertUnwindSafe(self.turn(host, shared, request, started)).catch_unwind().await {
             Ok(result) => result,
             Err(_) => {
                 self.live = None;
@@ -435,27 +493,54 @@ impl Core {
                 Err(ActorError::internal(format!("the host failed while running a turn of {actor}")))
             }
         };
-        let outcome = match &result {
-            Ok(_) => TurnOutcome::ok,
-            Err(e) => outcome_of(e.kind),
-        };
-        host.metrics().record_turn(outcome, started.elapsed());
+        // A pending turn is counted when its commit resolves.
+        match &result {
+            Ok(TurnOutput::Pending(_)) => {}
+            Ok(TurnOutput::Done(_)) => host.metrics().record_turn(TurnOutcome::ok, started.elapsed()),
+            Err(e) => host.metrics().record_turn(outcome_of(e.kind), started.elapsed()),
+        }
         shared.turns.fetch_add(1, Ordering::Relaxed);
         shared.last_active_ms.store(coarse_now_ms(), Ordering::Relaxed);
         result
     }
 
-    async fn turn(&mut self, host: &Host, shared: &Arc<ActivationShared>, mut request: Request) -> Result<Vec<u8>, ActorError> {
+    async fn turn(
+        &mut self,
+        host: &Host,
+        shared: &Arc<ActivationShared>,
+        mut request: Request,
+        started: Instant,
+    ) -> Result<TurnOutput, ActorError> {
         if Instant::now() >= request.deadline {
             return Err(ActorError::timeout(format!(
                 "message to {} `{}` (call chain {:x}) passed its deadline in the mailbox before it ran",
                 request.target, request.method, request.chain
             )));
         }
+        let stale = {
+            let mut state = shared.state.lock();
+            if state.commit_flag.load(Ordering::Acquire) {
+                // A commit failed: its dependents fail with it; start afresh.
+                state.commit_flag = DependencyFlag::default();
+                state.stale = true;
+                state.discard_instance = true;
+            }
+            if std::mem::take(&mut state.discard_instance) {
+                self.live = None;
+            }
+            state.stale
+        };
         let version = host.registry().active_cached(request.target.actor_type(), &mut self.version)?;
         if self.live.as_ref().is_some_and(|l| l.version != version.info.version) {
             // Hot swap: the next turn runs on the new code with the same state.
             self.live = None;
+        }
+        if (stale || self.live.is_none()) && shared.commits_in_flight.load(Ordering::Acquire) > 0 {
+            // About to read the store: first let every commit already
+            // enqueued for this actor land (or fail).
+            if let Ok(barrier) = host.committer().enqueue(TurnCommit::state_only(shared.id.clone(), Vec::new()), None).await {
+                let _ = barrier.await;
+            }
         }
         if self.live.is_none() {
             // Activation: read the state and create the instance at once;
@@ -481,8 +566,8 @@ impl Core {
         }
         let control = request.control.take().map(|c| *c);
         if let Some(Control::Snapshot) = control {
-            let version = self.snapshot_now(host, shared, &version, true).await?;
-            return Ok(serde_json::to_vec(&serde_json::json!({ "version": version })).unwrap_or_default());
+            let version = self.snapshot_on_demand(host, shared, &version).await?;
+            return Ok(TurnOutput::Done(serde_json::to_vec(&serde_json::json!({ "version": version })).unwrap_or_default()));
         }
         let Some(live) = self.live.as_mut() else { unreachable!("instantiated above") };
         let event_sourced = live.bindings.aggregate.is_some();
@@ -508,20 +593,15 @@ impl Core {
         match result {
             Ok(reply) => {
                 let TurnEffects { writes, tells, events, snapshot_requested, checkpoint } = effects;
-                self.commit(host, shared, writes, events, checkpoint).await?;
-                for tell in tells {
-                    if let Err(e) = host.tell_request(tell) {
-                        tracing::warn!(actor = %shared.id, error = %e, "a message told during a committed turn could not be delivered");
-                    }
-                }
-                let due = shared.state.lock().journal.since_snapshot >= version.info.manifest.snapshot_every;
-                if event_sourced
-                    && (snapshot_requested || due)
-                    && let Err(e) = self.snapshot_now(host, shared, &version, false).await
-                {
-                    tracing::warn!(actor = %shared.id, error = %e, "could not take a snapshot; the next one is tried after more events");
-                }
-                Ok(reply)
+                let snapshot = if event_sourced {
+                    let head = shared.state.lock().journal.version + events.len() as u64;
+                    let due = shared.state.lock().journal.since_snapshot + events.len() as u64 >= version.info.manifest.snapshot_every;
+                    if (snapshot_requested || due) && head > 0 { self.take_snapshot(shared, &version, head).await } else { None }
+                } else {
+                    None
+                };
+                let effects = Committable { writes, events, checkpoint, tells, reply, snapshot };
+                self.enqueue_commit(host, shared, effects, started).await
             }
             Err(HandlerFailure::Returned(e)) => {
                 // An SDK actor folds its events as it appends them: after a
@@ -555,125 +635,140 @@ impl Core {
         .map_err(super::aggregate::RebuildError::into_actor_error)?;
         let mut state = shared.state.lock();
         state.journal = JournalCursor { loaded: true, version: rebuilt.version, since_snapshot: rebuilt.version - rebuilt.snapshot_version };
+        state.generation += 1;
         Ok(live)
     }
 
-    /// Snapshots the live event-sourced instance at its committed version.
-    /// With `wait`, returns once the snapshot is stored; otherwise stores it
-    /// in the background. Returns the version it covers.
-    async fn snapshot_now(&mut self, host: &Host, shared: &Arc<ActivationShared>, version: &LoadedVersion, wait: bool) -> Result<u64, ActorError> {
-        let Some(live) = self.live.as_mut() else {
-            return Err(ActorError::internal(format!("{} has no live instance to snapshot", shared.id)));
-        };
-        if live.bindings.aggregate.is_none() {
+    /// Calls the live instance's `snapshot` export; the result covers
+    /// version `head` (this turn's events included). A failure is logged:
+    /// the next snapshot is tried after more events.
+    async fn take_snapshot(&mut self, shared: &Arc<ActivationShared>, version: &LoadedVersion, head: u64) -> Option<(Snapshot, crate::storage::Retention)> {
+        let live = self.live.as_mut()?;
+        let deadline = Instant::now() + version.info.manifest.turn_timeout;
+        match super::aggregate::call_snapshot(live, deadline, &shared.id).await {
+            Ok(data) => {
+                let snapshot = Snapshot { version: head, component_version: version.info.version, taken_at_ms: crate::storage::now_ms(), data };
+                Some((snapshot, version.info.manifest.retention))
+            }
+            Err(HandlerFailure::Returned(e)) => {
+                tracing::warn!(actor = %shared.id, error = %e, "the actor refused a snapshot; the next one is tried after more events");
+                None
+            }
+            Err(HandlerFailure::Broken(e)) => {
+                tracing::warn!(actor = %shared.id, error = %e, "taking a snapshot broke the instance; it is rebuilt before the next turn");
+                shared.state.lock().discard_instance = true;
+                None
+            }
+        }
+    }
+
+    /// Snapshots an event-sourced actor now, once every commit before
+    /// this turn is durable; returns the version it covers.
+    async fn snapshot_on_demand(&mut self, host: &Host, shared: &Arc<ActivationShared>, version: &LoadedVersion) -> Result<u64, ActorError> {
+        if self.live.as_ref().is_some_and(|l| l.bindings.aggregate.is_none()) {
             return Err(ActorError::rejected(format!(
                 "{} is not event-sourced: its component does not export `{}`",
                 shared.id,
                 crate::capabilities::AGGREGATE_EXPORT
             )));
         }
+        let barrier = host
+            .committer()
+            .enqueue(TurnCommit::state_only(shared.id.clone(), Vec::new()), None)
+            .await
+            .map_err(|e| ActorError::unavailable(e.to_string()))?;
+        if barrier.await.is_err() || shared.state.lock().commit_flag.load(Ordering::Acquire) {
+            return Err(ActorError::unavailable(format!("an earlier turn of {} failed to commit; snapshot it again", shared.id)));
+        }
         let head = shared.state.lock().journal.version;
         if head == 0 {
             return Ok(0);
         }
-        let deadline = Instant::now() + version.info.manifest.turn_timeout;
-        let data = match super::aggregate::call_snapshot(live, deadline, &shared.id).await {
-            Ok(data) => data,
-            Err(HandlerFailure::Returned(e)) => return Err(e),
-            Err(HandlerFailure::Broken(e)) => {
-                self.live = None;
-                return Err(e);
-            }
+        let Some((snapshot, retention)) = self.take_snapshot(shared, version, head).await else {
+            return Err(ActorError::internal(format!("{} could not produce a snapshot (see the host log)", shared.id)));
         };
+        host.store().save_snapshot(&shared.id, &snapshot, retention).await?;
         shared.state.lock().journal.since_snapshot = 0;
-        let snapshot = crate::storage::Snapshot {
-            version: head,
-            component_version: version.info.version,
-            taken_at_ms: crate::storage::now_ms(),
-            data,
-        };
-        let (store, actor, retention) = (host.store().clone(), shared.id.clone(), version.info.manifest.retention);
-        if wait {
-            store.save_snapshot(&actor, &snapshot, retention).await?;
-        } else {
-            tokio::spawn(async move {
-                if let Err(e) = store.save_snapshot(&actor, &snapshot, retention).await {
-                    tracing::warn!(actor = %actor, version = snapshot.version, error = %e, "storing a snapshot failed");
-                }
-            });
-        }
         host.metrics().record_snapshot();
         Ok(head)
     }
 
-    /// Commits the turn's writes through the group committer. The cached
-    /// state is updated first and restored if the commit fails: the turn did
-    /// not happen. Since a backend can report failure for a commit that did
-    /// land, the cache is also marked stale and reloaded before the next
-    /// turn when the store answers; until then reads are served from it.
-    async fn commit(
+    /// Applies a successful turn's effects to the cache and enqueues their
+    /// commit; the actor is free for its next turn as soon as this returns.
+    /// A turn that wrote nothing is done at once, unless an earlier commit
+    /// it may have read from is still in flight: then it waits behind it
+    /// (an empty commit is a barrier).
+    async fn enqueue_commit(
         &mut self,
         host: &Host,
-        shared: &ActivationShared,
-        writes: BTreeMap<String, Option<Vec<u8>>>,
-        events: Vec<EventRecord>,
-        checkpoint: Option<CheckpointAdvance>,
-    ) -> Result<(), ActorError> {
-        if writes.is_empty() && events.is_empty() && checkpoint.is_none() {
-            return Ok(());
-        }
-        let event_count = events.len() as u64;
-        let state: Vec<StateWrite> = writes.into_iter().map(|(key, value)| StateWrite { key, value }).collect();
-        let undo: Vec<(String, Option<Vec<u8>>)> = {
-            let mut cached = shared.state.lock();
-            state
-                .iter()
-                .map(|w| {
-                    let previous = match &w.value {
-                        Some(v) => cached.committed.insert(w.key.clone(), v.clone()),
-                        None => cached.committed.remove(&w.key),
-                    };
-                    (w.key.clone(), previous)
-                })
-                .collect()
-        };
-        let journal = if events.is_empty() {
-            None
-        } else {
-            Some(JournalAppend { expected_version: shared.state.lock().journal.version, events })
-        };
-        let commit = TurnCommit { actor: shared.id.clone(), state, journal, checkpoint };
-        if let Err(e) = host.committer().commit(commit).await {
-            // Put the cache back as it was: reads keep being served, and the
-            // next turn starts from the last committed state.
-            let mut cached = shared.state.lock();
-            for (key, previous) in undo.into_iter().rev() {
-                match previous {
-                    Some(v) => cached.committed.insert(key, v),
-                    None => cached.committed.remove(&key),
-                };
+        shared: &Arc<ActivationShared>,
+        effects: Committable,
+        started: Instant,
+    ) -> Result<TurnOutput, ActorError> {
+        let Committable { writes, events, checkpoint, tells, reply, snapshot } = effects;
+        let durable = !writes.is_empty() || !events.is_empty() || checkpoint.is_some();
+        if !durable && shared.commits_in_flight.load(Ordering::Acquire) == 0 {
+            for tell in tells {
+                if let Err(e) = host.tell_request(tell) {
+                    tracing::warn!(actor = %shared.id, error = %e, "a message told during a committed turn could not be delivered");
+                }
             }
-            cached.stale = true;
-            cached.journal.loaded = false;
-            drop(cached);
+            return Ok(TurnOutput::Done(reply));
+        }
+        let state_writes: Vec<StateWrite> = writes.into_iter().map(|(key, value)| StateWrite { key, value }).collect();
+        let event_count = events.len() as u64;
+        let (flag, expected_version) = {
+            let state = shared.state.lock();
+            (state.commit_flag.clone(), state.journal.version)
+        };
+        let journal = (!events.is_empty()).then(|| JournalAppend { expected_version, events });
+        let commit = TurnCommit { actor: shared.id.clone(), state: state_writes.clone(), journal, checkpoint };
+        let outcome = host.committer().enqueue(commit, Some(flag)).await.map_err(|e| {
             self.live = None;
-            let message = format!("the turn of {} ran but its writes could not be committed, so it did not happen: {e}", shared.id);
-            return Err(match *e {
-                StoreError::Rejected(_) => ActorError::rejected(message),
-                StoreError::Conflict(_) => ActorError::conflict(message),
-                _ => ActorError::unavailable(message),
-            });
-        }
-        if event_count > 0 {
-            let mut cached = shared.state.lock();
-            cached.journal.version += event_count;
-            cached.journal.since_snapshot += event_count;
-            drop(cached);
-            host.metrics().record_events(event_count);
-            host.journal_committed(event_count);
-        }
-        Ok(())
+            ActorError::unavailable(format!("the turn of {} ran but could not be committed, so it did not happen: {e}", shared.id))
+        })?;
+        // Enqueued: from here on, no await until the actor is released, so
+        // the cache and the queue cannot disagree.
+        let mut state = shared.state.lock();
+        let undo: Vec<(String, Option<Vec<u8>>)> = state_writes
+            .into_iter()
+            .map(|w| {
+                let previous = match w.value {
+                    Some(v) => state.committed.insert(w.key.clone(), v),
+                    None => state.committed.remove(&w.key),
+                };
+                (w.key, previous)
+            })
+            .collect();
+        state.journal.version += event_count;
+        state.journal.since_snapshot = if snapshot.is_some() { 0 } else { state.journal.since_snapshot + event_count };
+        state.enqueued += 1;
+        let (seq, generation) = (state.enqueued, state.generation);
+        drop(state);
+        shared.commits_in_flight.fetch_add(1, Ordering::AcqRel);
+        Ok(TurnOutput::Pending(PendingCommit {
+            outcome,
+            shared: shared.clone(),
+            reply,
+            tells,
+            undo,
+            events: event_count,
+            seq,
+            generation,
+            snapshot,
+            started,
+        }))
     }
+}
+
+/// A successful turn's results, on their way to the committer.
+struct Committable {
+    writes: BTreeMap<String, Option<Vec<u8>>>,
+    events: Vec<EventRecord>,
+    checkpoint: Option<CheckpointAdvance>,
+    tells: Vec<Request>,
+    reply: Vec<u8>,
+    snapshot: Option<(Snapshot, crate::storage::Retention)>,
 }
 
 /// Loads the actor's committed state into memory before its first turn,
@@ -685,7 +780,8 @@ async fn ensure_state_loaded(host: &Host, shared: &ActivationShared) -> Result<(
         if state.loaded && !state.stale {
             return Ok(());
         }
-        state.loaded
+        // A dirty cache holds effects that never committed: never serve it.
+        state.loaded && !state.dirty
     };
     match host.store().load_state(&shared.id).await {
         Ok(rows) => {
@@ -693,6 +789,8 @@ async fn ensure_state_loaded(host: &Host, shared: &ActivationShared) -> Result<(
             state.committed = rows.into_iter().collect();
             state.loaded = true;
             state.stale = false;
+            state.dirty = false;
+            state.generation += 1;
             Ok(())
         }
         Err(e) if had_cache => {

@@ -6,6 +6,7 @@
 
 pub mod activation;
 pub(crate) mod aggregate;
+pub(crate) mod commit;
 pub mod engine;
 mod guest_output;
 pub mod limits;

@@ -5,8 +5,15 @@
 //! turns queue up, and the committer takes all of them (up to
 //! [`MAX_BATCH`]) as the next batch. Under light load a commit is one turn;
 //! under heavy load batches grow by themselves.
+//!
+//! Commits are processed in the order they were enqueued. An actor may run
+//! its next turn while the last one is still being committed (its reply
+//! waits, the actor does not); such commits share a [`DependencyFlag`]: once
+//! one fails, the committer fails every later one carrying the same flag,
+//! because they saw its effects.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
@@ -21,12 +28,28 @@ pub const MAX_BATCH: usize = 1024;
 /// Turns waiting for the committer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 8192;
 
-type Request = (TurnCommit, oneshot::Sender<Result<(), Arc<StoreError>>>);
+/// Set when a commit carrying it failed; later commits carrying it fail too.
+pub type DependencyFlag = Arc<AtomicBool>;
+
+/// The outcome of an enqueued commit, once it is known.
+pub type CommitOutcome = oneshot::Receiver<Result<(), Arc<StoreError>>>;
+
+type Request = (TurnCommit, Option<DependencyFlag>, oneshot::Sender<Result<(), Arc<StoreError>>>);
 
 /// A handle for sending turn commits to the group committer task.
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Request>,
+}
+
+fn stopped() -> Arc<StoreError> {
+    Arc::new(StoreError::Unavailable("the committer has stopped".into()))
+}
+
+fn dependent_failed() -> Arc<StoreError> {
+    Arc::new(StoreError::Conflict(
+        "an earlier turn of this actor could not be committed, and this turn saw its effects, so it did not happen either".into(),
+    ))
 }
 
 impl Committer {
@@ -39,13 +62,26 @@ impl Committer {
 
     /// Commits `commit` durably; returns once it is on disk (or failed).
     pub async fn commit(&self, commit: TurnCommit) -> Result<(), Arc<StoreError>> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send((commit, done))
-            .await
-            .map_err(|_| Arc::new(StoreError::Unavailable("the committer has stopped".into())))?;
-        wait.await
-            .map_err(|_| Arc::new(StoreError::Unavailable("the committer has stopped".into())))?
+        self.enqueue(commit, None).await?.await.map_err(|_| stopped())?
+    }
+
+    /// Puts `commit` in the queue and returns at once; the receiver gets
+    /// its outcome. An empty commit is a barrier: it succeeds once every
+    /// commit enqueued before it was processed (unless `flag` is set).
+    pub async fn enqueue(&self, commit: TurnCommit, flag: Option<DependencyFlag>) -> Result<CommitOutcome, Arc<StoreError>> {
+        let (done, outcome) = oneshot::channel();
+        self.tx.send((commit, flag, done)).await.map_err(|_| stopped())?;
+        Ok(outcome)
+    }
+}
+
+fn failed(flag: &Option<DependencyFlag>) -> bool {
+    flag.as_ref().is_some_and(|f| f.load(Ordering::Acquire))
+}
+
+fn mark_failed(flag: &Option<DependencyFlag>) {
+    if let Some(f) = flag {
+        f.store(true, Ordering::Release);
     }
 }
 
@@ -54,9 +90,21 @@ async fn run(store: Arc<dyn Store>, metrics: Arc<Metrics>, mut rx: mpsc::Receive
     let mut waiters = Vec::with_capacity(MAX_BATCH);
     let mut buffer = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut buffer, MAX_BATCH).await > 0 {
-        for (commit, done) in buffer.drain(..) {
-            commits.push(commit);
-            waiters.push(done);
+        for (commit, flag, done) in buffer.drain(..) {
+            if failed(&flag) {
+                let _ = done.send(Err(dependent_failed()));
+            } else {
+                commits.push(commit);
+                waiters.push((flag, done));
+            }
+        }
+        // Only barriers (or nothing left): no transaction needed.
+        if commits.iter().all(TurnCommit::is_empty) {
+            commits.clear();
+            for (_, done) in waiters.drain(..) {
+                let _ = done.send(Ok(()));
+            }
+            continue;
         }
         let started = std::time::Instant::now();
         // A panic inside a backend fails this batch, not the committer.
@@ -66,21 +114,32 @@ async fn run(store: Arc<dyn Store>, metrics: Arc<Metrics>, mut rx: mpsc::Receive
         };
         metrics.record_commit(commits.len(), started.elapsed(), outcome.is_ok());
         match outcome {
-            // The backend refused some turn's data: commit the turns one by
-            // one so only the offending turn fails, not its whole batch.
-            // A conflict is retried the same way, so it names its turn.
+            // The backend refused some turn's data (or a version moved):
+            // commit the turns one by one so only the offending turn fails,
+            // and a conflict names its stream. A conflict is retried the
+            // same way.
             Err(e) if matches!(*e, StoreError::Rejected(_) | StoreError::Conflict(_)) && commits.len() > 1 => {
                 tracing::warn!(turns = commits.len(), error = %e, "group commit refused; retrying its turns one by one");
-                for (commit, done) in commits.drain(..).zip(waiters.drain(..)) {
-                    let single = store.commit(std::slice::from_ref(&commit)).await.map_err(Arc::new);
+                for (commit, (flag, done)) in commits.drain(..).zip(waiters.drain(..)) {
+                    let single = if failed(&flag) {
+                        Err(dependent_failed())
+                    } else {
+                        store.commit(std::slice::from_ref(&commit)).await.map_err(Arc::new)
+                    };
+                    if single.is_err() {
+                        mark_failed(&flag);
+                    }
                     let _ = done.send(single);
                 }
             }
             outcome => {
                 if let Err(e) = &outcome {
                     tracing::warn!(turns = commits.len(), error = %e, "group commit failed; its turns did not happen");
+                    for (flag, _) in &waiters {
+                        mark_failed(flag);
+                    }
                 }
-                for done in waiters.drain(..) {
+                for (_, done) in waiters.drain(..) {
                     let _ = done.send(outcome.clone());
                 }
             }

@@ -58,22 +58,30 @@ pub struct RedisStore {
 const COMMIT_LUA: &str = r#"
 local p = ARGV[1]
 local i = 2
+-- Checks first, against what earlier turns of this batch moved to
+-- (pipelined turns of one actor follow each other in a batch).
 local nh = tonumber(ARGV[i]); i = i + 1
-local heads = i
+local heads = {}
 for _ = 1, nh do
-  local cur = redis.call('HGET', p .. ':jh', ARGV[i]) or '0'
+  local cur = heads[ARGV[i]] or redis.call('HGET', p .. ':jh', ARGV[i]) or '0'
   if cur ~= ARGV[i + 1] then
     return 'the journal of ' .. ARGV[i] .. ' is no longer at version ' .. ARGV[i + 1] .. ': another writer appended first'
   end
+  heads[ARGV[i]] = ARGV[i + 2]
   i = i + 3
 end
 local nc = tonumber(ARGV[i]); i = i + 1
-local checkpoints = i
+local checkpoints = {}
 for _ = 1, nc do
   local key = p .. ':proj:' .. ARGV[i]
-  if redis.call('EXISTS', key) == 0 or redis.call('HGET', key, 'checkpoint') ~= ARGV[i + 1] then
+  local cur = checkpoints[ARGV[i]]
+  if cur == nil then
+    if redis.call('EXISTS', key) == 0 then cur = '' else cur = redis.call('HGET', key, 'checkpoint') end
+  end
+  if cur ~= ARGV[i + 1] then
     return 'projection `' .. ARGV[i] .. '` is no longer at position ' .. ARGV[i + 1] .. ': another runner advanced it first'
   end
+  checkpoints[ARGV[i]] = ARGV[i + 2]
   i = i + 3
 end
 local ns = tonumber(ARGV[i]); i = i + 1
@@ -97,13 +105,11 @@ for _ = 1, ne do
   redis.call('ZADD', p .. ':jt:' .. ARGV[i + 1], seq, ARGV[i] .. '\n' .. ARGV[i + 2])
   i = i + 12
 end
-for h = 0, nh - 1 do
-  local at = heads + h * 3
-  redis.call('HSET', p .. ':jh', ARGV[at], ARGV[at + 2])
+for actor, version in pairs(heads) do
+  redis.call('HSET', p .. ':jh', actor, version)
 end
-for c = 0, nc - 1 do
-  local at = checkpoints + c * 3
-  redis.call('HSET', p .. ':proj:' .. ARGV[at], 'checkpoint', ARGV[at + 2])
+for name, position in pairs(checkpoints) do
+  redis.call('HSET', p .. ':proj:' .. name, 'checkpoint', position)
 end
 return ''
 "#;

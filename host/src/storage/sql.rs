@@ -61,21 +61,36 @@ pub(crate) struct JournalBatch<'a> {
     pub(crate) moved: Vec<(&'a str, i64, i64)>,
 }
 
-/// Splits a batch's journal appends into rows and head moves.
-pub(crate) fn journal_batch(batch: &[TurnCommit]) -> JournalBatch<'_> {
+/// Splits a batch's journal appends into rows and head moves. Successive
+/// appends of one actor in the batch (pipelined turns) become one head
+/// move; if they do not follow each other, the batch is a conflict.
+pub(crate) fn journal_batch(batch: &[TurnCommit]) -> Result<JournalBatch<'_>, StoreError> {
     let mut out = JournalBatch::default();
+    // actor -> (expected before the batch, version after it), in first-seen order.
+    let mut heads: Vec<(&str, u64, u64)> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for commit in batch {
         let Some(JournalAppend { expected_version, events }) = &commit.journal else { continue };
         let Some(last) = events.last() else { continue };
         let actor = commit.actor.as_str();
-        if *expected_version == 0 {
-            out.created.push((actor, last.version as i64));
-        } else {
-            out.moved.push((actor, *expected_version as i64, last.version as i64));
+        match index.get(actor) {
+            Some(&i) if heads[i].2 != *expected_version => return Err(journal_conflict(std::slice::from_ref(commit))),
+            Some(&i) => heads[i].2 = last.version,
+            None => {
+                index.insert(actor, heads.len());
+                heads.push((actor, *expected_version, last.version));
+            }
         }
         out.events.extend(events.iter().map(|e| (actor, commit.actor.actor_type(), e)));
     }
-    out
+    for (actor, expected, new) in heads {
+        if expected == 0 {
+            out.created.push((actor, new as i64));
+        } else {
+            out.moved.push((actor, expected as i64, new as i64));
+        }
+    }
+    Ok(out)
 }
 
 /// The error for a head check that did not match every stream: named

@@ -88,7 +88,7 @@ impl StateStore for SqliteStore {
 
     async fn commit(&self, batch: &[TurnCommit]) -> Result<(), StoreError> {
         let (upserts, deletes) = flatten_batch(batch);
-        let journal = journal_batch(batch);
+        let journal = journal_batch(batch)?;
         let mut tx = self.writer.begin().await?;
         // Stream heads first: a conflict fails the batch before any write.
         if !journal.created.is_empty() {

@@ -1,0 +1,121 @@
+//! A turn's commit after the turn: the actor goes on with its next turn
+//! while the group committer makes this one durable; the reply, the told
+//! messages and any snapshot wait for the outcome.
+//!
+//! The next turn reads this turn's writes from the cache before they are on
+//! disk, so it depends on them: the two commits share a dependency flag, and
+//! if this one fails the committer fails the next as well (see
+//! `storage::committer`). No reply ever shows an effect that was not
+//! committed, and per-actor throughput is no longer one turn per fsync.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::Request;
+use super::activation::ActivationShared;
+use crate::Host;
+use crate::error::ActorError;
+use crate::metrics::{TurnOutcome, outcome_of};
+use crate::storage::committer::CommitOutcome;
+use crate::storage::{Retention, Snapshot, StoreError};
+
+/// What a turn produced.
+pub(crate) enum TurnOutput {
+    /// The reply, final: the turn wrote nothing, or failed.
+    Done(Vec<u8>),
+    /// The reply once the commit is durable: await [`PendingCommit::resolve`].
+    Pending(PendingCommit),
+}
+
+/// A committed-to-be turn whose outcome is not known yet.
+pub(crate) struct PendingCommit {
+    pub(crate) outcome: CommitOutcome,
+    pub(crate) shared: Arc<ActivationShared>,
+    pub(crate) reply: Vec<u8>,
+    pub(crate) tells: Vec<Request>,
+    /// Each written key's value before this turn, to put back on failure.
+    pub(crate) undo: Vec<(String, Option<Vec<u8>>)>,
+    /// Journal events this turn appended.
+    pub(crate) events: u64,
+    /// This commit's number among the activation's commits.
+    pub(crate) seq: u64,
+    /// The cache generation it was applied to.
+    pub(crate) generation: u64,
+    /// A snapshot taken right after the turn, stored once the turn is durable.
+    pub(crate) snapshot: Option<(Snapshot, Retention)>,
+    pub(crate) started: Instant,
+}
+
+impl PendingCommit {
+    /// Waits for the commit; on success sends the tells, stores the
+    /// snapshot and returns the reply. On failure the turn did not happen:
+    /// the cache is put back (or marked for a reload from the store when
+    /// later turns built on it) and the error says why.
+    pub(crate) async fn resolve(self, host: &Host) -> Result<Vec<u8>, ActorError> {
+        let outcome = match self.outcome.await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Arc::new(StoreError::Unavailable("the committer has stopped".into()))),
+        };
+        let shared = &self.shared;
+        let result = match outcome {
+            Ok(()) => {
+                if self.events > 0 {
+                    host.metrics().record_events(self.events);
+                    host.journal_committed(self.events);
+                }
+                for tell in self.tells {
+                    if let Err(e) = host.tell_request(tell) {
+                        tracing::warn!(actor = %shared.id, error = %e, "a message told during a committed turn could not be delivered");
+                    }
+                }
+                if let Some((snapshot, retention)) = self.snapshot {
+                    let (store, actor) = (host.store().clone(), shared.id.clone());
+                    host.metrics().record_snapshot();
+                    tokio::spawn(async move {
+                        if let Err(e) = store.save_snapshot(&actor, &snapshot, retention).await {
+                            tracing::warn!(actor = %actor, version = snapshot.version, error = %e, "storing a snapshot failed");
+                        }
+                    });
+                }
+                Ok(self.reply)
+            }
+            Err(e) => {
+                let mut state = shared.state.lock();
+                let alone = shared.commits_in_flight.load(Ordering::Acquire) == 1;
+                if alone && state.generation == self.generation && state.enqueued == self.seq {
+                    // Nothing built on this turn: put the cache back exactly,
+                    // so reads keep being served while the store is down.
+                    for (key, previous) in self.undo.into_iter().rev() {
+                        match previous {
+                            Some(v) => state.committed.insert(key, v),
+                            None => state.committed.remove(&key),
+                        };
+                    }
+                    state.journal.version = state.journal.version.saturating_sub(self.events);
+                } else {
+                    state.dirty = true;
+                }
+                // A backend can report failure for a commit that landed:
+                // reload when the store answers.
+                state.stale = true;
+                state.journal.loaded = false;
+                state.discard_instance = true;
+                drop(state);
+                let message = format!("the turn of {} ran but its writes could not be committed, so it did not happen: {e}", shared.id);
+                Err(match *e {
+                    StoreError::Rejected(_) => ActorError::rejected(message),
+                    StoreError::Conflict(_) => ActorError::conflict(message),
+                    _ => ActorError::unavailable(message),
+                })
+            }
+        };
+        shared.commits_in_flight.fetch_sub(1, Ordering::AcqRel);
+        let outcome = match &result {
+            Ok(_) => TurnOutcome::ok,
+            Err(e) => outcome_of(e.kind),
+        };
+        host.metrics().record_turn(outcome, self.started.elapsed());
+        result
+    }
+}
