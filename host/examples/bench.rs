@@ -457,7 +457,7 @@ async fn run() {
 
     // 7. Journal: append throughput on every backend, rebuilds, replays.
     if wanted("journal") {
-        for (per_turn, callers) in [(1, 1), (1, 8), (10, 1)] {
+        for (per_turn, callers) in [(1, 1), (1, 8), (10, 1), (10, 4)] {
             let sub = dir.path().join(format!("journal-{per_turn}-{callers}"));
             let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&sub.join("journal.db")).await.unwrap());
             journal_append(sqlite, &sub, "SQLite", per_turn, callers).await;

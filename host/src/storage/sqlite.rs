@@ -21,12 +21,27 @@ use crate::id::ActorId;
 /// turn fails with `unavailable`.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Rows per multi-row statement: 3 parameters each stays far below
-/// SQLite's 32,766 bound-parameter limit while amortising statement cost.
-const ROWS_PER_STATEMENT: usize = 500;
+/// Most state rows per multi-row statement (3 parameters each).
+const ROWS_PER_STATEMENT: usize = 512;
 
-/// Event rows per insert: 11 parameters each, below SQLite's limit.
-const EVENTS_PER_STATEMENT: usize = 1000;
+/// Most event rows per insert (11 parameters each).
+const EVENTS_PER_STATEMENT: usize = 256;
+
+/// Cuts `rows` into chunks of at most `max` rows, each a power of two, so
+/// a multi-row statement has only a few shapes: each is prepared once and
+/// then reused from sqlx's statement cache (preparing a new shape for every
+/// batch size cost about a fifth of the journal's throughput).
+fn pow2_chunks<T>(mut rows: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if rows.is_empty() {
+            return None;
+        }
+        let size = if rows.len() >= max { max } else { 1 << (usize::BITS - 1 - rows.len().leading_zeros()) };
+        let (chunk, rest) = rows.split_at(size);
+        rows = rest;
+        Some(chunk)
+    })
+}
 
 /// Read connections; SQLite readers in WAL mode do not block the writer.
 const READ_CONNECTIONS: u32 = 4;
@@ -118,7 +133,7 @@ impl StateStore for SqliteStore {
                 return Err(journal_conflict(batch));
             }
         }
-        for chunk in journal.events.chunks(EVENTS_PER_STATEMENT) {
+        for chunk in pow2_chunks(&journal.events, EVENTS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO journal (actor, actor_type, version, event_type, schema_version, data, recorded_at_ms, \
                  correlation_id, causation_id, caller, method) ",
@@ -149,7 +164,7 @@ impl StateStore for SqliteStore {
                 return Err(checkpoint_conflict(&advance.projection, advance.from));
             }
         }
-        for chunk in upserts.chunks(ROWS_PER_STATEMENT) {
+        for chunk in pow2_chunks(&upserts, ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO actor_state (actor, key, value) ");
             q.push_values(chunk, |mut row, (actor, key, value)| {
                 row.push_bind(*actor).push_bind(*key).push_bind(*value);
@@ -157,7 +172,7 @@ impl StateStore for SqliteStore {
             q.push(" ON CONFLICT (actor, key) DO UPDATE SET value = excluded.value");
             q.build().execute(&mut *tx).await?;
         }
-        for chunk in deletes.chunks(ROWS_PER_STATEMENT) {
+        for chunk in pow2_chunks(&deletes, ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM actor_state WHERE (actor, key) IN (VALUES ");
             let mut list = q.separated(", ");
             for (actor, key) in chunk {
