@@ -286,7 +286,17 @@ async fn golden_event_format() {
         .map(|(i, e)| quark_host::storage::PositionedEvent { position: i as u64 + 7, actor: "bank/golden".into(), event: e.clone() })
         .collect();
     let delivered: Value = serde_json::from_slice(&quark_host::journal::projection::projection_payload("summary", &positioned)).unwrap();
-    let actual = json!({ "stored_events": stored, "projection_payload": delivered });
+    // The table as SQLite holds it: columns, and the body bytes of event 1.
+    let db = format!("sqlite://{}", dir.path().join("quark.db").display());
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db).await.unwrap();
+    let columns: Vec<(String, String)> =
+        sqlx::query_as("SELECT name, type FROM pragma_table_info('journal') ORDER BY cid").fetch_all(&mut conn).await.unwrap();
+    let body: Vec<u8> = sqlx::query_scalar("SELECT data FROM journal WHERE actor = 'bank/golden' AND version = 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let sqlite = json!({ "columns": columns, "event_1_data": String::from_utf8(body).unwrap() });
+    let actual = json!({ "stored_events": stored, "projection_payload": delivered, "sqlite_journal": sqlite });
     let path = root().join("tests/goldenfiles/journal_events.json");
     if std::env::var("QUARK_UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
