@@ -60,6 +60,28 @@ async fn bank_commands_append_events_and_fold_them() {
 }
 
 #[tokio::test]
+async fn a_plain_actor_keeps_an_audit_trail_with_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with(dir.path(), &[("misbehave", "misbehave")]).await;
+    assert_eq!(ask(&host, "misbehave/audit", "audit", json!({"note": "first", "fail": false})).await.unwrap(), json!(1));
+    let e = ask(&host, "misbehave/audit", "audit", json!({"note": "lost", "fail": true})).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Rejected, "{e}");
+    assert_eq!(ask(&host, "misbehave/audit", "audit", json!({"note": "second", "fail": false})).await.unwrap(), json!(2));
+    let page = host.journal(&id("misbehave/audit"), 1, None, 10).await.unwrap();
+    let notes: Vec<Value> = page.events.iter().map(|e| serde_json::from_slice(&e.data).unwrap()).collect();
+    assert_eq!(notes, [json!("first"), json!("second")]);
+    assert!(page.events.iter().all(|e| e.event_type == "noted" && e.schema_version == 2 && e.method == "audit"));
+    // A call from another actor records the caller; replay needs an event-sourced actor.
+    ask(&host, "misbehave/other", "forward", json!({"target": "misbehave/audit", "method": "audit", "payload": {"note": "relayed", "fail": false}}))
+        .await
+        .unwrap();
+    let page = host.journal(&id("misbehave/audit"), 3, None, 10).await.unwrap();
+    assert_eq!(page.events[0].caller.as_deref(), Some("misbehave/other"));
+    let e = host.replay(&id("misbehave/audit"), ReplayTarget::Version(1), None).await.unwrap_err();
+    assert!(e.message.contains("not event-sourced"), "{e}");
+}
+
+#[tokio::test]
 async fn rebuild_starts_from_the_latest_snapshot() {
     let dir = tempfile::tempdir().unwrap();
     let host = ledger_host(dir.path(), "10").await;

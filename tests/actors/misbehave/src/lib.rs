@@ -27,6 +27,12 @@ struct Tell {
     fail: bool,
 }
 
+#[derive(Deserialize)]
+struct Audit {
+    note: String,
+    fail: bool,
+}
+
 struct Misbehave;
 
 impl Misbehave {
@@ -86,10 +92,18 @@ impl Misbehave {
         if fail { Err(Error::rejected("misbehave: failing after a tell")) } else { Ok(()) }
     }
 
+    /// A plain actor's audit trail: appends an event, then fails if asked
+    /// (the event must then not be committed). Returns the new version.
+    fn audit(Audit { note, fail }: Audit) -> Result<u64> {
+        let version = quark_sdk::journal::append("noted", 2, &note)?;
+        state::set("last_note", &note)?;
+        if fail { Err(Error::rejected("misbehave: failing after an append")) } else { Ok(version) }
+    }
+
     /// Calls another actor and returns its reply.
     fn forward(Forward { target, method, payload }: Forward) -> Result<Value> {
         quark_sdk::call(&target, &method, &payload)
     }
 }
 
-quark_sdk::actor!(Misbehave { panic, spin, alloc, write_then_fail, put, dump, echo, forward, tell });
+quark_sdk::actor!(Misbehave { panic, spin, alloc, write_then_fail, put, dump, echo, forward, tell, audit });
