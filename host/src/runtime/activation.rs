@@ -721,7 +721,7 @@ impl Core {
             let state = shared.state.lock();
             (state.commit_flag.clone(), state.journal.version)
         };
-        let journal = (!events.is_empty()).then(|| JournalAppend { expected_version, events });
+        let journal = (!events.is_empty()).then_some(JournalAppend { expected_version, events });
         let commit = TurnCommit { actor: shared.id.clone(), state: state_writes.clone(), journal, checkpoint };
         let outcome = host.committer().enqueue(commit, Some(flag)).await.map_err(|e| {
             self.live = None;
