@@ -81,6 +81,35 @@ async fn a_plain_actor_keeps_an_audit_trail_with_its_state() {
     assert!(e.message.contains("not event-sourced"), "{e}");
 }
 
+/// Old events are never rewritten: `upcast` converts their shape on every
+/// rebuild (the ledger's schema 1 called the note `text`).
+#[tokio::test]
+async fn events_of_an_older_schema_are_upcast_on_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = ledger_host(dir.path(), "1000").await;
+    let old = quark_host::storage::EventRecord {
+        version: 1,
+        event_type: "recorded".into(),
+        schema_version: 1,
+        data: br#"{"recorded":{"text":"from schema 1"}}"#.to_vec(),
+        recorded_at_ms: 1_700_000_000_000,
+        correlation_id: "0".into(),
+        causation_id: "old".into(),
+        caller: None,
+        method: "record".into(),
+    };
+    let append = quark_host::storage::JournalAppend { expected_version: 0, events: vec![old] };
+    host.store()
+        .commit(&[TurnCommit { actor: id("ledger/old"), state: vec![], journal: Some(append), checkpoint: None }])
+        .await
+        .unwrap();
+    ask(&host, "ledger/old", "record", json!({"note": "from schema 2"})).await.unwrap();
+    host.deactivate_all();
+    assert_eq!(ask(&host, "ledger/old", "notes", json!(null)).await.unwrap(), json!(["from schema 1", "from schema 2"]));
+    let page = host.journal(&id("ledger/old"), 1, None, 10).await.unwrap();
+    assert_eq!(page.events.iter().map(|e| e.schema_version).collect::<Vec<_>>(), [1, 2], "stored events keep their schema");
+}
+
 #[tokio::test]
 async fn rebuild_starts_from_the_latest_snapshot() {
     let dir = tempfile::tempdir().unwrap();

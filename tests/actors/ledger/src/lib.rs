@@ -1,7 +1,7 @@
 //! An event-sourced test actor for the journal's failure paths: a list of
 //! notes, with methods that fail after appending and an `apply` that can
 //! be armed to trap during the next rebuild.
-use quark_sdk::{Deserialize, Error, EventSourced, Result, Serialize, emit, journal, state};
+use quark_sdk::{Deserialize, Error, EventSourced, Result, Serialize, Value, emit, journal, state};
 
 #[derive(Default, Serialize, Deserialize)]
 pub struct Ledger {
@@ -16,6 +16,19 @@ pub enum LedgerEvent {
 
 impl EventSourced for Ledger {
     type Event = LedgerEvent;
+    const SCHEMA_VERSION: u32 = 2;
+
+    /// Schema 1 called the note `text`: `{"recorded": {"text": "…"}}`.
+    fn upcast(event_type: &str, schema_version: u32, mut data: Value) -> Result<Value> {
+        if event_type == "recorded" && schema_version == 1 {
+            if let Some(body) = data.get_mut("recorded").and_then(Value::as_object_mut) {
+                if let Some(text) = body.remove("text") {
+                    body.insert("note".into(), text);
+                }
+            }
+        }
+        Ok(data)
+    }
 
     fn apply(&mut self, event: LedgerEvent) {
         match event {
