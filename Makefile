@@ -4,7 +4,7 @@
 CARGO        ?= cargo
 WASM_TARGET  := wasm32-wasip2
 SAMPLES      := counter greeter bank accounts-summary
-TEST_ACTORS  := misbehave pingpong no-handler counter-v2 ledger
+TEST_ACTORS  := misbehave pingpong no-handler counter-v2 ledger worker
 GUEST_DIR    := target/$(WASM_TARGET)/wasm
 DATA_DIR     ?= ./quark-data
 LISTEN       ?= 127.0.0.1:7878

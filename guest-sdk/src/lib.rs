@@ -236,6 +236,130 @@ pub fn apply_recorded<S: EventSourced>(state: &mut S, events: Vec<journal::Recor
     Ok(())
 }
 
+/// Durable jobs: work delivered later as a turn of an actor, retried until
+/// it succeeds. Scheduling and cancelling commit with the current turn.
+///
+/// ```ignore
+/// let id = quark_sdk::jobs::job("reports/acme", "nightly", &json!({}))?
+///     .cron("0 2 * * *")
+///     .time_zone("Europe/Paris")
+///     .key("nightly-acme")
+///     .schedule()?;
+/// ```
+pub mod jobs {
+    use super::{Error, Result, Serialize, bindings::quark::actor::jobs};
+
+    pub use super::bindings::quark::actor::jobs::{CatchUp, Job, When};
+
+    /// A job being described; [`JobBuilder::schedule`] schedules it.
+    #[derive(Debug, Clone)]
+    pub struct JobBuilder {
+        job: Job,
+    }
+
+    /// Starts describing a job that calls `method` of `target` with `payload`
+    /// as JSON, as soon as this turn commits (change it with `at`, `after_ms`
+    /// or `cron`).
+    pub fn job<T: Serialize + ?Sized>(target: &str, method: &str, payload: &T) -> Result<JobBuilder> {
+        let payload = serde_json::to_vec(payload).map_err(|e| Error::internal(format!("encoding the job's payload: {e}")))?;
+        Ok(JobBuilder {
+            job: Job {
+                target: target.to_string(),
+                method: method.to_string(),
+                payload,
+                when: When::Delay(0),
+                time_zone: None,
+                max_attempts: None,
+                backoff_ms: None,
+                max_backoff_ms: None,
+                timeout_ms: None,
+                priority: 0,
+                queue: None,
+                idempotency_key: None,
+                catch_up: None,
+            },
+        })
+    }
+
+    impl JobBuilder {
+        /// Runs at this time (ms since the Unix epoch).
+        pub fn at(mut self, ms: u64) -> Self {
+            self.job.when = When::At(ms);
+            self
+        }
+        /// Runs this many ms after the turn commits.
+        pub fn after_ms(mut self, ms: u64) -> Self {
+            self.job.when = When::Delay(ms);
+            self
+        }
+        /// Runs on every tick of a cron expression (UTC unless `time_zone`).
+        pub fn cron(mut self, expression: &str) -> Self {
+            self.job.when = When::Cron(expression.to_string());
+            self
+        }
+        /// The cron expression's IANA time zone.
+        pub fn time_zone(mut self, zone: &str) -> Self {
+            self.job.time_zone = Some(zone.to_string());
+            self
+        }
+        /// Attempts before the dead-letter list (default 5).
+        pub fn max_attempts(mut self, attempts: u32) -> Self {
+            self.job.max_attempts = Some(attempts);
+            self
+        }
+        /// First retry delay and the longest one, in ms.
+        pub fn backoff_ms(mut self, first: u64, longest: u64) -> Self {
+            self.job.backoff_ms = Some(first);
+            self.job.max_backoff_ms = Some(longest);
+            self
+        }
+        /// Longest one attempt may run, in ms.
+        pub fn timeout_ms(mut self, ms: u64) -> Self {
+            self.job.timeout_ms = Some(ms);
+            self
+        }
+        /// Higher runs first (default 0).
+        pub fn priority(mut self, priority: i32) -> Self {
+            self.job.priority = priority;
+            self
+        }
+        /// The queue whose concurrency limit it counts against.
+        pub fn queue(mut self, queue: &str) -> Self {
+            self.job.queue = Some(queue.to_string());
+            self
+        }
+        /// An idempotency key: scheduling the same key twice yields one job.
+        pub fn key(mut self, key: &str) -> Self {
+            self.job.idempotency_key = Some(key.to_string());
+            self
+        }
+        /// What a recurring job does about missed ticks.
+        pub fn catch_up(mut self, policy: CatchUp) -> Self {
+            self.job.catch_up = Some(policy);
+            self
+        }
+        /// Schedules it (committed with this turn); returns its id.
+        pub fn schedule(self) -> Result<String> {
+            jobs::schedule(&self.job)
+        }
+    }
+
+    /// Cancels a job (committed with this turn); false if there is none.
+    pub fn cancel(id: &str) -> Result<bool> {
+        jobs::cancel(id)
+    }
+
+    /// The job this turn runs, if any: its id and attempt (1, 2, …).
+    pub fn current() -> Option<(String, u32)> {
+        jobs::current()
+    }
+
+    /// Reports progress of the job this turn runs.
+    pub fn progress(percent: u8, note: &str) {
+        jobs::progress(percent, note)
+    }
+}
+
 /// Logging into the host's log, tagged with this actor's id.
 pub mod log {
     use super::bindings::quark::actor::log::{Level, log};

@@ -101,6 +101,18 @@ impl raw::quark::actor::journal::Host for RawState {
     }
     fn request_snapshot(&mut self) {}
 }
+impl raw::quark::actor::jobs::Host for RawState {
+    fn schedule(&mut self, _: raw::quark::actor::jobs::Job) -> Result<String, RawError> {
+        Err(RawError::Rejected("raw".into()))
+    }
+    fn cancel(&mut self, _: String) -> Result<bool, RawError> {
+        Ok(false)
+    }
+    fn current(&mut self) -> Option<(String, u32)> {
+        None
+    }
+    fn progress(&mut self, _: u8, _: String) {}
+}
 impl raw::quark::actor::runtime::Host for RawState {
     fn self_id(&mut self) -> String {
         "counter/raw".into()
@@ -289,7 +301,7 @@ async fn seed_bank_events(store: &Arc<dyn Store>, actor: &ActorId, from: u64, co
                 method: "deposit".into(),
             })
             .collect();
-        let commit = TurnCommit { actor: actor.clone(), state: vec![], journal: Some(JournalAppend { expected_version: version, events }), checkpoint: None };
+        let commit = TurnCommit { journal: Some(JournalAppend { expected_version: version, events }), ..TurnCommit::state_only(actor.clone(), vec![]) };
         store.commit(&[commit]).await.unwrap();
         version += n;
     }

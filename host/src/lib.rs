@@ -9,6 +9,7 @@
 //! - [`capabilities`]: the host side of each WIT interface;
 //! - [`storage`]: the `Store` traits and their SQLite and PostgreSQL backends;
 //! - [`journal`]: audit trail, replay, snapshots and projections;
+//! - [`jobs`]: durable jobs and their runner;
 //! - [`api`]: the HTTP API; [`cli`]: the `quark` command.
 
 pub mod api;
@@ -16,6 +17,7 @@ pub mod capabilities;
 pub mod cli;
 pub mod error;
 pub mod id;
+pub mod jobs;
 pub mod journal;
 pub mod metrics;
 pub mod runtime;

@@ -61,6 +61,8 @@ pub struct Metrics {
     events_appended: Counter,
     snapshots: Counter,
     projection_lag: Family<ProjectionLabel, Gauge>,
+    jobs_succeeded: Counter,
+    job_attempts_failed: Counter,
 }
 
 impl Default for Metrics {
@@ -104,6 +106,8 @@ impl Metrics {
             events_appended: Counter::default(),
             snapshots: Counter::default(),
             projection_lag: Family::default(),
+            jobs_succeeded: Counter::default(),
+            job_attempts_failed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("turns", "Turns run, by outcome", m.turns.clone());
@@ -122,6 +126,8 @@ impl Metrics {
         registry.register("journal_events_appended", "Journal events committed", m.events_appended.clone());
         registry.register("journal_snapshots", "Snapshots of event-sourced actors taken", m.snapshots.clone());
         registry.register("projection_lag_events", "Events a projection has yet to handle", m.projection_lag.clone());
+        registry.register("jobs_succeeded", "Job attempts that succeeded (their turn committed)", m.jobs_succeeded.clone());
+        registry.register("job_attempts_failed", "Job attempts that failed (retried or dead-lettered)", m.job_attempts_failed.clone());
         Metrics { registry, ..m }
     }
 
@@ -145,6 +151,11 @@ impl Metrics {
     /// Records committed journal events.
     pub fn record_events(&self, count: u64) {
         self.events_appended.inc_by(count);
+    }
+
+    /// Records a finished job attempt.
+    pub fn record_job(&self, ok: bool) {
+        if ok { self.jobs_succeeded.inc() } else { self.job_attempts_failed.inc() };
     }
 
     /// Records a snapshot taken.

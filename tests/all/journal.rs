@@ -100,7 +100,7 @@ async fn events_of_an_older_schema_are_upcast_on_rebuild() {
     };
     let append = quark_host::storage::JournalAppend { expected_version: 0, events: vec![old] };
     host.store()
-        .commit(&[TurnCommit { actor: id("ledger/old"), state: vec![], journal: Some(append), checkpoint: None }])
+        .commit(&[TurnCommit { journal: Some(append), ..TurnCommit::state_only(id("ledger/old"), vec![]) }])
         .await
         .unwrap();
     ask(&host, "ledger/old", "record", json!({"note": "from schema 2"})).await.unwrap();

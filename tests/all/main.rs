@@ -10,5 +10,6 @@ mod cli_process;
 mod failures;
 mod hot_swap;
 mod http_api;
+mod jobs;
 mod journal;
 mod storage_conformance;

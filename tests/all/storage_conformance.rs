@@ -92,10 +92,8 @@ fn event(version: u64, event_type: &str, at_ms: i64) -> EventRecord {
 
 fn append(actor: &str, expected: u64, versions: std::ops::RangeInclusive<u64>, state: Vec<StateWrite>) -> TurnCommit {
     TurnCommit {
-        actor: id(actor),
-        state,
         journal: Some(JournalAppend { expected_version: expected, events: versions.map(|v| event(v, "recorded", 1000 + v as i64)).collect() }),
-        checkpoint: None,
+        ..TurnCommit::state_only(id(actor), state)
     }
 }
 
@@ -183,10 +181,8 @@ async fn projections_and_checkpoints(store: Arc<dyn Store>) {
     // The checkpoint moves with the projection actor's state, atomically.
     let to = events[1].position;
     let advance = |from: u64, to: u64, value: &str| TurnCommit {
-        actor: id("sum/all"),
-        state: vec![write("total", Some(value))],
-        journal: None,
         checkpoint: Some(CheckpointAdvance { projection: "summary".into(), from, to }),
+        ..TurnCommit::state_only(id("sum/all"), vec![write("total", Some(value))])
     };
     store.commit(&[advance(0, to, "2")]).await.unwrap();
     assert_eq!(store.projections().await.unwrap()[0].checkpoint, to);
@@ -227,6 +223,97 @@ async fn host_event_sourcing(store: Arc<dyn Store>) {
     assert_eq!(host.journal(&id("bank/a"), 1, None, 100).await.unwrap().events.len(), 4, "archived events stay in the audit trail");
     let replayed = host.replay(&id("bank/a"), quark_host::journal::ReplayTarget::Version(2), None).await.unwrap();
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&replayed.state).unwrap(), json!({"balance": 30}));
+}
+
+fn job(id: &str, run_at_ms: i64, priority: i32) -> quark_host::storage::jobs::JobRecord {
+    let request = quark_host::jobs::JobSpec {
+        target: "w/a".into(),
+        method: "work".into(),
+        payload: json!({"n": 1}),
+        run_at: Some(json!(run_at_ms)),
+        delay_ms: None,
+        cron: None,
+        time_zone: None,
+        max_attempts: Some(3),
+        backoff_ms: None,
+        max_backoff_ms: None,
+        timeout_ms: None,
+        priority: Some(priority),
+        queue: None,
+        idempotency_key: None,
+        catch_up: None,
+    }
+    .into_request()
+    .unwrap();
+    let mut job = quark_host::jobs::plan(request, quark_host::storage::now_ms()).unwrap();
+    job.id = id.into();
+    job
+}
+
+/// Claims, leases, completion in the turn's commit, failures, cancel,
+/// retry, purge. Backends without a job store say so and pass.
+async fn jobs_claim_lease_and_complete(store: Arc<dyn Store>) {
+    use quark_host::storage::jobs::{ClaimFilter, JobCompletion, JobFailure, JobStatus};
+    let Some(jobs) = store.job_store() else {
+        eprintln!("note: the {} store has no durable jobs yet", store.backend_name());
+        return;
+    };
+    let now = quark_host::storage::now_ms();
+    assert_eq!(jobs.add_jobs(&[job("low", now - 10, 0), job("high", now - 5, 5), job("later", now + 3_600_000, 9)]).await.unwrap(), 3);
+    assert_eq!(jobs.add_jobs(&[job("low", now, 0)]).await.unwrap(), 0, "an existing id is left as it is");
+    assert_eq!(jobs.next_job_due().await.unwrap(), Some(now - 10));
+    let claims = jobs.claim_jobs(now, 10, 1000, &ClaimFilter::default()).await.unwrap();
+    let ids: Vec<&str> = claims.iter().map(|c| c.job.id.as_str()).collect();
+    assert_eq!(ids, ["high", "low"], "due jobs only, highest priority first");
+    assert!(claims.iter().all(|c| c.job.status == JobStatus::Running && c.job.attempts == 1));
+    assert!(jobs.claim_jobs(now, 10, 1000, &ClaimFilter::default()).await.unwrap().is_empty(), "leased jobs stay leased");
+    let filter = ClaimFilter { full_queues: vec!["default".into()], full_types: vec![] };
+    assert!(jobs.claim_jobs(now + 10_000, 10, 1000, &filter).await.unwrap().is_empty(), "a full queue is skipped");
+
+    // Completion commits with the turn, once, and only under its lease.
+    let (high, low) = (&claims[0], &claims[1]);
+    let complete = |job_id: &str, lease: &str| TurnCommit {
+        job_done: Some(JobCompletion { id: job_id.into(), lease: lease.into(), next_run_at_ms: None }),
+        ..TurnCommit::state_only(id("w/a"), vec![write("done", Some(job_id))])
+    };
+    store.commit(&[complete("high", &high.lease)]).await.unwrap();
+    assert_eq!(jobs.job("high").await.unwrap().unwrap().status, JobStatus::Succeeded);
+    assert!(matches!(store.commit(&[complete("high", &high.lease)]).await, Err(StoreError::Conflict(_))));
+    jobs.set_job_progress("low", &low.lease, 40, "working").await.unwrap();
+
+    // A failure waits for its retry; a lapsed lease is taken over.
+    let failure = JobFailure { id: "low".into(), lease: low.lease.clone(), error: "boom".into(), retry_at_ms: Some(now - 1) };
+    assert!(jobs.fail_job(&failure).await.unwrap());
+    let failed = jobs.job("low").await.unwrap().unwrap();
+    assert_eq!((failed.status, failed.errors.len(), failed.progress), (JobStatus::Failed, 1, Some(40)));
+    let again = jobs.claim_jobs(now, 10, 1000, &ClaimFilter::default()).await.unwrap();
+    assert_eq!((again.len(), again[0].job.attempts), (1, 2));
+    let taken_over = jobs.claim_jobs(now + 2_000, 10, 1000, &ClaimFilter::default()).await.unwrap();
+    assert_eq!(taken_over.len(), 1, "an expired lease is claimable");
+    assert_ne!(taken_over[0].lease, again[0].lease);
+    assert!(matches!(store.commit(&[complete("low", &again[0].lease)]).await, Err(StoreError::Conflict(_))));
+    assert!(!jobs.fail_job(&JobFailure { lease: again[0].lease.clone(), ..failure.clone() }).await.unwrap());
+    let dead = JobFailure { lease: taken_over[0].lease.clone(), retry_at_ms: None, ..failure };
+    assert!(jobs.fail_job(&dead).await.unwrap());
+    assert_eq!(jobs.job("low").await.unwrap().unwrap().status, JobStatus::Dead);
+
+    assert!(jobs.retry_job("low", now).await.unwrap());
+    assert!(jobs.cancel_job("low").await.unwrap());
+    assert!(!jobs.cancel_job("low").await.unwrap());
+    assert_eq!(jobs.jobs(Some(JobStatus::Cancelled), None, 10).await.unwrap().len(), 1);
+    assert_eq!(jobs.jobs(None, Some("w/a"), 10).await.unwrap().len(), 3);
+    assert_eq!(jobs.purge_jobs(JobStatus::Succeeded).await.unwrap(), 1);
+
+    // Two claimers at once never take the same job.
+    let many: Vec<_> = (0..200).map(|i| job(&format!("m{i}"), now - 1, 0)).collect();
+    jobs.add_jobs(&many).await.unwrap();
+    let no_filter = ClaimFilter::default();
+    let (a, b) = tokio::join!(jobs.claim_jobs(now, 150, 60_000, &no_filter), jobs.claim_jobs(now, 150, 60_000, &no_filter));
+    let mut claimed: Vec<String> = a.unwrap().into_iter().chain(b.unwrap()).map(|c| c.job.id).collect();
+    let total = claimed.len();
+    claimed.sort();
+    claimed.dedup();
+    assert_eq!((total, claimed.len()), (200, 200), "every due job claimed once");
 }
 
 macro_rules! conformance {
@@ -270,4 +357,5 @@ conformance!(
     snapshots_and_retention,
     projections_and_checkpoints,
     host_event_sourcing,
+    jobs_claim_lease_and_complete,
 );

@@ -76,6 +76,10 @@ pub fn router(host: Host, token: Option<String>) -> Router {
         .route("/snapshots/{actor_type}/{key}", post(take_snapshot))
         .route("/projections", get(list_projections).post(create_projection))
         .route("/projections/{name}", delete(delete_projection))
+        .route("/jobs", get(list_jobs).post(add_jobs).delete(purge_jobs))
+        .route("/jobs/{id}", get(show_job))
+        .route("/jobs/{id}/cancel", post(cancel_job))
+        .route("/jobs/{id}/retry", post(retry_job))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/v1", v1)
@@ -287,6 +291,69 @@ async fn create_projection(State(state): State<ApiState>, body: Bytes) -> ApiRes
 async fn delete_projection(State(state): State<ApiState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
     state.host.delete_projection(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/jobs`: one job object, or an array of them (bulk).
+async fn add_jobs(State(state): State<ApiState>, body: Bytes) -> ApiResult<Response> {
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| ActorError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+    let bulk = value.is_array();
+    let specs: Vec<crate::jobs::JobSpec> = if bulk {
+        serde_json::from_value(value)
+    } else {
+        serde_json::from_value(value).map(|one| vec![one])
+    }
+    .map_err(|e| {
+        ActorError::bad_request(format!(
+            "a job is {{\"target\", \"method\", \"payload\"?, \"run_at\"? | \"delay_ms\"? | \"cron\"?, \"time_zone\"?, \
+             \"max_attempts\"?, \"backoff_ms\"?, \"max_backoff_ms\"?, \"timeout_ms\"?, \"priority\"?, \"queue\"?, \
+             \"idempotency_key\"?, \"catch_up\"?}}: {e}"
+        ))
+    })?;
+    let requests = specs.into_iter().map(crate::jobs::JobSpec::into_request).collect::<Result<Vec<_>, _>>()?;
+    let count = requests.len();
+    let jobs = state.host.add_jobs(requests).await?;
+    Ok(if bulk {
+        (StatusCode::CREATED, Json(json!({ "count": count, "ids": jobs.iter().map(|j| &j.id).collect::<Vec<_>>() }))).into_response()
+    } else {
+        (StatusCode::CREATED, Json(&jobs[0])).into_response()
+    })
+}
+
+#[derive(Deserialize)]
+struct JobQuery {
+    status: Option<String>,
+    target: Option<String>,
+    limit: Option<usize>,
+}
+
+fn parse_status(status: Option<&str>) -> Result<Option<crate::storage::jobs::JobStatus>, ActorError> {
+    status.map(|s| s.parse().map_err(ActorError::bad_request)).transpose()
+}
+
+async fn list_jobs(State(state): State<ApiState>, Query(q): Query<JobQuery>) -> ApiResult<Json<serde_json::Value>> {
+    let status = parse_status(q.status.as_deref())?;
+    let jobs = state.host.jobs(status, q.target.as_deref(), q.limit.unwrap_or(1000)).await?;
+    Ok(Json(json!({ "jobs": jobs })))
+}
+
+async fn show_job(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(Json(state.host.job(&id).await?).into_response())
+}
+
+async fn cancel_job(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(Json(state.host.cancel_job(&id).await?).into_response())
+}
+
+async fn retry_job(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
+    Ok(Json(state.host.retry_job(&id).await?).into_response())
+}
+
+async fn purge_jobs(State(state): State<ApiState>, Query(q): Query<JobQuery>) -> ApiResult<Json<serde_json::Value>> {
+    let Some(status) = parse_status(q.status.as_deref())? else {
+        return Err(ApiError(ActorError::bad_request("purging needs `?status=dead` (or succeeded, cancelled)")));
+    };
+    Ok(Json(json!({ "purged": state.host.purge_jobs(status).await? })))
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {

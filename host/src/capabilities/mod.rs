@@ -4,6 +4,7 @@
 //! wasmtime store. Backend failures never trap a guest: they come back as the
 //! WIT `error` variant.
 
+mod jobs;
 mod journal;
 mod log;
 mod runtime;
@@ -25,6 +26,7 @@ pub(crate) mod bindings {
             "quark:actor/journal.append": async,
             "quark:actor/journal.version": async,
             "quark:actor/journal.read": async,
+            "quark:actor/jobs.cancel": async,
         },
         exports: { default: async },
     });

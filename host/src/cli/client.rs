@@ -126,12 +126,11 @@ impl Client {
             "VERSION", "TIME (UTC)", "TYPE", "SCHEMA", "CORRELATION", "CAUSATION", "CALLER", "METHOD"
         );
         for e in &events {
-            let ms = e["recorded_at_ms"].as_i64().unwrap_or(0).max(0) as u64;
-            let time = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+            let time = time_of(&e["recorded_at_ms"]);
             println!(
                 "{:>7}  {:<24} {:<16} {:>6}  {:<16} {:<22} {:<20} {:<12} {}",
                 e["version"].as_u64().unwrap_or(0),
-                time.to_string(),
+                time,
                 e["event_type"].as_str().unwrap_or(""),
                 e["schema_version"].as_u64().unwrap_or(0),
                 e["correlation_id"].as_str().unwrap_or(""),
@@ -199,4 +198,64 @@ impl Client {
         println!("projection {name} removed");
         Ok(())
     }
+
+    pub(super) async fn jobs(&self, status: Option<&str>, target: Option<&str>) -> anyhow::Result<()> {
+        let mut query = Vec::new();
+        query.extend(status.map(|s| ("status", s)));
+        query.extend(target.map(|t| ("target", t)));
+        let reply = self.send(self.http.get(format!("{}/v1/jobs", self.base)).query(&query)).await?;
+        println!("{:<34} {:<10} {:<24} {:<14} {:>8} {:<24} {:<16}", "ID", "STATUS", "TARGET", "METHOD", "ATTEMPTS", "RUN AT (UTC)", "CRON");
+        let jobs = reply["jobs"].as_array().cloned().unwrap_or_default();
+        for j in &jobs {
+            println!(
+                "{:<34} {:<10} {:<24} {:<14} {:>8} {:<24} {:<16}",
+                j["id"].as_str().unwrap_or(""),
+                j["status"].as_str().unwrap_or(""),
+                j["target"].as_str().unwrap_or(""),
+                j["method"].as_str().unwrap_or(""),
+                format!("{}/{}", j["attempts"], j["max_attempts"]),
+                time_of(&j["run_at_ms"]),
+                j["cron"].as_str().unwrap_or("-"),
+            );
+        }
+        println!("{} job(s)", jobs.len());
+        Ok(())
+    }
+
+    pub(super) async fn add_job(&self, body: &Value) -> anyhow::Result<()> {
+        let job = self.send(self.http.post(format!("{}/v1/jobs", self.base)).json(body)).await?;
+        println!(
+            "job {} {} for {} `{}`, runs at {}",
+            job["id"].as_str().unwrap_or(""),
+            job["status"].as_str().unwrap_or(""),
+            job["target"].as_str().unwrap_or(""),
+            job["method"].as_str().unwrap_or(""),
+            time_of(&job["run_at_ms"])
+        );
+        Ok(())
+    }
+
+    pub(super) async fn show_job(&self, id: &str) -> anyhow::Result<()> {
+        let job = self.send(self.http.get(format!("{}/v1/jobs/{id}", self.base))).await?;
+        println!("{}", serde_json::to_string_pretty(&job)?);
+        Ok(())
+    }
+
+    pub(super) async fn job_action(&self, id: &str, action: &str) -> anyhow::Result<()> {
+        let job = self.send(self.http.post(format!("{}/v1/jobs/{id}/{action}", self.base))).await?;
+        println!("job {id}: {} (attempts {}/{})", job["status"].as_str().unwrap_or(""), job["attempts"], job["max_attempts"]);
+        Ok(())
+    }
+
+    pub(super) async fn purge_jobs(&self, status: &str) -> anyhow::Result<()> {
+        let reply = self.send(self.http.delete(format!("{}/v1/jobs", self.base)).query(&[("status", status)])).await?;
+        println!("purged {} {status} job(s)", reply["purged"]);
+        Ok(())
+    }
+}
+
+/// An RFC 3339 time for a ms-since-epoch JSON number.
+fn time_of(ms: &Value) -> String {
+    let ms = ms.as_i64().unwrap_or(0).max(0) as u64;
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
 }

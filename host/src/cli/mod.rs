@@ -106,10 +106,93 @@ enum Command {
         /// `type/key`, e.g. `bank/alice`.
         actor: String,
     },
+    /// List durable jobs, or add, show, cancel, retry or purge them.
+    Jobs {
+        #[command(subcommand)]
+        action: Option<JobCommand>,
+        /// Only jobs with this status: scheduled, running, failed, succeeded, dead, cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only jobs for this actor (`type/key`).
+        #[arg(long)]
+        target: Option<String>,
+    },
     /// List projections with their checkpoint and lag, or add or remove one.
     Projections {
         #[command(subcommand)]
         action: Option<ProjectionCommand>,
+    },
+}
+
+// Parsed once per process: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+enum JobCommand {
+    /// Schedule a job: a turn of TARGET's METHOD, now, later or on a cron schedule.
+    Add {
+        /// The actor that runs it, e.g. `counter/alice`.
+        target: String,
+        /// The method its turn calls.
+        method: String,
+        /// The JSON payload.
+        json: Option<String>,
+        /// Run at this time (RFC 3339).
+        #[arg(long, conflicts_with_all = ["r#in", "cron"])]
+        at: Option<String>,
+        /// Run after this long, e.g. `10m`.
+        #[arg(long = "in", conflicts_with = "cron")]
+        r#in: Option<humantime::Duration>,
+        /// Run on every tick of a cron expression, e.g. `*/5 * * * *`.
+        #[arg(long)]
+        cron: Option<String>,
+        /// The cron expression's time zone (IANA name; UTC by default).
+        #[arg(long)]
+        tz: Option<String>,
+        /// Attempts before the dead-letter list (default 5).
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Idempotency key: adding the same key twice yields one job.
+        #[arg(long)]
+        key: Option<String>,
+        /// Higher runs first.
+        #[arg(long)]
+        priority: Option<i32>,
+        /// Queue for concurrency limits.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Missed ticks of a cron job: once (default), all, skip.
+        #[arg(long)]
+        catch_up: Option<String>,
+        /// Longest one attempt may run, e.g. `30s`.
+        #[arg(long)]
+        timeout: Option<humantime::Duration>,
+    },
+    /// Show one job: attempts, errors, progress.
+    Show {
+        /// The job id.
+        id: String,
+    },
+    /// Cancel a job (a running attempt finishes; no further one starts).
+    Cancel {
+        /// The job id.
+        id: String,
+    },
+    /// Run a dead or failed job again now.
+    Retry {
+        /// The job id.
+        id: String,
+    },
+    /// Delete finished jobs.
+    Purge {
+        /// Delete the dead-letter list.
+        #[arg(long)]
+        dead: bool,
+        /// Delete succeeded jobs.
+        #[arg(long)]
+        succeeded: bool,
+        /// Delete cancelled jobs.
+        #[arg(long)]
+        cancelled: bool,
     },
 }
 
@@ -166,6 +249,18 @@ struct ServeArgs {
     /// `project`), e.g. `accounts-summary=bank:accounts-summary/all`; repeatable.
     #[arg(long = "projection", value_name = "NAME=SOURCE:TARGET")]
     projections: Vec<String>,
+    /// Most jobs running at once on this host.
+    #[arg(long, default_value_t = crate::runtime::DEFAULT_JOB_CONCURRENCY)]
+    job_concurrency: usize,
+    /// How long a claimed job is this host's before another may take it over.
+    #[arg(long, default_value = "60s")]
+    job_lease: humantime::Duration,
+    /// Most jobs running at once in queue NAME: `NAME=N`; repeatable.
+    #[arg(long = "queue-limit", value_name = "NAME=N")]
+    queue_limits: Vec<String>,
+    /// Most jobs running at once per actor type: `TYPE=N`; repeatable.
+    #[arg(long = "type-limit", value_name = "TYPE=N")]
+    type_limits: Vec<String>,
 }
 
 /// Runs the command line; the binary's `main`.
@@ -210,6 +305,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client.replay(&actor, to_version, at.as_deref(), component_version).await
         }
         Command::Snapshot { actor } => client.snapshot(&actor).await,
+        Command::Jobs { action: None, status, target } => client.jobs(status.as_deref(), target.as_deref()).await,
+        Command::Jobs { action: Some(action), .. } => jobs_command(&client, action).await,
         Command::Projections { action: None } => client.projections().await,
         Command::Projections { action: Some(ProjectionCommand::Add { name, source, target, method }) } => {
             client.add_projection(&name, &source, &target, &method).await
@@ -242,6 +339,10 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     if let Some(max) = args.max_activations {
         config.max_activations = max.max(1);
     }
+    config.job_concurrency = args.job_concurrency.max(1);
+    config.job_lease = Duration::from(args.job_lease);
+    config.job_queue_limits = parse_limits("--queue-limit", &args.queue_limits)?;
+    config.job_type_limits = parse_limits("--type-limit", &args.type_limits)?;
     let store_name = store.backend_name();
     let host = Host::start(config, store).await.context("starting the host")?;
     for spec in &args.deploys {
@@ -294,4 +395,62 @@ fn parse_projection_spec(spec: &str) -> anyhow::Result<crate::storage::Projectio
         target: target.to_string(),
         method: crate::journal::projection::DEFAULT_METHOD.to_string(),
     })
+}
+
+async fn jobs_command(client: &client::Client, action: JobCommand) -> anyhow::Result<()> {
+    match action {
+        JobCommand::Add { target, method, json, at, r#in, cron, tz, max_attempts, key, priority, queue, catch_up, timeout } => {
+            let payload: serde_json::Value = match json {
+                Some(j) => serde_json::from_str(&j).with_context(|| format!("the payload {j:?} is not valid JSON"))?,
+                None => serde_json::Value::Null,
+            };
+            let mut body = serde_json::json!({ "target": target, "method": method, "payload": payload });
+            let fields = [
+                ("run_at", at.map(serde_json::Value::from)),
+                ("delay_ms", r#in.map(|d| serde_json::Value::from(Duration::from(d).as_millis() as u64))),
+                ("cron", cron.map(serde_json::Value::from)),
+                ("time_zone", tz.map(serde_json::Value::from)),
+                ("max_attempts", max_attempts.map(serde_json::Value::from)),
+                ("idempotency_key", key.map(serde_json::Value::from)),
+                ("priority", priority.map(serde_json::Value::from)),
+                ("queue", queue.map(serde_json::Value::from)),
+                ("catch_up", catch_up.map(serde_json::Value::from)),
+                ("timeout_ms", timeout.map(|d| serde_json::Value::from(Duration::from(d).as_millis() as u64))),
+            ];
+            for (name, value) in fields {
+                if let Some(v) = value {
+                    body[name] = v;
+                }
+            }
+            client.add_job(&body).await
+        }
+        JobCommand::Show { id } => client.show_job(&id).await,
+        JobCommand::Cancel { id } => client.job_action(&id, "cancel").await,
+        JobCommand::Retry { id } => client.job_action(&id, "retry").await,
+        JobCommand::Purge { dead, succeeded, cancelled } => {
+            let statuses: Vec<&str> = [(dead, "dead"), (succeeded, "succeeded"), (cancelled, "cancelled")]
+                .into_iter()
+                .filter_map(|(on, s)| on.then_some(s))
+                .collect();
+            if statuses.is_empty() {
+                anyhow::bail!("say what to purge: --dead, --succeeded or --cancelled");
+            }
+            for status in statuses {
+                client.purge_jobs(status).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Parses repeated `NAME=N` limits.
+fn parse_limits(flag: &str, specs: &[String]) -> anyhow::Result<std::collections::HashMap<String, usize>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let (name, n) = spec.split_once('=').with_context(|| format!("{flag} {spec:?}: expected NAME=N"))?;
+            let n: usize = n.parse().with_context(|| format!("{flag} {spec:?}: {n:?} is not a number"))?;
+            Ok((name.to_string(), n.max(1)))
+        })
+        .collect()
 }

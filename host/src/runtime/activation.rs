@@ -27,6 +27,7 @@ use crate::id::ActorId;
 use crate::metrics::{TurnOutcome, outcome_of};
 use super::commit::{PendingCommit, TurnOutput};
 use crate::storage::committer::DependencyFlag;
+use crate::storage::jobs::{JobCompletion, JobRecord};
 use crate::storage::{CheckpointAdvance, EventRecord, JournalAppend, Manifest, Snapshot, StateWrite, TurnCommit};
 
 /// Most re-entrant turns one actor runs at once; each has its own instance
@@ -59,6 +60,9 @@ pub(crate) struct TurnEffects {
     pub(crate) events: Vec<EventRecord>,
     pub(crate) snapshot_requested: bool,
     pub(crate) checkpoint: Option<CheckpointAdvance>,
+    pub(crate) jobs: Vec<JobRecord>,
+    pub(crate) cancels: Vec<String>,
+    pub(crate) job_done: Option<JobCompletion>,
 }
 
 impl TurnEffects {
@@ -68,6 +72,8 @@ impl TurnEffects {
         self.tells.extend(later.tells);
         self.events.extend(later.events);
         self.snapshot_requested |= later.snapshot_requested;
+        self.jobs.extend(later.jobs);
+        self.cancels.extend(later.cancels);
     }
 }
 
@@ -577,12 +583,18 @@ impl Core {
             // Reuse the vector: no allocation per turn.
             state.layers.clear();
             state.layers.push(TurnEffects::default());
-            if let Some(Control::Checkpoint(advance)) = control {
-                state.layers[0].checkpoint = Some(advance);
+            match control {
+                Some(Control::Checkpoint(advance)) => state.layers[0].checkpoint = Some(advance),
+                Some(Control::Job(job)) => {
+                    live.store.data_mut().scope.job = Some((job.completion.id.clone(), job.attempt, job.completion.lease.clone()));
+                    state.layers[0].job_done = Some(job.completion);
+                }
+                _ => {}
             }
             shared.busy_chain.store(request.chain, Ordering::Release);
         }
         let result = run_handler(live, &request, turn_deadline(&request, &version)).await;
+        live.store.data_mut().scope.job = None;
         let effects = {
             // Under the state lock, so a late nested turn either merged
             // before this or sees the chain closed and discards its effects.
@@ -592,7 +604,7 @@ impl Core {
         };
         match result {
             Ok(reply) => {
-                let TurnEffects { writes, tells, events, snapshot_requested, checkpoint } = effects;
+                let TurnEffects { writes, tells, events, snapshot_requested, checkpoint, jobs, cancels, job_done } = effects;
                 let snapshot = if event_sourced {
                     let head = shared.state.lock().journal.version + events.len() as u64;
                     let due = shared.state.lock().journal.since_snapshot + events.len() as u64 >= version.info.manifest.snapshot_every;
@@ -600,7 +612,7 @@ impl Core {
                 } else {
                     None
                 };
-                let effects = Committable { writes, events, checkpoint, tells, reply, snapshot };
+                let effects = Committable { writes, events, checkpoint, tells, reply, snapshot, jobs, cancels, job_done };
                 self.enqueue_commit(host, shared, effects, started).await
             }
             Err(HandlerFailure::Returned(e)) => {
@@ -705,8 +717,14 @@ impl Core {
         effects: Committable,
         started: Instant,
     ) -> Result<TurnOutput, ActorError> {
-        let Committable { writes, events, checkpoint, tells, reply, snapshot } = effects;
-        let durable = !writes.is_empty() || !events.is_empty() || checkpoint.is_some();
+        let Committable { writes, events, checkpoint, tells, reply, snapshot, jobs, cancels, job_done } = effects;
+        let schedules_jobs = !jobs.is_empty();
+        let durable = !writes.is_empty()
+            || !events.is_empty()
+            || checkpoint.is_some()
+            || !jobs.is_empty()
+            || !cancels.is_empty()
+            || job_done.is_some();
         if !durable && shared.commits_in_flight.load(Ordering::Acquire) == 0 {
             for tell in tells {
                 if let Err(e) = host.tell_request(tell) {
@@ -722,7 +740,7 @@ impl Core {
             (state.commit_flag.clone(), state.journal.version)
         };
         let journal = (!events.is_empty()).then_some(JournalAppend { expected_version, events });
-        let commit = TurnCommit { actor: shared.id.clone(), state: state_writes.clone(), journal, checkpoint };
+        let commit = TurnCommit { actor: shared.id.clone(), state: state_writes.clone(), journal, checkpoint, jobs, cancels, job_done };
         let outcome = host.committer().enqueue(commit, Some(flag)).await.map_err(|e| {
             self.live = None;
             ActorError::unavailable(format!("the turn of {} ran but could not be committed, so it did not happen: {e}", shared.id))
@@ -756,6 +774,7 @@ impl Core {
             seq,
             generation,
             snapshot,
+            schedules_jobs,
             started,
         }))
     }
@@ -769,6 +788,9 @@ struct Committable {
     tells: Vec<Request>,
     reply: Vec<u8>,
     snapshot: Option<(Snapshot, crate::storage::Retention)>,
+    jobs: Vec<JobRecord>,
+    cancels: Vec<String>,
+    job_done: Option<JobCompletion>,
 }
 
 /// Loads the actor's committed state into memory before its first turn,

@@ -44,6 +44,8 @@ pub(crate) struct PendingCommit {
     pub(crate) generation: u64,
     /// A snapshot taken right after the turn, stored once the turn is durable.
     pub(crate) snapshot: Option<(Snapshot, Retention)>,
+    /// The turn scheduled jobs: wake the runner once they are durable.
+    pub(crate) schedules_jobs: bool,
     pub(crate) started: Instant,
 }
 
@@ -63,6 +65,9 @@ impl PendingCommit {
                 if self.events > 0 {
                     host.metrics().record_events(self.events);
                     host.journal_committed(self.events);
+                }
+                if self.schedules_jobs {
+                    host.wake_jobs();
                 }
                 for tell in self.tells {
                     if let Err(e) = host.tell_request(tell) {

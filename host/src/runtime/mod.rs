@@ -60,7 +60,23 @@ pub struct HostConfig {
     /// (their state is durable). Defaults to what the kernel's memory-map
     /// limit allows, with a margin.
     pub max_activations: usize,
+    /// Most jobs running at once on this host.
+    pub job_concurrency: usize,
+    /// Most jobs running at once per queue name.
+    pub job_queue_limits: HashMap<String, usize>,
+    /// Most jobs running at once per actor type.
+    pub job_type_limits: HashMap<String, usize>,
+    /// How long a claimed job belongs to this host before another may take
+    /// it over (a host that died mid-job).
+    pub job_lease: Duration,
 }
+
+/// Jobs running at once on a host unless configured: enough to keep the
+/// store busy, few enough that interactive turns keep both cores.
+pub const DEFAULT_JOB_CONCURRENCY: usize = 64;
+
+/// Lease of a claimed job unless configured.
+pub const DEFAULT_JOB_LEASE: Duration = Duration::from_secs(60);
 
 impl HostConfig {
     /// Defaults with the given data directory.
@@ -71,6 +87,10 @@ impl HostConfig {
             call_timeout: Duration::from_secs(30),
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_activations: engine::activation_capacity().map_or(usize::MAX, |c| (c as usize) * 9 / 10),
+            job_concurrency: DEFAULT_JOB_CONCURRENCY,
+            job_queue_limits: HashMap::new(),
+            job_type_limits: HashMap::new(),
+            job_lease: DEFAULT_JOB_LEASE,
         }
     }
 }
@@ -101,6 +121,8 @@ pub(crate) enum Control {
     Snapshot,
     /// Delivers projection events; the checkpoint moves in the turn's commit.
     Checkpoint(crate::storage::CheckpointAdvance),
+    /// Runs a claimed job; its completion commits with the turn.
+    Job(crate::jobs::runner::JobTurn),
 }
 
 static NEXT_CHAIN: AtomicU64 = AtomicU64::new(1);
@@ -136,6 +158,7 @@ struct HostInner {
     /// Counts committed journal events; projection runners wait on it.
     journal_commits: tokio::sync::watch::Sender<u64>,
     projection_runners: parking_lot::Mutex<HashMap<String, Arc<crate::journal::projection::ProjectionRunner>>>,
+    job_runner: Arc<crate::jobs::runner::JobRunner>,
 }
 
 /// A running Quark host. Cheap to clone.
@@ -174,6 +197,7 @@ impl Host {
             deploy_lock: tokio::sync::Mutex::new(()),
             journal_commits: tokio::sync::watch::Sender::new(0),
             projection_runners: parking_lot::Mutex::new(HashMap::new()),
+            job_runner: Arc::default(),
         }));
         for info in host.0.store.active_versions().await? {
             let (actor_type, version) = (info.actor_type.clone(), info.version);
@@ -184,6 +208,9 @@ impl Host {
         }
         host.spawn_idle_sweeper();
         host.start_projections().await?;
+        if host.0.store.job_store().is_some() {
+            tokio::spawn(crate::jobs::runner::run(host.downgrade()));
+        }
         if let Some(capacity) = engine::activation_capacity() {
             tracing::info!(
                 capacity,
@@ -465,6 +492,14 @@ impl Host {
 
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    pub(crate) fn job_runner(&self) -> &crate::jobs::runner::JobRunner {
+        &self.0.job_runner
+    }
+
+    pub(crate) fn job_runner_shared(&self) -> &Arc<crate::jobs::runner::JobRunner> {
+        &self.0.job_runner
     }
 
     pub(crate) fn downgrade(&self) -> WeakHost {

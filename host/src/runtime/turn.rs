@@ -29,12 +29,14 @@ pub struct TurnScope {
     pub method: String,
     /// This turn's number in this process (the causation id of its events).
     pub turn: u64,
+    /// The job this turn runs: its id, attempt and lease.
+    pub job: Option<(String, u32, String)>,
 }
 
 impl TurnScope {
     /// A scope for work that is not a message (instantiation, rebuilds).
     pub(crate) fn system(deadline: Instant) -> Self {
-        TurnScope { chain: 0, caller: None, deadline, method: String::new(), turn: 0 }
+        TurnScope { chain: 0, caller: None, deadline, method: String::new(), turn: 0, job: None }
     }
 }
 
@@ -201,12 +203,67 @@ impl TurnState {
         }
     }
 
+    /// Buffers a job for the turn's commit; returns its id.
+    pub(crate) fn schedule_job(&mut self, request: crate::jobs::JobRequest) -> Result<String, ActorError> {
+        if self.sandbox {
+            return Err(ActorError::rejected("a replay sandbox cannot schedule jobs"));
+        }
+        if self.host.store().job_store().is_none() {
+            return Err(ActorError::unavailable(format!(
+                "durable jobs are not available on the {} store yet",
+                self.host.store().backend_name()
+            )));
+        }
+        self.host.registry().active(request.target.actor_type())?;
+        let job = crate::jobs::plan(request, crate::storage::now_ms())?;
+        let id = job.id.clone();
+        let mut state = self.activation.state.lock();
+        let Some(layer) = state.layers.get_mut(self.layer) else {
+            return Err(ActorError::timeout("this turn has already ended"));
+        };
+        if layer.jobs.len() >= MAX_JOBS_PER_TURN {
+            return Err(ActorError::limit_exceeded(format!("a turn may schedule at most {MAX_JOBS_PER_TURN} jobs")));
+        }
+        if !layer.jobs.iter().any(|j| j.id == id) {
+            layer.jobs.push(job);
+        }
+        Ok(id)
+    }
+
+    /// Buffers a cancel for the turn's commit; false if there is no such
+    /// live job (stored, or scheduled earlier in this turn).
+    pub(crate) async fn cancel_job(&mut self, id: String) -> Result<bool, ActorError> {
+        {
+            let mut state = self.activation.state.lock();
+            if let Some(layer) = state.layers.get_mut(self.layer)
+                && let Some(i) = layer.jobs.iter().position(|j| j.id == id)
+            {
+                layer.jobs.remove(i);
+                return Ok(true);
+            }
+        }
+        let Some(store) = self.host.store().job_store() else { return Ok(false) };
+        let live = store.job(&id).await?.is_some_and(|j| {
+            matches!(
+                j.status,
+                crate::storage::jobs::JobStatus::Scheduled | crate::storage::jobs::JobStatus::Failed | crate::storage::jobs::JobStatus::Running
+            )
+        });
+        if live && let Some(layer) = self.activation.state.lock().layers.get_mut(self.layer) {
+            layer.cancels.push(id);
+        }
+        Ok(live)
+    }
+
     /// A request from this turn to another actor, on the same call chain.
     pub(crate) fn outgoing(&self, target: ActorId, method: String, payload: Vec<u8>) -> Request {
         let deadline = self.scope.deadline.min(Instant::now() + self.host.config().call_timeout);
         Request { target, method, payload, chain: self.scope.chain, caller: Some(self.actor.clone()), deadline, control: None }
     }
 }
+
+/// Most jobs one turn may schedule: they sit in memory until it commits.
+const MAX_JOBS_PER_TURN: usize = 1000;
 
 /// Longest event type name.
 const MAX_EVENT_TYPE_BYTES: usize = 256;

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use crate::id::ActorId;
 
 pub mod committer;
+pub mod jobs;
 pub mod postgres;
 pub mod redis;
 pub mod sqlite;
@@ -83,17 +84,28 @@ pub struct TurnCommit {
     pub journal: Option<JournalAppend>,
     /// The projection checkpoint this turn advances (projection turns only).
     pub checkpoint: Option<CheckpointAdvance>,
+    /// Jobs the turn scheduled.
+    pub jobs: Vec<jobs::JobRecord>,
+    /// Jobs the turn cancelled.
+    pub cancels: Vec<String>,
+    /// The job this turn ran, completed with it (job turns only).
+    pub job_done: Option<jobs::JobCompletion>,
 }
 
 impl TurnCommit {
     /// A commit of state writes only.
     pub fn state_only(actor: ActorId, state: Vec<StateWrite>) -> Self {
-        TurnCommit { actor, state, journal: None, checkpoint: None }
+        TurnCommit { actor, state, journal: None, checkpoint: None, jobs: Vec::new(), cancels: Vec::new(), job_done: None }
     }
 
     /// True when the turn wrote nothing durable, so it can skip the store.
     pub fn is_empty(&self) -> bool {
-        self.state.is_empty() && self.journal.is_none() && self.checkpoint.is_none()
+        self.state.is_empty() && self.journal.is_none() && self.checkpoint.is_none() && !self.has_job_effects()
+    }
+
+    /// True when the turn scheduled, cancelled or completed a job.
+    pub fn has_job_effects(&self) -> bool {
+        !self.jobs.is_empty() || !self.cancels.is_empty() || self.job_done.is_some()
     }
 }
 
@@ -361,6 +373,11 @@ pub struct ComponentVersion {
 pub trait Store: StateStore + ComponentStore + JournalStore + Send + Sync + 'static {
     /// A short name for logs and metrics (`sqlite`, `postgres`).
     fn backend_name(&self) -> &'static str;
+
+    /// Durable jobs, where the backend has them (SQLite and PostgreSQL).
+    fn job_store(&self) -> Option<&dyn jobs::JobStore> {
+        None
+    }
 }
 
 /// Per-actor key/value state and the turn commit.
@@ -464,7 +481,7 @@ pub(crate) fn flatten_batch(batch: &[TurnCommit]) -> (Vec<Upsert<'_>>, Vec<Delet
 }
 
 /// Milliseconds since the Unix epoch, now.
-pub(crate) fn now_ms() -> i64 {
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

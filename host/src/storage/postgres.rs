@@ -50,6 +50,10 @@ impl PostgresStore {
 }
 
 impl Store for PostgresStore {
+    fn job_store(&self) -> Option<&dyn super::jobs::JobStore> {
+        Some(self)
+    }
+
     fn backend_name(&self) -> &'static str {
         "postgres"
     }
@@ -157,6 +161,9 @@ impl StateStore for PostgresStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        if batch.iter().any(TurnCommit::has_job_effects) {
+            Self::commit_jobs(&mut tx, batch).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -164,3 +171,4 @@ impl StateStore for PostgresStore {
 
 super::sql::sql_component_store!(PostgresStore, writer: pool, reader: pool);
 super::sql::sql_journal_store!(PostgresStore, writer: pool, reader: pool);
+super::sql::sql_job_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool, lock: " FOR UPDATE SKIP LOCKED");

@@ -271,6 +271,9 @@ impl StateStore for RedisStore {
     }
 
     async fn commit(&self, batch: &[TurnCommit]) -> Result<(), StoreError> {
+        if batch.iter().any(TurnCommit::has_job_effects) {
+            return Err(StoreError::Rejected("durable jobs are not available on the Redis store yet; use SQLite or PostgreSQL".into()));
+        }
         let mut invocation = self.commit_script.prepare_invoke();
         invocation.arg(&self.prefix);
         let appends: Vec<_> = batch.iter().filter_map(|c| c.journal.as_ref().filter(|j| !j.events.is_empty()).map(|j| (c, j))).collect();

@@ -86,6 +86,10 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn job_store(&self) -> Option<&dyn super::jobs::JobStore> {
+        Some(self)
+    }
+
     fn backend_name(&self) -> &'static str {
         "sqlite"
     }
@@ -181,6 +185,9 @@ impl StateStore for SqliteStore {
             q.push(")");
             q.build().execute(&mut *tx).await?;
         }
+        if batch.iter().any(TurnCommit::has_job_effects) {
+            Self::commit_jobs(&mut tx, batch).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -188,3 +195,4 @@ impl StateStore for SqliteStore {
 
 super::sql::sql_component_store!(SqliteStore, writer: writer, reader: reader);
 super::sql::sql_journal_store!(SqliteStore, writer: writer, reader: reader);
+super::sql::sql_job_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader, lock: "");

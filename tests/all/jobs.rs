@@ -1,0 +1,218 @@
+//! Durable jobs: delivered as turns of their target, completed in that
+//! turn's commit, retried with backoff, dead-lettered, cancelled, recurring.
+
+use std::time::Duration;
+
+use quark_host::jobs::{JobRequest, JobSpec, When};
+use quark_host::storage::jobs::{CatchUp, JobRecord, JobStatus};
+use quark_host::{ErrorKind, Host};
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+async fn worker_host(dir: &std::path::Path) -> Host {
+    host_with(dir, &[("worker", "worker")]).await
+}
+
+fn request(target: &str, method: &str, payload: Value) -> JobRequest {
+    JobSpec {
+        target: target.into(),
+        method: method.into(),
+        payload,
+        run_at: None,
+        delay_ms: None,
+        cron: None,
+        time_zone: None,
+        max_attempts: None,
+        backoff_ms: Some(10),
+        max_backoff_ms: Some(50),
+        timeout_ms: None,
+        priority: None,
+        queue: None,
+        idempotency_key: None,
+        catch_up: None,
+    }
+    .into_request()
+    .unwrap()
+}
+
+/// Polls the job every 20 ms until `done` holds; fails after 15 s.
+async fn wait_job(host: &Host, id: &str, what: &str, done: impl Fn(&JobRecord) -> bool) -> JobRecord {
+    for _ in 0..750 {
+        let job = host.job(id).await.unwrap();
+        if done(&job) {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("job {id} never {what}: {:?}", host.job(id).await.unwrap());
+}
+
+async fn runs(host: &Host, actor: &str) -> Value {
+    ask(host, actor, "runs", json!(null)).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_job_runs_as_a_turn_and_its_completion_commits_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = worker_host(dir.path()).await;
+    let job = host.add_jobs(vec![request("worker/a", "work", json!({}))]).await.unwrap().remove(0);
+    assert_eq!(job.status, JobStatus::Scheduled);
+    let done = wait_job(&host, &job.id, "succeeded", |j| j.status == JobStatus::Succeeded).await;
+    assert_eq!((done.attempts, done.progress, done.progress_note.as_deref()), (1, Some(50), Some("halfway")));
+    assert_eq!(runs(&host, "worker/a").await, json!({"runs": 1, "attempts": [1]}));
+    assert!(host.metrics_text().contains("quark_jobs_succeeded_total 1"));
+}
+
+#[tokio::test]
+async fn failed_attempts_are_retried_and_commit_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = worker_host(dir.path()).await;
+    let job = host.add_jobs(vec![request("worker/r", "work", json!({"fail_until": 3}))]).await.unwrap().remove(0);
+    let done = wait_job(&host, &job.id, "succeeded", |j| j.status == JobStatus::Succeeded).await;
+    assert_eq!(done.attempts, 3);
+    let errors: Vec<u32> = done.errors.iter().map(|e| e.attempt).collect();
+    assert_eq!(errors, [1, 2]);
+    assert!(done.errors[0].error.contains("failing attempt 1 on purpose"), "{:?}", done.errors);
+    // Exactly one effect: the failed attempts' writes never committed.
+    assert_eq!(runs(&host, "worker/r").await, json!({"runs": 1, "attempts": [3]}));
+}
+
+#[tokio::test]
+async fn a_job_that_always_traps_is_dead_lettered_with_its_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = worker_host(dir.path()).await;
+    let mut trap = request("worker/t", "trap", json!(null));
+    trap.max_attempts = Some(3);
+    let job = host.add_jobs(vec![trap]).await.unwrap().remove(0);
+    let dead = wait_job(&host, &job.id, "dead", |j| j.status == JobStatus::Dead).await;
+    assert_eq!((dead.attempts, dead.errors.len()), (3, 3));
+    assert!(dead.errors.iter().all(|e| e.error.contains("this job always traps")), "{:?}", dead.errors);
+    assert_eq!(host.jobs(Some(JobStatus::Dead), None, 10).await.unwrap().len(), 1);
+    // Retry from the dead-letter list, then purge it.
+    let again = host.retry_job(&job.id).await.unwrap();
+    assert_eq!((again.status, again.attempts), (JobStatus::Scheduled, 0));
+    wait_job(&host, &job.id, "dead again", |j| j.status == JobStatus::Dead).await;
+    assert_eq!(host.purge_jobs(JobStatus::Dead).await.unwrap(), 1);
+    assert_eq!(host.job(&job.id).await.unwrap_err().kind, ErrorKind::NotFound);
+}
+
+#[tokio::test]
+async fn jobs_scheduled_in_a_turn_commit_with_it_once_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = worker_host(dir.path()).await;
+    let schedule = |key: &str, fail: bool| json!({"target": "worker/s", "method": "work", "key": key, "fail": fail});
+    let e = ask(&host, "worker/x", "schedule", schedule("lost", true)).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Rejected);
+    let first = ask(&host, "worker/x", "schedule", schedule("nightly", false)).await.unwrap();
+    let second = ask(&host, "worker/x", "schedule", schedule("nightly", false)).await.unwrap();
+    assert_eq!(first, second, "the same key names one job");
+    let id = first.as_str().unwrap().to_string();
+    wait_job(&host, &id, "succeeded", |j| j.status == JobStatus::Succeeded).await;
+    assert_eq!(runs(&host, "worker/s").await["runs"], json!(1));
+    // The failed turn's job never existed.
+    let all = host.jobs(None, Some("worker/s"), 10).await.unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    // The same key from outside is the same job too.
+    let mut outside = request("worker/s", "work", json!({}));
+    outside.idempotency_key = Some("nightly".into());
+    assert_eq!(host.add_jobs(vec![outside]).await.unwrap()[0].id, id);
+}
+
+#[tokio::test]
+async fn cancelled_jobs_do_not_run_and_a_running_one_stops_retrying() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = worker_host(dir.path()).await;
+    let mut later = request("worker/c", "work", json!({}));
+    later.when = When::Delay(3_600_000);
+    let job = host.add_jobs(vec![later]).await.unwrap().remove(0);
+    // From inside a turn, committed with it.
+    assert_eq!(ask(&host, "worker/x", "cancel", json!({"id": job.id})).await.unwrap(), json!(true));
+    assert_eq!(host.job(&job.id).await.unwrap().status, JobStatus::Cancelled);
+    assert_eq!(ask(&host, "worker/x", "cancel", json!({"id": "nosuch"})).await.unwrap(), json!(false));
+    assert_eq!(host.cancel_job(&job.id).await.unwrap_err().kind, ErrorKind::Rejected);
+
+    // Running: the attempt finishes (and fails here); no further attempt.
+    let slow = host.add_jobs(vec![request("worker/c2", "work", json!({"fail_until": 5, "slow_ms": 400}))]).await.unwrap().remove(0);
+    wait_job(&host, &slow.id, "running", |j| j.status == JobStatus::Running).await;
+    host.cancel_job(&slow.id).await.unwrap();
+    let cancelled = wait_job(&host, &slow.id, "cancelled", |j| j.status == JobStatus::Cancelled).await;
+    assert_eq!(cancelled.attempts, 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(host.job(&slow.id).await.unwrap().attempts, 1, "no attempt after the cancel");
+}
+
+#[tokio::test]
+async fn invalid_jobs_are_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = worker_host(dir.path()).await;
+    let mut bad_cron = request("worker/b", "work", json!({}));
+    bad_cron.when = When::Cron("every tuesday".into());
+    let e = host.add_jobs(vec![bad_cron]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::BadRequest);
+    assert!(e.message.contains(r#"invalid cron expression "every tuesday""#), "{e}");
+    let mut bad_tz = request("worker/b", "work", json!({}));
+    bad_tz.when = When::Cron("0 2 * * *".into());
+    bad_tz.time_zone = Some("Mars/Olympus".into());
+    assert!(host.add_jobs(vec![bad_tz]).await.unwrap_err().message.contains("unknown time zone"));
+    let e = host.add_jobs(vec![request("nosuch/b", "work", json!({}))]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::NotFound);
+    // From inside a turn, too.
+    let e = ask(&host, "worker/x", "schedule", json!({"target": "worker/b", "method": "work", "cron": "61 * * * *"})).await.unwrap_err();
+    assert!(e.message.contains("invalid cron expression"), "{e}");
+}
+
+/// A recurring job whose ticks were missed (the host was down) follows its
+/// catch-up policy. The job is stored with its last run five minutes ago.
+#[tokio::test]
+async fn missed_cron_ticks_follow_the_catch_up_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = worker_host(dir.path()).await;
+    let store = host.store().clone();
+    let jobs = store.job_store().unwrap();
+    let now = quark_host::storage::now_ms();
+    let minute = 60_000;
+    let five_ago = (now / minute - 5) * minute;
+    let mut ids = Vec::new();
+    for (key, policy) in [("once", CatchUp::Once), ("all", CatchUp::All), ("skip", CatchUp::Skip)] {
+        let mut r = request(&format!("worker/cron-{key}"), "work", json!({}));
+        r.when = When::Cron("* * * * *".into());
+        r.catch_up = policy;
+        let mut job = quark_host::jobs::plan(r, now).unwrap();
+        job.run_at_ms = five_ago;
+        jobs.add_jobs(std::slice::from_ref(&job)).await.unwrap();
+        ids.push(job.id);
+    }
+    host.wake_jobs_for_tests();
+    // once: one run now, then the next tick from now.
+    let once = wait_job(&host, &ids[0], "ran once", |j| j.status == JobStatus::Scheduled && j.run_at_ms > now).await;
+    assert_eq!(runs(&host, "worker/cron-once").await["runs"], json!(1));
+    assert!(once.run_at_ms > now && once.run_at_ms <= now + minute, "{once:?}");
+    // all: every missed tick (five or six, as a minute may turn meanwhile).
+    wait_job(&host, &ids[1], "caught up", |j| j.run_at_ms > now).await;
+    let all = runs(&host, "worker/cron-all").await["runs"].as_u64().unwrap();
+    assert!((5..=7).contains(&all), "all missed ticks ran: {all}");
+    // skip: none of them; the next tick from now.
+    let skip = wait_job(&host, &ids[2], "skipped", |j| j.run_at_ms > now).await;
+    assert_eq!(runs(&host, "worker/cron-skip").await["runs"], json!(0));
+    assert_eq!(skip.status, JobStatus::Scheduled);
+}
+
+#[tokio::test]
+async fn a_recurring_job_runs_on_every_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = worker_host(dir.path()).await;
+    let mut every_second = request("worker/tick", "work", json!({}));
+    every_second.when = When::Cron("* * * * * *".into());
+    let job = host.add_jobs(vec![every_second]).await.unwrap().remove(0);
+    for _ in 0..150 {
+        if runs(&host, "worker/tick").await["runs"].as_u64() >= Some(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(runs(&host, "worker/tick").await["runs"].as_u64() >= Some(2));
+    let job = host.job(&job.id).await.unwrap();
+    assert!(matches!(job.status, JobStatus::Scheduled | JobStatus::Running), "{job:?}");
+    host.cancel_job(&job.id).await.unwrap();
+}
