@@ -20,10 +20,15 @@ struct Server {
 
 impl Server {
     fn start(data_dir: &Path, port: u16) -> Server {
+        Self::start_with(data_dir, port, &[])
+    }
+
+    fn start_with(data_dir: &Path, port: u16, extra: &[&str]) -> Server {
         let child = Command::new(QUARK)
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -276,4 +281,89 @@ fn cli_journal_replay_snapshot_and_projections() {
     assert!(listing.lines().any(|l| l.starts_with("summary") && l.contains("accounts-summary/all")), "{listing}");
     let out = server.quark(&["projections", "remove", "summary"]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// A host dies (SIGKILL) while it runs a job: the job's lease expires and
+/// the restarted host runs it again; its effect lands once.
+#[test]
+fn a_job_whose_host_dies_runs_again_after_its_lease_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let lease = ["--job-lease", "1s"];
+    let server = Server::start_with(dir.path(), port, &lease);
+    let worker = root().join("target/test-actors/worker.wasm");
+    component("worker");
+    assert!(server.quark(&["deploy", "worker", worker.to_str().unwrap()]).status.success());
+    // Attempt 1 spins for 30 s: the host is killed in the middle of it.
+    let out = server.quark(&["jobs", "add", "worker/k", "work", r#"{"slow_first_ms": 30000}"#, "--key", "survivor"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let running = (0..300).any(|_| {
+        let listing = stdout(&server.quark(&["jobs", "--status", "running"]));
+        let found = listing.contains("worker/k");
+        if !found {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        found
+    });
+    assert!(running, "the job never started");
+    server.kill9();
+
+    let server = Server::start_with(dir.path(), port, &lease);
+    let done = (0..500).any(|_| {
+        let listing = stdout(&server.quark(&["jobs", "--status", "succeeded"]));
+        let found = listing.contains("worker/k");
+        if !found {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        found
+    });
+    assert!(done, "the job never succeeded after the restart: {}", stdout(&server.quark(&["jobs"])));
+    let out = server.quark(&["call", "worker/k", "runs"]);
+    let runs: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(runs, serde_json::json!({"runs": 1, "attempts": [2]}), "one effect, from the second attempt");
+}
+
+#[test]
+fn cli_jobs_add_list_show_cancel_retry_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), free_port());
+    let worker = root().join("target/test-actors/worker.wasm");
+    assert!(server.quark(&["deploy", "worker", worker.to_str().unwrap()]).status.success());
+
+    let out = server.quark(&["jobs", "add", "worker/c", "work", "{}", "--in", "1h", "--priority", "3", "--queue", "reports"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let line = stdout(&out);
+    let id = line.split_whitespace().nth(1).unwrap().to_string();
+    assert!(line.contains("scheduled for worker/c `work`"), "{line}");
+    let out = server.quark(&["jobs", "add", "worker/c", "work", "--cron", "*/5 * * * *", "--tz", "Europe/Paris", "--catch-up", "skip"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = server.quark(&["jobs", "add", "worker/c", "work", "--cron", "not a cron"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("invalid cron expression"), "{}", stderr(&out));
+
+    let listing = stdout(&server.quark(&["jobs", "--target", "worker/c"]));
+    assert!(listing.contains(&id) && listing.contains("*/5 * * * *") && listing.contains("2 job(s)"), "{listing}");
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&server.quark(&["jobs", "show", &id]))).unwrap();
+    assert_eq!((shown["priority"].as_i64(), shown["queue"].as_str()), (Some(3), Some("reports")));
+    assert!(stdout(&server.quark(&["jobs", "cancel", &id])).contains("cancelled"));
+    let out = server.quark(&["jobs", "retry", &id]);
+    assert!(!out.status.success() && stderr(&out).contains("only dead or failed jobs"), "{}", stderr(&out));
+    assert!(stdout(&server.quark(&["jobs", "purge", "--cancelled"])).contains("purged 1 cancelled"));
+
+    // Over HTTP: a bulk array; both jobs run.
+    let url = format!("{}/v1/jobs", server.url);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let reply: serde_json::Value = rt.block_on(async {
+        let body = serde_json::json!([{"target": "worker/h", "method": "work"}, {"target": "worker/h", "method": "work", "delay_ms": 10}]);
+        ::reqwest::Client::new().post(&url).json(&body).send().await.unwrap().json().await.unwrap()
+    });
+    assert_eq!(reply["count"], serde_json::json!(2), "{reply}");
+    let ran = (0..300).any(|_| {
+        let done = stdout(&server.quark(&["call", "worker/h", "runs"])).contains(r#""runs":2"#);
+        if !done {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        done
+    });
+    assert!(ran, "both jobs ran");
 }

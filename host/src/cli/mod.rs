@@ -137,7 +137,7 @@ enum JobCommand {
         /// The JSON payload.
         json: Option<String>,
         /// Run at this time (RFC 3339).
-        #[arg(long, conflicts_with_all = ["r#in", "cron"])]
+        #[arg(long, conflicts_with_all = ["in", "cron"])]
         at: Option<String>,
         /// Run after this long, e.g. `10m`.
         #[arg(long = "in", conflicts_with = "cron")]
