@@ -216,3 +216,25 @@ async fn a_recurring_job_runs_on_every_tick() {
     assert!(matches!(job.status, JobStatus::Scheduled | JobStatus::Running), "{job:?}");
     host.cancel_job(&job.id).await.unwrap();
 }
+
+/// On PostgreSQL a job added on one host wakes the idle runner of another
+/// (LISTEN/NOTIFY): host B polls only every minute, so only the
+/// notification can start the job within the wait.
+#[tokio::test]
+async fn postgres_wakes_idle_runners_on_other_hosts() {
+    let Some(store) = postgres_store("jobs::postgres_wakes_idle_runners_on_other_hosts").await else { return };
+    let store: std::sync::Arc<dyn quark_host::storage::Store> = std::sync::Arc::new(store);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config_a = quark_host::HostConfig::new(dir.path());
+    config_a.job_type_limits.insert("worker".into(), 0);
+    let host_a = Host::start(config_a, store.clone()).await.unwrap();
+    host_a.deploy("worker", component("worker"), manifest()).await.unwrap();
+    let mut config_b = quark_host::HostConfig::new(dir.path());
+    config_b.job_poll = Duration::from_secs(60);
+    let host_b = Host::start(config_b, store).await.unwrap();
+    // Let B's runner go idle on its one-minute poll.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let job = host_a.add_jobs(vec![request("worker/pg", "work", json!({}))]).await.unwrap().remove(0);
+    wait_job(&host_a, &job.id, "succeeded on host B", |j| j.status == JobStatus::Succeeded).await;
+    assert_eq!(runs(&host_b, "worker/pg").await["runs"], json!(1));
+}

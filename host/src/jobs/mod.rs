@@ -273,6 +273,9 @@ impl Host {
         }
         store.add_jobs(&planned).await?;
         self.wake_jobs();
+        if let Err(e) = store.announce_jobs().await {
+            tracing::debug!(error = %e, "announcing new jobs failed; other hosts find them by polling");
+        }
         if planned.len() > 100 {
             return Ok(planned);
         }

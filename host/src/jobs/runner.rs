@@ -20,7 +20,7 @@ use crate::id::ActorId;
 use crate::runtime::{Control, Host, Request, WeakHost, new_chain_id};
 use crate::storage::jobs::{CatchUp, ClaimFilter, JobClaim, JobCompletion, JobFailure};
 
-/// Longest sleep between looks at the store.
+/// Longest sleep between looks at the store, by default.
 pub const POLL: Duration = Duration::from_secs(1);
 
 /// Most jobs one claim takes.
@@ -110,8 +110,10 @@ pub(crate) async fn run(host: WeakHost) {
             Duration::from_millis(50 << failures.min(5))
         } else {
             match store.next_job_due().await {
-                Ok(Some(due)) => Duration::from_millis((due - crate::storage::now_ms()).clamp(1, POLL.as_millis() as i64) as u64),
-                _ => POLL,
+                Ok(Some(due)) => {
+                    Duration::from_millis((due - crate::storage::now_ms()).clamp(1, config.job_poll.as_millis() as i64) as u64)
+                }
+                _ => config.job_poll,
             }
         };
         let runner_wake = strong.job_runner_arc();

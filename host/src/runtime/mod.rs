@@ -69,6 +69,9 @@ pub struct HostConfig {
     /// How long a claimed job belongs to this host before another may take
     /// it over (a host that died mid-job).
     pub job_lease: Duration,
+    /// Longest the job runner sleeps between looks at the store, for jobs
+    /// added on other hosts when the store cannot announce them.
+    pub job_poll: Duration,
 }
 
 /// Jobs running at once on a host unless configured: enough to keep the
@@ -91,6 +94,7 @@ impl HostConfig {
             job_queue_limits: HashMap::new(),
             job_type_limits: HashMap::new(),
             job_lease: DEFAULT_JOB_LEASE,
+            job_poll: crate::jobs::runner::POLL,
         }
     }
 }
@@ -208,8 +212,23 @@ impl Host {
         }
         host.spawn_idle_sweeper();
         host.start_projections().await?;
-        if host.0.store.job_store().is_some() {
+        if let Some(jobs) = host.0.store.job_store() {
             tokio::spawn(crate::jobs::runner::run(host.downgrade()));
+            if let Some(mut announcements) = jobs.job_announcements().await {
+                let runner = Arc::downgrade(&host.0.job_runner);
+                tokio::spawn(async move {
+                    loop {
+                        let announced = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut announcements)).await;
+                        // Ends (closing the LISTEN connection) once the host is gone.
+                        let Some(runner) = runner.upgrade() else { break };
+                        match announced {
+                            Ok(Some(())) => runner.wake(),
+                            Ok(None) => break,
+                            Err(_idle) => {}
+                        }
+                    }
+                });
+            }
         }
         if let Some(capacity) = engine::activation_capacity() {
             tracing::info!(

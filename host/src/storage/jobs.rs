@@ -228,6 +228,18 @@ pub trait JobStore: Send + Sync {
 
     /// When the next scheduled or failed job is due, if any.
     async fn next_job_due(&self) -> Result<Option<i64>, StoreError>;
+
+    /// Tells other hosts' runners that jobs were added (PostgreSQL:
+    /// NOTIFY). Jobs added in a turn's commit are announced by the commit.
+    async fn announce_jobs(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// A stream that yields whenever any host announces jobs, where the
+    /// backend can push (PostgreSQL: LISTEN); `None` means poll.
+    async fn job_announcements(&self) -> Option<futures::stream::BoxStream<'static, ()>> {
+        None
+    }
 }
 
 /// A fresh lease token: unique across hosts and restarts.

@@ -23,6 +23,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// A PostgreSQL-backed [`Store`].
 pub struct PostgresStore {
     pool: PgPool,
+    /// The LISTEN/NOTIFY channel that announces new jobs (one per schema).
+    job_channel: String,
 }
 
 impl PostgresStore {
@@ -45,7 +47,8 @@ impl PostgresStore {
             .connect_with(options)
             .await?;
         sqlx::migrate!("src/storage/migrations/postgres").run(&pool).await?;
-        Ok(PostgresStore { pool })
+        let job_channel = format!("quark_jobs_{}", schema.unwrap_or("public"));
+        Ok(PostgresStore { pool, job_channel })
     }
 }
 
@@ -163,6 +166,11 @@ impl StateStore for PostgresStore {
         }
         if batch.iter().any(TurnCommit::has_job_effects) {
             Self::commit_jobs(&mut tx, batch).await?;
+            if batch.iter().any(|c| !c.jobs.is_empty()) {
+                // Delivered when the transaction commits: idle runners on
+                // every host wake within milliseconds.
+                sqlx::query("SELECT pg_notify($1, '')").bind(&self.job_channel).execute(&mut *tx).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -171,4 +179,37 @@ impl StateStore for PostgresStore {
 
 super::sql::sql_component_store!(PostgresStore, writer: pool, reader: pool);
 super::sql::sql_journal_store!(PostgresStore, writer: pool, reader: pool);
-super::sql::sql_job_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool, lock: " FOR UPDATE SKIP LOCKED");
+super::sql::sql_job_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool, lock: " FOR UPDATE SKIP LOCKED", announce: {
+    async fn announce_jobs(&self) -> Result<(), StoreError> {
+        self.notify_jobs().await
+    }
+
+    async fn job_announcements(&self) -> Option<futures::stream::BoxStream<'static, ()>> {
+        self.listen_jobs().await
+    }
+});
+
+impl PostgresStore {
+    /// NOTIFY on the job channel.
+    async fn notify_jobs(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, '')").bind(&self.job_channel).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// LISTEN on the job channel; the listener reconnects by itself.
+    async fn listen_jobs(&self) -> Option<futures::stream::BoxStream<'static, ()>> {
+        use futures::StreamExt;
+        let mut listener = match sqlx::postgres::PgListener::connect_with(&self.pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot LISTEN for new jobs; runners poll instead");
+                return None;
+            }
+        };
+        if let Err(e) = listener.listen(&self.job_channel).await {
+            tracing::warn!(error = %e, "cannot LISTEN for new jobs; runners poll instead");
+            return None;
+        }
+        Some(listener.into_stream().map(|_| ()).boxed())
+    }
+}

@@ -203,23 +203,32 @@ macro_rules! sql_journal_store {
                 .bind(&snapshot.data)
                 .execute(&mut *tx)
                 .await?;
-                // Only events every projection of this type has read: a
-                // lagging projection must still find them.
-                let covered = "actor = $1 AND version <= $2 AND seq <= COALESCE(\
-                    (SELECT MIN(checkpoint) FROM projections WHERE source_type = $3), 9223372036854775807)";
-                if retention == $crate::storage::Retention::Archive {
-                    ::sqlx::query(&format!("INSERT INTO journal_archive SELECT * FROM journal WHERE {covered}"))
-                        .bind(actor.as_str())
-                        .bind(snapshot.version as i64)
-                        .bind(actor.actor_type())
-                        .execute(&mut *tx)
-                        .await?;
-                }
                 if retention != $crate::storage::Retention::Keep {
+                    // Only events every projection of this type has read: a
+                    // lagging projection must still find them. The bound is
+                    // read once, so the copy and the delete (separate
+                    // statements, each with its own snapshot under READ
+                    // COMMITTED) cover the same rows even if a projection
+                    // is declared in between.
+                    let bound: i64 = ::sqlx::query_scalar(
+                        "SELECT COALESCE(MIN(checkpoint), 9223372036854775807) FROM projections WHERE source_type = $1",
+                    )
+                    .bind(actor.actor_type())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let covered = "actor = $1 AND version <= $2 AND seq <= $3";
+                    if retention == $crate::storage::Retention::Archive {
+                        ::sqlx::query(&format!("INSERT INTO journal_archive SELECT * FROM journal WHERE {covered}"))
+                            .bind(actor.as_str())
+                            .bind(snapshot.version as i64)
+                            .bind(bound)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                     ::sqlx::query(&format!("DELETE FROM journal WHERE {covered}"))
                         .bind(actor.as_str())
                         .bind(snapshot.version as i64)
-                        .bind(actor.actor_type())
+                        .bind(bound)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -500,6 +509,9 @@ pub(crate) fn placeholders(first: usize, count: usize) -> String {
 /// select (`FOR UPDATE SKIP LOCKED` on PostgreSQL).
 macro_rules! sql_job_store {
     ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, lock: $lock:expr) => {
+        $crate::storage::sql::sql_job_store!($store, $db, writer: $writer, reader: $reader, lock: $lock, announce: {});
+    };
+    ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, lock: $lock:expr, announce: { $($announce:tt)* }) => {
         impl $store {
             /// Writes the job effects of a batch of turns: schedules,
             /// cancels, and completions (which must still hold their lease).
@@ -764,6 +776,8 @@ macro_rules! sql_job_store {
                 .fetch_one(&self.$reader)
                 .await?)
             }
+
+            $($announce)*
         }
     };
 }
