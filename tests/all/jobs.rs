@@ -133,7 +133,7 @@ async fn cancelled_jobs_do_not_run_and_a_running_one_stops_retrying() {
     assert_eq!(host.cancel_job(&job.id).await.unwrap_err().kind, ErrorKind::Rejected);
 
     // Running: the attempt finishes (and fails here); no further attempt.
-    let slow = host.add_jobs(vec![request("worker/c2", "work", json!({"fail_until": 5, "slow_ms": 400}))]).await.unwrap().remove(0);
+    let slow = host.add_jobs(vec![request("worker/c2", "work", json!({"fail_until": 5, "slow_ms": 1500}))]).await.unwrap().remove(0);
     wait_job(&host, &slow.id, "running", |j| j.status == JobStatus::Running).await;
     host.cancel_job(&slow.id).await.unwrap();
     let cancelled = wait_job(&host, &slow.id, "cancelled", |j| j.status == JobStatus::Cancelled).await;
@@ -205,7 +205,7 @@ async fn a_recurring_job_runs_on_every_tick() {
     let mut every_second = request("worker/tick", "work", json!({}));
     every_second.when = When::Cron("* * * * * *".into());
     let job = host.add_jobs(vec![every_second]).await.unwrap().remove(0);
-    for _ in 0..150 {
+    for _ in 0..400 {
         if runs(&host, "worker/tick").await["runs"].as_u64() >= Some(2) {
             break;
         }
