@@ -359,6 +359,91 @@ async fn rebuild_and_replay(dir: &std::path::Path) {
     }
 }
 
+fn job_request(target: String, method: &str) -> quark_host::jobs::JobRequest {
+    quark_host::jobs::JobRequest {
+        target: id(target),
+        method: method.into(),
+        payload: b"null".to_vec(),
+        when: quark_host::jobs::When::Delay(0),
+        time_zone: None,
+        max_attempts: None,
+        backoff_ms: None,
+        max_backoff_ms: None,
+        timeout_ms: None,
+        priority: 0,
+        queue: None,
+        idempotency_key: None,
+        catch_up: Default::default(),
+    }
+}
+
+/// Waits until no job is scheduled, failed or running.
+async fn drained(store: &Arc<dyn Store>) {
+    let jobs = store.job_store().unwrap();
+    while jobs.next_job_due().await.unwrap().is_some() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Enqueue rates, draining 100,000 no-op jobs (a turn each, over 1,000
+/// actors), interactive asks while they drain, and enqueue-to-done latency.
+async fn jobs_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &str) {
+    let host = host_on(store.clone(), dir).await;
+    let n = scale(100_000);
+    // Enqueue one at a time (each its own transaction), then in bulk.
+    let single = scale(2_000);
+    let s = Instant::now();
+    for i in 0..single {
+        host.add_jobs(vec![job_request(format!("counter/j{}", i % 1000), "get")]).await.unwrap();
+    }
+    let single_rate = single as f64 / s.elapsed().as_secs_f64();
+    drained(&store).await;
+    let s = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+        host.add_jobs(chunk.iter().map(|i| job_request(format!("counter/j{}", i % 1000), "get")).collect()).await.unwrap();
+    }
+    let bulk_rate = n as f64 / s.elapsed().as_secs_f64();
+    // They started draining while the bulk insert ran; time the whole drain from the first insert.
+    drained(&store).await;
+    let drain = s.elapsed();
+    println!(
+        "jobs on {backend}: enqueue {single_rate:.0} jobs/s one by one, {bulk_rate:.0} jobs/s in bulk; \
+         {n} no-op jobs enqueued and drained through turns in {drain:?} = {:.0} jobs/s",
+        n as f64 / drain.as_secs_f64()
+    );
+
+    // Interactive asks alone, then while 100,000 jobs drain.
+    let (_, _, alone_p99) = throughput(&host, "get", b"null", 1000, scale(100_000), 16).await;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
+        host.add_jobs(chunk.iter().map(|i| job_request(format!("counter/d{}", i % 1000), "get")).collect()).await.unwrap();
+    }
+    let (_, _, busy_p99) = throughput(&host, "get", b"null", 1000, scale(100_000), 16).await;
+    drained(&store).await;
+    println!("interactive asks (counter.get, 16 callers) on {backend}: p99 {alone_p99:?} alone, {busy_p99:?} while {n} jobs drain");
+
+    // Enqueue to done, one job at a time on an idle runner.
+    let mut lat = Vec::new();
+    for _ in 0..scale(200) {
+        let s = Instant::now();
+        let job = host.add_jobs(vec![job_request("counter/latency".into(), "get")]).await.unwrap().remove(0);
+        loop {
+            let status = host.job(&job.id).await.unwrap().status;
+            if status == quark_host::storage::jobs::JobStatus::Succeeded {
+                break;
+            }
+            assert_ne!(status, quark_host::storage::jobs::JobStatus::Dead, "the latency job failed");
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        lat.push(s.elapsed());
+    }
+    lat.sort();
+    println!(
+        "enqueue to done (a durable turn, idle runner) on {backend}: p50 {:?}, p99 {:?}",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+}
+
 fn main() {
     let mut builder = match std::env::var("QUARK_BENCH_THREADS").ok().and_then(|t| t.parse::<usize>().ok()) {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -487,6 +572,16 @@ async fn run() {
     }
     if wanted("rebuild") {
         rebuild_and_replay(&dir.path().join("rebuild")).await;
+    }
+    if wanted("jobs") {
+        let sub = dir.path().join("jobs");
+        let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&sub.join("jobs.db")).await.unwrap());
+        jobs_bench(sqlite, &sub, "SQLite").await;
+        let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        match PostgresStore::connect(&pg_url, Some(&format!("quark_bench_jobs_{}", std::process::id()))).await {
+            Ok(pg) => jobs_bench(Arc::new(pg), &sub, "PostgreSQL").await,
+            Err(e) => println!("SKIP jobs on PostgreSQL: {e}"),
+        }
     }
     if !wanted("postgres") {
         return;

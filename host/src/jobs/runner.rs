@@ -81,9 +81,12 @@ pub(crate) async fn run(host: WeakHost) {
         let Some(store) = strong.store().job_store() else { return };
         let runner = strong.job_runner();
         let config = strong.config();
-        let free = config.job_concurrency.saturating_sub(runner.running.load(Ordering::Acquire));
+        let running = runner.running.load(Ordering::Acquire);
+        let free = config.job_concurrency.saturating_sub(running);
         let mut claimed = 0;
-        if free > 0 {
+        // Claim in batches: while jobs run, wait until a quarter of the
+        // slots are free, so each claim (a write) takes many jobs.
+        if free > 0 && (running == 0 || free >= (config.job_concurrency / 4).max(1)) {
             let filter = runner.filter(&config.job_queue_limits, &config.job_type_limits);
             let lease_ms = config.job_lease.as_millis() as i64;
             match store.claim_jobs(crate::storage::now_ms(), free.min(CLAIM_BATCH), lease_ms, &filter).await {

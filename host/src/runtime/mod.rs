@@ -76,7 +76,7 @@ pub struct HostConfig {
 
 /// Jobs running at once on a host unless configured: enough to keep the
 /// store busy, few enough that interactive turns keep both cores.
-pub const DEFAULT_JOB_CONCURRENCY: usize = 64;
+pub const DEFAULT_JOB_CONCURRENCY: usize = 128;
 
 /// Lease of a claimed job unless configured.
 pub const DEFAULT_JOB_LEASE: Duration = Duration::from_secs(60);

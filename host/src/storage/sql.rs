@@ -532,25 +532,30 @@ macro_rules! sql_job_store {
                     .execute(&mut **tx)
                     .await?;
                 }
-                for done in batch.iter().filter_map(|c| c.job_done.as_ref()) {
-                    let updated = ::sqlx::query(
+                // Completions in one statement per chunk (power-of-two sizes,
+                // so each shape is prepared once).
+                let done: Vec<&$crate::storage::jobs::JobCompletion> = batch.iter().filter_map(|c| c.job_done.as_ref()).collect();
+                for chunk in $crate::storage::sql::pow2_chunks(&done, 256) {
+                    let values: Vec<String> =
+                        (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", 2 + 3 * i, 3 + 3 * i, 4 + 3 * i)).collect();
+                    let sql = format!(
                         "UPDATE jobs SET \
-                         status = CASE WHEN $3 IS NULL THEN 'succeeded' WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'scheduled' END, \
-                         run_at_ms = COALESCE($3, run_at_ms), attempts = CASE WHEN $3 IS NULL THEN attempts ELSE 0 END, \
-                         lease = NULL, lease_until_ms = NULL, updated_at_ms = $4 \
-                         WHERE id = $1 AND lease = $2 AND status = 'running'",
-                    )
-                    .bind(&done.id)
-                    .bind(&done.lease)
-                    .bind(done.next_run_at_ms)
-                    .bind(now)
-                    .execute(&mut **tx)
-                    .await?;
-                    if updated.rows_affected() != 1 {
-                        return Err($crate::storage::StoreError::Conflict(format!(
-                            "job {} is no longer leased to this run (its lease expired and another run took it)",
-                            done.id
-                        )));
+                         status = CASE WHEN v.next IS NULL THEN 'succeeded' WHEN jobs.cancel_requested = 1 THEN 'cancelled' ELSE 'scheduled' END, \
+                         run_at_ms = COALESCE(v.next, jobs.run_at_ms), attempts = CASE WHEN v.next IS NULL THEN jobs.attempts ELSE 0 END, \
+                         lease = NULL, lease_until_ms = NULL, updated_at_ms = $1 \
+                         FROM (SELECT column1 AS id, column2 AS lease, column3 AS next FROM (VALUES {}) AS x) AS v \
+                         WHERE jobs.id = v.id AND jobs.lease = v.lease AND jobs.status = 'running'",
+                        values.join(", ")
+                    );
+                    let mut q = ::sqlx::query(&sql).bind(now);
+                    for d in chunk {
+                        q = q.bind(&d.id).bind(&d.lease).bind(d.next_run_at_ms);
+                    }
+                    if q.execute(&mut **tx).await?.rows_affected() != chunk.len() as u64 {
+                        return Err($crate::storage::StoreError::Conflict(match chunk {
+                            [one] => format!("job {} is no longer leased to this run (its lease expired and another run took it)", one.id),
+                            _ => "a job in this batch is no longer leased to its run".into(),
+                        }));
                     }
                 }
                 Ok(())
@@ -783,3 +788,19 @@ macro_rules! sql_job_store {
 }
 
 pub(crate) use sql_job_store;
+
+/// Cuts `rows` into chunks of at most `max` rows, each a power of two, so
+/// a multi-row statement has only a few shapes: each is prepared once and
+/// then reused from sqlx's statement cache (preparing a new shape for every
+/// batch size cost about a fifth of the journal's throughput).
+pub(crate) fn pow2_chunks<T>(mut rows: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if rows.is_empty() {
+            return None;
+        }
+        let size = if rows.len() >= max { max } else { 1 << (usize::BITS - 1 - rows.len().leading_zeros()) };
+        let (chunk, rest) = rows.split_at(size);
+        rows = rest;
+        Some(chunk)
+    })
+}

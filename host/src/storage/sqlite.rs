@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::sql::{checkpoint_conflict, journal_batch, journal_conflict};
+use super::sql::{checkpoint_conflict, journal_batch, journal_conflict, pow2_chunks};
 use super::{StateStore, Store, StoreError, TurnCommit, flatten_batch};
 use crate::id::ActorId;
 
@@ -27,21 +27,6 @@ const ROWS_PER_STATEMENT: usize = 512;
 /// Most event rows per insert (11 parameters each).
 const EVENTS_PER_STATEMENT: usize = 256;
 
-/// Cuts `rows` into chunks of at most `max` rows, each a power of two, so
-/// a multi-row statement has only a few shapes: each is prepared once and
-/// then reused from sqlx's statement cache (preparing a new shape for every
-/// batch size cost about a fifth of the journal's throughput).
-fn pow2_chunks<T>(mut rows: &[T], max: usize) -> impl Iterator<Item = &[T]> {
-    std::iter::from_fn(move || {
-        if rows.is_empty() {
-            return None;
-        }
-        let size = if rows.len() >= max { max } else { 1 << (usize::BITS - 1 - rows.len().leading_zeros()) };
-        let (chunk, rest) = rows.split_at(size);
-        rows = rest;
-        Some(chunk)
-    })
-}
 
 /// Read connections; SQLite readers in WAL mode do not block the writer.
 const READ_CONNECTIONS: u32 = 4;
