@@ -78,6 +78,11 @@ impl Error {
         Error::NotFound(message.into())
     }
 
+    /// A dependency is unavailable; retrying later may work (jobs retry it).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Error::Unavailable(message.into())
+    }
+
     /// A bug or unexpected failure inside the actor.
     pub fn internal(message: impl Into<String>) -> Self {
         Error::Internal(message.into())

@@ -412,7 +412,9 @@ async fn jobs_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &str)
         n as f64 / drain.as_secs_f64()
     );
 
-    // Interactive asks alone, then while 100,000 jobs drain.
+    // Interactive asks alone (after a warm-up that activates the actors),
+    // then while 100,000 jobs drain.
+    throughput(&host, "get", b"null", 1000, scale(20_000), 16).await;
     let (_, _, alone_p99) = throughput(&host, "get", b"null", 1000, scale(100_000), 16).await;
     for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
         host.add_jobs(chunk.iter().map(|i| job_request(format!("counter/d{}", i % 1000), "get")).collect()).await.unwrap();

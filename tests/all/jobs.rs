@@ -119,7 +119,8 @@ async fn jobs_scheduled_in_a_turn_commit_with_it_once_per_key() {
     assert_eq!(host.add_jobs(vec![outside]).await.unwrap()[0].id, id);
 }
 
-#[tokio::test]
+// Multi-threaded: the job's turn spins in wasm while the test polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_jobs_do_not_run_and_a_running_one_stops_retrying() {
     let dir = tempfile::tempdir().unwrap();
     let host = worker_host(dir.path()).await;
@@ -133,11 +134,11 @@ async fn cancelled_jobs_do_not_run_and_a_running_one_stops_retrying() {
     assert_eq!(host.cancel_job(&job.id).await.unwrap_err().kind, ErrorKind::Rejected);
 
     // Running: the attempt finishes (and fails here); no further attempt.
-    let slow = host.add_jobs(vec![request("worker/c2", "work", json!({"fail_until": 5, "slow_ms": 1500}))]).await.unwrap().remove(0);
-    wait_job(&host, &slow.id, "running", |j| j.status == JobStatus::Running).await;
+    let slow = host.add_jobs(vec![request("worker/c2", "work", json!({"fail_until": 5, "slow_first_ms": 2000}))]).await.unwrap().remove(0);
+    wait_job(&host, &slow.id, "running its first attempt", |j| j.status == JobStatus::Running && j.attempts == 1).await;
     host.cancel_job(&slow.id).await.unwrap();
     let cancelled = wait_job(&host, &slow.id, "cancelled", |j| j.status == JobStatus::Cancelled).await;
-    assert_eq!(cancelled.attempts, 1);
+    assert_eq!(cancelled.attempts, 1, "{cancelled:?}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(host.job(&slow.id).await.unwrap().attempts, 1, "no attempt after the cancel");
 }
@@ -237,4 +238,39 @@ async fn postgres_wakes_idle_runners_on_other_hosts() {
     let job = host_a.add_jobs(vec![request("worker/pg", "work", json!({}))]).await.unwrap().remove(0);
     wait_job(&host_a, &job.id, "succeeded on host B", |j| j.status == JobStatus::Succeeded).await;
     assert_eq!(runs(&host_b, "worker/pg").await["runs"], json!(1));
+}
+
+/// `samples/reports`: a nightly cron job per tenant (one per tenant however
+/// often `setup` runs), each night a flaky step retried until it succeeds.
+#[tokio::test]
+async fn the_reports_sample_schedules_nightly_jobs_and_retries_its_flaky_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with(dir.path(), &[("reports", "reports")]).await;
+    let first = ask(&host, "reports/acme", "setup", json!({"cron": "0 2 * * *", "time_zone": "Europe/Paris", "flaky_attempts": 2}))
+        .await
+        .unwrap();
+    let again = ask(&host, "reports/acme", "setup", json!({"cron": "0 2 * * *", "time_zone": "Europe/Paris", "flaky_attempts": 2}))
+        .await
+        .unwrap();
+    assert_eq!(first, again, "one nightly job per tenant");
+    let nightly = host.job(first.as_str().unwrap()).await.unwrap();
+    assert_eq!((nightly.cron.as_deref(), nightly.time_zone.as_deref()), (Some("0 2 * * *"), Some("Europe/Paris")));
+    assert!(nightly.run_at_ms > quark_host::storage::now_ms());
+    // Run tonight's report now instead of waiting for 02:00.
+    let mut tonight = request("reports/acme", "nightly", json!(null));
+    tonight.idempotency_key = Some("tonight".into());
+    host.add_jobs(vec![tonight]).await.unwrap();
+    let mut status = json!(null);
+    for _ in 0..500 {
+        status = ask(&host, "reports/acme", "status", json!(null)).await.unwrap();
+        if status["rendered"] == json!([1]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((status["nights"].clone(), status["rendered"].clone()), (json!(1), json!([1])), "{status}");
+    let render = host.jobs(Some(JobStatus::Succeeded), Some("reports/acme"), 10).await.unwrap();
+    let render = render.iter().find(|j| j.method == "render").expect("the render step ran");
+    assert_eq!((render.attempts, render.errors.len()), (3, 2), "two flaky attempts, then success");
+    assert!(render.errors[0].error.contains("timed out"), "{:?}", render.errors);
 }

@@ -179,7 +179,7 @@ impl StateStore for PostgresStore {
 
 super::sql::sql_component_store!(PostgresStore, writer: pool, reader: pool);
 super::sql::sql_journal_store!(PostgresStore, writer: pool, reader: pool);
-super::sql::sql_job_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool, lock: " FOR UPDATE SKIP LOCKED", announce: {
+super::sql::sql_job_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool, index: "", lock: " FOR UPDATE SKIP LOCKED", announce: {
     async fn announce_jobs(&self) -> Result<(), StoreError> {
         self.notify_jobs().await
     }

@@ -505,13 +505,15 @@ pub(crate) fn placeholders(first: usize, count: usize) -> String {
 
 /// Implements `JobStore` for a SQL store of database `$db` whose pools are
 /// `writer` and `reader`, plus `commit_jobs`, which writes a batch's job
-/// effects inside the batch's transaction. `$lock` ends the claim's inner
-/// select (`FOR UPDATE SKIP LOCKED` on PostgreSQL).
+/// effects inside the batch's transaction. `$index` names the claim index
+/// where the planner needs telling (SQLite without statistics sorts every
+/// due job otherwise); `$lock` ends the claim's inner select (`FOR UPDATE
+/// SKIP LOCKED` on PostgreSQL).
 macro_rules! sql_job_store {
-    ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, lock: $lock:expr) => {
-        $crate::storage::sql::sql_job_store!($store, $db, writer: $writer, reader: $reader, lock: $lock, announce: {});
+    ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, index: $index:expr, lock: $lock:expr) => {
+        $crate::storage::sql::sql_job_store!($store, $db, writer: $writer, reader: $reader, index: $index, lock: $lock, announce: {});
     };
-    ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, lock: $lock:expr, announce: { $($announce:tt)* }) => {
+    ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, index: $index:expr, lock: $lock:expr, announce: { $($announce:tt)* }) => {
         impl $store {
             /// Writes the job effects of a batch of turns: schedules,
             /// cancels, and completions (which must still hold their lease).
@@ -532,30 +534,52 @@ macro_rules! sql_job_store {
                     .execute(&mut **tx)
                     .await?;
                 }
-                // Completions in one statement per chunk (power-of-two sizes,
-                // so each shape is prepared once).
+                // One-shot completions in one statement per chunk (power-of-two
+                // sizes, so each shape is prepared once), driven by the primary
+                // key; recurring ones, rarer, move to their next tick one by one.
                 let done: Vec<&$crate::storage::jobs::JobCompletion> = batch.iter().filter_map(|c| c.job_done.as_ref()).collect();
-                for chunk in $crate::storage::sql::pow2_chunks(&done, 256) {
-                    let values: Vec<String> =
-                        (0..chunk.len()).map(|i| format!("(${}, ${}, ${})", 2 + 3 * i, 3 + 3 * i, 4 + 3 * i)).collect();
+                let (recurring, one_shot): (Vec<_>, Vec<_>) = done.into_iter().partition(|d| d.next_run_at_ms.is_some());
+                let lost = |chunk: &[&$crate::storage::jobs::JobCompletion]| {
+                    $crate::storage::StoreError::Conflict(match chunk {
+                        [one] => format!("job {} is no longer leased to this run (its lease expired and another run took it)", one.id),
+                        _ => "a job in this batch is no longer leased to its run".into(),
+                    })
+                };
+                for chunk in $crate::storage::sql::pow2_chunks(&one_shot, 256) {
+                    let mut leases: Vec<&str> = chunk.iter().map(|d| d.lease.as_str()).collect();
+                    leases.sort_unstable();
+                    leases.dedup();
                     let sql = format!(
-                        "UPDATE jobs SET \
-                         status = CASE WHEN v.next IS NULL THEN 'succeeded' WHEN jobs.cancel_requested = 1 THEN 'cancelled' ELSE 'scheduled' END, \
-                         run_at_ms = COALESCE(v.next, jobs.run_at_ms), attempts = CASE WHEN v.next IS NULL THEN jobs.attempts ELSE 0 END, \
-                         lease = NULL, lease_until_ms = NULL, updated_at_ms = $1 \
-                         FROM (SELECT column1 AS id, column2 AS lease, column3 AS next FROM (VALUES {}) AS x) AS v \
-                         WHERE jobs.id = v.id AND jobs.lease = v.lease AND jobs.status = 'running'",
-                        values.join(", ")
+                        "UPDATE jobs SET status = 'succeeded', lease = NULL, lease_until_ms = NULL, updated_at_ms = $1 \
+                         WHERE status = 'running' AND id IN ({}) AND lease IN ({})",
+                        $crate::storage::sql::placeholders(2, chunk.len()),
+                        $crate::storage::sql::placeholders(2 + chunk.len(), leases.len())
                     );
                     let mut q = ::sqlx::query(&sql).bind(now);
                     for d in chunk {
-                        q = q.bind(&d.id).bind(&d.lease).bind(d.next_run_at_ms);
+                        q = q.bind(&d.id);
+                    }
+                    for lease in &leases {
+                        q = q.bind(*lease);
                     }
                     if q.execute(&mut **tx).await?.rows_affected() != chunk.len() as u64 {
-                        return Err($crate::storage::StoreError::Conflict(match chunk {
-                            [one] => format!("job {} is no longer leased to this run (its lease expired and another run took it)", one.id),
-                            _ => "a job in this batch is no longer leased to its run".into(),
-                        }));
+                        return Err(lost(chunk));
+                    }
+                }
+                for d in recurring {
+                    let updated = ::sqlx::query(
+                        "UPDATE jobs SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'scheduled' END, \
+                         run_at_ms = $3, attempts = 0, lease = NULL, lease_until_ms = NULL, updated_at_ms = $4 \
+                         WHERE id = $1 AND lease = $2 AND status = 'running'",
+                    )
+                    .bind(&d.id)
+                    .bind(&d.lease)
+                    .bind(d.next_run_at_ms)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await?;
+                    if updated.rows_affected() != 1 {
+                        return Err(lost(std::slice::from_ref(&d)));
                     }
                 }
                 Ok(())
@@ -634,19 +658,33 @@ macro_rules! sql_job_store {
                 if !filter.full_types.is_empty() {
                     exclude.push_str(&format!(" AND actor_type NOT IN ({})", $crate::storage::sql::placeholders(next, filter.full_types.len())));
                 }
-                let sql = format!(
-                    "UPDATE jobs SET status = 'running', lease = $1, lease_until_ms = $2, attempts = attempts + 1, updated_at_ms = $3 \
-                     WHERE id IN (SELECT id FROM jobs WHERE ((status IN ('scheduled', 'failed') AND run_at_ms <= $3) \
-                     OR (status = 'running' AND lease_until_ms < $3)){exclude} ORDER BY priority DESC, run_at_ms LIMIT $4{}) \
-                     RETURNING {}",
-                    $lock,
-                    $crate::storage::sql::JOB_COLUMNS
-                );
-                let mut q = ::sqlx::query(&sql).bind(&lease).bind(now_ms + lease_ms).bind(now_ms).bind(max as i64);
-                for name in filter.full_queues.iter().chain(filter.full_types.iter()) {
-                    q = q.bind(name);
+                // Expired leases first (rare), then retries, then new jobs:
+                // one statement per status, so each walks the claim index in
+                // order and stops at its LIMIT.
+                let mut rows = Vec::new();
+                for due in [
+                    "status = 'running' AND lease_until_ms < $3",
+                    "status = 'failed' AND run_at_ms <= $3",
+                    "status = 'scheduled' AND run_at_ms <= $3",
+                ] {
+                    let want = max.saturating_sub(rows.len());
+                    if want == 0 {
+                        break;
+                    }
+                    let sql = format!(
+                        "UPDATE jobs SET status = 'running', lease = $1, lease_until_ms = $2, attempts = attempts + 1, updated_at_ms = $3 \
+                         WHERE id IN (SELECT id FROM jobs{} WHERE {due}{exclude} ORDER BY priority DESC, run_at_ms LIMIT $4{}) \
+                         RETURNING {}",
+                        if due.starts_with("status = 'running'") { "" } else { $index },
+                        $lock,
+                        $crate::storage::sql::JOB_COLUMNS
+                    );
+                    let mut q = ::sqlx::query(&sql).bind(&lease).bind(now_ms + lease_ms).bind(now_ms).bind(want as i64);
+                    for name in filter.full_queues.iter().chain(filter.full_types.iter()) {
+                        q = q.bind(name);
+                    }
+                    rows.extend(q.fetch_all(&self.$writer).await?);
                 }
-                let rows = q.fetch_all(&self.$writer).await?;
                 let mut claims = rows
                     .iter()
                     .map(|r| Ok($crate::storage::jobs::JobClaim { job: $crate::storage::sql::job_from_row(r)?, lease: lease.clone() }))
@@ -774,8 +812,11 @@ macro_rules! sql_job_store {
             }
 
             async fn next_job_due(&self) -> Result<Option<i64>, $crate::storage::StoreError> {
+                // One equality per status, so each MIN reads one index entry
+                // (an IN list made SQLite scan every waiting job).
                 Ok(::sqlx::query_scalar(
-                    "SELECT MIN(t) FROM (SELECT MIN(run_at_ms) AS t FROM jobs WHERE status IN ('scheduled', 'failed') \
+                    "SELECT MIN(t) FROM (SELECT MIN(run_at_ms) AS t FROM jobs WHERE status = 'scheduled' \
+                     UNION ALL SELECT MIN(run_at_ms) AS t FROM jobs WHERE status = 'failed' \
                      UNION ALL SELECT MIN(lease_until_ms) AS t FROM jobs WHERE status = 'running') AS d",
                 )
                 .fetch_one(&self.$reader)

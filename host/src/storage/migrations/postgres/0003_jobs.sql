@@ -28,7 +28,10 @@ CREATE TABLE jobs (
     created_at_ms    BIGINT  NOT NULL,
     updated_at_ms    BIGINT  NOT NULL
 );
--- Due jobs, by time; running jobs, by lease expiry.
+-- Jobs of one status in claim order: a claim walks it and stops at its
+-- LIMIT, however many jobs wait. Running jobs by lease expiry; the next
+-- due time per status.
+CREATE INDEX jobs_claim ON jobs (status, priority DESC, run_at_ms);
 CREATE INDEX jobs_due ON jobs (status, run_at_ms);
 CREATE INDEX jobs_lease ON jobs (status, lease_until_ms);
 CREATE INDEX jobs_target ON jobs (target);
