@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Row};
 
-use super::sql::{checkpoint_conflict, journal_batch, journal_conflict};
+use super::sql::{journal_batch, journal_conflict};
 use super::{StateStore, Store, StoreError, TurnCommit, flatten_batch};
 use crate::id::ActorId;
 
@@ -130,17 +130,7 @@ impl StateStore for PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
-        for advance in batch.iter().filter_map(|c| c.checkpoint.as_ref()) {
-            let moved = sqlx::query("UPDATE projections SET checkpoint = $1 WHERE name = $2 AND checkpoint = $3")
-                .bind(advance.to as i64)
-                .bind(&advance.projection)
-                .bind(advance.from as i64)
-                .execute(&mut *tx)
-                .await?;
-            if moved.rows_affected() != 1 {
-                return Err(checkpoint_conflict(&advance.projection, advance.from));
-            }
-        }
+        Self::commit_checkpoints(&mut tx, batch).await?;
         if !upserts.is_empty() {
             let actors: Vec<&str> = upserts.iter().map(|u| u.0).collect();
             let keys: Vec<&str> = upserts.iter().map(|u| u.1).collect();
@@ -178,7 +168,7 @@ impl StateStore for PostgresStore {
 }
 
 super::sql::sql_component_store!(PostgresStore, writer: pool, reader: pool);
-super::sql::sql_journal_store!(PostgresStore, writer: pool, reader: pool);
+super::sql::sql_journal_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool);
 super::sql::sql_job_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool, index: "", lock: " FOR UPDATE SKIP LOCKED", announce: {
     async fn announce_jobs(&self) -> Result<(), StoreError> {
         self.notify_jobs().await

@@ -117,7 +117,29 @@ pub(crate) fn checkpoint_conflict(projection: &str, from: u64) -> StoreError {
 /// Implements the read side of `JournalStore` for a SQL store whose pools
 /// are the fields `writer` and `reader`.
 macro_rules! sql_journal_store {
-    ($store:ty, writer: $writer:ident, reader: $reader:ident) => {
+    ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident) => {
+        impl $store {
+            /// Moves the projection checkpoints of a batch inside its
+            /// transaction; each must still be where its turn found it.
+            async fn commit_checkpoints(
+                tx: &mut ::sqlx::Transaction<'_, $db>,
+                batch: &[$crate::storage::TurnCommit],
+            ) -> Result<(), $crate::storage::StoreError> {
+                for advance in batch.iter().filter_map(|c| c.checkpoint.as_ref()) {
+                    let moved = ::sqlx::query("UPDATE projections SET checkpoint = $1 WHERE name = $2 AND checkpoint = $3")
+                        .bind(advance.to as i64)
+                        .bind(&advance.projection)
+                        .bind(advance.from as i64)
+                        .execute(&mut **tx)
+                        .await?;
+                    if moved.rows_affected() != 1 {
+                        return Err($crate::storage::sql::checkpoint_conflict(&advance.projection, advance.from));
+                    }
+                }
+                Ok(())
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::storage::JournalStore for $store {
             async fn journal_head(&self, actor: &$crate::id::ActorId) -> Result<u64, $crate::storage::StoreError> {

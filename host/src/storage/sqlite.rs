@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::sql::{checkpoint_conflict, journal_batch, journal_conflict, pow2_chunks};
+use super::sql::{journal_batch, journal_conflict, pow2_chunks};
 use super::{StateStore, Store, StoreError, TurnCommit, flatten_batch};
 use crate::id::ActorId;
 
@@ -142,17 +142,7 @@ impl StateStore for SqliteStore {
             });
             q.build().execute(&mut *tx).await?;
         }
-        for advance in batch.iter().filter_map(|c| c.checkpoint.as_ref()) {
-            let moved = sqlx::query("UPDATE projections SET checkpoint = ? WHERE name = ? AND checkpoint = ?")
-                .bind(advance.to as i64)
-                .bind(&advance.projection)
-                .bind(advance.from as i64)
-                .execute(&mut *tx)
-                .await?;
-            if moved.rows_affected() != 1 {
-                return Err(checkpoint_conflict(&advance.projection, advance.from));
-            }
-        }
+        Self::commit_checkpoints(&mut tx, batch).await?;
         for chunk in pow2_chunks(&upserts, ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO actor_state (actor, key, value) ");
             q.push_values(chunk, |mut row, (actor, key, value)| {
@@ -179,5 +169,5 @@ impl StateStore for SqliteStore {
 }
 
 super::sql::sql_component_store!(SqliteStore, writer: writer, reader: reader);
-super::sql::sql_journal_store!(SqliteStore, writer: writer, reader: reader);
+super::sql::sql_journal_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader);
 super::sql::sql_job_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader, index: " INDEXED BY jobs_claim", lock: "");
