@@ -153,7 +153,11 @@ async fn raw_call_ns(n: usize) -> f64 {
 }
 
 async fn host_on(store: Arc<dyn Store>, dir: &std::path::Path) -> Host {
-    let host = Host::start(HostConfig::new(dir), store).await.unwrap();
+    host_with(store, HostConfig::new(dir)).await
+}
+
+async fn host_with(store: Arc<dyn Store>, config: HostConfig) -> Host {
+    let host = Host::start(config, store).await.unwrap();
     host.deploy("counter", component("counter"), Manifest::parse(Some("16MiB"), None).unwrap()).await.unwrap();
     host
 }
@@ -377,18 +381,31 @@ fn job_request(target: String, method: &str) -> quark_host::jobs::JobRequest {
     }
 }
 
-/// Waits until no job is scheduled, failed or running.
-async fn drained(store: &Arc<dyn Store>) {
+/// Waits until `succeeded` job attempts have finished (the host's own
+/// counter, so the wait puts no load on the store), then until the store
+/// has no job left to run (their completions written).
+async fn drained(host: &Host, store: &Arc<dyn Store>, succeeded: u64) {
+    let counted = || -> u64 {
+        host.metrics_text().lines().find_map(|l| l.strip_prefix("quark_jobs_succeeded_total ").and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+    };
+    while counted() < succeeded {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let jobs = store.job_store().unwrap();
     while jobs.next_job_due().await.unwrap().is_some() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
 /// Enqueue rates, draining 100,000 no-op jobs (a turn each, over 1,000
 /// actors), interactive asks while they drain, and enqueue-to-done latency.
 async fn jobs_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &str) {
-    let host = host_on(store.clone(), dir).await;
+    let mut config = HostConfig::new(dir);
+    if let Some(n) = std::env::var("QUARK_BENCH_JOB_CONCURRENCY").ok().and_then(|n| n.parse().ok()) {
+        config.job_concurrency = n;
+    }
+    println!("jobs on {backend}: {} at once per host", config.job_concurrency);
+    let host = host_with(store.clone(), config).await;
     let n = scale(100_000);
     // Enqueue one at a time (each its own transaction), then in bulk.
     let single = scale(2_000);
@@ -397,15 +414,23 @@ async fn jobs_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &str)
         host.add_jobs(vec![job_request(format!("counter/j{}", i % 1000), "get")]).await.unwrap();
     }
     let single_rate = single as f64 / s.elapsed().as_secs_f64();
-    drained(&store).await;
+    drained(&host, &store, single as u64).await;
     let s = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(10_000) {
         host.add_jobs(chunk.iter().map(|i| job_request(format!("counter/j{}", i % 1000), "get")).collect()).await.unwrap();
     }
     let bulk_rate = n as f64 / s.elapsed().as_secs_f64();
     // They started draining while the bulk insert ran; time the whole drain from the first insert.
-    drained(&store).await;
+    drained(&host, &store, (single + n) as u64).await;
     let drain = s.elapsed();
+    let metric = |name: &str| -> f64 {
+        host.metrics_text().lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+    };
+    println!(
+        "jobs on {backend}: {:.0} group commits, {:.1} turns per commit",
+        metric("quark_commit_batches_total "),
+        metric("quark_commit_turns_total ") / metric("quark_commit_batches_total ").max(1.0)
+    );
     println!(
         "jobs on {backend}: enqueue {single_rate:.0} jobs/s one by one, {bulk_rate:.0} jobs/s in bulk; \
          {n} no-op jobs enqueued and drained through turns in {drain:?} = {:.0} jobs/s",
@@ -420,14 +445,23 @@ async fn jobs_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &str)
         host.add_jobs(chunk.iter().map(|i| job_request(format!("counter/d{}", i % 1000), "get")).collect()).await.unwrap();
     }
     let (_, _, busy_p99) = throughput(&host, "get", b"null", 1000, scale(100_000), 16).await;
-    drained(&store).await;
+    drained(&host, &store, (single + 2 * n) as u64).await;
     println!("interactive asks (counter.get, 16 callers) on {backend}: p99 {alone_p99:?} alone, {busy_p99:?} while {n} jobs drain");
 
-    // Enqueue to done, one job at a time on an idle runner.
-    let mut lat = Vec::new();
+    // Enqueue to start and to done, one job at a time on an idle runner.
+    let mut starts = host.job_starts();
+    let (mut to_start, mut to_done) = (Vec::new(), Vec::new());
     for _ in 0..scale(200) {
+        tokio::time::sleep(Duration::from_millis(2)).await;
         let s = Instant::now();
         let job = host.add_jobs(vec![job_request("counter/latency".into(), "get")]).await.unwrap().remove(0);
+        loop {
+            let started = starts.recv().await.unwrap();
+            if started.id == job.id {
+                to_start.push(started.at - s);
+                break;
+            }
+        }
         loop {
             let status = host.job(&job.id).await.unwrap().status;
             if status == quark_host::storage::jobs::JobStatus::Succeeded {
@@ -436,13 +470,16 @@ async fn jobs_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &str)
             assert_ne!(status, quark_host::storage::jobs::JobStatus::Dead, "the latency job failed");
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
-        lat.push(s.elapsed());
+        to_done.push(s.elapsed());
     }
-    lat.sort();
+    to_start.sort();
+    to_done.sort();
     println!(
-        "enqueue to done (a durable turn, idle runner) on {backend}: p50 {:?}, p99 {:?}",
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99)
+        "enqueue to start (idle runner) on {backend}: p50 {:?}, p99 {:?}; to done (its durable turn): p50 {:?}, p99 {:?}",
+        percentile(&to_start, 0.5),
+        percentile(&to_start, 0.99),
+        percentile(&to_done, 0.5),
+        percentile(&to_done, 0.99)
     );
 }
 
@@ -465,6 +502,42 @@ fn wanted(part: &str) -> bool {
 }
 
 async fn run() {
+    run_parts().await;
+    drop_bench_data().await;
+}
+
+/// Drops the PostgreSQL schemas and Redis keys this run created (their
+/// names end in the process id), so runs do not pile up data that later
+/// runs (and autovacuum) trip over.
+async fn drop_bench_data() {
+    use sqlx::Connection;
+    let suffix = format!("_{}", std::process::id());
+    let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let conn = sqlx::PgConnection::connect(&pg_url).await;
+    if let Err(e) = &conn {
+        println!("note: could not connect to drop the bench schemas: {e}");
+    }
+    if let Ok(mut conn) = conn {
+        let schemas: Vec<String> = sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'quark_bench%'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_default();
+        for schema in schemas.iter().filter(|s| s.ends_with(&suffix)) {
+            if let Err(e) = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE")).execute(&mut conn).await {
+                println!("note: could not drop the bench schema {schema}: {e}");
+            }
+        }
+    }
+    let redis_url = std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    if let Ok(mut conn) = redis::Client::open(redis_url).and_then(|c| c.get_connection()) {
+        let keys: Vec<String> = redis::cmd("KEYS").arg("quark_bench*").query(&mut conn).unwrap_or_default();
+        for chunk in keys.iter().filter(|k| k.split(':').next().is_some_and(|p| p.ends_with(&suffix))).collect::<Vec<_>>().chunks(1000) {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+        }
+    }
+}
+
+async fn run_parts() {
     println!("# quark bench — {} — {}", machine(), if quick() { "QUICK" } else { "full" });
     let dir = tempfile::tempdir().unwrap();
     let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("bench.db")).await.unwrap());
@@ -577,12 +650,23 @@ async fn run() {
     }
     if wanted("jobs") {
         let sub = dir.path().join("jobs");
-        let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&sub.join("jobs.db")).await.unwrap());
-        jobs_bench(sqlite, &sub, "SQLite").await;
+        // QUARK_BENCH_JOBS_ON=sqlite,postgres,redis picks backends (all by default).
+        let on = |backend: &str| std::env::var("QUARK_BENCH_JOBS_ON").map_or(true, |on| on.split(',').any(|b| b == backend));
+        if on("sqlite") {
+            let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&sub.join("jobs.db")).await.unwrap());
+            jobs_bench(sqlite, &sub, "SQLite").await;
+        }
         let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
         match PostgresStore::connect(&pg_url, Some(&format!("quark_bench_jobs_{}", std::process::id()))).await {
-            Ok(pg) => jobs_bench(Arc::new(pg), &sub, "PostgreSQL").await,
+            Ok(pg) if on("postgres") => jobs_bench(Arc::new(pg), &sub, "PostgreSQL").await,
+            Ok(_) => {}
             Err(e) => println!("SKIP jobs on PostgreSQL: {e}"),
+        }
+        let redis_url = std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        match RedisStore::connect(&redis_url, Some(&format!("quark_bench_jobs_{}", std::process::id()))).await {
+            Ok(redis) if on("redis") => jobs_bench(Arc::new(redis), &sub, "Redis").await,
+            Ok(_) => {}
+            Err(e) => println!("SKIP jobs on Redis: {e}"),
         }
     }
     if !wanted("postgres") {

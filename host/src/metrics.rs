@@ -63,6 +63,7 @@ pub struct Metrics {
     projection_lag: Family<ProjectionLabel, Gauge>,
     jobs_succeeded: Counter,
     job_attempts_failed: Counter,
+    job_start_delay_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -108,6 +109,8 @@ impl Metrics {
             projection_lag: Family::default(),
             jobs_succeeded: Counter::default(),
             job_attempts_failed: Counter::default(),
+            // 0.5 ms .. ~10 min
+            job_start_delay_seconds: Histogram::new(exponential_buckets(0.0005, 3.0, 14)),
             registry: Registry::default(),
         };
         registry.register("turns", "Turns run, by outcome", m.turns.clone());
@@ -128,6 +131,11 @@ impl Metrics {
         registry.register("projection_lag_events", "Events a projection has yet to handle", m.projection_lag.clone());
         registry.register("jobs_succeeded", "Job attempts that succeeded (their turn committed)", m.jobs_succeeded.clone());
         registry.register("job_attempts_failed", "Job attempts that failed (retried or dead-lettered)", m.job_attempts_failed.clone());
+        registry.register(
+            "job_start_delay_seconds",
+            "From a job's due time to the start of its attempt (scheduling lag)",
+            m.job_start_delay_seconds.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -151,6 +159,11 @@ impl Metrics {
     /// Records committed journal events.
     pub fn record_events(&self, count: u64) {
         self.events_appended.inc_by(count);
+    }
+
+    /// Records how long after its due time a job attempt started.
+    pub fn record_job_start_delay(&self, delay: Duration) {
+        self.job_start_delay_seconds.observe(delay.as_secs_f64());
     }
 
     /// Records a finished job attempt.

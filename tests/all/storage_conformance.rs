@@ -271,13 +271,13 @@ async fn jobs_claim_lease_and_complete(store: Arc<dyn Store>) {
     assert_eq!(jobs.add_jobs(&[job("low", now - 10, 0), job("high", now - 5, 5), job("later", now + 3_600_000, 9)]).await.unwrap(), 3);
     assert_eq!(jobs.add_jobs(&[job("low", now, 0)]).await.unwrap(), 0, "an existing id is left as it is");
     assert_eq!(jobs.next_job_due().await.unwrap(), Some(now - 10));
-    let claims = jobs.claim_jobs(now, 10, 1000, &ClaimFilter::default()).await.unwrap();
+    let claims = jobs.claim_jobs(now, 10, 1000, &ClaimFilter::default(), &[]).await.unwrap();
     let ids: Vec<&str> = claims.iter().map(|c| c.job.id.as_str()).collect();
     assert_eq!(ids, ["high", "low"], "due jobs only, highest priority first");
     assert!(claims.iter().all(|c| c.job.status == JobStatus::Running && c.job.attempts == 1));
-    assert!(jobs.claim_jobs(now, 10, 1000, &ClaimFilter::default()).await.unwrap().is_empty(), "leased jobs stay leased");
-    let filter = ClaimFilter { full_queues: vec!["default".into()], full_types: vec![] };
-    assert!(jobs.claim_jobs(now + 10_000, 10, 1000, &filter).await.unwrap().is_empty(), "a full queue is skipped");
+    assert!(jobs.claim_jobs(now, 10, 1000, &ClaimFilter::default(), &[]).await.unwrap().is_empty(), "leased jobs stay leased");
+    let filter = ClaimFilter { full_queues: vec!["default".into()], ..ClaimFilter::default() };
+    assert!(jobs.claim_jobs(now + 10_000, 10, 1000, &filter, &[]).await.unwrap().is_empty(), "a full queue is skipped");
 
     // Completion commits with the turn, once, and only under its lease.
     let (high, low) = (&claims[0], &claims[1]);
@@ -295,9 +295,11 @@ async fn jobs_claim_lease_and_complete(store: Arc<dyn Store>) {
     assert!(jobs.fail_job(&failure).await.unwrap());
     let failed = jobs.job("low").await.unwrap().unwrap();
     assert_eq!((failed.status, failed.errors.len(), failed.progress), (JobStatus::Failed, 1, Some(40)));
-    let again = jobs.claim_jobs(now, 10, 1000, &ClaimFilter::default()).await.unwrap();
+    let again = jobs.claim_jobs(now, 10, 1000, &ClaimFilter::default(), &[]).await.unwrap();
     assert_eq!((again.len(), again[0].job.attempts), (1, 2));
-    let taken_over = jobs.claim_jobs(now + 2_000, 10, 1000, &ClaimFilter::default()).await.unwrap();
+    let skip_expired = ClaimFilter { skip_expired: true, ..ClaimFilter::default() };
+    assert!(jobs.claim_jobs(now + 2_000, 10, 1000, &skip_expired, &[]).await.unwrap().is_empty(), "expired leases only when asked");
+    let taken_over = jobs.claim_jobs(now + 2_000, 10, 1000, &ClaimFilter::default(), &[]).await.unwrap();
     assert_eq!(taken_over.len(), 1, "an expired lease is claimable");
     assert_ne!(taken_over[0].lease, again[0].lease);
     assert!(matches!(store.commit(&[complete("low", &again[0].lease)]).await, Err(StoreError::Conflict(_))));
@@ -317,12 +319,94 @@ async fn jobs_claim_lease_and_complete(store: Arc<dyn Store>) {
     let many: Vec<_> = (0..200).map(|i| job(&format!("m{i}"), now - 1, 0)).collect();
     jobs.add_jobs(&many).await.unwrap();
     let no_filter = ClaimFilter::default();
-    let (a, b) = tokio::join!(jobs.claim_jobs(now, 150, 60_000, &no_filter), jobs.claim_jobs(now, 150, 60_000, &no_filter));
-    let mut claimed: Vec<String> = a.unwrap().into_iter().chain(b.unwrap()).map(|c| c.job.id).collect();
+    let (a, b) = tokio::join!(jobs.claim_jobs(now, 150, 60_000, &no_filter, &[]), jobs.claim_jobs(now, 150, 60_000, &no_filter, &[]));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut claimed: Vec<String> = a.iter().chain(b.iter()).map(|c| c.job.id.clone()).collect();
     let total = claimed.len();
     claimed.sort();
     claimed.dedup();
     assert_eq!((total, claimed.len()), (200, 200), "every due job claimed once");
+
+    // Runs without effects end in the next claim's write, under their lease.
+    let done = |c: &quark_host::storage::jobs::JobClaim, lease: &str| JobCompletion { id: c.job.id.clone(), lease: lease.into(), next_run_at_ms: None };
+    let completed = [done(&a[0], &a[0].lease), done(&a[1], &a[1].lease), done(&a[2], "a lapsed lease")];
+    assert!(jobs.claim_jobs(now, 10, 60_000, &no_filter, &completed).await.unwrap().is_empty());
+    let status = |id: String| async move { jobs.job(&id).await.unwrap().unwrap().status };
+    assert_eq!(status(a[0].job.id.clone()).await, JobStatus::Succeeded);
+    assert_eq!(status(a[1].job.id.clone()).await, JobStatus::Succeeded);
+    assert_eq!(status(a[2].job.id.clone()).await, JobStatus::Running, "a run that lost its lease does not end the job");
+}
+
+/// Jobs end to end on the backend: scheduled in a turn (once per key),
+/// retried after a failed attempt, completed in the turn's commit, and
+/// cancelled from a turn.
+async fn host_jobs(store: Arc<dyn Store>) {
+    use quark_host::storage::jobs::JobStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(HostConfig::new(dir.path()), store.clone()).await.unwrap();
+    host.deploy("worker", component("worker"), manifest()).await.unwrap();
+    let schedule = json!({"target": "worker/s", "method": "work", "key": "k", "payload": {"fail_until": 2}, "max_attempts": 3});
+    let first = ask(&host, "worker/x", "schedule", schedule.clone()).await.unwrap();
+    assert_eq!(ask(&host, "worker/x", "schedule", schedule).await.unwrap(), first, "one job per key");
+    let id = first.as_str().unwrap().to_string();
+    let mut job = None;
+    for _ in 0..750 {
+        job = Some(host.job(&id).await.unwrap());
+        if job.as_ref().is_some_and(|j| j.status == JobStatus::Succeeded) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let job = job.unwrap();
+    assert_eq!((job.status, job.attempts, job.errors.len()), (JobStatus::Succeeded, 2, 1), "{job:?}");
+    assert_eq!(ask(&host, "worker/s", "runs", json!(null)).await.unwrap(), json!({"runs": 1, "attempts": [2]}));
+
+    let later = json!({"target": "worker/c", "method": "work", "key": "later", "delay_ms": 3_600_000});
+    let later = ask(&host, "worker/x", "schedule", later).await.unwrap();
+    let later = later.as_str().unwrap();
+    assert_eq!(host.job(later).await.unwrap().status, JobStatus::Scheduled);
+    assert_eq!(ask(&host, "worker/x", "cancel", json!({"id": later})).await.unwrap(), json!(true));
+    assert_eq!(host.job(later).await.unwrap().status, JobStatus::Cancelled);
+    assert_eq!(host.jobs(None, Some("worker/s"), 10).await.unwrap().len(), 1);
+
+    // A job whose turn has no effect (a read) is completed by the runner's
+    // next write, not by a turn commit; it still ends exactly as succeeded.
+    let read = quark_host::jobs::JobSpec {
+        target: "worker/s".into(),
+        method: "runs".into(),
+        payload: json!(null),
+        run_at: None,
+        delay_ms: None,
+        cron: None,
+        time_zone: None,
+        max_attempts: None,
+        backoff_ms: None,
+        max_backoff_ms: None,
+        timeout_ms: None,
+        priority: None,
+        queue: None,
+        idempotency_key: None,
+        catch_up: None,
+    };
+    let mut starts = host.job_starts();
+    let read = host.add_jobs(vec![read.into_request().unwrap()]).await.unwrap().remove(0);
+    let started = loop {
+        let started = starts.recv().await.unwrap();
+        if started.id == read.id {
+            break started;
+        }
+    };
+    assert_eq!(started.attempt, 1);
+    let mut status = None;
+    for _ in 0..750 {
+        status = Some(host.job(&read.id).await.unwrap().status);
+        if status == Some(JobStatus::Succeeded) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, Some(JobStatus::Succeeded));
+    assert!(host.metrics_text().contains("quark_job_start_delay_seconds_count"), "the scheduling lag is exported");
 }
 
 macro_rules! conformance {
@@ -367,4 +451,5 @@ conformance!(
     projections_and_checkpoints,
     host_event_sourcing,
     jobs_claim_lease_and_complete,
+    host_jobs,
 );

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -26,25 +26,84 @@ pub const POLL: Duration = Duration::from_secs(1);
 /// Most jobs one claim takes.
 pub const CLAIM_BATCH: usize = 256;
 
+/// Most claims one host has in flight at once.
+pub const CLAIMS_IN_FLIGHT: usize = 2;
+
+/// How often claims look for running jobs whose lease expired.
+const EXPIRED_CHECK: Duration = Duration::from_secs(1);
+
+/// Longest an effect-free run's completion waits for the next claim
+/// before it is written on its own.
+pub const COMPLETION_DELAY: Duration = Duration::from_millis(5);
+
 /// How a job's turn learns which job it runs.
 #[derive(Debug, Clone)]
 pub(crate) struct JobTurn {
     pub(crate) completion: JobCompletion,
     pub(crate) attempt: u32,
+    /// Set by the turn when it had no effect at all (no state, events,
+    /// jobs, cancels or messages): then nothing needs to commit with the
+    /// completion, which the runner writes with its next claim instead (a
+    /// crash in between only runs the effect-free turn again).
+    pub(crate) effect_free: Arc<AtomicBool>,
+}
+
+/// A job attempt that has started: its turn was dispatched to the target.
+#[derive(Debug, Clone)]
+pub struct JobStarted {
+    /// The job.
+    pub id: String,
+    /// Which attempt (1, 2, …).
+    pub attempt: u32,
+    /// When, on this host's monotonic clock.
+    pub at: Instant,
 }
 
 /// The runner's shared state: what runs now, and its wake-up.
-#[derive(Default)]
 pub(crate) struct JobRunner {
     wake: tokio::sync::Notify,
     running: AtomicUsize,
     per_queue: Mutex<HashMap<String, usize>>,
     per_type: Mutex<HashMap<String, usize>>,
+    started: tokio::sync::broadcast::Sender<JobStarted>,
+    /// Completions of effect-free runs waiting for the next claim, and
+    /// since when the oldest waits.
+    completed: Mutex<(Vec<JobCompletion>, Option<Instant>)>,
+    /// When a claim last looked for expired leases.
+    expired_checked: Mutex<Option<Instant>>,
+    /// Slots taken by claims in flight.
+    reserved: AtomicUsize,
+    claims_in_flight: AtomicUsize,
+    /// Claims that failed in a row (the loop backs off).
+    claim_failures: AtomicU32,
+    /// The last claim took fewer jobs than it asked for: the loop asks the
+    /// store when the next job is due.
+    claim_came_back_short: AtomicBool,
+}
+
+impl Default for JobRunner {
+    fn default() -> Self {
+        JobRunner {
+            wake: Default::default(),
+            running: Default::default(),
+            per_queue: Default::default(),
+            per_type: Default::default(),
+            started: tokio::sync::broadcast::channel(1024).0,
+            completed: Mutex::default(),
+            expired_checked: Mutex::default(),
+            reserved: AtomicUsize::new(0),
+            claims_in_flight: AtomicUsize::new(0),
+            claim_failures: AtomicU32::new(0),
+            claim_came_back_short: AtomicBool::new(false),
+        }
+    }
 }
 
 impl JobRunner {
-    /// Wakes the runner (a job was scheduled or finished).
+    /// Wakes the runner because jobs were added (here or, announced, on
+    /// another host): the next claim may find some.
     pub(crate) fn wake(&self) {
+        self.claim_came_back_short.store(false, Ordering::Release);
         self.wake.notify_one();
     }
 
@@ -52,7 +111,46 @@ impl JobRunner {
         let full = |counts: &HashMap<String, usize>, limits: &HashMap<String, usize>| {
             limits.iter().filter(|(name, limit)| counts.get(*name).copied().unwrap_or(0) >= **limit).map(|(n, _)| n.clone()).collect()
         };
-        ClaimFilter { full_queues: full(&self.per_queue.lock(), queue_limits), full_types: full(&self.per_type.lock(), type_limits) }
+        // Expired leases are looked for about once a second: a lease lasts far longer.
+        let skip_expired = {
+            let mut last = self.expired_checked.lock();
+            if last.is_some_and(|t| t.elapsed() < EXPIRED_CHECK) {
+                true
+            } else {
+                *last = Some(Instant::now());
+                false
+            }
+        };
+        ClaimFilter {
+            full_queues: full(&self.per_queue.lock(), queue_limits),
+            full_types: full(&self.per_type.lock(), type_limits),
+            skip_expired,
+        }
+    }
+
+    fn defer_completion(&self, completion: JobCompletion) {
+        let mut completed = self.completed.lock();
+        completed.0.push(completion);
+        completed.1.get_or_insert_with(Instant::now);
+    }
+
+    /// How long until waiting completions must be written (zero: now).
+    fn completions_due_in(&self) -> Option<Duration> {
+        self.completed.lock().1.map(|since| COMPLETION_DELAY.saturating_sub(since.elapsed()))
+    }
+
+    fn take_completions(&self) -> Vec<JobCompletion> {
+        let mut completed = self.completed.lock();
+        completed.1 = None;
+        std::mem::take(&mut completed.0)
+    }
+
+    /// Puts completions back after a failed write.
+    fn restore_completions(&self, mut back: Vec<JobCompletion>) {
+        let mut completed = self.completed.lock();
+        back.append(&mut completed.0);
+        completed.0 = back;
+        completed.1.get_or_insert_with(Instant::now);
     }
 
     fn started(&self, queue: &str, actor_type: &str) {
@@ -69,48 +167,53 @@ impl JobRunner {
         if let Some(n) = self.per_type.lock().get_mut(actor_type) {
             *n = n.saturating_sub(1);
         }
-        self.wake();
+        // A slot is free; the store has no more due jobs than it had.
+        self.wake.notify_one();
     }
 }
 
 /// The runner loop; ends when the host is dropped.
+///
+/// Claims run as their own tasks, up to [`CLAIMS_IN_FLIGHT`] at once (one
+/// when queue or type limits are set, so the limits hold), each taking
+/// the slots it asks for until it returns: on PostgreSQL, claims skip each
+/// other's locked rows, so a second claim overlaps the first's round trips.
 pub(crate) async fn run(host: WeakHost) {
-    let mut failures = 0u32;
     loop {
         let Some(strong) = host.upgrade() else { return };
         let Some(store) = strong.store().job_store() else { return };
-        let runner = strong.job_runner();
+        let runner = strong.job_runner_arc();
         let config = strong.config();
-        let running = runner.running.load(Ordering::Acquire);
+        let running = runner.running.load(Ordering::Acquire) + runner.reserved.load(Ordering::Acquire);
         let free = config.job_concurrency.saturating_sub(running);
-        let mut claimed = 0;
+        let limited = !config.job_queue_limits.is_empty() || !config.job_type_limits.is_empty();
+        let max_in_flight = if limited { 1 } else { CLAIMS_IN_FLIGHT };
+        let in_flight = runner.claims_in_flight.load(Ordering::Acquire);
+        let failures = runner.claim_failures.load(Ordering::Acquire);
         // Claim in batches: while jobs run, wait until a quarter of the
-        // slots are free, so each claim (a write) takes many jobs.
-        if free > 0 && (running == 0 || free >= (config.job_concurrency / 4).max(1)) {
-            let filter = runner.filter(&config.job_queue_limits, &config.job_type_limits);
-            let lease_ms = config.job_lease.as_millis() as i64;
-            match store.claim_jobs(crate::storage::now_ms(), free.min(CLAIM_BATCH), lease_ms, &filter).await {
-                Ok(claims) => {
-                    failures = 0;
-                    claimed = claims.len();
-                    for claim in claims {
-                        let actor_type = claim.job.target.split_once('/').map_or("", |(t, _)| t).to_string();
-                        // A type over its limit claimed in this batch waits its turn here.
-                        runner.started(&claim.job.queue, &actor_type);
-                        tokio::spawn(run_one(strong.clone(), claim, actor_type));
-                    }
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, "claiming due jobs failed; retrying");
-                }
-            }
-        }
-        if claimed > 0 && claimed == free.min(CLAIM_BATCH) {
+        // slots are free, so each claim (a write) takes many jobs. The same
+        // write ends the effect-free runs that finished meanwhile; if no
+        // claim is due, they are written alone once they waited long enough.
+        let short = runner.claim_came_back_short.load(Ordering::Acquire);
+        let can_claim =
+            !short && free > 0 && (running == 0 || free >= (config.job_concurrency / 4).max(1)) && in_flight < max_in_flight;
+        // Idle, nothing will claim soon: write them now.
+        let completions_due =
+            runner.completions_due_in().is_some_and(|d| d.is_zero() || running == 0) && in_flight < max_in_flight;
+        if failures == 0 && (can_claim || completions_due) {
+            let max = if can_claim { free.min(CLAIM_BATCH) } else { 0 };
+            runner.reserved.fetch_add(max, Ordering::AcqRel);
+            runner.claims_in_flight.fetch_add(1, Ordering::AcqRel);
+            tokio::spawn(claim(strong, max));
             continue;
         }
-        let wait = if failures > 0 {
+        let mut wait = if failures > 0 {
             Duration::from_millis(50 << failures.min(5))
+        } else if !short || in_flight > 0 {
+            // Slots or claims are busy: a finishing job or claim wakes the
+            // loop; the store is asked about due times only once a claim
+            // came back short.
+            config.job_poll
         } else {
             match store.next_job_due().await {
                 Ok(Some(due)) => {
@@ -119,10 +222,51 @@ pub(crate) async fn run(host: WeakHost) {
                 _ => config.job_poll,
             }
         };
-        let runner_wake = strong.job_runner_arc();
+        if let Some(due_in) = runner.completions_due_in() {
+            wait = wait.min(due_in.max(Duration::from_micros(100)));
+        }
         drop(strong);
-        let _ = tokio::time::timeout(wait, runner_wake.wake.notified()).await;
+        if tokio::time::timeout(wait, runner.wake.notified()).await.is_err() {
+            // Time passed: jobs may have come due (or the backoff is over).
+            runner.claim_failures.store(0, Ordering::Release);
+            runner.claim_came_back_short.store(false, Ordering::Release);
+        }
     }
+}
+
+/// One claim (with the completions waiting for it), holding `max`
+/// reserved slots until it returns; starts a task per claimed job.
+async fn claim(host: Host, max: usize) {
+    let runner = host.job_runner_arc();
+    let config = host.config();
+    let filter = runner.filter(&config.job_queue_limits, &config.job_type_limits);
+    let lease_ms = config.job_lease.as_millis() as i64;
+    let completed = runner.take_completions();
+    let result = match host.store().job_store() {
+        Some(store) => store.claim_jobs(crate::storage::now_ms(), max, lease_ms, &filter, &completed).await,
+        None => Ok(Vec::new()),
+    };
+    match result {
+        Ok(claims) => {
+            runner.claim_failures.store(0, Ordering::Release);
+            if max > 0 {
+                runner.claim_came_back_short.store(claims.len() < max, Ordering::Release);
+            }
+            for claim in claims {
+                let actor_type = claim.job.target.split_once('/').map_or("", |(t, _)| t).to_string();
+                runner.started(&claim.job.queue, &actor_type);
+                tokio::spawn(run_one(host.clone(), claim, actor_type));
+            }
+        }
+        Err(e) => {
+            runner.claim_failures.fetch_add(1, Ordering::AcqRel);
+            runner.restore_completions(completed);
+            tracing::warn!(error = %e, "claiming due jobs failed; retrying");
+        }
+    }
+    runner.reserved.fetch_sub(max, Ordering::AcqRel);
+    runner.claims_in_flight.fetch_sub(1, Ordering::AcqRel);
+    runner.wake.notify_one();
 }
 
 /// Runs one claimed job as a turn of its target, then records a failure
@@ -171,10 +315,16 @@ async fn run_one(host: Host, claim: JobClaim, actor_type: String) {
             return;
         };
         let timeout = job.timeout_ms.map_or(host.config().call_timeout, super::ms);
-        let turn = JobTurn {
-            completion: JobCompletion { id: job.id.clone(), lease: claim.lease.clone(), next_run_at_ms },
-            attempt: job.attempts,
-        };
+        let completion = JobCompletion { id: job.id.clone(), lease: claim.lease.clone(), next_run_at_ms };
+        let effect_free = Arc::new(AtomicBool::new(false));
+        let turn = JobTurn { completion: completion.clone(), attempt: job.attempts, effect_free: effect_free.clone() };
+        // Due to start: the scheduling lag users watch (Temporal's schedule-to-start).
+        let wall_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        host.metrics().record_job_start_delay(Duration::from_secs_f64(((wall_ms - job.run_at_ms as f64) / 1000.0).max(0.0)));
+        let runner = host.job_runner();
+        if runner.started.receiver_count() > 0 {
+            let _ = runner.started.send(JobStarted { id: job.id.clone(), attempt: job.attempts, at: Instant::now() });
+        }
         let request = Request {
             target,
             method: job.method.clone(),
@@ -185,7 +335,12 @@ async fn run_one(host: Host, claim: JobClaim, actor_type: String) {
             control: Some(Box::new(Control::Job(turn))),
         };
         match host.ask_request(request).await {
-            Ok(_) => host.metrics().record_job(true),
+            Ok(_) => {
+                if effect_free.load(Ordering::Acquire) {
+                    host.job_runner().defer_completion(completion);
+                }
+                host.metrics().record_job(true)
+            }
             // The lease moved to another run: that run owns the job now.
             Err(e) if e.kind == ErrorKind::Conflict && e.message.contains("no longer leased") => {}
             Err(e) => {
@@ -211,6 +366,12 @@ impl Host {
     #[doc(hidden)]
     pub fn wake_jobs_for_tests(&self) {
         self.wake_jobs();
+    }
+
+    /// Every job attempt this host starts, as it starts (for monitoring
+    /// and benchmarks; a receiver that falls behind skips ahead).
+    pub fn job_starts(&self) -> tokio::sync::broadcast::Receiver<JobStarted> {
+        self.job_runner().started.subscribe()
     }
 
     pub(crate) fn job_runner_arc(&self) -> Arc<JobRunner> {

@@ -578,6 +578,7 @@ impl Core {
         let Some(live) = self.live.as_mut() else { unreachable!("instantiated above") };
         let event_sourced = live.bindings.aggregate.is_some();
 
+        let mut effect_free_job = None;
         {
             let mut state = shared.state.lock();
             // Reuse the vector: no allocation per turn.
@@ -588,6 +589,7 @@ impl Core {
                 Some(Control::Job(job)) => {
                     live.store.data_mut().scope.job = Some((job.completion.id.clone(), job.attempt, job.completion.lease.clone()));
                     state.layers[0].job_done = Some(job.completion);
+                    effect_free_job = Some(job.effect_free);
                 }
                 _ => {}
             }
@@ -604,7 +606,7 @@ impl Core {
         };
         match result {
             Ok(reply) => {
-                let TurnEffects { writes, tells, events, snapshot_requested, checkpoint, jobs, cancels, job_done } = effects;
+                let TurnEffects { writes, tells, events, snapshot_requested, checkpoint, jobs, cancels, mut job_done } = effects;
                 let snapshot = if event_sourced {
                     let head = shared.state.lock().journal.version + events.len() as u64;
                     let due = shared.state.lock().journal.since_snapshot + events.len() as u64 >= version.info.manifest.snapshot_every;
@@ -612,6 +614,19 @@ impl Core {
                 } else {
                     None
                 };
+                // A job turn with no effect leaves its completion to the runner.
+                if let Some(flag) = effect_free_job
+                    && writes.is_empty()
+                    && events.is_empty()
+                    && checkpoint.is_none()
+                    && jobs.is_empty()
+                    && cancels.is_empty()
+                    && tells.is_empty()
+                    && snapshot.is_none()
+                {
+                    job_done = None;
+                    flag.store(true, Ordering::Release);
+                }
                 let effects = Committable { writes, events, checkpoint, tells, reply, snapshot, jobs, cancels, job_done };
                 self.enqueue_commit(host, shared, effects, started).await
             }

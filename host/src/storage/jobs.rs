@@ -188,6 +188,9 @@ pub struct ClaimFilter {
     pub full_queues: Vec<String>,
     /// Actor types at their limit.
     pub full_types: Vec<String>,
+    /// Leave running jobs whose lease expired for a later claim (the
+    /// runner looks for them about once a second, not on every claim).
+    pub skip_expired: bool,
 }
 
 /// Durable job storage.
@@ -199,7 +202,18 @@ pub trait JobStore: Send + Sync {
 
     /// Claims up to `max` due jobs (and running ones whose lease expired),
     /// highest priority first, leasing them until `now_ms + lease_ms`.
-    async fn claim_jobs(&self, now_ms: i64, max: usize, lease_ms: i64, filter: &ClaimFilter) -> Result<Vec<JobClaim>, StoreError>;
+    ///
+    /// First, in the same write, it ends the runs in `completed`: runs
+    /// whose turn had no effect, so their completion need not commit with
+    /// the turn (see `JobTurn`). Those whose lease lapsed are skipped.
+    async fn claim_jobs(
+        &self,
+        now_ms: i64,
+        max: usize,
+        lease_ms: i64,
+        filter: &ClaimFilter,
+        completed: &[JobCompletion],
+    ) -> Result<Vec<JobClaim>, StoreError>;
 
     /// Records a failed attempt; false when the lease was lost.
     async fn fail_job(&self, failure: &JobFailure) -> Result<bool, StoreError>;
@@ -240,6 +254,21 @@ pub trait JobStore: Send + Sync {
     async fn job_announcements(&self) -> Option<futures::stream::BoxStream<'static, ()>> {
         None
     }
+}
+
+/// Most errors kept per job: the first ones say what broke, the last ones
+/// whether it still does.
+pub const MAX_JOB_ERRORS: usize = 20;
+
+/// Appends an attempt's error to a job's JSON error list, keeping the first
+/// and the latest when it grows past [`MAX_JOB_ERRORS`].
+pub fn push_job_error(errors_json: &str, attempt: u32, error: &str) -> String {
+    let mut errors: Vec<JobError> = serde_json::from_str(errors_json).unwrap_or_default();
+    errors.push(JobError { attempt, at_ms: super::now_ms(), error: error.chars().take(4000).collect() });
+    if errors.len() > MAX_JOB_ERRORS {
+        errors.remove(1);
+    }
+    serde_json::to_string(&errors).unwrap_or_else(|_| "[]".into())
 }
 
 /// A fresh lease token: unique across hosts and restarts.

@@ -374,7 +374,7 @@ pub trait Store: StateStore + ComponentStore + JournalStore + Send + Sync + 'sta
     /// A short name for logs and metrics (`sqlite`, `postgres`).
     fn backend_name(&self) -> &'static str;
 
-    /// Durable jobs, where the backend has them (SQLite and PostgreSQL).
+    /// Durable jobs, where the backend has them (SQLite, PostgreSQL and Redis do).
     fn job_store(&self) -> Option<&dyn jobs::JobStore> {
         None
     }

@@ -169,7 +169,13 @@ impl StateStore for PostgresStore {
 
 super::sql::sql_component_store!(PostgresStore, writer: pool, reader: pool);
 super::sql::sql_journal_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool);
-super::sql::sql_job_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool, index: "", lock: " FOR UPDATE SKIP LOCKED", announce: {
+super::sql::sql_job_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool, index_hint: false, lock: " FOR UPDATE SKIP LOCKED",
+    // A claim lost in a crash of PostgreSQL leaves its jobs due (and a turn
+    // commit under a lost lease fails), and the completions it carries are
+    // of effect-free runs, which may run again: no need to wait for fsync.
+    // A later synchronous commit flushes it anyway (the WAL is sequential).
+    claim_begin: "BEGIN; SET LOCAL synchronous_commit = off",
+    announce: {
     async fn announce_jobs(&self) -> Result<(), StoreError> {
         self.notify_jobs().await
     }

@@ -505,21 +505,6 @@ where
     })
 }
 
-/// Most errors kept per job: the first ones say what broke, the last ones
-/// whether it still does.
-pub(crate) const MAX_JOB_ERRORS: usize = 20;
-
-/// Appends an attempt's error to a job's JSON error list, keeping the first
-/// and the latest when it grows past [`MAX_JOB_ERRORS`].
-pub(crate) fn push_job_error(errors_json: &str, attempt: u32, error: &str) -> String {
-    let mut errors: Vec<super::jobs::JobError> = serde_json::from_str(errors_json).unwrap_or_default();
-    errors.push(super::jobs::JobError { attempt, at_ms: super::now_ms(), error: error.chars().take(4000).collect() });
-    if errors.len() > MAX_JOB_ERRORS {
-        errors.remove(1);
-    }
-    serde_json::to_string(&errors).unwrap_or_else(|_| "[]".into())
-}
-
 /// `$first, $first+1, …` for `count` placeholders.
 pub(crate) fn placeholders(first: usize, count: usize) -> String {
     (first..first + count).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
@@ -527,15 +512,16 @@ pub(crate) fn placeholders(first: usize, count: usize) -> String {
 
 /// Implements `JobStore` for a SQL store of database `$db` whose pools are
 /// `writer` and `reader`, plus `commit_jobs`, which writes a batch's job
-/// effects inside the batch's transaction. `$index` names the claim index
-/// where the planner needs telling (SQLite without statistics sorts every
-/// due job otherwise); `$lock` ends the claim's inner select (`FOR UPDATE
-/// SKIP LOCKED` on PostgreSQL).
+/// effects inside the batch's transaction. `index_hint: true` names the
+/// claim index of each status (`INDEXED BY`, for SQLite, whose planner
+/// without statistics sorts every due job otherwise); `$lock` ends the
+/// claim's inner select (`FOR UPDATE SKIP LOCKED` on PostgreSQL);
+/// `claim_begin` starts each claim's transaction.
 macro_rules! sql_job_store {
-    ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, index: $index:expr, lock: $lock:expr) => {
-        $crate::storage::sql::sql_job_store!($store, $db, writer: $writer, reader: $reader, index: $index, lock: $lock, announce: {});
+    ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, index_hint: $hint:expr, lock: $lock:expr) => {
+        $crate::storage::sql::sql_job_store!($store, $db, writer: $writer, reader: $reader, index_hint: $hint, lock: $lock, claim_begin: "BEGIN", announce: {});
     };
-    ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, index: $index:expr, lock: $lock:expr, announce: { $($announce:tt)* }) => {
+    ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, index_hint: $hint:expr, lock: $lock:expr, claim_begin: $claim_begin:literal, announce: { $($announce:tt)* }) => {
         impl $store {
             /// Writes the job effects of a batch of turns: schedules,
             /// cancels, and completions (which must still hold their lease).
@@ -556,17 +542,29 @@ macro_rules! sql_job_store {
                     .execute(&mut **tx)
                     .await?;
                 }
+                let done: Vec<&$crate::storage::jobs::JobCompletion> = batch.iter().filter_map(|c| c.job_done.as_ref()).collect();
+                if Self::complete_runs(tx, &done).await? != done.len() as u64 {
+                    return Err($crate::storage::StoreError::Conflict(match done.as_slice() {
+                        [one] => format!("job {} is no longer leased to this run (its lease expired and another run took it)", one.id),
+                        _ => "a job in this batch is no longer leased to its run".into(),
+                    }));
+                }
+                Ok(())
+            }
+
+            /// Ends runs that still hold their lease: one-shot jobs
+            /// succeed, recurring ones move to their next tick. Returns
+            /// how many did.
+            async fn complete_runs(
+                tx: &mut ::sqlx::Transaction<'_, $db>,
+                done: &[&$crate::storage::jobs::JobCompletion],
+            ) -> Result<u64, $crate::storage::StoreError> {
+                let now = $crate::storage::now_ms();
+                let mut completed = 0;
                 // One-shot completions in one statement per chunk (power-of-two
                 // sizes, so each shape is prepared once), driven by the primary
                 // key; recurring ones, rarer, move to their next tick one by one.
-                let done: Vec<&$crate::storage::jobs::JobCompletion> = batch.iter().filter_map(|c| c.job_done.as_ref()).collect();
-                let (recurring, one_shot): (Vec<_>, Vec<_>) = done.into_iter().partition(|d| d.next_run_at_ms.is_some());
-                let lost = |chunk: &[&$crate::storage::jobs::JobCompletion]| {
-                    $crate::storage::StoreError::Conflict(match chunk {
-                        [one] => format!("job {} is no longer leased to this run (its lease expired and another run took it)", one.id),
-                        _ => "a job in this batch is no longer leased to its run".into(),
-                    })
-                };
+                let (recurring, one_shot): (Vec<_>, Vec<_>) = done.iter().copied().partition(|d| d.next_run_at_ms.is_some());
                 for chunk in $crate::storage::sql::pow2_chunks(&one_shot, 256) {
                     let mut leases: Vec<&str> = chunk.iter().map(|d| d.lease.as_str()).collect();
                     leases.sort_unstable();
@@ -584,12 +582,10 @@ macro_rules! sql_job_store {
                     for lease in &leases {
                         q = q.bind(*lease);
                     }
-                    if q.execute(&mut **tx).await?.rows_affected() != chunk.len() as u64 {
-                        return Err(lost(chunk));
-                    }
+                    completed += q.execute(&mut **tx).await?.rows_affected();
                 }
                 for d in recurring {
-                    let updated = ::sqlx::query(
+                    completed += ::sqlx::query(
                         "UPDATE jobs SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'scheduled' END, \
                          run_at_ms = $3, attempts = 0, lease = NULL, lease_until_ms = NULL, updated_at_ms = $4 \
                          WHERE id = $1 AND lease = $2 AND status = 'running'",
@@ -599,12 +595,10 @@ macro_rules! sql_job_store {
                     .bind(d.next_run_at_ms)
                     .bind(now)
                     .execute(&mut **tx)
-                    .await?;
-                    if updated.rows_affected() != 1 {
-                        return Err(lost(std::slice::from_ref(&d)));
-                    }
+                    .await?
+                    .rows_affected();
                 }
-                Ok(())
+                Ok(completed)
             }
 
             async fn insert_jobs(
@@ -669,8 +663,13 @@ macro_rules! sql_job_store {
                 max: usize,
                 lease_ms: i64,
                 filter: &$crate::storage::jobs::ClaimFilter,
+                completed: &[$crate::storage::jobs::JobCompletion],
             ) -> Result<Vec<$crate::storage::jobs::JobClaim>, $crate::storage::StoreError> {
                 let lease = $crate::storage::jobs::new_lease();
+                let mut tx = self.$writer.begin_with($claim_begin).await?;
+                let completed: Vec<&$crate::storage::jobs::JobCompletion> = completed.iter().collect();
+                // A run whose lease lapsed meanwhile is another run's now: skip it.
+                Self::complete_runs(&mut tx, &completed).await?;
                 let mut exclude = String::new();
                 let mut next = 5;
                 if !filter.full_queues.is_empty() {
@@ -684,11 +683,15 @@ macro_rules! sql_job_store {
                 // one statement per status, so each walks the claim index in
                 // order and stops at its LIMIT.
                 let mut rows = Vec::new();
-                for due in [
-                    "status = 'running' AND lease_until_ms < $3",
-                    "status = 'failed' AND run_at_ms <= $3",
-                    "status = 'scheduled' AND run_at_ms <= $3",
-                ] {
+                for (due, index) in [
+                    (!filter.skip_expired).then_some(("status = 'running' AND lease_until_ms < $3", None)),
+                    Some(("status = 'failed' AND run_at_ms <= $3", Some("jobs_failed"))),
+                    Some(("status = 'scheduled' AND run_at_ms <= $3", Some("jobs_scheduled"))),
+                ]
+                .into_iter()
+                .flatten()
+                {
+
                     let want = max.saturating_sub(rows.len());
                     if want == 0 {
                         break;
@@ -697,7 +700,10 @@ macro_rules! sql_job_store {
                         "UPDATE jobs SET status = 'running', lease = $1, lease_until_ms = $2, attempts = attempts + 1, updated_at_ms = $3 \
                          WHERE id IN (SELECT id FROM jobs{} WHERE {due}{exclude} ORDER BY priority DESC, run_at_ms LIMIT $4{}) \
                          RETURNING {}",
-                        if due.starts_with("status = 'running'") { "" } else { $index },
+                        match index {
+                            Some(index) if $hint => format!(" INDEXED BY {index}"),
+                            _ => String::new(),
+                        },
                         $lock,
                         $crate::storage::sql::JOB_COLUMNS
                     );
@@ -705,8 +711,9 @@ macro_rules! sql_job_store {
                     for name in filter.full_queues.iter().chain(filter.full_types.iter()) {
                         q = q.bind(name);
                     }
-                    rows.extend(q.fetch_all(&self.$writer).await?);
+                    rows.extend(q.fetch_all(&mut *tx).await?);
                 }
+                tx.commit().await?;
                 let mut claims = rows
                     .iter()
                     .map(|r| Ok($crate::storage::jobs::JobClaim { job: $crate::storage::sql::job_from_row(r)?, lease: lease.clone() }))
@@ -724,7 +731,7 @@ macro_rules! sql_job_store {
                     .fetch_optional(&mut *tx)
                     .await?;
                 let Some(row) = row else { return Ok(false) };
-                let errors = $crate::storage::sql::push_job_error(
+                let errors = $crate::storage::jobs::push_job_error(
                     &row.try_get::<String, _>(0)?,
                     row.try_get::<i64, _>(1)? as u32,
                     &failure.error,

@@ -170,4 +170,4 @@ impl StateStore for SqliteStore {
 
 super::sql::sql_component_store!(SqliteStore, writer: writer, reader: reader);
 super::sql::sql_journal_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader);
-super::sql::sql_job_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader, index: " INDEXED BY jobs_claim", lock: "");
+super::sql::sql_job_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader, index_hint: true, lock: "");

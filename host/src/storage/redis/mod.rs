@@ -17,6 +17,8 @@
 //! | `P:projs`, `P:proj:{name}` | set, hash | projection names; definition and checkpoint |
 //! | `P:blob:{hash}`, `P:cv:{type}`, `P:heads` | string, hash, hash | component bytes, versions, active versions |
 //!
+//! Durable jobs have their own keys; see [`jobs`].
+//!
 //! Durability is Redis's own: with `appendonly yes` and `appendfsync
 //! always` an acknowledged turn survives a crash of Redis; with Redis's
 //! defaults it may not. Keys are not declared to the scripts, so this
@@ -32,6 +34,8 @@ use super::{
 };
 use crate::id::ActorId;
 
+mod jobs;
+
 /// Key prefix unless the URL names one (`redis://host/0#prefix`).
 pub const DEFAULT_PREFIX: &str = "quark";
 
@@ -43,21 +47,25 @@ impl From<redis::RedisError> for StoreError {
 
 /// A Redis-backed [`Store`].
 pub struct RedisStore {
+    client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
     commit_script: redis::Script,
     retention_script: redis::Script,
     component_script: redis::Script,
+    jobs: jobs::JobScripts,
 }
 
-/// Commits a batch. ARGV: prefix, then four sections, each a count and
-/// fixed-size records: heads (actor, expected, new), checkpoints (name,
-/// from, to), state ops (actor, key, 'S' value | 'D' ''), events (actor,
-/// type, version, event type, schema, data, at, correlation, causation,
-/// caller or '', has-caller, method). Returns '' or a conflict message.
+/// Commits a batch (after [`jobs::JOB_FUNCTIONS_LUA`]). ARGV: prefix, now,
+/// then seven sections, each a count and fixed-size records: heads (actor,
+/// expected, new), checkpoints (name, from, to), job completions (id,
+/// lease, next run or ''), state ops (actor, key, 'S' value | 'D' ''),
+/// events (actor, type, version, event type, schema, data, at,
+/// correlation, causation, caller or '', has-caller, method), new jobs
+/// (`JOB_ARGS` each), cancelled job ids. Returns '' or a conflict message.
 const COMMIT_LUA: &str = r#"
-local p = ARGV[1]
-local i = 2
+local p, now = ARGV[1], ARGV[2]
+local i = 3
 -- Checks first, against what earlier turns of this batch moved to
 -- (pipelined turns of one actor follow each other in a batch).
 local nh = tonumber(ARGV[i]); i = i + 1
@@ -82,6 +90,15 @@ for _ = 1, nc do
     return 'projection `' .. ARGV[i] .. '` is no longer at position ' .. ARGV[i + 1] .. ': another runner advanced it first'
   end
   checkpoints[ARGV[i]] = ARGV[i + 2]
+  i = i + 3
+end
+local nd = tonumber(ARGV[i]); i = i + 1
+local done = {}
+for _ = 1, nd do
+  if not holds_lease(p, ARGV[i], ARGV[i + 1]) then
+    return 'job ' .. ARGV[i] .. ' is no longer leased to this run (its lease expired and another run took it)'
+  end
+  table.insert(done, {ARGV[i], ARGV[i + 2]})
   i = i + 3
 end
 local ns = tonumber(ARGV[i]); i = i + 1
@@ -111,6 +128,13 @@ end
 for name, position in pairs(checkpoints) do
   redis.call('HSET', p .. ':proj:' .. name, 'checkpoint', position)
 end
+local nj = tonumber(ARGV[i]); i = i + 1
+local added = 0
+for _ = 1, nj do added = added + add_job(p, i); i = i + JOB_ARGS end
+local nx = tonumber(ARGV[i]); i = i + 1
+for _ = 1, nx do cancel_job(p, ARGV[i], now); i = i + 1 end
+for _, d in ipairs(done) do complete_job(p, d[1], d[2], now) end
+if added > 0 then redis.call('PUBLISH', p .. ':jobs', '') end
 return ''
 "#;
 
@@ -186,14 +210,16 @@ impl RedisStore {
             .set_connection_timeout(std::time::Duration::from_secs(3))
             .set_response_timeout(std::time::Duration::from_secs(10))
             .set_number_of_retries(2);
-        let mut conn = ConnectionManager::new_with_config(client, config).await?;
+        let mut conn = ConnectionManager::new_with_config(client.clone(), config).await?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(RedisStore {
+            client,
             conn,
             prefix,
-            commit_script: redis::Script::new(COMMIT_LUA),
+            commit_script: redis::Script::new(&format!("{}{COMMIT_LUA}", jobs::JOB_FUNCTIONS_LUA)),
             retention_script: redis::Script::new(RETENTION_LUA),
             component_script: redis::Script::new(COMPONENT_LUA),
+            jobs: jobs::JobScripts::new(),
         })
     }
 
@@ -260,6 +286,10 @@ impl Store for RedisStore {
     fn backend_name(&self) -> &'static str {
         "redis"
     }
+
+    fn job_store(&self) -> Option<&dyn super::jobs::JobStore> {
+        Some(self)
+    }
 }
 
 #[async_trait]
@@ -271,11 +301,8 @@ impl StateStore for RedisStore {
     }
 
     async fn commit(&self, batch: &[TurnCommit]) -> Result<(), StoreError> {
-        if batch.iter().any(TurnCommit::has_job_effects) {
-            return Err(StoreError::Rejected("durable jobs are not available on the Redis store yet; use SQLite or PostgreSQL".into()));
-        }
         let mut invocation = self.commit_script.prepare_invoke();
-        invocation.arg(&self.prefix);
+        invocation.arg(&self.prefix).arg(super::now_ms());
         let appends: Vec<_> = batch.iter().filter_map(|c| c.journal.as_ref().filter(|j| !j.events.is_empty()).map(|j| (c, j))).collect();
         invocation.arg(appends.len());
         for (commit, journal) in &appends {
@@ -286,6 +313,11 @@ impl StateStore for RedisStore {
         invocation.arg(checkpoints.len());
         for c in &checkpoints {
             invocation.arg(&c.projection).arg(c.from).arg(c.to);
+        }
+        let done: Vec<_> = batch.iter().filter_map(|c| c.job_done.as_ref()).collect();
+        invocation.arg(done.len());
+        for d in &done {
+            invocation.arg(&d.id).arg(&d.lease).arg(d.next_run_at_ms.map(|t| t.to_string()).unwrap_or_default());
         }
         let ops: Vec<_> = batch.iter().flat_map(|c| c.state.iter().map(move |w| (c.actor.as_str(), w))).collect();
         invocation.arg(ops.len());
@@ -312,6 +344,14 @@ impl StateStore for RedisStore {
                     .arg(if e.caller.is_some() { "1" } else { "0" })
                     .arg(&e.method);
             }
+        }
+        invocation.arg(batch.iter().map(|c| c.jobs.len()).sum::<usize>());
+        for job in batch.iter().flat_map(|c| c.jobs.iter()) {
+            jobs::push_job_args(&mut invocation, job);
+        }
+        invocation.arg(batch.iter().map(|c| c.cancels.len()).sum::<usize>());
+        for id in batch.iter().flat_map(|c| c.cancels.iter()) {
+            invocation.arg(id);
         }
         let conflict: String = invocation.invoke_async(&mut self.conn()).await?;
         if conflict.is_empty() { Ok(()) } else { Err(StoreError::Conflict(conflict)) }
