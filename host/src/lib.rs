@@ -17,6 +17,7 @@ pub mod capabilities;
 pub mod cli;
 pub mod error;
 pub mod id;
+pub mod inbox;
 pub mod jobs;
 pub mod journal;
 pub mod metrics;

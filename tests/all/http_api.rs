@@ -191,3 +191,44 @@ async fn journal_replay_snapshot_and_projections_over_http() {
     let (status, body) = json_of(http.delete(format!("{base}/v1/projections/summary")).send().await.unwrap()).await;
     assert_error(status, &body, 404, "not-found");
 }
+
+#[tokio::test]
+async fn an_idempotency_key_runs_a_call_once() {
+    let (base, _dir, host) = serve(None).await;
+    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    let http = reqwest::Client::new();
+    let call = |key: &'static str| {
+        http.post(format!("{base}/v1/actors/counter/bob/increment")).header("Idempotency-Key", key).body(r#"{"by": 3}"#).send()
+    };
+    assert_eq!(json_of(call("order-17").await.unwrap()).await, (200, json!(3)));
+    assert_eq!(json_of(call("order-17").await.unwrap()).await, (200, json!(3)), "the repeat gets the first reply");
+    assert_eq!(json_of(call("order-18").await.unwrap()).await, (200, json!(6)));
+    assert_eq!(ask(&host, "counter/bob", "get", json!(null)).await.unwrap(), json!(6), "two turns ran, not three");
+    let long = "k".repeat(300);
+    let (status, body) =
+        json_of(http.post(format!("{base}/v1/actors/counter/bob/get")).header("Idempotency-Key", long).send().await.unwrap()).await;
+    assert_error(status, &body, 400, "bad-request");
+}
+
+#[tokio::test]
+async fn inbox_entries_expire_after_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = quark_host::HostConfig::new(dir.path());
+    config.inbox_retention = std::time::Duration::from_millis(200);
+    let host = host_with_config(config).await;
+    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    let inc = || host.ask_idempotent(id("counter/e"), "increment", br#"{"by": 1}"#.to_vec(), "once");
+    assert_eq!(inc().await.unwrap(), b"1");
+    assert_eq!(inc().await.unwrap(), b"1");
+    // The expiry task forgets it (every 50 ms here); then the key runs again.
+    let mut forgotten = false;
+    for _ in 0..500 {
+        if host.store().inbox_reply(&id("counter/e"), "once").await.unwrap().is_none() {
+            forgotten = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(forgotten, "the inbox entry never expired");
+    assert_eq!(inc().await.unwrap(), b"2");
+}

@@ -409,6 +409,46 @@ async fn host_jobs(store: Arc<dyn Store>) {
     assert!(host.metrics_text().contains("quark_job_start_delay_seconds_count"), "the scheduling lag is exported");
 }
 
+/// The inbox: an entry commits with its turn, a second one for the same
+/// message fails the commit (nothing of it lands), and entries expire.
+async fn inbox_dedup_and_expiry(store: Arc<dyn Store>) {
+    use quark_host::storage::InboxEntry;
+    let handled = |key: &str, value: &str, at_ms: i64| TurnCommit {
+        inbox: Some(InboxEntry { message_id: "m1".into(), reply: value.as_bytes().to_vec(), at_ms }),
+        ..TurnCommit::state_only(id("c/a"), vec![write(key, Some(value))])
+    };
+    assert_eq!(store.inbox_reply(&id("c/a"), "m1").await.unwrap(), None);
+    store.commit(&[handled("k", "first", 1_000)]).await.unwrap();
+    assert_eq!(store.inbox_reply(&id("c/a"), "m1").await.unwrap(), Some(b"first".to_vec()));
+    assert_eq!(store.inbox_reply(&id("c/b"), "m1").await.unwrap(), None, "inboxes are per actor");
+    let again = store.commit(&[handled("k2", "second", 2_000)]).await;
+    assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    assert_eq!(store.load_state(&id("c/a")).await.unwrap(), vec![("k".to_string(), b"first".to_vec())], "the repeat wrote nothing");
+    assert_eq!(store.expire_inbox(1_000).await.unwrap(), 0, "not older than the bound");
+    assert_eq!(store.expire_inbox(1_001).await.unwrap(), 1);
+    assert_eq!(store.inbox_reply(&id("c/a"), "m1").await.unwrap(), None);
+}
+
+/// `Idempotency-Key` semantics through the host: once per key, the first
+/// reply for a repeat (also one sent while the first is committing).
+async fn host_idempotent_asks(store: Arc<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(HostConfig::new(dir.path()), store.clone()).await.unwrap();
+    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    let inc = |key: &'static str| {
+        let host = host.clone();
+        async move { host.ask_idempotent(id("counter/k"), "increment", br#"{"by": 5}"#.to_vec(), key).await.unwrap() }
+    };
+    let (a, b) = tokio::join!(inc("pay-1"), inc("pay-1"));
+    assert_eq!(a, b, "both callers get the first reply");
+    assert_eq!(inc("pay-1").await, a);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&a).unwrap(), json!(5));
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&inc("pay-2").await).unwrap(), json!(10), "another key runs");
+    assert_eq!(ask(&host, "counter/k", "get", json!(null)).await.unwrap(), json!(10));
+    let e = host.ask_idempotent(id("counter/k"), "get", b"null".to_vec(), "").await.unwrap_err();
+    assert_eq!(e.kind, quark_host::ErrorKind::BadRequest);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -452,4 +492,6 @@ conformance!(
     host_event_sourcing,
     jobs_claim_lease_and_complete,
     host_jobs,
+    inbox_dedup_and_expiry,
+    host_idempotent_asks,
 );

@@ -189,6 +189,7 @@ async fn actors(State(state): State<ApiState>) -> Json<serde_json::Value> {
 async fn call(
     State(state): State<ApiState>,
     Path((actor_type, key, method)): Path<(String, String, String)>,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let id = ActorId::new(&actor_type, &key)?;
@@ -199,7 +200,14 @@ async fn call(
     {
         return Err(ApiError(ActorError::bad_request(format!("the request body is not valid JSON: {e}"))));
     }
-    let reply = state.host.ask(id, &method, payload.to_vec()).await?;
+    // `Idempotency-Key`: the turn runs once; a repeat gets the first reply.
+    let reply = match headers.get("idempotency-key") {
+        Some(key) => {
+            let key = key.to_str().map_err(|_| ApiError(ActorError::bad_request("the Idempotency-Key header is not visible ASCII")))?;
+            state.host.ask_idempotent(id, &method, payload.to_vec(), key).await?
+        }
+        None => state.host.ask(id, &method, payload.to_vec()).await?,
+    };
     Ok(([(header::CONTENT_TYPE, "application/json")], reply).into_response())
 }
 

@@ -255,6 +255,9 @@ struct ServeArgs {
     /// How long a claimed job is this host's before another may take it over.
     #[arg(long, default_value = "60s")]
     job_lease: humantime::Duration,
+    /// How long an actor remembers a handled message id or `Idempotency-Key`.
+    #[arg(long, default_value = "24h")]
+    inbox_retention: humantime::Duration,
     /// Most jobs running at once in queue NAME: `NAME=N`; repeatable.
     #[arg(long = "queue-limit", value_name = "NAME=N")]
     queue_limits: Vec<String>,
@@ -341,6 +344,7 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     }
     config.job_concurrency = args.job_concurrency.max(1);
     config.job_lease = Duration::from(args.job_lease);
+    config.inbox_retention = Duration::from(args.inbox_retention);
     config.job_queue_limits = parse_limits("--queue-limit", &args.queue_limits)?;
     config.job_type_limits = parse_limits("--type-limit", &args.type_limits)?;
     let store_name = store.backend_name();

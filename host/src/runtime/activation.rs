@@ -28,7 +28,7 @@ use crate::metrics::{TurnOutcome, outcome_of};
 use super::commit::{PendingCommit, TurnOutput};
 use crate::storage::committer::DependencyFlag;
 use crate::storage::jobs::{JobCompletion, JobRecord};
-use crate::storage::{CheckpointAdvance, EventRecord, JournalAppend, Manifest, Snapshot, StateWrite, TurnCommit};
+use crate::storage::{CheckpointAdvance, EventRecord, InboxEntry, JournalAppend, Manifest, Snapshot, StateWrite, TurnCommit};
 
 /// Most re-entrant turns one actor runs at once; each has its own instance
 /// and memory, so a runaway recursion must stop somewhere.
@@ -579,6 +579,19 @@ impl Core {
         let event_sourced = live.bindings.aggregate.is_some();
 
         let mut effect_free_job = None;
+        let mut inbox = None;
+        if let Some(Control::Inbox(message_id)) = &control {
+            // Handled already? Let this actor's commits in flight land
+            // first, so a repeat right behind the first sees its entry.
+            if shared.commits_in_flight.load(Ordering::Acquire) > 0
+                && let Ok(barrier) = host.committer().enqueue(TurnCommit::state_only(shared.id.clone(), Vec::new()), None).await
+            {
+                let _ = barrier.await;
+            }
+            if let Some(reply) = host.store().inbox_reply(&shared.id, message_id).await? {
+                return Ok(TurnOutput::Done(reply));
+            }
+        }
         {
             let mut state = shared.state.lock();
             // Reuse the vector: no allocation per turn.
@@ -591,6 +604,7 @@ impl Core {
                     state.layers[0].job_done = Some(job.completion);
                     effect_free_job = Some(job.effect_free);
                 }
+                Some(Control::Inbox(message_id)) => inbox = Some(message_id),
                 _ => {}
             }
             shared.busy_chain.store(request.chain, Ordering::Release);
@@ -627,7 +641,8 @@ impl Core {
                     job_done = None;
                     flag.store(true, Ordering::Release);
                 }
-                let effects = Committable { writes, events, checkpoint, tells, reply, snapshot, jobs, cancels, job_done };
+                let inbox = inbox.map(|message_id| InboxEntry { message_id, reply: reply.clone(), at_ms: crate::storage::now_ms() });
+                let effects = Committable { writes, events, checkpoint, tells, reply, snapshot, jobs, cancels, job_done, inbox };
                 self.enqueue_commit(host, shared, effects, started).await
             }
             Err(HandlerFailure::Returned(e)) => {
@@ -732,14 +747,15 @@ impl Core {
         effects: Committable,
         started: Instant,
     ) -> Result<TurnOutput, ActorError> {
-        let Committable { writes, events, checkpoint, tells, reply, snapshot, jobs, cancels, job_done } = effects;
+        let Committable { writes, events, checkpoint, tells, reply, snapshot, jobs, cancels, job_done, inbox } = effects;
         let schedules_jobs = !jobs.is_empty();
         let durable = !writes.is_empty()
             || !events.is_empty()
             || checkpoint.is_some()
             || !jobs.is_empty()
             || !cancels.is_empty()
-            || job_done.is_some();
+            || job_done.is_some()
+            || inbox.is_some();
         if !durable && shared.commits_in_flight.load(Ordering::Acquire) == 0 {
             for tell in tells {
                 if let Err(e) = host.tell_request(tell) {
@@ -755,7 +771,7 @@ impl Core {
             (state.commit_flag.clone(), state.journal.version)
         };
         let journal = (!events.is_empty()).then_some(JournalAppend { expected_version, events });
-        let commit = TurnCommit { actor: shared.id.clone(), state: state_writes.clone(), journal, checkpoint, jobs, cancels, job_done };
+        let commit = TurnCommit { actor: shared.id.clone(), state: state_writes.clone(), journal, checkpoint, jobs, cancels, job_done, inbox };
         let outcome = host.committer().enqueue(commit, Some(flag)).await.map_err(|e| {
             self.live = None;
             ActorError::unavailable(format!("the turn of {} ran but could not be committed, so it did not happen: {e}", shared.id))
@@ -806,6 +822,7 @@ struct Committable {
     jobs: Vec<JobRecord>,
     cancels: Vec<String>,
     job_done: Option<JobCompletion>,
+    inbox: Option<InboxEntry>,
 }
 
 /// Loads the actor's committed state into memory before its first turn,

@@ -72,6 +72,9 @@ pub struct HostConfig {
     /// Longest the job runner sleeps between looks at the store, for jobs
     /// added on other hosts when the store cannot announce them.
     pub job_poll: Duration,
+    /// How long an actor's inbox remembers a message id or idempotency key
+    /// (a repeat within it gets the first reply without a turn).
+    pub inbox_retention: Duration,
 }
 
 /// Jobs running at once on a host unless configured: enough to keep the
@@ -97,6 +100,7 @@ impl HostConfig {
             job_type_limits: HashMap::new(),
             job_lease: DEFAULT_JOB_LEASE,
             job_poll: crate::jobs::runner::POLL,
+            inbox_retention: crate::inbox::DEFAULT_RETENTION,
         }
     }
 }
@@ -129,6 +133,9 @@ pub(crate) enum Control {
     Checkpoint(crate::storage::CheckpointAdvance),
     /// Runs a claimed job; its completion commits with the turn.
     Job(crate::jobs::runner::JobTurn),
+    /// Runs the turn once per message id (or idempotency key): a repeat
+    /// gets the first reply from the actor's inbox without running.
+    Inbox(String),
 }
 
 static NEXT_CHAIN: AtomicU64 = AtomicU64::new(1);
@@ -213,6 +220,7 @@ impl Host {
             }
         }
         host.spawn_idle_sweeper();
+        crate::inbox::spawn_expiry(&host);
         host.start_projections().await?;
         if let Some(jobs) = host.0.store.job_store() {
             tokio::spawn(crate::jobs::runner::run(host.downgrade()));

@@ -90,23 +90,46 @@ pub struct TurnCommit {
     pub cancels: Vec<String>,
     /// The job this turn ran, completed with it (job turns only).
     pub job_done: Option<jobs::JobCompletion>,
+    /// The message (or idempotency key) this turn handled, with its reply:
+    /// a repeat gets the reply without running again.
+    pub inbox: Option<InboxEntry>,
 }
 
 impl TurnCommit {
     /// A commit of state writes only.
     pub fn state_only(actor: ActorId, state: Vec<StateWrite>) -> Self {
-        TurnCommit { actor, state, journal: None, checkpoint: None, jobs: Vec::new(), cancels: Vec::new(), job_done: None }
+        TurnCommit {
+            actor,
+            state,
+            journal: None,
+            checkpoint: None,
+            jobs: Vec::new(),
+            cancels: Vec::new(),
+            job_done: None,
+            inbox: None,
+        }
     }
 
     /// True when the turn wrote nothing durable, so it can skip the store.
     pub fn is_empty(&self) -> bool {
-        self.state.is_empty() && self.journal.is_none() && self.checkpoint.is_none() && !self.has_job_effects()
+        self.state.is_empty() && self.journal.is_none() && self.checkpoint.is_none() && !self.has_job_effects() && self.inbox.is_none()
     }
 
     /// True when the turn scheduled, cancelled or completed a job.
     pub fn has_job_effects(&self) -> bool {
         !self.jobs.is_empty() || !self.cancels.is_empty() || self.job_done.is_some()
     }
+}
+
+/// A message an actor handled, kept in its inbox for the retention window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxEntry {
+    /// The message id (or the caller's idempotency key).
+    pub message_id: String,
+    /// The reply the turn gave.
+    pub reply: Vec<u8>,
+    /// When the turn ran, ms since the epoch.
+    pub at_ms: i64,
 }
 
 /// One journal event as it is stored: the persisted format, pinned by the
@@ -370,7 +393,7 @@ pub struct ComponentVersion {
 }
 
 /// The storage backend: all the traits below, behind one object.
-pub trait Store: StateStore + ComponentStore + JournalStore + Send + Sync + 'static {
+pub trait Store: StateStore + ComponentStore + JournalStore + InboxStore + Send + Sync + 'static {
     /// A short name for logs and metrics (`sqlite`, `postgres`).
     fn backend_name(&self) -> &'static str;
 
@@ -378,6 +401,17 @@ pub trait Store: StateStore + ComponentStore + JournalStore + Send + Sync + 'sta
     fn job_store(&self) -> Option<&dyn jobs::JobStore> {
         None
     }
+}
+
+/// Each actor's inbox: the messages (and idempotency keys) it handled,
+/// written in the turn's commit, so a repeat is answered without a turn.
+#[async_trait]
+pub trait InboxStore: Send + Sync {
+    /// The stored reply if `actor` handled `message_id` (and it has not expired).
+    async fn inbox_reply(&self, actor: &ActorId, message_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Forgets entries older than `before_ms`; returns how many.
+    async fn expire_inbox(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
 
 /// Per-actor key/value state and the turn commit.

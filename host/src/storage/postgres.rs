@@ -154,6 +154,9 @@ impl StateStore for PostgresStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        if batch.iter().any(|c| c.inbox.is_some()) {
+            Self::commit_inbox(&mut tx, batch).await?;
+        }
         if batch.iter().any(TurnCommit::has_job_effects) {
             Self::commit_jobs(&mut tx, batch).await?;
             if batch.iter().any(|c| !c.jobs.is_empty()) {
@@ -168,6 +171,7 @@ impl StateStore for PostgresStore {
 }
 
 super::sql::sql_component_store!(PostgresStore, writer: pool, reader: pool);
+super::sql::sql_inbox_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool);
 super::sql::sql_journal_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool);
 super::sql::sql_job_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool, index_hint: false, lock: " FOR UPDATE SKIP LOCKED",
     // A claim lost in a crash of PostgreSQL leaves its jobs due (and a turn

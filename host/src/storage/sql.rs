@@ -874,3 +874,56 @@ pub(crate) fn pow2_chunks<T>(mut rows: &[T], max: usize) -> impl Iterator<Item =
         Some(chunk)
     })
 }
+
+/// Implements `InboxStore` for a SQL store of database `$db`, plus
+/// `commit_inbox`, which writes a batch's inbox entries inside the batch's
+/// transaction: an entry that exists already (the message was handled)
+/// fails the batch with a conflict instead of running twice.
+macro_rules! sql_inbox_store {
+    ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident) => {
+        impl $store {
+            async fn commit_inbox(
+                tx: &mut ::sqlx::Transaction<'_, $db>,
+                batch: &[$crate::storage::TurnCommit],
+            ) -> Result<(), $crate::storage::StoreError> {
+                let entries: Vec<(&str, &$crate::storage::InboxEntry)> =
+                    batch.iter().filter_map(|c| c.inbox.as_ref().map(|e| (c.actor.as_str(), e))).collect();
+                for chunk in $crate::storage::sql::pow2_chunks(&entries, 256) {
+                    let mut q = ::sqlx::QueryBuilder::<$db>::new("INSERT INTO inbox (actor, message_id, reply, at_ms) ");
+                    q.push_values(chunk, |mut row, (actor, e)| {
+                        row.push_bind(*actor).push_bind(e.message_id.as_str()).push_bind(e.reply.as_slice()).push_bind(e.at_ms);
+                    });
+                    q.push(" ON CONFLICT (actor, message_id) DO NOTHING");
+                    if q.build().execute(&mut **tx).await?.rows_affected() != chunk.len() as u64 {
+                        return Err($crate::storage::StoreError::Conflict(match chunk {
+                            [(actor, e)] => format!("{actor} has already handled message {:?}", e.message_id),
+                            _ => "a message in this batch was already handled by its receiver".into(),
+                        }));
+                    }
+                }
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::InboxStore for $store {
+            async fn inbox_reply(
+                &self,
+                actor: &$crate::id::ActorId,
+                message_id: &str,
+            ) -> Result<Option<Vec<u8>>, $crate::storage::StoreError> {
+                Ok(::sqlx::query_scalar("SELECT reply FROM inbox WHERE actor = $1 AND message_id = $2")
+                    .bind(actor.as_str())
+                    .bind(message_id)
+                    .fetch_optional(&self.$reader)
+                    .await?)
+            }
+
+            async fn expire_inbox(&self, before_ms: i64) -> Result<u64, $crate::storage::StoreError> {
+                Ok(::sqlx::query("DELETE FROM inbox WHERE at_ms < $1").bind(before_ms).execute(&self.$writer).await?.rows_affected())
+            }
+        }
+    };
+}
+
+pub(crate) use sql_inbox_store;

@@ -160,6 +160,9 @@ impl StateStore for SqliteStore {
             q.push(")");
             q.build().execute(&mut *tx).await?;
         }
+        if batch.iter().any(|c| c.inbox.is_some()) {
+            Self::commit_inbox(&mut tx, batch).await?;
+        }
         if batch.iter().any(TurnCommit::has_job_effects) {
             Self::commit_jobs(&mut tx, batch).await?;
         }
@@ -169,5 +172,6 @@ impl StateStore for SqliteStore {
 }
 
 super::sql::sql_component_store!(SqliteStore, writer: writer, reader: reader);
+super::sql::sql_inbox_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader);
 super::sql::sql_journal_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader);
 super::sql::sql_job_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader, index_hint: true, lock: "");

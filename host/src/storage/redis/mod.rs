@@ -16,6 +16,7 @@
 //! | `P:snapv:{actor}`, `P:snapd:{actor}` | sorted set, hash | snapshot versions; version → snapshot |
 //! | `P:projs`, `P:proj:{name}` | set, hash | projection names; definition and checkpoint |
 //! | `P:blob:{hash}`, `P:cv:{type}`, `P:heads` | string, hash, hash | component bytes, versions, active versions |
+//! | `P:ib:{actor}`, `P:ibt` | hash, sorted set | inbox: message id → reply; `actor\n id` scored by time (expiry) |
 //!
 //! Durable jobs have their own keys; see [`jobs`].
 //!
@@ -54,12 +55,13 @@ pub struct RedisStore {
     retention_script: redis::Script,
     component_script: redis::Script,
     jobs: jobs::JobScripts,
+    expire_inbox_script: redis::Script,
 }
 
 /// Commits a batch (after [`jobs::JOB_FUNCTIONS_LUA`]). ARGV: prefix, now,
-/// then seven sections, each a count and fixed-size records: heads (actor,
+/// then eight sections, each a count and fixed-size records: heads (actor,
 /// expected, new), checkpoints (name, from, to), job completions (id,
-/// lease, next run or ''), state ops (actor, key, 'S' value | 'D' ''),
+/// lease, next run or ''), inbox entries (actor, message id, reply, at), state ops (actor, key, 'S' value | 'D' ''),
 /// events (actor, type, version, event type, schema, data, at,
 /// correlation, causation, caller or '', has-caller, method), new jobs
 /// (`JOB_ARGS` each), cancelled job ids. Returns '' or a conflict message.
@@ -101,6 +103,15 @@ for _ = 1, nd do
   table.insert(done, {ARGV[i], ARGV[i + 2]})
   i = i + 3
 end
+local ni = tonumber(ARGV[i]); i = i + 1
+local inbox = {}
+for _ = 1, ni do
+  if redis.call('HEXISTS', p .. ':ib:' .. ARGV[i], ARGV[i + 1]) == 1 then
+    return ARGV[i] .. ' has already handled message "' .. ARGV[i + 1] .. '"'
+  end
+  table.insert(inbox, {ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]})
+  i = i + 4
+end
 local ns = tonumber(ARGV[i]); i = i + 1
 for _ = 1, ns do
   if ARGV[i + 2] == 'S' then
@@ -134,6 +145,10 @@ for _ = 1, nj do added = added + add_job(p, i); i = i + JOB_ARGS end
 local nx = tonumber(ARGV[i]); i = i + 1
 for _ = 1, nx do cancel_job(p, ARGV[i], now); i = i + 1 end
 for _, d in ipairs(done) do complete_job(p, d[1], d[2], now) end
+for _, e in ipairs(inbox) do
+  redis.call('HSET', p .. ':ib:' .. e[1], e[2], e[3])
+  redis.call('ZADD', p .. ':ibt', e[4], e[1] .. '\n' .. e[2])
+end
 if added > 0 then redis.call('PUBLISH', p .. ':jobs', '') end
 return ''
 "#;
@@ -184,6 +199,19 @@ redis.call('HSET', p .. ':heads', atype, version)
 return version
 "#;
 
+/// Forgets inbox entries older than ARGV[2], at most 1000 per call.
+/// ARGV: prefix, before. Returns how many.
+const EXPIRE_INBOX_LUA: &str = r#"
+local p = ARGV[1]
+local old = redis.call('ZRANGEBYSCORE', p .. ':ibt', '-inf', '(' .. ARGV[2], 'LIMIT', 0, 1000)
+for _, member in ipairs(old) do
+  local nl = string.find(member, '\n', 1, true)
+  redis.call('HDEL', p .. ':ib:' .. string.sub(member, 1, nl - 1), string.sub(member, nl + 1))
+  redis.call('ZREM', p .. ':ibt', member)
+end
+return #old
+"#;
+
 /// A component version as stored (its number is the hash field).
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredVersion {
@@ -220,6 +248,7 @@ impl RedisStore {
             retention_script: redis::Script::new(RETENTION_LUA),
             component_script: redis::Script::new(COMPONENT_LUA),
             jobs: jobs::JobScripts::new(),
+            expire_inbox_script: redis::Script::new(EXPIRE_INBOX_LUA),
         })
     }
 
@@ -319,6 +348,11 @@ impl StateStore for RedisStore {
         for d in &done {
             invocation.arg(&d.id).arg(&d.lease).arg(d.next_run_at_ms.map(|t| t.to_string()).unwrap_or_default());
         }
+        let inbox: Vec<_> = batch.iter().filter_map(|c| c.inbox.as_ref().map(|e| (c.actor.as_str(), e))).collect();
+        invocation.arg(inbox.len());
+        for (actor, e) in &inbox {
+            invocation.arg(*actor).arg(&e.message_id).arg(e.reply.as_slice()).arg(e.at_ms);
+        }
         let ops: Vec<_> = batch.iter().flat_map(|c| c.state.iter().map(move |w| (c.actor.as_str(), w))).collect();
         invocation.arg(ops.len());
         for (actor, write) in &ops {
@@ -355,6 +389,24 @@ impl StateStore for RedisStore {
         }
         let conflict: String = invocation.invoke_async(&mut self.conn()).await?;
         if conflict.is_empty() { Ok(()) } else { Err(StoreError::Conflict(conflict)) }
+    }
+}
+
+#[async_trait]
+impl super::InboxStore for RedisStore {
+    async fn inbox_reply(&self, actor: &ActorId, message_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.conn().hget(self.key("ib", actor.as_str()), message_id).await?)
+    }
+
+    async fn expire_inbox(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let n: u64 = self.expire_inbox_script.prepare_invoke().arg(&self.prefix).arg(before_ms).invoke_async(&mut self.conn()).await?;
+            total += n;
+            if n < 1000 {
+                return Ok(total);
+            }
+        }
     }
 }
 

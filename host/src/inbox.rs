@@ -1,0 +1,61 @@
+//! Each actor's inbox: message ids and idempotency keys it handled, with
+//! their replies, written in the same commit as the turn. A repeat within
+//! the retention window gets the first reply without running the turn
+//! again: `POST /v1/actors/{type}/{key}/{method}` with an `Idempotency-Key`
+//! header, and (with the outbox) redelivered messages.
+
+use std::time::{Duration, Instant};
+
+use crate::error::ActorError;
+use crate::id::ActorId;
+use crate::runtime::{Control, Host, Request, new_chain_id};
+
+/// How long an inbox entry is kept unless configured (`--inbox-retention`).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// Longest idempotency key or message id accepted.
+pub const MAX_KEY_BYTES: usize = 255;
+
+impl Host {
+    /// Like [`Host::ask`], but at most once per `key` for this actor
+    /// within the inbox retention: a repeat returns the first successful
+    /// reply without running the turn. A failed turn stores nothing, so a
+    /// retry after an error runs again.
+    pub async fn ask_idempotent(&self, target: ActorId, method: &str, payload: Vec<u8>, key: &str) -> Result<Vec<u8>, ActorError> {
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            return Err(ActorError::bad_request(format!("an idempotency key must be 1 to {MAX_KEY_BYTES} bytes, not {}", key.len())));
+        }
+        let request = Request {
+            target,
+            method: method.to_string(),
+            payload,
+            chain: new_chain_id(),
+            caller: None,
+            deadline: Instant::now() + self.config().call_timeout,
+            control: Some(Box::new(Control::Inbox(key.to_string()))),
+        };
+        self.ask_request(request).await
+    }
+}
+
+/// Forgets inbox entries past the retention, every tenth of it (at most
+/// once a minute), for as long as the host lives.
+pub(crate) fn spawn_expiry(host: &Host) {
+    let weak = host.downgrade();
+    let retention = host.config().inbox_retention;
+    let period = (retention / 10).clamp(Duration::from_millis(50), Duration::from_secs(60));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(host) = weak.upgrade() else { break };
+            let before = crate::storage::now_ms() - retention.as_millis() as i64;
+            match host.store().expire_inbox(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(expired = n, "forgot inbox entries past their retention"),
+                Err(e) => tracing::warn!(error = %e, "expiring inbox entries failed; retrying later"),
+            }
+        }
+    });
+}

@@ -1,0 +1,11 @@
+-- Each actor's inbox: messages and idempotency keys it handled, with the
+-- reply, written in the turn's commit. Entries expire after the host's
+-- inbox retention (by `at_ms`).
+CREATE TABLE inbox (
+    actor      TEXT COLLATE "C" NOT NULL,
+    message_id TEXT COLLATE "C" NOT NULL,
+    reply      BYTEA  NOT NULL,
+    at_ms      BIGINT NOT NULL,
+    PRIMARY KEY (actor, message_id)
+);
+CREATE INDEX inbox_at ON inbox (at_ms);
