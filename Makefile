@@ -4,7 +4,7 @@
 CARGO        ?= cargo
 WASM_TARGET  := wasm32-wasip2
 SAMPLES      := counter greeter bank accounts-summary reports
-TEST_ACTORS  := misbehave pingpong no-handler counter-v2 ledger worker
+TEST_ACTORS  := misbehave pingpong no-handler counter-v2 ledger worker courier
 GUEST_DIR    := target/$(WASM_TARGET)/wasm
 DATA_DIR     ?= ./quark-data
 LISTEN       ?= 127.0.0.1:7878

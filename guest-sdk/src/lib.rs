@@ -365,6 +365,60 @@ pub mod jobs {
     }
 }
 
+/// The outbox: messages sent with this turn, delivered after it commits.
+///
+/// ```ignore
+/// outbox::to_actor("bank/bob", "credit", &Credit { amount: 10 })?.id("transfer-17").send()?;
+/// ```
+pub mod outbox {
+    use super::{Error, Result, Serialize, bindings::quark::actor::outbox};
+
+    pub use super::bindings::quark::actor::outbox::{ActorMethod, Destination, Message};
+
+    /// A message being described; [`MessageBuilder::send`] sends it.
+    #[derive(Debug, Clone)]
+    pub struct MessageBuilder {
+        message: Message,
+    }
+
+    fn builder<T: Serialize + ?Sized>(destination: Destination, payload: &T) -> Result<MessageBuilder> {
+        let payload = serde_json::to_vec(payload).map_err(|e| Error::internal(format!("encoding the message: {e}")))?;
+        Ok(MessageBuilder { message: Message { destination, payload, id: None, event_type: None } })
+    }
+
+    /// A message that runs `method` of `actor` with `payload` as JSON, once.
+    pub fn to_actor<T: Serialize + ?Sized>(actor: &str, method: &str, payload: &T) -> Result<MessageBuilder> {
+        builder(Destination::Actor(ActorMethod { actor: actor.to_string(), method: method.to_string() }), payload)
+    }
+
+    /// A message to the sink `name` of the host's config, as a CloudEvent.
+    pub fn to_sink<T: Serialize + ?Sized>(name: &str, payload: &T) -> Result<MessageBuilder> {
+        builder(Destination::Sink(name.to_string()), payload)
+    }
+
+    impl MessageBuilder {
+        /// Its id (the receiver dedups by it); a fresh one by default.
+        pub fn id(mut self, id: &str) -> Self {
+            self.message.id = Some(id.to_string());
+            self
+        }
+        /// The CloudEvents `type` a sink sees.
+        pub fn event_type(mut self, event_type: &str) -> Self {
+            self.message.event_type = Some(event_type.to_string());
+            self
+        }
+        /// Sends it (committed with this turn); returns its id.
+        pub fn send(self) -> Result<String> {
+            outbox::send(&self.message)
+        }
+    }
+
+    /// The message this turn handles, if it is a delivery: its id and sender.
+    pub fn current() -> Option<(String, String)> {
+        outbox::current()
+    }
+}
+
 /// Logging into the host's log, tagged with this actor's id.
 pub mod log {
     use super::bindings::quark::actor::log::{Level, log};

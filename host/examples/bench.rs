@@ -113,6 +113,14 @@ impl raw::quark::actor::jobs::Host for RawState {
     }
     fn progress(&mut self, _: u8, _: String) {}
 }
+impl raw::quark::actor::outbox::Host for RawState {
+    fn send(&mut self, _: raw::quark::actor::outbox::Message) -> Result<String, RawError> {
+        Err(RawError::Rejected("raw".into()))
+    }
+    fn current(&mut self) -> Option<(String, String)> {
+        None
+    }
+}
 impl raw::quark::actor::runtime::Host for RawState {
     fn self_id(&mut self) -> String {
         "counter/raw".into()

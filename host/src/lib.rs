@@ -21,6 +21,7 @@ pub mod inbox;
 pub mod jobs;
 pub mod journal;
 pub mod metrics;
+pub mod outbox;
 pub mod runtime;
 pub mod storage;
 

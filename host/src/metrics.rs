@@ -64,6 +64,8 @@ pub struct Metrics {
     jobs_succeeded: Counter,
     job_attempts_failed: Counter,
     job_start_delay_seconds: Histogram,
+    messages_delivered: Counter,
+    message_deliveries_failed: Counter,
 }
 
 impl Default for Metrics {
@@ -111,6 +113,8 @@ impl Metrics {
             job_attempts_failed: Counter::default(),
             // 0.5 ms .. ~10 min
             job_start_delay_seconds: Histogram::new(exponential_buckets(0.0005, 3.0, 14)),
+            messages_delivered: Counter::default(),
+            message_deliveries_failed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("turns", "Turns run, by outcome", m.turns.clone());
@@ -136,6 +140,8 @@ impl Metrics {
             "From a job's due time to the start of its attempt (scheduling lag)",
             m.job_start_delay_seconds.clone(),
         );
+        registry.register("messages_delivered", "Outbox messages delivered (an actor's turn committed, or a sink took it)", m.messages_delivered.clone());
+        registry.register("message_deliveries_failed", "Outbox deliveries that failed (retried or dead-lettered)", m.message_deliveries_failed.clone());
         Metrics { registry, ..m }
     }
 
@@ -164,6 +170,11 @@ impl Metrics {
     /// Records how long after its due time a job attempt started.
     pub fn record_job_start_delay(&self, delay: Duration) {
         self.job_start_delay_seconds.observe(delay.as_secs_f64());
+    }
+
+    /// Records an outbox delivery.
+    pub fn record_message(&self, ok: bool) {
+        if ok { self.messages_delivered.inc() } else { self.message_deliveries_failed.inc() };
     }
 
     /// Records a finished job attempt.

@@ -232,3 +232,19 @@ async fn inbox_entries_expire_after_the_retention() {
     assert!(forgotten, "the inbox entry never expired");
     assert_eq!(inc().await.unwrap(), b"2");
 }
+
+#[tokio::test]
+async fn the_outbox_over_http() {
+    let (base, _dir, _host) = serve(None).await;
+    let http = reqwest::Client::new();
+    let (status, body) = json_of(http.get(format!("{base}/v1/outbox?status=pending")).send().await.unwrap()).await;
+    assert_eq!((status, body), (200, json!({"messages": []})));
+    let (status, body) = json_of(http.get(format!("{base}/v1/outbox?status=sent")).send().await.unwrap()).await;
+    assert_error(status, &body, 400, "bad-request");
+    let (status, body) = json_of(http.delete(format!("{base}/v1/outbox")).send().await.unwrap()).await;
+    assert_error(status, &body, 400, "bad-request");
+    let (status, body) = json_of(http.delete(format!("{base}/v1/outbox?status=dead")).send().await.unwrap()).await;
+    assert_eq!((status, body), (200, json!({"purged": 0})));
+    let (status, body) = json_of(http.post(format!("{base}/v1/outbox/nosuch/retry")).send().await.unwrap()).await;
+    assert_error(status, &body, 422, "rejected");
+}

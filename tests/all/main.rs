@@ -12,4 +12,5 @@ mod hot_swap;
 mod http_api;
 mod jobs;
 mod journal;
+mod outbox;
 mod storage_conformance;

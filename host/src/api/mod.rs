@@ -80,6 +80,8 @@ pub fn router(host: Host, token: Option<String>) -> Router {
         .route("/jobs/{id}", get(show_job))
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/jobs/{id}/retry", post(retry_job))
+        .route("/outbox", get(list_messages).delete(purge_messages))
+        .route("/outbox/{id}/retry", post(retry_message))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/v1", v1)
@@ -362,6 +364,32 @@ async fn purge_jobs(State(state): State<ApiState>, Query(q): Query<JobQuery>) ->
         return Err(ApiError(ActorError::bad_request("purging needs `?status=dead` (or succeeded, cancelled)")));
     };
     Ok(Json(json!({ "purged": state.host.purge_jobs(status).await? })))
+}
+
+#[derive(Deserialize)]
+struct OutboxQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/outbox?status=pending|dead`: messages waiting, in flight
+/// (`lease_until_ms` set) and dead, with their last error.
+async fn list_messages(State(state): State<ApiState>, Query(q): Query<OutboxQuery>) -> ApiResult<Json<serde_json::Value>> {
+    let messages = state.host.outbox_messages(q.status.as_deref(), q.limit.unwrap_or(1000)).await?;
+    Ok(Json(json!({ "messages": messages })))
+}
+
+async fn retry_message(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    state.host.retry_message(&id).await?;
+    Ok(Json(json!({ "id": id, "status": "pending" })))
+}
+
+/// `DELETE /v1/outbox?status=dead`: purges the dead-letter list.
+async fn purge_messages(State(state): State<ApiState>, Query(q): Query<OutboxQuery>) -> ApiResult<Json<serde_json::Value>> {
+    if q.status.as_deref() != Some("dead") {
+        return Err(ApiError(ActorError::bad_request("purging needs `?status=dead`: only dead messages can be purged")));
+    }
+    Ok(Json(json!({ "purged": state.host.purge_dead_messages().await? })))
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {

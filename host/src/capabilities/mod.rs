@@ -7,6 +7,7 @@
 mod jobs;
 mod journal;
 mod log;
+mod outbox;
 mod runtime;
 mod state;
 

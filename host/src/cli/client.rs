@@ -254,6 +254,49 @@ impl Client {
     }
 }
 
+impl Client {
+    pub(super) async fn outbox(&self, status: Option<&str>) -> anyhow::Result<()> {
+        let query: Vec<(&str, &str)> = status.map(|s| ("status", s)).into_iter().collect();
+        let reply = self.send(self.http.get(format!("{}/v1/outbox", self.base)).query(&query)).await?;
+        println!("{:<34} {:<10} {:<20} {:<28} {:>8} {:<24} LAST ERROR", "ID", "STATUS", "SENDER", "TO", "ATTEMPTS", "DUE (UTC)");
+        let messages = reply["messages"].as_array().cloned().unwrap_or_default();
+        for m in &messages {
+            let to = match m["destination"]["kind"].as_str() {
+                Some("actor") => format!("{}.{}", m["destination"]["actor"].as_str().unwrap_or(""), m["destination"]["method"].as_str().unwrap_or("")),
+                _ => format!("sink {}", m["destination"]["name"].as_str().unwrap_or("")),
+            };
+            let status = match (m["status"].as_str().unwrap_or(""), m["lease_until_ms"].is_number()) {
+                ("pending", true) => "in-flight",
+                (s, _) => s,
+            };
+            println!(
+                "{:<34} {:<10} {:<20} {:<28} {:>8} {:<24} {}",
+                m["id"].as_str().unwrap_or(""),
+                status,
+                m["sender"].as_str().unwrap_or(""),
+                to,
+                m["attempts"],
+                time_of(&m["next_at_ms"]),
+                m["last_error"].as_str().unwrap_or("-"),
+            );
+        }
+        println!("{} message(s)", messages.len());
+        Ok(())
+    }
+
+    pub(super) async fn retry_message(&self, id: &str) -> anyhow::Result<()> {
+        self.send(self.http.post(format!("{}/v1/outbox/{id}/retry", self.base))).await?;
+        println!("message {id}: pending again");
+        Ok(())
+    }
+
+    pub(super) async fn purge_messages(&self) -> anyhow::Result<()> {
+        let reply = self.send(self.http.delete(format!("{}/v1/outbox", self.base)).query(&[("status", "dead")])).await?;
+        println!("purged {} dead message(s)", reply["purged"]);
+        Ok(())
+    }
+}
+
 /// An RFC 3339 time for a ms-since-epoch JSON number.
 fn time_of(ms: &Value) -> String {
     let ms = ms.as_i64().unwrap_or(0).max(0) as u64;

@@ -117,11 +117,30 @@ enum Command {
         #[arg(long)]
         target: Option<String>,
     },
+    /// List outbox messages (pending, in flight, dead), or retry or purge them.
+    Outbox {
+        #[command(subcommand)]
+        action: Option<OutboxCommand>,
+        /// Only messages with this status: pending (includes in flight) or dead.
+        #[arg(long)]
+        status: Option<String>,
+    },
     /// List projections with their checkpoint and lag, or add or remove one.
     Projections {
         #[command(subcommand)]
         action: Option<ProjectionCommand>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Make a dead message due now, with fresh attempts.
+    Retry {
+        /// The message id.
+        id: String,
+    },
+    /// Delete every dead message.
+    Purge,
 }
 
 // Parsed once per process: the variants' sizes do not matter.
@@ -310,6 +329,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Snapshot { actor } => client.snapshot(&actor).await,
         Command::Jobs { action: None, status, target } => client.jobs(status.as_deref(), target.as_deref()).await,
         Command::Jobs { action: Some(action), .. } => jobs_command(&client, action).await,
+        Command::Outbox { action: None, status } => client.outbox(status.as_deref()).await,
+        Command::Outbox { action: Some(OutboxCommand::Retry { id }), .. } => client.retry_message(&id).await,
+        Command::Outbox { action: Some(OutboxCommand::Purge), .. } => client.purge_messages().await,
         Command::Projections { action: None } => client.projections().await,
         Command::Projections { action: Some(ProjectionCommand::Add { name, source, target, method }) } => {
             client.add_projection(&name, &source, &target, &method).await

@@ -194,10 +194,17 @@ pub fn job_id(idempotency_key: Option<&str>) -> String {
 /// most `max_backoff`, with ±50% jitter so a burst of failures does not
 /// retry in lockstep.
 pub fn retry_delay_ms(job: &JobRecord, attempt: u32) -> u64 {
+    backoff_ms(job.backoff_ms, job.max_backoff_ms, attempt)
+}
+
+/// Exponential backoff with ±50% jitter: `base * 2^(attempt-1)`, at most
+/// `max`, then spread so that failures at the same time do not retry in
+/// lockstep (jobs, and outbox deliveries).
+pub fn backoff_ms(base: u64, max: u64, attempt: u32) -> u64 {
     use std::hash::{BuildHasher, RandomState};
-    let exp = job.backoff_ms.saturating_mul(1u64 << attempt.saturating_sub(1).min(32));
-    let capped = exp.min(job.max_backoff_ms).max(1);
-    let jitter = RandomState::new().hash_one((&job.id, attempt)) % 1000;
+    let exp = base.saturating_mul(1u64 << attempt.saturating_sub(1).min(32));
+    let capped = exp.min(max).max(1);
+    let jitter = RandomState::new().hash_one(attempt) % 1000;
     capped / 2 + capped * jitter / 2000
 }
 

@@ -28,6 +28,7 @@ use crate::metrics::{TurnOutcome, outcome_of};
 use super::commit::{PendingCommit, TurnOutput};
 use crate::storage::committer::DependencyFlag;
 use crate::storage::jobs::{JobCompletion, JobRecord};
+use crate::storage::outbox::OutboxMessage;
 use crate::storage::{CheckpointAdvance, EventRecord, InboxEntry, JournalAppend, Manifest, Snapshot, StateWrite, TurnCommit};
 
 /// Most re-entrant turns one actor runs at once; each has its own instance
@@ -63,6 +64,7 @@ pub(crate) struct TurnEffects {
     pub(crate) jobs: Vec<JobRecord>,
     pub(crate) cancels: Vec<String>,
     pub(crate) job_done: Option<JobCompletion>,
+    pub(crate) messages: Vec<OutboxMessage>,
 }
 
 impl TurnEffects {
@@ -74,6 +76,7 @@ impl TurnEffects {
         self.snapshot_requested |= later.snapshot_requested;
         self.jobs.extend(later.jobs);
         self.cancels.extend(later.cancels);
+        self.messages.extend(later.messages);
     }
 }
 
@@ -604,13 +607,17 @@ impl Core {
                     state.layers[0].job_done = Some(job.completion);
                     effect_free_job = Some(job.effect_free);
                 }
-                Some(Control::Inbox(message_id)) => inbox = Some(message_id),
+                Some(Control::Inbox(message_id)) => {
+                    live.store.data_mut().scope.message = Some(message_id.clone());
+                    inbox = Some(message_id);
+                }
                 _ => {}
             }
             shared.busy_chain.store(request.chain, Ordering::Release);
         }
         let result = run_handler(live, &request, turn_deadline(&request, &version)).await;
         live.store.data_mut().scope.job = None;
+        live.store.data_mut().scope.message = None;
         let effects = {
             // Under the state lock, so a late nested turn either merged
             // before this or sees the chain closed and discards its effects.
@@ -620,7 +627,7 @@ impl Core {
         };
         match result {
             Ok(reply) => {
-                let TurnEffects { writes, tells, events, snapshot_requested, checkpoint, jobs, cancels, mut job_done } = effects;
+                let TurnEffects { writes, tells, events, snapshot_requested, checkpoint, jobs, cancels, mut job_done, messages } = effects;
                 let snapshot = if event_sourced {
                     let head = shared.state.lock().journal.version + events.len() as u64;
                     let due = shared.state.lock().journal.since_snapshot + events.len() as u64 >= version.info.manifest.snapshot_every;
@@ -635,6 +642,7 @@ impl Core {
                     && checkpoint.is_none()
                     && jobs.is_empty()
                     && cancels.is_empty()
+                    && messages.is_empty()
                     && tells.is_empty()
                     && snapshot.is_none()
                 {
@@ -642,7 +650,7 @@ impl Core {
                     flag.store(true, Ordering::Release);
                 }
                 let inbox = inbox.map(|message_id| InboxEntry { message_id, reply: reply.clone(), at_ms: crate::storage::now_ms() });
-                let effects = Committable { writes, events, checkpoint, tells, reply, snapshot, jobs, cancels, job_done, inbox };
+                let effects = Committable { writes, events, checkpoint, tells, reply, snapshot, jobs, cancels, job_done, inbox, messages };
                 self.enqueue_commit(host, shared, effects, started).await
             }
             Err(HandlerFailure::Returned(e)) => {
@@ -747,15 +755,17 @@ impl Core {
         effects: Committable,
         started: Instant,
     ) -> Result<TurnOutput, ActorError> {
-        let Committable { writes, events, checkpoint, tells, reply, snapshot, jobs, cancels, job_done, inbox } = effects;
+        let Committable { writes, events, checkpoint, tells, reply, snapshot, jobs, cancels, job_done, inbox, messages } = effects;
         let schedules_jobs = !jobs.is_empty();
+        let sends_messages = !messages.is_empty();
         let durable = !writes.is_empty()
             || !events.is_empty()
             || checkpoint.is_some()
             || !jobs.is_empty()
             || !cancels.is_empty()
             || job_done.is_some()
-            || inbox.is_some();
+            || inbox.is_some()
+            || !messages.is_empty();
         if !durable && shared.commits_in_flight.load(Ordering::Acquire) == 0 {
             for tell in tells {
                 if let Err(e) = host.tell_request(tell) {
@@ -771,7 +781,8 @@ impl Core {
             (state.commit_flag.clone(), state.journal.version)
         };
         let journal = (!events.is_empty()).then_some(JournalAppend { expected_version, events });
-        let commit = TurnCommit { actor: shared.id.clone(), state: state_writes.clone(), journal, checkpoint, jobs, cancels, job_done, inbox };
+        let commit =
+            TurnCommit { actor: shared.id.clone(), state: state_writes.clone(), journal, checkpoint, jobs, cancels, job_done, inbox, messages };
         let outcome = host.committer().enqueue(commit, Some(flag)).await.map_err(|e| {
             self.live = None;
             ActorError::unavailable(format!("the turn of {} ran but could not be committed, so it did not happen: {e}", shared.id))
@@ -806,6 +817,7 @@ impl Core {
             generation,
             snapshot,
             schedules_jobs,
+            sends_messages,
             started,
         }))
     }
@@ -823,6 +835,7 @@ struct Committable {
     cancels: Vec<String>,
     job_done: Option<JobCompletion>,
     inbox: Option<InboxEntry>,
+    messages: Vec<OutboxMessage>,
 }
 
 /// Loads the actor's committed state into memory before its first turn,

@@ -46,6 +46,8 @@ pub(crate) struct PendingCommit {
     pub(crate) snapshot: Option<(Snapshot, Retention)>,
     /// The turn scheduled jobs: wake the runner once they are durable.
     pub(crate) schedules_jobs: bool,
+    /// The turn sent messages: wake the dispatcher once they are durable.
+    pub(crate) sends_messages: bool,
     pub(crate) started: Instant,
 }
 
@@ -68,6 +70,9 @@ impl PendingCommit {
                 }
                 if self.schedules_jobs {
                     host.wake_jobs();
+                }
+                if self.sends_messages {
+                    host.wake_outbox();
                 }
                 for tell in self.tells {
                     if let Err(e) = host.tell_request(tell) {

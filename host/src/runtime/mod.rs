@@ -75,6 +75,11 @@ pub struct HostConfig {
     /// How long an actor's inbox remembers a message id or idempotency key
     /// (a repeat within it gets the first reply without a turn).
     pub inbox_retention: Duration,
+    /// Delivery attempts of an outbox message before it is dead-lettered.
+    pub message_max_attempts: u32,
+    /// First retry delay of a failed delivery, doubled per attempt (with
+    /// jitter, at most a minute).
+    pub message_backoff: Duration,
 }
 
 /// Jobs running at once on a host unless configured: enough to keep the
@@ -101,6 +106,8 @@ impl HostConfig {
             job_lease: DEFAULT_JOB_LEASE,
             job_poll: crate::jobs::runner::POLL,
             inbox_retention: crate::inbox::DEFAULT_RETENTION,
+            message_max_attempts: 10,
+            message_backoff: Duration::from_millis(200),
         }
     }
 }
@@ -172,6 +179,7 @@ struct HostInner {
     journal_commits: tokio::sync::watch::Sender<u64>,
     projection_runners: parking_lot::Mutex<HashMap<String, Arc<crate::journal::projection::ProjectionRunner>>>,
     job_runner: Arc<crate::jobs::runner::JobRunner>,
+    dispatcher: Arc<crate::outbox::dispatcher::Dispatcher>,
 }
 
 /// A running Quark host. Cheap to clone.
@@ -211,6 +219,7 @@ impl Host {
             journal_commits: tokio::sync::watch::Sender::new(0),
             projection_runners: parking_lot::Mutex::new(HashMap::new()),
             job_runner: Arc::default(),
+            dispatcher: Arc::default(),
         }));
         for info in host.0.store.active_versions().await? {
             let (actor_type, version) = (info.actor_type.clone(), info.version);
@@ -221,6 +230,9 @@ impl Host {
         }
         host.spawn_idle_sweeper();
         crate::inbox::spawn_expiry(&host);
+        if host.0.store.outbox_store().is_some() {
+            tokio::spawn(crate::outbox::dispatcher::run(host.downgrade()));
+        }
         host.start_projections().await?;
         if let Some(jobs) = host.0.store.job_store() {
             tokio::spawn(crate::jobs::runner::run(host.downgrade()));
@@ -525,6 +537,10 @@ impl Host {
 
     pub(crate) fn job_runner(&self) -> &crate::jobs::runner::JobRunner {
         &self.0.job_runner
+    }
+
+    pub(crate) fn dispatcher_shared(&self) -> &Arc<crate::outbox::dispatcher::Dispatcher> {
+        &self.0.dispatcher
     }
 
     pub(crate) fn job_runner_shared(&self) -> &Arc<crate::jobs::runner::JobRunner> {

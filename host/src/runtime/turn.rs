@@ -31,12 +31,14 @@ pub struct TurnScope {
     pub turn: u64,
     /// The job this turn runs: its id, attempt and lease.
     pub job: Option<(String, u32, String)>,
+    /// The message id (or idempotency key) this turn handles.
+    pub message: Option<String>,
 }
 
 impl TurnScope {
     /// A scope for work that is not a message (instantiation, rebuilds).
     pub(crate) fn system(deadline: Instant) -> Self {
-        TurnScope { chain: 0, caller: None, deadline, method: String::new(), turn: 0, job: None }
+        TurnScope { chain: 0, caller: None, deadline, method: String::new(), turn: 0, job: None, message: None }
     }
 }
 
@@ -255,12 +257,76 @@ impl TurnState {
         Ok(live)
     }
 
+    /// Buffers an outbox message for the turn's commit; returns its id.
+    pub(crate) fn send_message(
+        &mut self,
+        destination: crate::storage::outbox::Destination,
+        payload: Vec<u8>,
+        id: Option<String>,
+        event_type: Option<String>,
+    ) -> Result<String, ActorError> {
+        use crate::storage::outbox::{Destination, OutboxMessage};
+        if self.sandbox {
+            return Err(ActorError::rejected("a replay sandbox cannot send messages"));
+        }
+        if self.host.store().outbox_store().is_none() {
+            return Err(ActorError::unavailable(format!("the outbox is not available on the {} store yet", self.host.store().backend_name())));
+        }
+        let limit = self.host.config().max_payload;
+        if payload.len() > limit {
+            return Err(ActorError::limit_exceeded(format!(
+                "a message of {} bytes is larger than the host's limit of {limit} bytes (--max-payload)",
+                payload.len()
+            )));
+        }
+        match &destination {
+            Destination::Actor { actor, method } => {
+                let target = ActorId::parse(actor)?;
+                self.host.registry().active(target.actor_type())?;
+                if method.is_empty() {
+                    return Err(ActorError::bad_request("a message to an actor needs a method"));
+                }
+            }
+            Destination::Sink { name } => {
+                return Err(ActorError::not_found(format!("no sink named {name:?} is configured on this host")));
+            }
+        }
+        if let Some(id) = &id
+            && (id.is_empty() || id.len() > crate::inbox::MAX_KEY_BYTES)
+        {
+            return Err(ActorError::bad_request(format!("a message id must be 1 to {} bytes", crate::inbox::MAX_KEY_BYTES)));
+        }
+        let id = id.unwrap_or_else(|| format!("m{:011x}{}", crate::storage::now_ms(), crate::storage::jobs::new_lease()));
+        let message = OutboxMessage {
+            id: id.clone(),
+            sender: self.activation.id.to_string(),
+            destination,
+            payload,
+            event_type,
+            created_at_ms: crate::storage::now_ms(),
+        };
+        let mut state = self.activation.state.lock();
+        let Some(layer) = state.layers.get_mut(self.layer) else {
+            return Err(ActorError::timeout("this turn has already ended"));
+        };
+        if layer.messages.len() >= MAX_MESSAGES_PER_TURN {
+            return Err(ActorError::limit_exceeded(format!("a turn may send at most {MAX_MESSAGES_PER_TURN} messages")));
+        }
+        if !layer.messages.iter().any(|m| m.id == id) {
+            layer.messages.push(message);
+        }
+        Ok(id)
+    }
+
     /// A request from this turn to another actor, on the same call chain.
     pub(crate) fn outgoing(&self, target: ActorId, method: String, payload: Vec<u8>) -> Request {
         let deadline = self.scope.deadline.min(Instant::now() + self.host.config().call_timeout);
         Request { target, method, payload, chain: self.scope.chain, caller: Some(self.actor.clone()), deadline, control: None }
     }
 }
+
+/// Most messages one turn may send: they sit in memory until it commits.
+const MAX_MESSAGES_PER_TURN: usize = 1000;
 
 /// Most jobs one turn may schedule: they sit in memory until it commits.
 const MAX_JOBS_PER_TURN: usize = 1000;

@@ -12,6 +12,7 @@ use crate::id::ActorId;
 
 pub mod committer;
 pub mod jobs;
+pub mod outbox;
 pub mod postgres;
 pub mod redis;
 pub mod sqlite;
@@ -93,6 +94,8 @@ pub struct TurnCommit {
     /// The message (or idempotency key) this turn handled, with its reply:
     /// a repeat gets the reply without running again.
     pub inbox: Option<InboxEntry>,
+    /// Messages the turn sent (the outbox), delivered after this commit.
+    pub messages: Vec<outbox::OutboxMessage>,
 }
 
 impl TurnCommit {
@@ -107,12 +110,13 @@ impl TurnCommit {
             cancels: Vec::new(),
             job_done: None,
             inbox: None,
+            messages: Vec::new(),
         }
     }
 
     /// True when the turn wrote nothing durable, so it can skip the store.
     pub fn is_empty(&self) -> bool {
-        self.state.is_empty() && self.journal.is_none() && self.checkpoint.is_none() && !self.has_job_effects() && self.inbox.is_none()
+        self.state.is_empty() && self.journal.is_none() && self.checkpoint.is_none() && !self.has_job_effects() && self.inbox.is_none() && self.messages.is_empty()
     }
 
     /// True when the turn scheduled, cancelled or completed a job.
@@ -399,6 +403,11 @@ pub trait Store: StateStore + ComponentStore + JournalStore + InboxStore + Send 
 
     /// Durable jobs, where the backend has them (SQLite, PostgreSQL and Redis do).
     fn job_store(&self) -> Option<&dyn jobs::JobStore> {
+        None
+    }
+
+    /// The outbox, where the backend has one (SQLite and PostgreSQL do).
+    fn outbox_store(&self) -> Option<&dyn outbox::OutboxStore> {
         None
     }
 }

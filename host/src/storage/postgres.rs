@@ -57,6 +57,10 @@ impl Store for PostgresStore {
         Some(self)
     }
 
+    fn outbox_store(&self) -> Option<&dyn super::outbox::OutboxStore> {
+        Some(self)
+    }
+
     fn backend_name(&self) -> &'static str {
         "postgres"
     }
@@ -157,6 +161,9 @@ impl StateStore for PostgresStore {
         if batch.iter().any(|c| c.inbox.is_some()) {
             Self::commit_inbox(&mut tx, batch).await?;
         }
+        if batch.iter().any(|c| !c.messages.is_empty()) {
+            Self::commit_outbox(&mut tx, batch).await?;
+        }
         if batch.iter().any(TurnCommit::has_job_effects) {
             Self::commit_jobs(&mut tx, batch).await?;
             if batch.iter().any(|c| !c.jobs.is_empty()) {
@@ -171,6 +178,7 @@ impl StateStore for PostgresStore {
 }
 
 super::sql::sql_component_store!(PostgresStore, writer: pool, reader: pool);
+super::sql::sql_outbox_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool, lock: " FOR UPDATE SKIP LOCKED", claim_begin: "BEGIN; SET LOCAL synchronous_commit = off");
 super::sql::sql_inbox_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool);
 super::sql::sql_journal_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool);
 super::sql::sql_job_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool, index_hint: false, lock: " FOR UPDATE SKIP LOCKED",

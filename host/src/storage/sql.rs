@@ -927,3 +927,192 @@ macro_rules! sql_inbox_store {
 }
 
 pub(crate) use sql_inbox_store;
+
+/// The columns of an outbox row, in the order [`outbox_from_row`] reads them.
+pub(crate) const OUTBOX_COLUMNS: &str =
+    "id, sender, kind, target, method, payload, event_type, created_at_ms, status, attempts, next_at_ms, lease_until_ms, last_error";
+
+/// Reads an outbox row selected with [`OUTBOX_COLUMNS`].
+pub(crate) fn outbox_from_row<R>(row: &R) -> Result<super::outbox::OutboxRecord, StoreError>
+where
+    R: sqlx::Row,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    use super::outbox::Destination;
+    let kind: String = row.try_get("kind")?;
+    let target: String = row.try_get("target")?;
+    let destination = match kind.as_str() {
+        "actor" => Destination::Actor { actor: target, method: row.try_get::<Option<String>, _>("method")?.unwrap_or_default() },
+        "sink" => Destination::Sink { name: target },
+        other => return Err(StoreError::Corrupt(format!("outbox row: unknown kind {other:?}"))),
+    };
+    Ok(super::outbox::OutboxRecord {
+        message: super::outbox::OutboxMessage {
+            id: row.try_get("id")?,
+            sender: row.try_get("sender")?,
+            destination,
+            payload: row.try_get("payload")?,
+            event_type: row.try_get("event_type")?,
+            created_at_ms: row.try_get("created_at_ms")?,
+        },
+        status: row.try_get("status")?,
+        attempts: row.try_get::<i64, _>("attempts")? as u32,
+        next_at_ms: row.try_get("next_at_ms")?,
+        lease_until_ms: row.try_get("lease_until_ms")?,
+        last_error: row.try_get("last_error")?,
+    })
+}
+
+/// Implements `OutboxStore` for a SQL store of database `$db`, plus
+/// `commit_outbox`, which inserts a batch's messages inside the batch's
+/// transaction (a message id sent before is not sent again). `$lock` ends
+/// the claim's inner select; `claim_begin` starts each claim's transaction.
+macro_rules! sql_outbox_store {
+    ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, lock: $lock:expr, claim_begin: $claim_begin:literal) => {
+        impl $store {
+            async fn commit_outbox(
+                tx: &mut ::sqlx::Transaction<'_, $db>,
+                batch: &[$crate::storage::TurnCommit],
+            ) -> Result<(), $crate::storage::StoreError> {
+                let messages: Vec<&$crate::storage::outbox::OutboxMessage> = batch.iter().flat_map(|c| c.messages.iter()).collect();
+                for chunk in messages.chunks(500) {
+                    let mut q = ::sqlx::QueryBuilder::<$db>::new(
+                        "INSERT INTO outbox (id, sender, kind, target, method, payload, event_type, status, attempts, next_at_ms, created_at_ms) ",
+                    );
+                    q.push_values(chunk, |mut row, m| {
+                        let (kind, target) = m.destination.kind_and_target();
+                        let method = match &m.destination {
+                            $crate::storage::outbox::Destination::Actor { method, .. } => Some(method.as_str()),
+                            $crate::storage::outbox::Destination::Sink { .. } => None,
+                        };
+                        row.push_bind(m.id.as_str())
+                            .push_bind(m.sender.as_str())
+                            .push_bind(kind)
+                            .push_bind(target)
+                            .push_bind(method)
+                            .push_bind(m.payload.as_slice())
+                            .push_bind(m.event_type.as_deref())
+                            .push_bind("pending")
+                            .push_bind(0_i64)
+                            .push_bind(m.created_at_ms)
+                            .push_bind(m.created_at_ms);
+                    });
+                    q.push(" ON CONFLICT (id) DO NOTHING");
+                    q.build().execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::storage::outbox::OutboxStore for $store {
+            async fn claim_messages(
+                &self,
+                now_ms: i64,
+                max: usize,
+                lease_ms: i64,
+                delivered: &[String],
+            ) -> Result<Vec<$crate::storage::outbox::MessageClaim>, $crate::storage::StoreError> {
+                let lease = $crate::storage::jobs::new_lease();
+                let mut tx = self.$writer.begin_with($claim_begin).await?;
+                for chunk in $crate::storage::sql::pow2_chunks(delivered, 256) {
+                    let sql = format!("DELETE FROM outbox WHERE id IN ({})", $crate::storage::sql::placeholders(1, chunk.len()));
+                    let mut q = ::sqlx::query(&sql);
+                    for id in chunk {
+                        q = q.bind(id);
+                    }
+                    q.execute(&mut *tx).await?;
+                }
+                let mut claims = Vec::new();
+                if max > 0 {
+                    let sql = format!(
+                        "UPDATE outbox SET lease = $1, lease_until_ms = $2, attempts = attempts + 1 WHERE seq IN ( \
+                         SELECT o.seq FROM outbox o WHERE o.status = 'pending' AND o.next_at_ms <= $3 \
+                         AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $3) \
+                         AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.status = 'pending' AND e.sender = o.sender \
+                         AND e.kind = o.kind AND e.target = o.target AND e.seq < o.seq) \
+                         ORDER BY o.seq LIMIT $4{}) RETURNING seq, {}",
+                        $lock,
+                        $crate::storage::sql::OUTBOX_COLUMNS
+                    );
+                    let rows = ::sqlx::query(&sql)
+                        .bind(&lease)
+                        .bind(now_ms + lease_ms)
+                        .bind(now_ms)
+                        .bind(max as i64)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    let mut seqd = rows
+                        .iter()
+                        .map(|r| {
+                            use ::sqlx::Row;
+                            Ok((r.try_get::<i64, _>("seq")?, $crate::storage::sql::outbox_from_row(r)?))
+                        })
+                        .collect::<Result<Vec<_>, $crate::storage::StoreError>>()?;
+                    seqd.sort_by_key(|(seq, _)| *seq);
+                    claims = seqd.into_iter().map(|(_, record)| $crate::storage::outbox::MessageClaim { record, lease: lease.clone() }).collect();
+                }
+                tx.commit().await?;
+                Ok(claims)
+            }
+
+            async fn fail_message(&self, id: &str, lease: &str, error: &str, retry_at_ms: Option<i64>) -> Result<bool, $crate::storage::StoreError> {
+                let n = ::sqlx::query(
+                    "UPDATE outbox SET status = $3, next_at_ms = COALESCE($4, next_at_ms), last_error = $5, lease = NULL, \
+                     lease_until_ms = NULL WHERE id = $1 AND lease = $2 AND status = 'pending'",
+                )
+                .bind(id)
+                .bind(lease)
+                .bind(if retry_at_ms.is_some() { "pending" } else { "dead" })
+                .bind(retry_at_ms)
+                .bind(error.chars().take(4000).collect::<String>())
+                .execute(&self.$writer)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn messages(&self, status: Option<&str>, limit: usize) -> Result<Vec<$crate::storage::outbox::OutboxRecord>, $crate::storage::StoreError> {
+                let sql = format!(
+                    "SELECT {} FROM outbox WHERE ($1 IS NULL OR status = $1) ORDER BY seq LIMIT $2",
+                    $crate::storage::sql::OUTBOX_COLUMNS
+                );
+                let rows = ::sqlx::query(&sql).bind(status).bind(limit.min(i64::MAX as usize) as i64).fetch_all(&self.$reader).await?;
+                rows.iter().map($crate::storage::sql::outbox_from_row).collect()
+            }
+
+            async fn retry_message(&self, id: &str, now_ms: i64) -> Result<bool, $crate::storage::StoreError> {
+                let n = ::sqlx::query(
+                    "UPDATE outbox SET status = 'pending', attempts = 0, next_at_ms = $2, lease = NULL, lease_until_ms = NULL \
+                     WHERE id = $1 AND status = 'dead'",
+                )
+                .bind(id)
+                .bind(now_ms)
+                .execute(&self.$writer)
+                .await?
+                .rows_affected();
+                Ok(n == 1)
+            }
+
+            async fn purge_dead_messages(&self) -> Result<u64, $crate::storage::StoreError> {
+                Ok(::sqlx::query("DELETE FROM outbox WHERE status = 'dead'").execute(&self.$writer).await?.rows_affected())
+            }
+
+            async fn next_message_due(&self) -> Result<Option<i64>, $crate::storage::StoreError> {
+                Ok(::sqlx::query_scalar(
+                    "SELECT MIN(CASE WHEN lease_until_ms IS NOT NULL AND lease_until_ms > next_at_ms THEN lease_until_ms ELSE next_at_ms END) \
+                     FROM outbox WHERE status = 'pending'",
+                )
+                .fetch_one(&self.$reader)
+                .await?)
+            }
+        }
+    };
+}
+
+pub(crate) use sql_outbox_store;

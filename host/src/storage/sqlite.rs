@@ -75,6 +75,10 @@ impl Store for SqliteStore {
         Some(self)
     }
 
+    fn outbox_store(&self) -> Option<&dyn super::outbox::OutboxStore> {
+        Some(self)
+    }
+
     fn backend_name(&self) -> &'static str {
         "sqlite"
     }
@@ -163,6 +167,9 @@ impl StateStore for SqliteStore {
         if batch.iter().any(|c| c.inbox.is_some()) {
             Self::commit_inbox(&mut tx, batch).await?;
         }
+        if batch.iter().any(|c| !c.messages.is_empty()) {
+            Self::commit_outbox(&mut tx, batch).await?;
+        }
         if batch.iter().any(TurnCommit::has_job_effects) {
             Self::commit_jobs(&mut tx, batch).await?;
         }
@@ -172,6 +179,7 @@ impl StateStore for SqliteStore {
 }
 
 super::sql::sql_component_store!(SqliteStore, writer: writer, reader: reader);
+super::sql::sql_outbox_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader, lock: "", claim_begin: "BEGIN");
 super::sql::sql_inbox_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader);
 super::sql::sql_journal_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader);
 super::sql::sql_job_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader, index_hint: true, lock: "");

@@ -330,6 +330,9 @@ impl StateStore for RedisStore {
     }
 
     async fn commit(&self, batch: &[TurnCommit]) -> Result<(), StoreError> {
+        if batch.iter().any(|c| !c.messages.is_empty()) {
+            return Err(StoreError::Rejected("the outbox is not available on the Redis store yet; use SQLite or PostgreSQL".into()));
+        }
         let mut invocation = self.commit_script.prepare_invoke();
         invocation.arg(&self.prefix).arg(super::now_ms());
         let appends: Vec<_> = batch.iter().filter_map(|c| c.journal.as_ref().filter(|j| !j.events.is_empty()).map(|j| (c, j))).collect();

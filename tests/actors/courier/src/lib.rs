@@ -1,0 +1,80 @@
+//! A test actor for the outbox: it sends messages (one or many in a turn,
+//! oversized, or from a turn that then fails) and records what it receives,
+//! with the message id and sender, so tests can check exactly-once and
+//! order. A received message can ask it to fail.
+use quark_sdk::{Deserialize, Error, Result, Serialize, Value, outbox, state};
+
+#[derive(Deserialize)]
+struct Send {
+    to: String,
+    #[serde(default = "receive")]
+    method: String,
+    #[serde(default)]
+    payload: Value,
+    id: Option<String>,
+    /// Send this many (payload `{"n": i}`), in order.
+    count: Option<u32>,
+    /// Fail the turn after sending: nothing may be sent.
+    #[serde(default)]
+    fail: bool,
+    /// Pad the payload to this many bytes.
+    bytes: Option<usize>,
+}
+
+fn receive() -> String {
+    "receive".into()
+}
+
+#[derive(Serialize, Deserialize)]
+struct Received {
+    id: String,
+    sender: String,
+    payload: Value,
+}
+
+struct Courier;
+
+impl Courier {
+    fn send(request: Send) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        match (request.count, request.bytes) {
+            (Some(n), _) => {
+                for i in 0..n {
+                    ids.push(outbox::to_actor(&request.to, &request.method, &serde_json::json!({"n": i}))?.send()?);
+                }
+            }
+            (None, Some(bytes)) => ids.push(outbox::to_actor(&request.to, &request.method, &"x".repeat(bytes))?.send()?),
+            (None, None) => {
+                let mut message = outbox::to_actor(&request.to, &request.method, &request.payload)?;
+                if let Some(id) = &request.id {
+                    message = message.id(id);
+                }
+                ids.push(message.send()?);
+            }
+        }
+        let sent: u64 = state::get("sent")?.unwrap_or(0);
+        state::set("sent", &(sent + ids.len() as u64))?;
+        if request.fail {
+            return Err(Error::rejected("failing after sending"));
+        }
+        Ok(ids)
+    }
+
+    /// Records the message; `{"fail": true}` fails every delivery.
+    fn receive(payload: Value) -> Result<u64> {
+        if payload.get("fail").and_then(Value::as_bool) == Some(true) {
+            return Err(Error::internal("this receiver fails on purpose"));
+        }
+        let (id, sender) = outbox::current().unwrap_or_default();
+        let mut received: Vec<Received> = state::get("received")?.unwrap_or_default();
+        received.push(Received { id, sender, payload });
+        state::set("received", &received)?;
+        Ok(received.len() as u64)
+    }
+
+    fn received(_: ()) -> Result<Vec<Received>> {
+        Ok(state::get("received")?.unwrap_or_default())
+    }
+}
+
+quark_sdk::actor!(Courier { send, receive, received });
