@@ -3,7 +3,7 @@
 
 CARGO        ?= cargo
 WASM_TARGET  := wasm32-wasip2
-SAMPLES      := counter greeter bank accounts-summary reports
+SAMPLES      := counter greeter bank accounts-summary reports transfer
 TEST_ACTORS  := misbehave pingpong no-handler counter-v2 ledger worker courier
 GUEST_DIR    := target/$(WASM_TARGET)/wasm
 DATA_DIR     ?= ./quark-data

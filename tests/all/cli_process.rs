@@ -367,3 +367,110 @@ fn cli_jobs_add_list_show_cancel_retry_purge() {
     });
     assert!(ran, "both jobs ran");
 }
+
+/// Transfers between 100 accounts of the `transfer` sample (debit here,
+/// credit there by an outbox message) while the host is SIGKILLed and
+/// restarted ten times. At the end no message is stuck, the total is what
+/// it was, and every acknowledged transfer was credited exactly once (its
+/// id is in the receiver's inbox, which admits it at most once).
+#[test]
+fn transfers_survive_ten_sigkills_exactly_once() {
+    const ACCOUNTS: usize = 100;
+    const OPENING: i64 = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = Server::start(dir.path(), port);
+    let wasm = root().join("target/samples/transfer.wasm");
+    assert!(server.quark(&["deploy", "transfer", wasm.to_str().unwrap()]).status.success());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let http = ::reqwest::Client::new();
+    rt.block_on(async {
+        for a in 0..ACCOUNTS {
+            let r = http.post(format!("{}/v1/actors/transfer/a{a}/open", server.url)).body(format!(r#"{{"balance": {OPENING}}}"#)).send().await.unwrap();
+            assert!(r.status().is_success());
+        }
+    });
+
+    let mut server = Some(server);
+    let mut acknowledged: Vec<(String, usize)> = Vec::new();
+    for round in 0..10 {
+        let live = server.take().unwrap_or_else(|| Server::start(dir.path(), port));
+        let url = live.url.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let (url, stop) = (url.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    rt.block_on(async {
+                        let http = ::reqwest::Client::new();
+                        let mut acked = Vec::new();
+                        let mut n: usize = 0;
+                        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                            n += 1;
+                            let seed = round * 1_000_003 + w * 10_007 + n * 7_919;
+                            let (from, to, amount) = (seed % ACCOUNTS, (seed / ACCOUNTS + 1 + seed) % ACCOUNTS, 1 + seed % 10);
+                            if from == to {
+                                continue;
+                            }
+                            let id = format!("t{round}-{w}-{n}");
+                            let body = format!(r#"{{"to": "transfer/a{to}", "amount": {amount}, "id": "{id}"}}"#);
+                            match http.post(format!("{url}/v1/actors/transfer/a{from}/transfer")).body(body).send().await {
+                                Ok(r) if r.status().is_success() => acked.push((id, to)),
+                                Ok(r) if r.status().as_u16() == 422 => {} // insufficient funds: no transfer
+                                _ => break,
+                            }
+                        }
+                        acked
+                    })
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(400 + 50 * round as u64));
+        live.kill9();
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for w in workers {
+            acknowledged.extend(w.join().unwrap());
+        }
+    }
+    assert!(acknowledged.len() > 100, "transfers ran between the kills ({} acknowledged)", acknowledged.len());
+
+    // Restart; every committed credit is delivered, none is stuck or dead.
+    let server = Server::start(dir.path(), port);
+    let http = ::reqwest::Client::new(); // no pooled connection to a killed server
+    let total = rt.block_on(async {
+        let mut pending = serde_json::Value::Null;
+        for _ in 0..1500 {
+            pending = http.get(format!("{}/v1/outbox", server.url)).send().await.unwrap().json().await.unwrap();
+            if pending["messages"].as_array().is_some_and(|m| m.is_empty()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(pending["messages"], serde_json::json!([]), "messages stuck in the outbox");
+        let mut total = 0;
+        for a in 0..ACCOUNTS {
+            let r = http.post(format!("{}/v1/actors/transfer/a{a}/balance", server.url)).send().await.unwrap();
+            let balance: i64 = r.json().await.unwrap();
+            assert!(balance >= 0, "account a{a} went negative: {balance}");
+            total += balance;
+        }
+        total
+    });
+    assert_eq!(total, ACCOUNTS as i64 * OPENING, "money was created or lost");
+    drop(server);
+
+    // Each acknowledged transfer's credit ran: its id is in the receiver's inbox.
+    let handled: std::collections::HashSet<(String, String)> = rt.block_on(async {
+        let store = quark_host::storage::sqlite::SqliteStore::open(&dir.path().join("quark.db")).await.unwrap();
+        let mut handled = std::collections::HashSet::new();
+        for (transfer, to) in &acknowledged {
+            let actor = id(&format!("transfer/a{to}"));
+            if quark_host::storage::InboxStore::inbox_reply(&store, &actor, transfer).await.unwrap().is_some() {
+                handled.insert((transfer.clone(), actor.to_string()));
+            }
+        }
+        handled
+    });
+    assert_eq!(handled.len(), acknowledged.len(), "every acknowledged transfer was credited");
+}
