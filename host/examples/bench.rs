@@ -491,6 +491,60 @@ async fn jobs_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &str)
     );
 }
 
+/// The host's count of delivered outbox messages.
+fn delivered(host: &Host) -> u64 {
+    host.metrics_text().lines().find_map(|l| l.strip_prefix("quark_messages_delivered_total ").and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+}
+
+/// Actor-to-actor outbox delivery: 1,000 senders each send 100 messages
+/// to their own receiver (`counter.increment`, one sending turn each), and
+/// the time until every one ran as a committed turn of its receiver; then the latency from a sending
+/// turn's reply (its commit) to the delivery, one message at a time.
+async fn outbox_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &str) {
+    let host = host_on(store, dir).await;
+    host.deploy("courier", component("courier"), Manifest::parse(Some("16MiB"), None).unwrap()).await.unwrap();
+    let (senders, per) = (scale(1000), 100);
+    let s = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..senders {
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = format!(r#"{{"to": "counter/r{i}", "method": "increment", "payload": {{"by": 1}}, "count": {per}}}"#);
+            host.ask(id(format!("courier/s{i}")), "send", body.into_bytes()).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let sent = s.elapsed();
+    let total = (senders * per) as u64;
+    while delivered(&host) < total {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = s.elapsed();
+    println!(
+        "outbox on {backend}: {total} messages ({senders} senders x {per}, sent in {sent:?}) delivered as receiver turns in {elapsed:?} = {:.0} messages/s",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    let mut lat = Vec::new();
+    for i in 0..scale(200) {
+        let before = delivered(&host);
+        let body = format!(r#"{{"to": "courier/lat{}", "payload": {i}}}"#, i % 10);
+        host.ask(id("courier/lat-sender".into()), "send", body.into_bytes()).await.unwrap();
+        let s = Instant::now();
+        while delivered(&host) == before {
+            tokio::time::sleep(Duration::from_micros(100)).await;
+        }
+        lat.push(s.elapsed());
+    }
+    lat.sort();
+    println!(
+        "outbox on {backend}: commit to delivered (the receiver's turn committed), one at a time: p50 {:?}, p99 {:?}",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99)
+    );
+}
+
 fn main() {
     let mut builder = match std::env::var("QUARK_BENCH_THREADS").ok().and_then(|t| t.parse::<usize>().ok()) {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -675,6 +729,16 @@ async fn run_parts() {
             Ok(redis) if on("redis") => jobs_bench(Arc::new(redis), &sub, "Redis").await,
             Ok(_) => {}
             Err(e) => println!("SKIP jobs on Redis: {e}"),
+        }
+    }
+    if wanted("outbox") {
+        let sub = dir.path().join("outbox");
+        let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&sub.join("outbox.db")).await.unwrap());
+        outbox_bench(sqlite, &sub, "SQLite").await;
+        let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        match PostgresStore::connect(&pg_url, Some(&format!("quark_bench_outbox_{}", std::process::id()))).await {
+            Ok(pg) => outbox_bench(Arc::new(pg), &sub, "PostgreSQL").await,
+            Err(e) => println!("SKIP outbox on PostgreSQL: {e}"),
         }
     }
     if !wanted("postgres") {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::ActorError;
 use crate::id::ActorId;
-use crate::runtime::{Control, Host, Request, new_chain_id};
+use crate::runtime::{Control, Host, InboxTurn, Request, new_chain_id};
 
 /// How long an inbox entry is kept unless configured (`--inbox-retention`).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -32,7 +32,7 @@ impl Host {
             chain: new_chain_id(),
             caller: None,
             deadline: Instant::now() + self.config().call_timeout,
-            control: Some(Box::new(Control::Inbox(key.to_string()))),
+            control: Some(Box::new(Control::Inbox(InboxTurn { message_id: key.to_string(), check: true }))),
         };
         self.ask_request(request).await
     }

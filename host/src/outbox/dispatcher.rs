@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::id::ActorId;
-use crate::runtime::{Control, Host, Request, WeakHost, new_chain_id};
+use crate::runtime::{Control, Host, InboxTurn, Request, WeakHost, new_chain_id};
 use crate::storage::outbox::{Destination, MessageClaim};
 
 /// Longest sleep between looks at the store.
@@ -139,7 +139,7 @@ async fn deliver(host: Host, claim: MessageClaim) {
                     chain: new_chain_id(),
                     caller: Some(sender),
                     deadline: Instant::now() + host.config().call_timeout,
-                    control: Some(Box::new(Control::Inbox(message.id.clone()))),
+                    control: Some(Box::new(Control::Inbox(InboxTurn { message_id: message.id.clone(), check: claim.record.attempts > 1 }))),
                 };
                 host.ask_request(request).await.map(|_| ()).map_err(|e| e.to_string())
             }

@@ -583,7 +583,7 @@ impl Core {
 
         let mut effect_free_job = None;
         let mut inbox = None;
-        if let Some(Control::Inbox(message_id)) = &control {
+        if let Some(Control::Inbox(super::InboxTurn { message_id, check: true })) = &control {
             // Handled already? Let this actor's commits in flight land
             // first, so a repeat right behind the first sees its entry.
             if shared.commits_in_flight.load(Ordering::Acquire) > 0
@@ -607,7 +607,7 @@ impl Core {
                     state.layers[0].job_done = Some(job.completion);
                     effect_free_job = Some(job.effect_free);
                 }
-                Some(Control::Inbox(message_id)) => {
+                Some(Control::Inbox(super::InboxTurn { message_id, .. })) => {
                     live.store.data_mut().scope.message = Some(message_id.clone());
                     inbox = Some(message_id);
                 }

@@ -142,7 +142,17 @@ pub(crate) enum Control {
     Job(crate::jobs::runner::JobTurn),
     /// Runs the turn once per message id (or idempotency key): a repeat
     /// gets the first reply from the actor's inbox without running.
-    Inbox(String),
+    Inbox(InboxTurn),
+}
+
+/// A turn under a message id or idempotency key.
+#[derive(Debug, Clone)]
+pub(crate) struct InboxTurn {
+    pub(crate) message_id: String,
+    /// Look in the inbox first. A message's first delivery skips the look
+    /// (nothing can have handled it yet); the commit's inbox entry still
+    /// refuses a duplicate.
+    pub(crate) check: bool,
 }
 
 static NEXT_CHAIN: AtomicU64 = AtomicU64::new(1);

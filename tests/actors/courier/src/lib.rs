@@ -12,7 +12,7 @@ struct Send {
     #[serde(default)]
     payload: Value,
     id: Option<String>,
-    /// Send this many (payload `{"n": i}`), in order.
+    /// Send this many (payload `{"n": i}` unless one is given), in order.
     count: Option<u32>,
     /// Fail the turn after sending: nothing may be sent.
     #[serde(default)]
@@ -40,7 +40,8 @@ impl Courier {
         match (request.count, request.bytes) {
             (Some(n), _) => {
                 for i in 0..n {
-                    ids.push(outbox::to_actor(&request.to, &request.method, &serde_json::json!({"n": i}))?.send()?);
+                    let payload = if request.payload.is_null() { serde_json::json!({"n": i}) } else { request.payload.clone() };
+                    ids.push(outbox::to_actor(&request.to, &request.method, &payload)?.send()?);
                 }
             }
             (None, Some(bytes)) => ids.push(outbox::to_actor(&request.to, &request.method, &"x".repeat(bytes))?.send()?),
