@@ -1,8 +1,9 @@
-//! The dispatcher: one task per host that claims due outbox messages in
-//! batches and delivers each (an actor's turn under the message id), then
-//! deletes the delivered ones with its next claim. It wakes when a commit
-//! carried messages, when a delivery ends, at the next due time, and at
-//! least every [`POLL`].
+//! The dispatcher: one task per host that claims due lanes (one sender's
+//! messages to one destination) in batches and delivers each lane's
+//! messages in order (an actor's turn under the message id), many lanes at
+//! once; delivered messages are deleted, and lanes released, with its next
+//! claim. It wakes when a commit carried messages, when a lane is done, at
+//! the next due time, and at least every [`POLL`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,22 +13,33 @@ use parking_lot::Mutex;
 
 use crate::id::ActorId;
 use crate::runtime::{Control, Host, InboxTurn, Request, WeakHost, new_chain_id};
-use crate::storage::outbox::{Destination, MessageClaim};
+use crate::storage::outbox::{Destination, LaneClaim, LaneRelease, OutboxRecord};
 
 /// Longest sleep between looks at the store.
 pub const POLL: Duration = Duration::from_secs(1);
 
-/// Most messages one claim takes.
+/// Most lanes one claim takes.
 pub const CLAIM_BATCH: usize = 256;
 
-/// Most deliveries in flight per host.
+/// Most messages of one lane one claim takes.
+pub const PER_LANE: usize = 32;
+
+/// Most lanes in flight per host.
 pub const CONCURRENCY: usize = 512;
 
-/// How long a claimed message is this host's before another may deliver it.
+/// How long a claimed lane is this host's before another may deliver it.
 pub const LEASE: Duration = Duration::from_secs(30);
 
 /// Longest delivered messages wait to be deleted with the next claim.
-const DELETE_DELAY: Duration = Duration::from_millis(5);
+const WRITE_DELAY: Duration = Duration::from_millis(5);
+
+/// What the next claim writes first: delivered messages and released lanes.
+#[derive(Default)]
+struct Done {
+    delivered: Vec<String>,
+    released: Vec<LaneRelease>,
+    since: Option<Instant>,
+}
 
 /// The dispatcher's shared state.
 #[derive(Default)]
@@ -36,8 +48,7 @@ pub(crate) struct Dispatcher {
     in_flight: AtomicUsize,
     /// The last claim came back short: wait for a commit or a due time.
     short: AtomicBool,
-    /// Delivered message ids waiting to be deleted, and since when.
-    delivered: Mutex<(Vec<String>, Option<Instant>)>,
+    done: Mutex<Done>,
 }
 
 impl Dispatcher {
@@ -47,27 +58,26 @@ impl Dispatcher {
         self.wake.notify_one();
     }
 
-    fn delivered(&self, id: String) {
-        let mut delivered = self.delivered.lock();
-        delivered.0.push(id);
-        delivered.1.get_or_insert_with(Instant::now);
+    fn lane_done(&self, delivered: Vec<String>, release: LaneRelease) {
+        let mut done = self.done.lock();
+        done.delivered.extend(delivered);
+        done.released.push(release);
+        done.since.get_or_insert_with(Instant::now);
     }
 
-    fn take_delivered(&self) -> Vec<String> {
-        let mut delivered = self.delivered.lock();
-        delivered.1 = None;
-        std::mem::take(&mut delivered.0)
+    fn take_done(&self) -> Done {
+        std::mem::take(&mut *self.done.lock())
     }
 
-    fn restore_delivered(&self, mut back: Vec<String>) {
-        let mut delivered = self.delivered.lock();
-        back.append(&mut delivered.0);
-        delivered.0 = back;
-        delivered.1.get_or_insert_with(Instant::now);
+    fn restore_done(&self, back: Done) {
+        let mut done = self.done.lock();
+        done.delivered.extend(back.delivered);
+        done.released.extend(back.released);
+        done.since.get_or_insert_with(Instant::now);
     }
 
-    fn delete_due_in(&self) -> Option<Duration> {
-        self.delivered.lock().1.map(|since| DELETE_DELAY.saturating_sub(since.elapsed()))
+    fn write_due_in(&self) -> Option<Duration> {
+        self.done.lock().since.map(|since| WRITE_DELAY.saturating_sub(since.elapsed()))
     }
 }
 
@@ -82,26 +92,26 @@ pub(crate) async fn run(host: WeakHost) {
         let free = CONCURRENCY.saturating_sub(in_flight);
         let short = dispatcher.short.load(Ordering::Acquire);
         let can_claim = !short && free > 0 && (in_flight == 0 || free >= CONCURRENCY / 4);
-        let delete_due = dispatcher.delete_due_in().is_some_and(|d| d.is_zero() || in_flight == 0);
-        if failures == 0 && (can_claim || delete_due) {
+        let write_due = dispatcher.write_due_in().is_some_and(|d| d.is_zero() || in_flight == 0);
+        if failures == 0 && (can_claim || write_due) {
             let max = if can_claim { free.min(CLAIM_BATCH) } else { 0 };
-            let delivered = dispatcher.take_delivered();
+            let done = dispatcher.take_done();
             let lease_ms = LEASE.as_millis() as i64;
-            match store.claim_messages(crate::storage::now_ms(), max, lease_ms, &delivered).await {
-                Ok(claims) => {
+            match store.claim_lanes(crate::storage::now_ms(), max, PER_LANE, lease_ms, &done.delivered, &done.released).await {
+                Ok(lanes) => {
                     if max > 0 {
-                        dispatcher.short.store(claims.len() < max, Ordering::Release);
+                        dispatcher.short.store(lanes.len() < max, Ordering::Release);
                     }
-                    for claim in claims {
+                    for lane in lanes {
                         dispatcher.in_flight.fetch_add(1, Ordering::AcqRel);
-                        tokio::spawn(deliver(strong.clone(), claim));
+                        tokio::spawn(deliver_lane(strong.clone(), lane));
                     }
                     continue;
                 }
                 Err(e) => {
                     failures += 1;
-                    dispatcher.restore_delivered(delivered);
-                    tracing::warn!(error = %e, "claiming outbox messages failed; retrying");
+                    dispatcher.restore_done(done);
+                    tracing::warn!(error = %e, "claiming outbox lanes failed; retrying");
                 }
             }
         }
@@ -115,7 +125,7 @@ pub(crate) async fn run(host: WeakHost) {
                 _ => POLL,
             }
         };
-        if let Some(due_in) = dispatcher.delete_due_in() {
+        if let Some(due_in) = dispatcher.write_due_in() {
             wait = wait.min(due_in.max(Duration::from_micros(100)));
         }
         drop(strong);
@@ -126,53 +136,66 @@ pub(crate) async fn run(host: WeakHost) {
     }
 }
 
-/// Delivers one claimed message, then marks it delivered or failed.
-async fn deliver(host: Host, claim: MessageClaim) {
-    let message = &claim.record.message;
-    let outcome = match &message.destination {
-        Destination::Actor { actor, method } => match (ActorId::parse(actor), ActorId::parse(&message.sender)) {
-            (Ok(target), Ok(sender)) => {
-                let request = Request {
-                    target,
-                    method: method.clone(),
-                    payload: message.payload.clone(),
-                    chain: new_chain_id(),
-                    caller: Some(sender),
-                    deadline: Instant::now() + host.config().call_timeout,
-                    control: Some(Box::new(Control::Inbox(InboxTurn { message_id: message.id.clone(), check: claim.record.attempts > 1 }))),
-                };
-                host.ask_request(request).await.map(|_| ()).map_err(|e| e.to_string())
+/// Delivers a lane's messages in order; stops at the first failure (which
+/// holds the lane until that message's retry, or moves on if it is dead).
+async fn deliver_lane(host: Host, lane: LaneClaim) {
+    let mut delivered = Vec::with_capacity(lane.messages.len());
+    let mut next_at_ms = None;
+    for record in &lane.messages {
+        // A first attempt on a lane no other host held cannot have run yet.
+        let check = record.attempts > 0 || lane.taken_over;
+        match deliver(&host, record, check).await {
+            Ok(()) => {
+                host.metrics().record_message(true);
+                delivered.push(record.message.id.clone());
             }
-            (Err(e), _) | (_, Err(e)) => Err(format!("bad actor id: {e}")),
-        },
-        Destination::Sink { name } => Err(format!("no sink named {name:?} is configured on this host")),
-    };
-    let dispatcher = host.dispatcher().clone();
-    match outcome {
-        Ok(()) => {
-            host.metrics().record_message(true);
-            dispatcher.delivered(message.id.clone());
-        }
-        Err(error) => {
-            host.metrics().record_message(false);
-            let attempts = claim.record.attempts;
-            let config = host.config();
-            let retry_at = (attempts < config.message_max_attempts).then(|| {
-                let delay = crate::jobs::backoff_ms(config.message_backoff.as_millis() as u64, 60_000, attempts);
-                crate::storage::now_ms() + delay as i64
-            });
-            if let Some(store) = host.store().outbox_store()
-                && let Err(e) = store.fail_message(&message.id, &claim.lease, &error, retry_at).await
-            {
-                tracing::warn!(message = %message.id, error = %e, "recording a failed delivery failed; its lease will expire");
-            }
-            if retry_at.is_none() {
-                tracing::warn!(message = %message.id, attempts, error, "message dead-lettered after its last attempt");
+            Err(error) => {
+                host.metrics().record_message(false);
+                let attempts = record.attempts + 1;
+                let config = host.config();
+                let retry_at = (attempts < config.message_max_attempts).then(|| {
+                    let delay = crate::jobs::backoff_ms(config.message_backoff.as_millis() as u64, 60_000, attempts);
+                    crate::storage::now_ms() + delay as i64
+                });
+                if let Some(store) = host.store().outbox_store()
+                    && let Err(e) = store.fail_message(&record.message.id, &error, retry_at).await
+                {
+                    tracing::warn!(message = %record.message.id, error = %e, "recording a failed delivery failed; the lane's lease will expire");
+                }
+                if retry_at.is_none() {
+                    tracing::warn!(message = %record.message.id, attempts, error, "message dead-lettered after its last attempt");
+                }
+                next_at_ms = retry_at;
+                break;
             }
         }
     }
+    let dispatcher = host.dispatcher().clone();
+    dispatcher.lane_done(delivered, LaneRelease { lane: lane.lane, lease: lane.lease, next_at_ms });
     dispatcher.in_flight.fetch_sub(1, Ordering::AcqRel);
     dispatcher.wake.notify_one();
+}
+
+/// Delivers one message: a turn of the receiving actor under its id.
+async fn deliver(host: &Host, record: &OutboxRecord, check: bool) -> Result<(), String> {
+    let message = &record.message;
+    match &message.destination {
+        Destination::Actor { actor, method } => {
+            let target = ActorId::parse(actor).map_err(|e| format!("bad actor id: {e}"))?;
+            let sender = ActorId::parse(&message.sender).map_err(|e| format!("bad sender id: {e}"))?;
+            let request = Request {
+                target,
+                method: method.clone(),
+                payload: message.payload.clone(),
+                chain: new_chain_id(),
+                caller: Some(sender),
+                deadline: Instant::now() + host.config().call_timeout,
+                control: Some(Box::new(Control::Inbox(InboxTurn { message_id: message.id.clone(), check }))),
+            };
+            host.ask_request(request).await.map(|_| ()).map_err(|e| e.to_string())
+        }
+        Destination::Sink { name } => Err(format!("no sink named {name:?} is configured on this host")),
+    }
 }
 
 impl Host {

@@ -1,12 +1,11 @@
 //! Outbox messages as the store keeps them, and the [`OutboxStore`] trait.
 //!
-//! A turn's messages are inserted in its commit. A dispatcher claims due
-//! messages with a lease, delivers them, and deletes them once delivered
-//! (in batches, with its next claim); a failed delivery waits for its
-//! retry, and after the last attempt the message is dead (kept, with its
-//! error, until retried or purged). Only the oldest pending message of each
-//! sender and destination is claimable, so a pair's messages arrive in the
-//! order they were sent.
+//! A turn's messages are inserted in its commit, each in the lane of its
+//! sender and destination. A dispatcher claims due lanes with a lease,
+//! delivers each lane's messages in order, and deletes the delivered ones
+//! (in batches, with its next claim); a failed delivery holds its lane
+//! until its retry, and after the last attempt the message is dead (kept,
+//! with its error, until retried or purged) and the lane moves on.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -71,32 +70,59 @@ pub struct OutboxRecord {
     pub attempts: u32,
     /// When it is (next) due.
     pub next_at_ms: i64,
-    /// Leased to a dispatcher until then: in flight.
+    /// Its lane is leased to a dispatcher until then: in flight.
     pub lease_until_ms: Option<i64>,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
 }
 
-/// A claimed message: deliver it, then ack or fail it quoting `lease`.
+/// A claimed lane: one sender's pending messages to one destination,
+/// oldest first. Deliver them in order, stop at the first failure, then
+/// release the lane quoting `lease`.
 #[derive(Debug, Clone)]
-pub struct MessageClaim {
-    /// The message, with `attempts` counting this one.
-    pub record: OutboxRecord,
+pub struct LaneClaim {
+    /// The lane.
+    pub lane: i64,
     /// The lease token.
     pub lease: String,
+    /// The lane's last lease had expired (its host died): some of these
+    /// messages may have been delivered already.
+    pub taken_over: bool,
+    /// Its first pending messages, in the order they were sent.
+    pub messages: Vec<OutboxRecord>,
+}
+
+/// A lane given back after its deliveries.
+#[derive(Debug, Clone)]
+pub struct LaneRelease {
+    /// The lane.
+    pub lane: i64,
+    /// The lease it was claimed with (a lane taken over since is left alone).
+    pub lease: String,
+    /// When it is due again: a failed message's retry time; `None` for now.
+    pub next_at_ms: Option<i64>,
 }
 
 /// Durable outbox storage.
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
-    /// Deletes `delivered` messages, then claims up to `max` due ones (the
-    /// oldest pending message of each sender and destination whose lease,
-    /// if any, expired), leasing them until `now_ms + lease_ms`. One write.
-    async fn claim_messages(&self, now_ms: i64, max: usize, lease_ms: i64, delivered: &[String]) -> Result<Vec<MessageClaim>, StoreError>;
+    /// In one write: deletes `delivered` messages, releases `released`
+    /// lanes (deleting those left empty), then claims up to `max_lanes` due
+    /// lanes with up to `per_lane` messages each, leased until
+    /// `now_ms + lease_ms`.
+    async fn claim_lanes(
+        &self,
+        now_ms: i64,
+        max_lanes: usize,
+        per_lane: usize,
+        lease_ms: i64,
+        delivered: &[String],
+        released: &[LaneRelease],
+    ) -> Result<Vec<LaneClaim>, StoreError>;
 
-    /// Records a failed delivery: due again at `retry_at_ms`, or dead when
-    /// `None`. False when the lease was lost.
-    async fn fail_message(&self, id: &str, lease: &str, error: &str, retry_at_ms: Option<i64>) -> Result<bool, StoreError>;
+    /// Records a failed delivery: the message is due again at `retry_at_ms`
+    /// (its lane waits for it), or dead when `None`.
+    async fn fail_message(&self, id: &str, error: &str, retry_at_ms: Option<i64>) -> Result<(), StoreError>;
 
     /// Messages, oldest first: `pending` (including in flight) or `dead`, or all.
     async fn messages(&self, status: Option<&str>, limit: usize) -> Result<Vec<OutboxRecord>, StoreError>;
@@ -107,6 +133,6 @@ pub trait OutboxStore: Send + Sync {
     /// Deletes dead messages; returns how many.
     async fn purge_dead_messages(&self) -> Result<u64, StoreError>;
 
-    /// When the next pending message is due (or its lease expires), if any.
+    /// When the next lane is due (or its lease expires), if any.
     async fn next_message_due(&self) -> Result<Option<i64>, StoreError>;
 }

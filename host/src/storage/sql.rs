@@ -928,9 +928,10 @@ macro_rules! sql_inbox_store {
 
 pub(crate) use sql_inbox_store;
 
-/// The columns of an outbox row, in the order [`outbox_from_row`] reads them.
-pub(crate) const OUTBOX_COLUMNS: &str =
-    "id, sender, kind, target, method, payload, event_type, created_at_ms, status, attempts, next_at_ms, lease_until_ms, last_error";
+/// The columns of an outbox row (`o`, with its lane `l`), as
+/// [`outbox_from_row`] reads them.
+pub(crate) const OUTBOX_COLUMNS: &str = "o.id, o.sender, o.kind, o.target, o.method, o.payload, o.event_type, o.created_at_ms, \
+     o.status, o.attempts, o.next_at_ms, l.lease_until_ms, o.last_error";
 
 /// Reads an outbox row selected with [`OUTBOX_COLUMNS`].
 pub(crate) fn outbox_from_row<R>(row: &R) -> Result<super::outbox::OutboxRecord, StoreError>
@@ -968,10 +969,16 @@ where
     })
 }
 
+/// `(id, lease)` pairs as SQL row values, placeholders from `first`.
+pub(crate) fn lane_pairs(first: usize, count: usize) -> String {
+    (0..count).map(|i| format!("(${}, ${})", first + 2 * i, first + 2 * i + 1)).collect::<Vec<_>>().join(", ")
+}
+
 /// Implements `OutboxStore` for a SQL store of database `$db`, plus
-/// `commit_outbox`, which inserts a batch's messages inside the batch's
-/// transaction (a message id sent before is not sent again). `$lock` ends
-/// the claim's inner select; `claim_begin` starts each claim's transaction.
+/// `commit_outbox`, which inserts a batch's messages and opens their lanes
+/// inside the batch's transaction (a message id sent before is not sent
+/// again). `$lock` ends the lane claim's inner select; `claim_begin` starts
+/// each claim's transaction.
 macro_rules! sql_outbox_store {
     ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, lock: $lock:expr, claim_begin: $claim_begin:literal) => {
         impl $store {
@@ -1005,19 +1012,43 @@ macro_rules! sql_outbox_store {
                     q.push(" ON CONFLICT (id) DO NOTHING");
                     q.build().execute(&mut **tx).await?;
                 }
+                // Each lane once per statement (PostgreSQL refuses to upsert a
+                // row twice in one). The no-op update, rather than DO NOTHING,
+                // waits for a concurrent release deleting the lane, then
+                // inserts it again: a message never lands in no lane.
+                let mut lanes: Vec<(&str, &str, &str, i64)> = messages
+                    .iter()
+                    .map(|m| {
+                        let (kind, target) = m.destination.kind_and_target();
+                        (m.sender.as_str(), kind, target, m.created_at_ms)
+                    })
+                    .collect();
+                lanes.sort_unstable();
+                lanes.dedup_by(|a, b| (a.0, a.1, a.2) == (b.0, b.1, b.2));
+                for chunk in lanes.chunks(500) {
+                    let mut q = ::sqlx::QueryBuilder::<$db>::new("INSERT INTO outbox_lanes (sender, kind, target, next_at_ms) ");
+                    q.push_values(chunk, |mut row, (sender, kind, target, at)| {
+                        row.push_bind(*sender).push_bind(*kind).push_bind(*target).push_bind(*at);
+                    });
+                    q.push(" ON CONFLICT (sender, kind, target) DO UPDATE SET next_at_ms = outbox_lanes.next_at_ms");
+                    q.build().execute(&mut **tx).await?;
+                }
                 Ok(())
             }
         }
 
         #[async_trait::async_trait]
         impl $crate::storage::outbox::OutboxStore for $store {
-            async fn claim_messages(
+            async fn claim_lanes(
                 &self,
                 now_ms: i64,
-                max: usize,
+                max_lanes: usize,
+                per_lane: usize,
                 lease_ms: i64,
                 delivered: &[String],
-            ) -> Result<Vec<$crate::storage::outbox::MessageClaim>, $crate::storage::StoreError> {
+                released: &[$crate::storage::outbox::LaneRelease],
+            ) -> Result<Vec<$crate::storage::outbox::LaneClaim>, $crate::storage::StoreError> {
+                use ::sqlx::Row;
                 let lease = $crate::storage::jobs::new_lease();
                 let mut tx = self.$writer.begin_with($claim_begin).await?;
                 for chunk in $crate::storage::sql::pow2_chunks(delivered, 256) {
@@ -1028,58 +1059,109 @@ macro_rules! sql_outbox_store {
                     }
                     q.execute(&mut *tx).await?;
                 }
-                let mut claims = Vec::new();
-                if max > 0 {
+                // Released lanes: due now in one statement per chunk, those
+                // waiting for a retry one by one; then the empty ones go.
+                let (now_due, later): (Vec<_>, Vec<_>) = released.iter().partition(|r| r.next_at_ms.is_none());
+                for chunk in $crate::storage::sql::pow2_chunks(&now_due, 128) {
                     let sql = format!(
-                        "UPDATE outbox SET lease = $1, lease_until_ms = $2, attempts = attempts + 1 WHERE seq IN ( \
-                         SELECT o.seq FROM outbox o WHERE o.status = 'pending' AND o.next_at_ms <= $3 \
-                         AND (o.lease_until_ms IS NULL OR o.lease_until_ms < $3) \
-                         AND NOT EXISTS (SELECT 1 FROM outbox e WHERE e.status = 'pending' AND e.sender = o.sender \
-                         AND e.kind = o.kind AND e.target = o.target AND e.seq < o.seq) \
-                         ORDER BY o.seq LIMIT $4{}) RETURNING seq, {}",
-                        $lock,
-                        $crate::storage::sql::OUTBOX_COLUMNS
+                        "UPDATE outbox_lanes SET lease = NULL, lease_until_ms = NULL, taken_over = 0, next_at_ms = $1 WHERE (id, lease) IN (VALUES {})",
+                        $crate::storage::sql::lane_pairs(2, chunk.len())
                     );
-                    let rows = ::sqlx::query(&sql)
+                    let mut q = ::sqlx::query(&sql).bind(now_ms);
+                    for r in chunk {
+                        q = q.bind(r.lane).bind(&r.lease);
+                    }
+                    q.execute(&mut *tx).await?;
+                }
+                for r in later {
+                    ::sqlx::query(
+                        "UPDATE outbox_lanes SET lease = NULL, lease_until_ms = NULL, taken_over = 0, next_at_ms = $1 WHERE id = $2 AND lease = $3",
+                    )
+                    .bind(r.next_at_ms)
+                    .bind(r.lane)
+                    .bind(&r.lease)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                let ids: Vec<i64> = released.iter().map(|r| r.lane).collect();
+                for chunk in $crate::storage::sql::pow2_chunks(&ids, 256) {
+                    let sql = format!(
+                        "DELETE FROM outbox_lanes WHERE id IN ({}) AND lease IS NULL AND NOT EXISTS (SELECT 1 FROM outbox o \
+                         WHERE o.status = 'pending' AND o.sender = outbox_lanes.sender AND o.kind = outbox_lanes.kind \
+                         AND o.target = outbox_lanes.target)",
+                        $crate::storage::sql::placeholders(1, chunk.len())
+                    );
+                    let mut q = ::sqlx::query(&sql);
+                    for id in chunk {
+                        q = q.bind(*id);
+                    }
+                    q.execute(&mut *tx).await?;
+                }
+                let mut claims = Vec::new();
+                if max_lanes > 0 {
+                    let sql = format!(
+                        "UPDATE outbox_lanes SET taken_over = CASE WHEN lease IS NULL THEN 0 ELSE 1 END, lease = $1, lease_until_ms = $2 \
+                         WHERE id IN (SELECT id FROM outbox_lanes WHERE next_at_ms <= $3 \
+                         AND (lease_until_ms IS NULL OR lease_until_ms < $3) ORDER BY next_at_ms LIMIT $4{}) RETURNING id, taken_over",
+                        $lock
+                    );
+                    let lanes = ::sqlx::query(&sql)
                         .bind(&lease)
                         .bind(now_ms + lease_ms)
                         .bind(now_ms)
-                        .bind(max as i64)
+                        .bind(max_lanes as i64)
                         .fetch_all(&mut *tx)
                         .await?;
-                    let mut seqd = rows
-                        .iter()
-                        .map(|r| {
-                            use ::sqlx::Row;
-                            Ok((r.try_get::<i64, _>("seq")?, $crate::storage::sql::outbox_from_row(r)?))
-                        })
-                        .collect::<Result<Vec<_>, $crate::storage::StoreError>>()?;
-                    seqd.sort_by_key(|(seq, _)| *seq);
-                    claims = seqd.into_iter().map(|(_, record)| $crate::storage::outbox::MessageClaim { record, lease: lease.clone() }).collect();
+                    if !lanes.is_empty() {
+                        let mut by_lane = std::collections::BTreeMap::new();
+                        for row in &lanes {
+                            let lane: i64 = row.try_get("id")?;
+                            let taken_over = row.try_get::<i64, _>("taken_over")? != 0;
+                            by_lane.insert(
+                                lane,
+                                $crate::storage::outbox::LaneClaim { lane, lease: lease.clone(), taken_over, messages: Vec::new() },
+                            );
+                        }
+                        let sql = format!(
+                            "SELECT lane, id, sender, kind, target, method, payload, event_type, created_at_ms, status, attempts, next_at_ms, \
+                             lease_until_ms, last_error FROM (SELECT l.id AS lane, {}, o.seq, \
+                             ROW_NUMBER() OVER (PARTITION BY l.id ORDER BY o.seq) AS rn \
+                             FROM outbox_lanes l JOIN outbox o ON o.sender = l.sender AND o.kind = l.kind AND o.target = l.target \
+                             AND o.status = 'pending' WHERE l.lease = $1) AS x WHERE rn <= $2 ORDER BY lane, seq",
+                            $crate::storage::sql::OUTBOX_COLUMNS
+                        );
+                        let rows = ::sqlx::query(&sql).bind(&lease).bind(per_lane as i64).fetch_all(&mut *tx).await?;
+                        for row in &rows {
+                            let lane: i64 = row.try_get("lane")?;
+                            if let Some(claim) = by_lane.get_mut(&lane) {
+                                claim.messages.push($crate::storage::sql::outbox_from_row(row)?);
+                            }
+                        }
+                        claims = by_lane.into_values().collect();
+                    }
                 }
                 tx.commit().await?;
                 Ok(claims)
             }
 
-            async fn fail_message(&self, id: &str, lease: &str, error: &str, retry_at_ms: Option<i64>) -> Result<bool, $crate::storage::StoreError> {
-                let n = ::sqlx::query(
-                    "UPDATE outbox SET status = $3, next_at_ms = COALESCE($4, next_at_ms), last_error = $5, lease = NULL, \
-                     lease_until_ms = NULL WHERE id = $1 AND lease = $2 AND status = 'pending'",
+            async fn fail_message(&self, id: &str, error: &str, retry_at_ms: Option<i64>) -> Result<(), $crate::storage::StoreError> {
+                ::sqlx::query(
+                    "UPDATE outbox SET status = $2, next_at_ms = COALESCE($3, next_at_ms), last_error = $4, attempts = attempts + 1 \
+                     WHERE id = $1 AND status = 'pending'",
                 )
                 .bind(id)
-                .bind(lease)
                 .bind(if retry_at_ms.is_some() { "pending" } else { "dead" })
                 .bind(retry_at_ms)
                 .bind(error.chars().take(4000).collect::<String>())
                 .execute(&self.$writer)
-                .await?
-                .rows_affected();
-                Ok(n == 1)
+                .await?;
+                Ok(())
             }
 
             async fn messages(&self, status: Option<&str>, limit: usize) -> Result<Vec<$crate::storage::outbox::OutboxRecord>, $crate::storage::StoreError> {
                 let sql = format!(
-                    "SELECT {} FROM outbox WHERE ($1 IS NULL OR status = $1) ORDER BY seq LIMIT $2",
+                    "SELECT {} FROM outbox o LEFT JOIN outbox_lanes l ON l.sender = o.sender AND l.kind = o.kind AND l.target = o.target \
+                     WHERE ($1 IS NULL OR o.status = $1) ORDER BY o.seq LIMIT $2",
                     $crate::storage::sql::OUTBOX_COLUMNS
                 );
                 let rows = ::sqlx::query(&sql).bind(status).bind(limit.min(i64::MAX as usize) as i64).fetch_all(&self.$reader).await?;
@@ -1087,16 +1169,28 @@ macro_rules! sql_outbox_store {
             }
 
             async fn retry_message(&self, id: &str, now_ms: i64) -> Result<bool, $crate::storage::StoreError> {
-                let n = ::sqlx::query(
-                    "UPDATE outbox SET status = 'pending', attempts = 0, next_at_ms = $2, lease = NULL, lease_until_ms = NULL \
-                     WHERE id = $1 AND status = 'dead'",
+                let mut tx = self.$writer.begin().await?;
+                let lane: Option<(String, String, String)> = ::sqlx::query_as(
+                    "UPDATE outbox SET status = 'pending', attempts = 0, next_at_ms = $2 WHERE id = $1 AND status = 'dead' \
+                     RETURNING sender, kind, target",
                 )
                 .bind(id)
                 .bind(now_ms)
-                .execute(&self.$writer)
-                .await?
-                .rows_affected();
-                Ok(n == 1)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((sender, kind, target)) = lane else { return Ok(false) };
+                ::sqlx::query(
+                    "INSERT INTO outbox_lanes (sender, kind, target, next_at_ms) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (sender, kind, target) DO UPDATE SET next_at_ms = outbox_lanes.next_at_ms",
+                )
+                .bind(sender)
+                .bind(kind)
+                .bind(target)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(true)
             }
 
             async fn purge_dead_messages(&self) -> Result<u64, $crate::storage::StoreError> {
@@ -1106,7 +1200,7 @@ macro_rules! sql_outbox_store {
             async fn next_message_due(&self) -> Result<Option<i64>, $crate::storage::StoreError> {
                 Ok(::sqlx::query_scalar(
                     "SELECT MIN(CASE WHEN lease_until_ms IS NOT NULL AND lease_until_ms > next_at_ms THEN lease_until_ms ELSE next_at_ms END) \
-                     FROM outbox WHERE status = 'pending'",
+                     FROM outbox_lanes",
                 )
                 .fetch_one(&self.$reader)
                 .await?)

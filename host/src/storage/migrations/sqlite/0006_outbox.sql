@@ -1,22 +1,34 @@
 -- The outbox: messages turns sent, inserted in their commit, deleted once
--- delivered. `seq` orders them; only the oldest pending message of each
--- (sender, kind, target) is claimable, so a pair's messages stay in order.
+-- delivered, in `seq` order per lane.
 CREATE TABLE outbox (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
-    id             TEXT    NOT NULL UNIQUE,
-    sender         TEXT    NOT NULL,
-    kind           TEXT    NOT NULL,
-    target         TEXT    NOT NULL,
+    id             TEXT NOT NULL UNIQUE,
+    sender         TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    target         TEXT NOT NULL,
     method         TEXT,
-    payload        BLOB    NOT NULL,
+    payload        BLOB NOT NULL,
     event_type     TEXT,
-    status         TEXT    NOT NULL,
+    status         TEXT NOT NULL,
     attempts       INTEGER NOT NULL DEFAULT 0,
     next_at_ms     INTEGER NOT NULL,
-    lease          TEXT,
-    lease_until_ms INTEGER,
     last_error     TEXT,
     created_at_ms  INTEGER NOT NULL
 );
-CREATE INDEX outbox_pending ON outbox (seq) WHERE status = 'pending';
-CREATE INDEX outbox_pair ON outbox (sender, kind, target, seq) WHERE status = 'pending';
+CREATE INDEX outbox_lane_order ON outbox (sender, kind, target, seq) WHERE status = 'pending';
+-- A lane per sender and destination with pending messages. A dispatcher
+-- leases a whole lane and delivers its messages one after the other, so a
+-- pair's messages arrive in order while many lanes run at once. A failed
+-- message holds its lane until its retry (`next_at_ms`).
+CREATE TABLE outbox_lanes (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    sender         TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    target         TEXT NOT NULL,
+    next_at_ms     INTEGER NOT NULL,
+    lease          TEXT,
+    lease_until_ms INTEGER,
+    taken_over     INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (sender, kind, target)
+);
+CREATE INDEX outbox_lanes_due ON outbox_lanes (next_at_ms);
