@@ -72,3 +72,107 @@ async fn a_failing_receiver_is_retried_then_dead_lettered_and_the_sender_is_unaf
     assert_eq!(host.purge_dead_messages().await.unwrap(), 1);
     assert!(host.outbox_messages(None, 10).await.unwrap().is_empty());
 }
+
+/// Sends `payload` from courier/a to sink `sink`; returns the message id.
+async fn send_to_sink(host: &Host, sink: &str, payload: Value) -> String {
+    let ids = ask(host, "courier/a", "send", json!({"sink": sink, "payload": payload})).await.unwrap();
+    ids[0].as_str().unwrap().to_string()
+}
+
+fn assert_cloud_event(event: &Value, id: &str, data: &Value) {
+    assert_eq!(event["specversion"], json!("1.0"), "{event}");
+    assert_eq!(event["id"], json!(id), "{event}");
+    assert_eq!(event["source"], json!("quark://actors/courier/a"), "{event}");
+    assert_eq!(event["type"], json!("test.event"), "{event}");
+    assert_eq!(event["datacontenttype"], json!("application/json"), "{event}");
+    assert!(event["time"].as_str().is_some_and(|t| t.ends_with('Z')), "{event}");
+    assert_eq!(&event["data"], data, "{event}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_that_is_down_gets_the_event_once_it_is_up() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let host = courier_host(dir.path(), |c| {
+        c.message_backoff = Duration::from_millis(20);
+        c.message_max_attempts = 1000;
+        c.sinks.insert("hooks".into(), format!("webhook:http://127.0.0.1:{port}/hook").parse().unwrap());
+    })
+    .await;
+    assert_eq!(ask(&host, "courier/a", "send", json!({"sink": "nosuch", "payload": 1})).await.unwrap_err().kind, ErrorKind::NotFound);
+    let id = send_to_sink(&host, "hooks", json!({"order": 17})).await;
+    // Down: the delivery fails and is retried, with the error recorded.
+    let failing = eventually("a failed delivery", async || host.outbox_messages(None, 10).await.unwrap(), |m| {
+        m.first().is_some_and(|m| m.attempts >= 1 && m.last_error.as_deref().is_some_and(|e| e.contains("webhook")))
+    })
+    .await;
+    assert_eq!(failing[0].status, "pending");
+    // Up, answering 503 once and then 200.
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<(String, Value)>::new()));
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = {
+        let (seen, calls) = (seen.clone(), calls.clone());
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let (seen, calls) = (seen.clone(), calls.clone());
+                async move {
+                    if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                    seen.lock().push((key, serde_json::from_slice(&body).unwrap()));
+                    axum::http::StatusCode::OK
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    eventually("the delivery", async || host.outbox_messages(None, 10).await.unwrap(), |m| m.is_empty()).await;
+    let seen = seen.lock().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].0, id, "the Idempotency-Key header is the message id");
+    assert_cloud_event(&seen[0].1, &id, &json!({"order": 17}));
+}
+
+#[tokio::test]
+async fn redis_stream_and_nats_sinks_get_cloud_events_and_an_unreachable_one_is_retried() {
+    let Some(_) = redis_store("redis_stream_and_nats_sinks").await else { return };
+    let Some((nats_url, nats)) = nats_client("redis_stream_and_nats_sinks").await else { return };
+    let (stream, subject) = (unique("quark_test_stream"), unique("quark.test.subject"));
+    let mut subscriber = nats.subscribe(subject.clone()).await.unwrap();
+    nats.flush().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let host = courier_host(dir.path(), |c| {
+        c.message_backoff = Duration::from_millis(20);
+        c.message_max_attempts = 2;
+        c.sinks.insert("audit".into(), format!("redis:{}#{stream}", redis_url()).parse().unwrap());
+        c.sinks.insert("events".into(), format!("nats:{nats_url}#{subject}").parse().unwrap());
+        c.sinks.insert("nowhere".into(), "redis:redis://127.0.0.1:1#s".parse().unwrap());
+    })
+    .await;
+    let to_redis = send_to_sink(&host, "audit", json!({"n": 1})).await;
+    let to_nats = send_to_sink(&host, "events", json!({"n": 2})).await;
+    let lost = send_to_sink(&host, "nowhere", json!({"n": 3})).await;
+
+    let message = tokio::time::timeout(Duration::from_secs(15), futures::StreamExt::next(&mut subscriber)).await.unwrap().unwrap();
+    assert_eq!(message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_string()), Some(to_nats.clone()));
+    assert_cloud_event(&serde_json::from_slice(&message.payload).unwrap(), &to_nats, &json!({"n": 2}));
+
+    // The unreachable sink's message is retried, then dead, with its error.
+    let dead = eventually("the dead letter", async || host.outbox_messages(Some("dead"), 10).await.unwrap(), |d| !d.is_empty()).await;
+    assert_eq!((dead[0].message.id.as_str(), dead[0].attempts), (lost.as_str(), 2));
+    assert!(dead[0].last_error.as_deref().is_some_and(|e| e.contains("redis sink")), "{:?}", dead[0].last_error);
+    eventually("the deliveries", async || host.outbox_messages(Some("pending"), 10).await.unwrap(), |m| m.is_empty()).await;
+
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("DEL").arg(&stream).query_async(&mut conn).await.unwrap();
+    assert_eq!(entries.len(), 1, "one entry in the stream");
+    let fields: std::collections::HashMap<String, Vec<u8>> = entries[0].1.iter().cloned().collect();
+    assert_eq!(fields["id"], to_redis.as_bytes());
+    assert_eq!(fields["type"], b"test.event");
+    assert_cloud_event(&serde_json::from_slice(&fields["event"]).unwrap(), &to_redis, &json!({"n": 1}));
+}

@@ -121,3 +121,18 @@ pub(crate) async fn redis_store(test: &str) -> Option<RedisStore> {
         Err(e) => panic!("{test}: Redis is required (QUARK_REQUIRE_BACKENDS=1) but not reachable at {url}: {e}"),
     }
 }
+
+/// A NATS client for 127.0.0.1:4222 (or `QUARK_TEST_NATS_URL`), or `None`
+/// (after printing SKIP) when no server answers and backends are not required.
+pub(crate) async fn nats_client(test: &str) -> Option<(String, async_nats::Client)> {
+    let url = std::env::var("QUARK_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let options = async_nats::ConnectOptions::new().connection_timeout(std::time::Duration::from_secs(3));
+    match options.connect(url.as_str()).await {
+        Ok(client) => Some((url, client)),
+        Err(e) if !backends_required() => {
+            eprintln!("SKIP {test}: NATS is not reachable at {url} ({e}); set QUARK_REQUIRE_BACKENDS=1 to fail instead");
+            None
+        }
+        Err(e) => panic!("{test}: NATS is required (QUARK_REQUIRE_BACKENDS=1) but not reachable at {url}: {e}"),
+    }
+}

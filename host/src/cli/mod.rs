@@ -274,6 +274,10 @@ struct ServeArgs {
     /// How long a claimed job is this host's before another may take it over.
     #[arg(long, default_value = "60s")]
     job_lease: humantime::Duration,
+    /// An external sink for outbox messages: `NAME=webhook:http://…`,
+    /// `NAME=redis:redis://host:6379#stream` or `NAME=nats:nats://host:4222#subject`; repeatable.
+    #[arg(long = "sink", value_name = "NAME=KIND:TARGET")]
+    sinks: Vec<String>,
     /// How long an actor remembers a handled message id or `Idempotency-Key`.
     #[arg(long, default_value = "24h")]
     inbox_retention: humantime::Duration,
@@ -367,6 +371,11 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     config.job_concurrency = args.job_concurrency.max(1);
     config.job_lease = Duration::from(args.job_lease);
     config.inbox_retention = Duration::from(args.inbox_retention);
+    for sink in &args.sinks {
+        let (name, spec) = sink.split_once('=').with_context(|| format!("--sink {sink:?}: expected NAME=KIND:TARGET"))?;
+        let parsed = spec.parse().map_err(|e: String| anyhow::anyhow!("--sink {name}: {e}"))?;
+        config.sinks.insert(name.to_string(), parsed);
+    }
     config.job_queue_limits = parse_limits("--queue-limit", &args.queue_limits)?;
     config.job_type_limits = parse_limits("--type-limit", &args.type_limits)?;
     let store_name = store.backend_name();

@@ -176,7 +176,8 @@ async fn deliver_lane(host: Host, lane: LaneClaim) {
     dispatcher.wake.notify_one();
 }
 
-/// Delivers one message: a turn of the receiving actor under its id.
+/// Delivers one message: a turn of the receiving actor under its id, or a
+/// CloudEvent to a sink.
 async fn deliver(host: &Host, record: &OutboxRecord, check: bool) -> Result<(), String> {
     let message = &record.message;
     match &message.destination {
@@ -194,7 +195,7 @@ async fn deliver(host: &Host, record: &OutboxRecord, check: bool) -> Result<(), 
             };
             host.ask_request(request).await.map(|_| ()).map_err(|e| e.to_string())
         }
-        Destination::Sink { name } => Err(format!("no sink named {name:?} is configured on this host")),
+        Destination::Sink { name } => host.sinks().send(name, message).await,
     }
 }
 

@@ -5,6 +5,7 @@
 //! failed ones are retried with backoff and end in the dead-letter list.
 
 pub mod dispatcher;
+pub mod sinks;
 
 use crate::error::ActorError;
 use crate::runtime::Host;

@@ -75,6 +75,8 @@ pub struct HostConfig {
     /// How long an actor's inbox remembers a message id or idempotency key
     /// (a repeat within it gets the first reply without a turn).
     pub inbox_retention: Duration,
+    /// External sinks outbox messages may name (`--sink NAME=KIND:TARGET`).
+    pub sinks: HashMap<String, crate::outbox::sinks::SinkConfig>,
     /// Delivery attempts of an outbox message before it is dead-lettered.
     pub message_max_attempts: u32,
     /// First retry delay of a failed delivery, doubled per attempt (with
@@ -106,6 +108,7 @@ impl HostConfig {
             job_lease: DEFAULT_JOB_LEASE,
             job_poll: crate::jobs::runner::POLL,
             inbox_retention: crate::inbox::DEFAULT_RETENTION,
+            sinks: HashMap::new(),
             message_max_attempts: 10,
             message_backoff: Duration::from_millis(200),
         }
@@ -190,6 +193,7 @@ struct HostInner {
     projection_runners: parking_lot::Mutex<HashMap<String, Arc<crate::journal::projection::ProjectionRunner>>>,
     job_runner: Arc<crate::jobs::runner::JobRunner>,
     dispatcher: Arc<crate::outbox::dispatcher::Dispatcher>,
+    sinks: crate::outbox::sinks::Sinks,
 }
 
 /// A running Quark host. Cheap to clone.
@@ -217,6 +221,7 @@ impl Host {
         let registry = ComponentRegistry::new(engine.clone(), linker, cache);
         let metrics = Arc::new(Metrics::new());
         let committer = Committer::spawn(store.clone(), metrics.clone());
+        let sinks = crate::outbox::sinks::Sinks::new(&config.sinks);
         let host = Host(Arc::new(HostInner {
             config,
             engine,
@@ -230,6 +235,7 @@ impl Host {
             projection_runners: parking_lot::Mutex::new(HashMap::new()),
             job_runner: Arc::default(),
             dispatcher: Arc::default(),
+            sinks,
         }));
         for info in host.0.store.active_versions().await? {
             let (actor_type, version) = (info.actor_type.clone(), info.version);
@@ -547,6 +553,10 @@ impl Host {
 
     pub(crate) fn job_runner(&self) -> &crate::jobs::runner::JobRunner {
         &self.0.job_runner
+    }
+
+    pub(crate) fn sinks(&self) -> &crate::outbox::sinks::Sinks {
+        &self.0.sinks
     }
 
     pub(crate) fn dispatcher_shared(&self) -> &Arc<crate::outbox::dispatcher::Dispatcher> {

@@ -287,9 +287,10 @@ impl TurnState {
                     return Err(ActorError::bad_request("a message to an actor needs a method"));
                 }
             }
-            Destination::Sink { name } => {
-                return Err(ActorError::not_found(format!("no sink named {name:?} is configured on this host")));
+            Destination::Sink { name } if !self.host.sinks().contains(name) => {
+                return Err(ActorError::not_found(format!("no sink named {name:?} is configured on this host (--sink NAME=KIND:TARGET)")));
             }
+            Destination::Sink { .. } => {}
         }
         if let Some(id) = &id
             && (id.is_empty() || id.len() > crate::inbox::MAX_KEY_BYTES)

@@ -6,7 +6,10 @@ use quark_sdk::{Deserialize, Error, Result, Serialize, Value, outbox, state};
 
 #[derive(Deserialize)]
 struct Send {
+    #[serde(default)]
     to: String,
+    /// Send to this sink instead (CloudEvents type `test.event`).
+    sink: Option<String>,
     #[serde(default = "receive")]
     method: String,
     #[serde(default)]
@@ -46,7 +49,10 @@ impl Courier {
             }
             (None, Some(bytes)) => ids.push(outbox::to_actor(&request.to, &request.method, &"x".repeat(bytes))?.send()?),
             (None, None) => {
-                let mut message = outbox::to_actor(&request.to, &request.method, &request.payload)?;
+                let mut message = match &request.sink {
+                    Some(sink) => outbox::to_sink(sink, &request.payload)?.event_type("test.event"),
+                    None => outbox::to_actor(&request.to, &request.method, &request.payload)?,
+                };
                 if let Some(id) = &request.id {
                     message = message.id(id);
                 }
