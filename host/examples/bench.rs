@@ -496,6 +496,46 @@ fn delivered(host: &Host) -> u64 {
     host.metrics_text().lines().find_map(|l| l.strip_prefix("quark_messages_delivered_total ").and_then(|v| v.trim().parse().ok())).unwrap_or(0)
 }
 
+/// Outbox delivery to a Redis stream sink: 100 senders x 100 messages.
+async fn sink_bench(dir: &std::path::Path) {
+    let redis_url = std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let stream = format!("quark_bench_stream_{}", std::process::id());
+    let mut config = HostConfig::new(dir);
+    config.sinks.insert("stream".into(), format!("redis:{redis_url}#{stream}").parse().unwrap());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("sink.db")).await.unwrap());
+    let host = host_with(store, config).await;
+    host.deploy("courier", component("courier"), Manifest::parse(Some("16MiB"), None).unwrap()).await.unwrap();
+    let (senders, per) = (scale(100), 100);
+    let s = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..senders {
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move {
+            let body = format!(r#"{{"sink": "stream", "payload": {{"order": {i}}}, "count": {per}}}"#);
+            host.ask(id(format!("courier/s{i}")), "send", body.into_bytes()).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = (senders * per) as u64;
+    while delivered(&host) < total {
+        if s.elapsed() > Duration::from_secs(120) {
+            println!("SKIP outbox to a Redis stream: only {} of {total} delivered in 120 s (is Redis up?)", delivered(&host));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let elapsed = s.elapsed();
+    println!(
+        "outbox to a Redis stream sink (SQLite store): {total} CloudEvents ({senders} senders x {per}) in {elapsed:?} = {:.0} messages/s",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    if let Ok(mut conn) = redis::Client::open(redis_url).and_then(|c| c.get_connection()) {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&stream).query(&mut conn);
+    }
+}
+
 /// Actor-to-actor outbox delivery: 1,000 senders each send 100 messages
 /// to their own receiver (`counter.increment`, one sending turn each), and
 /// the time until every one ran as a committed turn of its receiver; then the latency from a sending
@@ -743,6 +783,12 @@ async fn run_parts() {
             Ok(pg) => outbox_bench(Arc::new(pg), &sub, "PostgreSQL").await,
             Err(e) => println!("SKIP outbox on PostgreSQL: {e}"),
         }
+        let redis_url = std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        match RedisStore::connect(&redis_url, Some(&format!("quark_bench_outbox_{}", std::process::id()))).await {
+            Ok(redis) => outbox_bench(Arc::new(redis), &sub, "Redis").await,
+            Err(e) => println!("SKIP outbox on Redis: {e}"),
+        }
+        sink_bench(&sub).await;
     }
     if !wanted("postgres") {
         return;

@@ -509,6 +509,73 @@ async fn host_outbox_delivery(store: Arc<dyn Store>) {
     assert_eq!(received("courier/b").await.len(), 1, "the receiver ran once");
 }
 
+/// Outbox lanes at the store: messages commit with their turn into a lane
+/// per sender and destination, claims take whole lanes in order, a failure
+/// holds its lane until its retry, a dead message lets it move on, and an
+/// expired lease hands the lane to the next claim as taken over.
+async fn outbox_lanes_claim_fail_retry(store: Arc<dyn Store>) {
+    use quark_host::storage::outbox::{Destination, LaneRelease, OutboxMessage};
+    let Some(outbox) = store.outbox_store() else {
+        eprintln!("note: the {} store has no outbox yet", store.backend_name());
+        return;
+    };
+    let message = |id: &str, to: &str| OutboxMessage {
+        id: id.into(),
+        sender: "c/a".into(),
+        destination: Destination::Actor { actor: to.into(), method: "m".into() },
+        payload: b"{}".to_vec(),
+        event_type: None,
+        created_at_ms: 1_000,
+    };
+    let sent = TurnCommit {
+        messages: vec![message("m1", "c/b"), message("m2", "c/b"), message("m3", "c/b"), message("n1", "c/c")],
+        ..TurnCommit::state_only(id("c/a"), vec![])
+    };
+    store.commit(&[sent.clone()]).await.unwrap();
+    store.commit(&[sent]).await.unwrap(); // the same ids again: not sent twice
+    assert_eq!(outbox.next_message_due().await.unwrap(), Some(1_000));
+    let lanes = outbox.claim_lanes(2_000, 10, 2, 60_000, &[], &[]).await.unwrap();
+    let ids = |l: &quark_host::storage::outbox::LaneClaim| l.messages.iter().map(|m| m.message.id.clone()).collect::<Vec<_>>();
+    let mut got: Vec<Vec<String>> = lanes.iter().map(ids).collect();
+    got.sort();
+    assert_eq!(got, [vec!["m1".to_string(), "m2".into()], vec!["n1".into()]], "whole lanes, in order, at most 2 each");
+    assert!(lanes.iter().all(|l| !l.taken_over));
+    assert!(outbox.claim_lanes(2_000, 10, 2, 60_000, &[], &[]).await.unwrap().is_empty(), "leased lanes stay leased");
+
+    // m1 fails: its lane waits for the retry; n1 is delivered.
+    let b = lanes.iter().find(|l| l.messages.len() == 2).unwrap().clone();
+    let c = lanes.iter().find(|l| l.messages.len() == 1).unwrap().clone();
+    outbox.fail_message("m1", "boom", Some(5_000)).await.unwrap();
+    let release = |l: &quark_host::storage::outbox::LaneClaim, next| LaneRelease { lane: l.lane.clone(), lease: l.lease.clone(), next_at_ms: next };
+    let none = outbox.claim_lanes(3_000, 10, 2, 60_000, &["n1".into()], &[release(&b, Some(5_000)), release(&c, None)]).await.unwrap();
+    assert!(none.is_empty(), "the failed lane waits, the delivered one is empty");
+    let again = outbox.claim_lanes(5_000, 10, 2, 60_000, &[], &[]).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(ids(&again[0]), ["m1", "m2"]);
+    assert_eq!((again[0].messages[0].attempts, again[0].messages[0].last_error.as_deref()), (1, Some("boom")));
+
+    // m1 dies: the lane moves on to m2 and m3.
+    outbox.fail_message("m1", "boom again", None).await.unwrap();
+    let next = outbox.claim_lanes(6_000, 10, 5, 60_000, &[], &[release(&again[0], None)]).await.unwrap();
+    assert_eq!(ids(&next[0]), ["m2", "m3"]);
+    let dead = outbox.messages(Some("dead"), 10).await.unwrap();
+    assert_eq!((dead.len(), dead[0].attempts), (1, 2));
+
+    // Its lease expires: the next claim takes it over.
+    let taken = outbox.claim_lanes(6_000 + 60_001, 10, 5, 60_000, &[], &[]).await.unwrap();
+    assert_eq!((taken.len(), taken[0].taken_over), (1, true));
+    assert!(outbox.claim_lanes(6_000 + 60_002, 10, 5, 60_000, &["m2".into(), "m3".into()], &[release(&next[0], None)]).await.unwrap().is_empty(), "a stale lease releases nothing");
+    assert_eq!(outbox.messages(Some("pending"), 10).await.unwrap().len(), 0);
+
+    assert!(outbox.retry_message("m1", 7_000).await.unwrap());
+    assert!(!outbox.retry_message("m1", 7_000).await.unwrap(), "only a dead message is retried");
+    let revived = outbox.claim_lanes(200_000, 10, 5, 60_000, &[], &[release(&taken[0], None)]).await.unwrap();
+    assert_eq!(ids(&revived[0]), ["m1"]);
+    outbox.fail_message("m1", "still broken", None).await.unwrap();
+    assert_eq!(outbox.purge_dead_messages().await.unwrap(), 1);
+    assert!(outbox.messages(None, 10).await.unwrap().is_empty());
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -555,4 +622,5 @@ conformance!(
     inbox_dedup_and_expiry,
     host_idempotent_asks,
     host_outbox_delivery,
+    outbox_lanes_claim_fail_retry,
 );

@@ -406,7 +406,7 @@ pub trait Store: StateStore + ComponentStore + JournalStore + InboxStore + Send 
         None
     }
 
-    /// The outbox, where the backend has one (SQLite and PostgreSQL do).
+    /// The outbox, where the backend has one (SQLite, PostgreSQL and Redis do).
     fn outbox_store(&self) -> Option<&dyn outbox::OutboxStore> {
         None
     }

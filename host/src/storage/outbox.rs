@@ -81,8 +81,8 @@ pub struct OutboxRecord {
 /// release the lane quoting `lease`.
 #[derive(Debug, Clone)]
 pub struct LaneClaim {
-    /// The lane.
-    pub lane: i64,
+    /// The lane (an id the store gives it).
+    pub lane: String,
     /// The lease token.
     pub lease: String,
     /// The lane's last lease had expired (its host died): some of these
@@ -96,7 +96,7 @@ pub struct LaneClaim {
 #[derive(Debug, Clone)]
 pub struct LaneRelease {
     /// The lane.
-    pub lane: i64,
+    pub lane: String,
     /// The lease it was claimed with (a lane taken over since is left alone).
     pub lease: String,
     /// When it is due again: a failed message's retry time; `None` for now.

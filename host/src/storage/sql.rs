@@ -1069,7 +1069,7 @@ macro_rules! sql_outbox_store {
                     );
                     let mut q = ::sqlx::query(&sql).bind(now_ms);
                     for r in chunk {
-                        q = q.bind(r.lane).bind(&r.lease);
+                        q = q.bind(r.lane.parse::<i64>().unwrap_or(-1)).bind(&r.lease);
                     }
                     q.execute(&mut *tx).await?;
                 }
@@ -1078,12 +1078,12 @@ macro_rules! sql_outbox_store {
                         "UPDATE outbox_lanes SET lease = NULL, lease_until_ms = NULL, taken_over = 0, next_at_ms = $1 WHERE id = $2 AND lease = $3",
                     )
                     .bind(r.next_at_ms)
-                    .bind(r.lane)
+                    .bind(r.lane.parse::<i64>().unwrap_or(-1))
                     .bind(&r.lease)
                     .execute(&mut *tx)
                     .await?;
                 }
-                let ids: Vec<i64> = released.iter().map(|r| r.lane).collect();
+                let ids: Vec<i64> = released.iter().filter_map(|r| r.lane.parse().ok()).collect();
                 for chunk in $crate::storage::sql::pow2_chunks(&ids, 256) {
                     let sql = format!(
                         "DELETE FROM outbox_lanes WHERE id IN ({}) AND lease IS NULL AND NOT EXISTS (SELECT 1 FROM outbox o \
@@ -1119,7 +1119,7 @@ macro_rules! sql_outbox_store {
                             let taken_over = row.try_get::<i64, _>("taken_over")? != 0;
                             by_lane.insert(
                                 lane,
-                                $crate::storage::outbox::LaneClaim { lane, lease: lease.clone(), taken_over, messages: Vec::new() },
+                                $crate::storage::outbox::LaneClaim { lane: lane.to_string(), lease: lease.clone(), taken_over, messages: Vec::new() },
                             );
                         }
                         let sql = format!(

@@ -18,7 +18,7 @@
 //! | `P:blob:{hash}`, `P:cv:{type}`, `P:heads` | string, hash, hash | component bytes, versions, active versions |
 //! | `P:ib:{actor}`, `P:ibt` | hash, sorted set | inbox: message id → reply; `actor\n id` scored by time (expiry) |
 //!
-//! Durable jobs have their own keys; see [`jobs`].
+//! Durable jobs and the outbox have their own keys; see [`jobs`] and [`outbox`].
 //!
 //! Durability is Redis's own: with `appendonly yes` and `appendfsync
 //! always` an acknowledged turn survives a crash of Redis; with Redis's
@@ -36,6 +36,7 @@ use super::{
 use crate::id::ActorId;
 
 mod jobs;
+mod outbox;
 
 /// Key prefix unless the URL names one (`redis://host/0#prefix`).
 pub const DEFAULT_PREFIX: &str = "quark";
@@ -55,16 +56,18 @@ pub struct RedisStore {
     retention_script: redis::Script,
     component_script: redis::Script,
     jobs: jobs::JobScripts,
+    outbox: outbox::OutboxScripts,
     expire_inbox_script: redis::Script,
 }
 
 /// Commits a batch (after [`jobs::JOB_FUNCTIONS_LUA`]). ARGV: prefix, now,
-/// then eight sections, each a count and fixed-size records: heads (actor,
+/// then nine sections, each a count and fixed-size records: heads (actor,
 /// expected, new), checkpoints (name, from, to), job completions (id,
 /// lease, next run or ''), inbox entries (actor, message id, reply, at), state ops (actor, key, 'S' value | 'D' ''),
 /// events (actor, type, version, event type, schema, data, at,
 /// correlation, causation, caller or '', has-caller, method), new jobs
-/// (`JOB_ARGS` each), cancelled job ids. Returns '' or a conflict message.
+/// (`JOB_ARGS` each), cancelled job ids, outbox messages (`MESSAGE_ARGS`
+/// each). Returns '' or a conflict message.
 const COMMIT_LUA: &str = r#"
 local p, now = ARGV[1], ARGV[2]
 local i = 3
@@ -150,6 +153,8 @@ for _, e in ipairs(inbox) do
   redis.call('ZADD', p .. ':ibt', e[4], e[1] .. '\n' .. e[2])
 end
 if added > 0 then redis.call('PUBLISH', p .. ':jobs', '') end
+local nm = tonumber(ARGV[i]); i = i + 1
+for _ = 1, nm do add_message(p, i); i = i + MESSAGE_ARGS end
 return ''
 "#;
 
@@ -244,10 +249,11 @@ impl RedisStore {
             client,
             conn,
             prefix,
-            commit_script: redis::Script::new(&format!("{}{COMMIT_LUA}", jobs::JOB_FUNCTIONS_LUA)),
+            commit_script: redis::Script::new(&format!("{}{}{COMMIT_LUA}", jobs::JOB_FUNCTIONS_LUA, outbox::OUTBOX_FUNCTIONS_LUA)),
             retention_script: redis::Script::new(RETENTION_LUA),
             component_script: redis::Script::new(COMPONENT_LUA),
             jobs: jobs::JobScripts::new(),
+            outbox: outbox::OutboxScripts::new(),
             expire_inbox_script: redis::Script::new(EXPIRE_INBOX_LUA),
         })
     }
@@ -319,6 +325,10 @@ impl Store for RedisStore {
     fn job_store(&self) -> Option<&dyn super::jobs::JobStore> {
         Some(self)
     }
+
+    fn outbox_store(&self) -> Option<&dyn super::outbox::OutboxStore> {
+        Some(self)
+    }
 }
 
 #[async_trait]
@@ -330,9 +340,6 @@ impl StateStore for RedisStore {
     }
 
     async fn commit(&self, batch: &[TurnCommit]) -> Result<(), StoreError> {
-        if batch.iter().any(|c| !c.messages.is_empty()) {
-            return Err(StoreError::Rejected("the outbox is not available on the Redis store yet; use SQLite or PostgreSQL".into()));
-        }
         let mut invocation = self.commit_script.prepare_invoke();
         invocation.arg(&self.prefix).arg(super::now_ms());
         let appends: Vec<_> = batch.iter().filter_map(|c| c.journal.as_ref().filter(|j| !j.events.is_empty()).map(|j| (c, j))).collect();
@@ -389,6 +396,10 @@ impl StateStore for RedisStore {
         invocation.arg(batch.iter().map(|c| c.cancels.len()).sum::<usize>());
         for id in batch.iter().flat_map(|c| c.cancels.iter()) {
             invocation.arg(id);
+        }
+        invocation.arg(batch.iter().map(|c| c.messages.len()).sum::<usize>());
+        for message in batch.iter().flat_map(|c| c.messages.iter()) {
+            outbox::push_message_args(&mut invocation, message);
         }
         let conflict: String = invocation.invoke_async(&mut self.conn()).await?;
         if conflict.is_empty() { Ok(()) } else { Err(StoreError::Conflict(conflict)) }

@@ -44,7 +44,11 @@ impl Courier {
             (Some(n), _) => {
                 for i in 0..n {
                     let payload = if request.payload.is_null() { serde_json::json!({"n": i}) } else { request.payload.clone() };
-                    ids.push(outbox::to_actor(&request.to, &request.method, &payload)?.send()?);
+                    let message = match &request.sink {
+                        Some(sink) => outbox::to_sink(sink, &payload)?,
+                        None => outbox::to_actor(&request.to, &request.method, &payload)?,
+                    };
+                    ids.push(message.send()?);
                 }
             }
             (None, Some(bytes)) => ids.push(outbox::to_actor(&request.to, &request.method, &"x".repeat(bytes))?.send()?),
