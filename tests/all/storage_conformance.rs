@@ -427,6 +427,27 @@ async fn inbox_dedup_and_expiry(store: Arc<dyn Store>) {
     assert_eq!(store.expire_inbox(1_000).await.unwrap(), 0, "not older than the bound");
     assert_eq!(store.expire_inbox(1_001).await.unwrap(), 1);
     assert_eq!(store.inbox_reply(&id("c/a"), "m1").await.unwrap(), None);
+
+    // An entry whose message is still in the outbox outlives the window.
+    if store.outbox_store().is_some() {
+        use quark_host::storage::outbox::{Destination, OutboxMessage};
+        let in_flight = OutboxMessage {
+            id: "m2".into(),
+            sender: "c/z".into(),
+            destination: Destination::Actor { actor: "c/a".into(), method: "m".into() },
+            payload: b"{}".to_vec(),
+            event_type: None,
+            created_at_ms: 500,
+        };
+        store.commit(&[TurnCommit { messages: vec![in_flight], ..TurnCommit::state_only(id("c/z"), vec![]) }]).await.unwrap();
+        let handled = TurnCommit {
+            inbox: Some(InboxEntry { message_id: "m2".into(), reply: b"ok".to_vec(), at_ms: 600 }),
+            ..TurnCommit::state_only(id("c/a"), vec![])
+        };
+        store.commit(&[handled]).await.unwrap();
+        assert_eq!(store.expire_inbox(10_000).await.unwrap(), 0);
+        assert_eq!(store.inbox_reply(&id("c/a"), "m2").await.unwrap(), Some(b"ok".to_vec()), "kept for a possible redelivery");
+    }
 }
 
 /// `Idempotency-Key` semantics through the host: once per key, the first

@@ -419,7 +419,8 @@ pub trait InboxStore: Send + Sync {
     /// The stored reply if `actor` handled `message_id` (and it has not expired).
     async fn inbox_reply(&self, actor: &ActorId, message_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Forgets entries older than `before_ms`; returns how many.
+    /// Forgets entries older than `before_ms`, except those whose message
+    /// is still in the outbox (it may yet be redelivered); returns how many.
     async fn expire_inbox(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
 

@@ -920,7 +920,13 @@ macro_rules! sql_inbox_store {
             }
 
             async fn expire_inbox(&self, before_ms: i64) -> Result<u64, $crate::storage::StoreError> {
-                Ok(::sqlx::query("DELETE FROM inbox WHERE at_ms < $1").bind(before_ms).execute(&self.$writer).await?.rows_affected())
+                // An entry whose message is still in the outbox (handled, not
+                // yet deleted, e.g. its host died) stays: it may be redelivered.
+                Ok(::sqlx::query("DELETE FROM inbox WHERE at_ms < $1 AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = inbox.message_id)")
+                    .bind(before_ms)
+                    .execute(&self.$writer)
+                    .await?
+                    .rows_affected())
             }
         }
     };

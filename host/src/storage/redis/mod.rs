@@ -204,17 +204,24 @@ redis.call('HSET', p .. ':heads', atype, version)
 return version
 "#;
 
-/// Forgets inbox entries older than ARGV[2], at most 1000 per call.
-/// ARGV: prefix, before. Returns how many.
+/// Forgets inbox entries older than ARGV[2], at most 1000 per call, but
+/// not those whose message is still in the outbox. ARGV: prefix, before.
+/// Returns {forgotten, looked at}.
 const EXPIRE_INBOX_LUA: &str = r#"
 local p = ARGV[1]
 local old = redis.call('ZRANGEBYSCORE', p .. ':ibt', '-inf', '(' .. ARGV[2], 'LIMIT', 0, 1000)
+local expired = 0
 for _, member in ipairs(old) do
   local nl = string.find(member, '\n', 1, true)
-  redis.call('HDEL', p .. ':ib:' .. string.sub(member, 1, nl - 1), string.sub(member, nl + 1))
-  redis.call('ZREM', p .. ':ibt', member)
+  local id = string.sub(member, nl + 1)
+  -- Kept while its message is still in the outbox (it may be redelivered).
+  if redis.call('EXISTS', p .. ':om:' .. id) == 0 then
+    redis.call('HDEL', p .. ':ib:' .. string.sub(member, 1, nl - 1), id)
+    redis.call('ZREM', p .. ':ibt', member)
+    expired = expired + 1
+  end
 end
-return #old
+return {expired, #old}
 "#;
 
 /// A component version as stored (its number is the hash field).
@@ -415,9 +422,11 @@ impl super::InboxStore for RedisStore {
     async fn expire_inbox(&self, before_ms: i64) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {
-            let n: u64 = self.expire_inbox_script.prepare_invoke().arg(&self.prefix).arg(before_ms).invoke_async(&mut self.conn()).await?;
+            let (n, seen): (u64, u64) =
+                self.expire_inbox_script.prepare_invoke().arg(&self.prefix).arg(before_ms).invoke_async(&mut self.conn()).await?;
             total += n;
-            if n < 1000 {
+            // A page of entries all kept for their messages: try again later.
+            if seen < 1000 || n == 0 {
                 return Ok(total);
             }
         }
