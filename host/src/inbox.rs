@@ -4,11 +4,11 @@
 //! again: `POST /v1/actors/{type}/{key}/{method}` with an `Idempotency-Key`
 //! header, and (with the outbox) redelivered messages.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::ActorError;
 use crate::id::ActorId;
-use crate::runtime::{Control, Host, InboxTurn, Request, new_chain_id};
+use crate::runtime::{Control, Host, InboxTurn};
 
 /// How long an inbox entry is kept unless configured (`--inbox-retention`).
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
@@ -25,16 +25,8 @@ impl Host {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(ActorError::bad_request(format!("an idempotency key must be 1 to {MAX_KEY_BYTES} bytes, not {}", key.len())));
         }
-        let request = Request {
-            target,
-            method: method.to_string(),
-            payload,
-            chain: new_chain_id(),
-            caller: None,
-            deadline: Instant::now() + self.config().call_timeout,
-            control: Some(Box::new(Control::Inbox(InboxTurn { message_id: key.to_string(), check: true }))),
-        };
-        self.ask_request(request).await
+        let control = Control::Inbox(InboxTurn { message_id: key.to_string(), check: true });
+        self.ask_request(self.outside_request(target, method, payload, Some(control))).await
     }
 }
 

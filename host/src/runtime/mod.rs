@@ -427,16 +427,21 @@ impl Host {
 
     /// Sends `payload` to `method` of `target` from outside and waits for the reply.
     pub async fn ask(&self, target: ActorId, method: &str, payload: Vec<u8>) -> Result<Vec<u8>, ActorError> {
-        let request = Request {
+        self.ask_request(self.outside_request(target, method, payload, None)).await
+    }
+
+    /// A request from outside any actor, on a fresh call chain, with the
+    /// host's call timeout.
+    pub(crate) fn outside_request(&self, target: ActorId, method: &str, payload: Vec<u8>, control: Option<Control>) -> Request {
+        Request {
             target,
             method: method.to_string(),
             payload,
             chain: new_chain_id(),
             caller: None,
             deadline: Instant::now() + self.0.config.call_timeout,
-            control: None,
-        };
-        self.ask_request(request).await
+            control: control.map(Box::new),
+        }
     }
 
     /// Routes a request and waits for its reply (or its deadline).
