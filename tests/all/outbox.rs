@@ -57,19 +57,26 @@ async fn a_failing_receiver_is_retried_then_dead_lettered_and_the_sender_is_unaf
         c.message_backoff = Duration::from_millis(10);
     })
     .await;
+    // One receiver traps, another returns an error: both are retried, then dead.
+    let trapping = ask(&host, "courier/a", "send", json!({"to": "courier/t", "payload": {"trap": true}})).await.unwrap();
     let ids = ask(&host, "courier/a", "send", json!({"to": "courier/b", "payload": {"fail": true}})).await.unwrap();
     let id = ids[0].as_str().unwrap().to_string();
-    let dead = eventually("dead-lettering", async || host.outbox_messages(Some("dead"), 10).await.unwrap(), |d| !d.is_empty()).await;
+    let dead = eventually("dead-lettering", async || host.outbox_messages(Some("dead"), 10).await.unwrap(), |d| d.len() == 2).await;
+    let trapped = dead.iter().find(|m| m.message.id == trapping[0].as_str().unwrap()).unwrap();
+    assert_eq!(trapped.attempts, 3);
+    assert!(trapped.last_error.as_deref().is_some_and(|e| e.contains("trapped")), "{:?}", trapped.last_error);
+    let dead: Vec<_> = dead.into_iter().filter(|m| m.message.id == id).collect();
     assert_eq!((dead[0].message.id.as_str(), dead[0].attempts), (id.as_str(), 3));
     assert!(dead[0].last_error.as_deref().is_some_and(|e| e.contains("fails on purpose")), "{:?}", dead[0].last_error);
+    assert_eq!(ask(&host, "courier/a", "send", json!({"to": "courier/b", "payload": 0})).await.unwrap().as_array().map(Vec::len), Some(1), "the sender is unaffected");
     assert!(received(&host, "courier/b").await.is_empty());
     // A later message of the same pair is not held up by the dead one.
     ask(&host, "courier/a", "send", json!({"to": "courier/b", "payload": "next"})).await.unwrap();
-    eventually("the next delivery", async || received(&host, "courier/b").await, |r| r.len() == 1).await;
+    eventually("the next deliveries", async || received(&host, "courier/b").await, |r| r.len() == 2).await;
     host.retry_message(&id).await.unwrap();
     assert_eq!(host.retry_message("nosuch").await.unwrap_err().kind, ErrorKind::Rejected);
-    eventually("dead again", async || host.outbox_messages(Some("dead"), 10).await.unwrap(), |d| d.len() == 1 && d[0].attempts == 3).await;
-    assert_eq!(host.purge_dead_messages().await.unwrap(), 1);
+    eventually("dead again", async || host.outbox_messages(Some("dead"), 10).await.unwrap(), |d| d.len() == 2 && d.iter().all(|m| m.attempts == 3)).await;
+    assert_eq!(host.purge_dead_messages().await.unwrap(), 2);
     assert!(host.outbox_messages(None, 10).await.unwrap().is_empty());
 }
 
@@ -175,4 +182,42 @@ async fn redis_stream_and_nats_sinks_get_cloud_events_and_an_unreachable_one_is_
     assert_eq!(fields["id"], to_redis.as_bytes());
     assert_eq!(fields["type"], b"test.event");
     assert_cloud_event(&serde_json::from_slice(&fields["event"]).unwrap(), &to_redis, &json!({"n": 1}));
+}
+
+/// A commit on one host wakes an idle dispatcher on another sharing the
+/// store (PostgreSQL NOTIFY, Redis PUBLISH) that would otherwise look only
+/// once a minute: the message is delivered by the second host at once.
+async fn other_hosts_dispatchers_wake(store: std::sync::Arc<dyn quark_host::storage::Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = HostConfig::new(dir.path());
+    config.message_poll = Duration::from_secs(60);
+    let host = Host::start(config, store.clone()).await.unwrap();
+    host.deploy("courier", component("courier"), manifest()).await.unwrap();
+    // Let the dispatcher go idle on its one-minute poll.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Another writer of the store (no host, so no local wake-up) sends one.
+    let message = quark_host::storage::outbox::OutboxMessage {
+        id: "from-elsewhere".into(),
+        sender: "courier/far".into(),
+        destination: quark_host::storage::outbox::Destination::Actor { actor: "courier/near".into(), method: "receive".into() },
+        payload: br#""hi""#.to_vec(),
+        event_type: None,
+        created_at_ms: quark_host::storage::now_ms(),
+    };
+    let commit = quark_host::storage::TurnCommit { messages: vec![message], ..quark_host::storage::TurnCommit::state_only(id("courier/far"), vec![]) };
+    store.commit(&[commit]).await.unwrap();
+    let got = eventually("the delivery", async || received(&host, "courier/near").await, |r| r.len() == 1).await;
+    assert_eq!(got[0]["id"], json!("from-elsewhere"));
+}
+
+#[tokio::test]
+async fn postgres_wakes_idle_dispatchers_on_other_hosts() {
+    let Some(store) = postgres_store("outbox::postgres_wakes_idle_dispatchers_on_other_hosts").await else { return };
+    other_hosts_dispatchers_wake(std::sync::Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn redis_wakes_idle_dispatchers_on_other_hosts() {
+    let Some(store) = redis_store("outbox::redis_wakes_idle_dispatchers_on_other_hosts").await else { return };
+    other_hosts_dispatchers_wake(std::sync::Arc::new(store)).await;
 }

@@ -2,8 +2,9 @@
 //! messages to one destination) in batches and delivers each lane's
 //! messages in order (an actor's turn under the message id), many lanes at
 //! once; delivered messages are deleted, and lanes released, with its next
-//! claim. It wakes when a commit carried messages, when a lane is done, at
-//! the next due time, and at least every [`POLL`].
+//! claim. It wakes when a commit carried messages (on this host, or on
+//! another, announced by PostgreSQL NOTIFY or Redis PUBLISH), when a lane
+//! is done, at the next due time, and at least every `message_poll`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,7 +16,7 @@ use crate::id::ActorId;
 use crate::runtime::{Control, Host, InboxTurn, Request, WeakHost, new_chain_id};
 use crate::storage::outbox::{Destination, LaneClaim, LaneRelease, OutboxRecord};
 
-/// Longest sleep between looks at the store.
+/// Longest sleep between looks at the store, by default.
 pub const POLL: Duration = Duration::from_secs(1);
 
 /// Most lanes one claim takes.
@@ -115,14 +116,15 @@ pub(crate) async fn run(host: WeakHost) {
                 }
             }
         }
+        let poll = strong.config().message_poll;
         let mut wait = if failures > 0 {
             Duration::from_millis(50 << failures.min(5))
         } else if !short || in_flight > 0 {
-            POLL
+            poll
         } else {
             match store.next_message_due().await {
-                Ok(Some(due)) => Duration::from_millis((due - crate::storage::now_ms()).clamp(1, POLL.as_millis() as i64) as u64),
-                _ => POLL,
+                Ok(Some(due)) => Duration::from_millis((due - crate::storage::now_ms()).clamp(1, poll.as_millis() as i64) as u64),
+                _ => poll,
             }
         };
         if let Some(due_in) = dispatcher.write_due_in() {

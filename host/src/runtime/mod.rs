@@ -82,6 +82,9 @@ pub struct HostConfig {
     /// First retry delay of a failed delivery, doubled per attempt (with
     /// jitter, at most a minute).
     pub message_backoff: Duration,
+    /// Longest the outbox dispatcher sleeps between looks at the store,
+    /// for messages sent on other hosts when the store cannot announce them.
+    pub message_poll: Duration,
 }
 
 /// Jobs running at once on a host unless configured: enough to keep the
@@ -111,6 +114,7 @@ impl HostConfig {
             sinks: HashMap::new(),
             message_max_attempts: 10,
             message_backoff: Duration::from_millis(200),
+            message_poll: crate::outbox::dispatcher::POLL,
         }
     }
 }
@@ -246,26 +250,17 @@ impl Host {
         }
         host.spawn_idle_sweeper();
         crate::inbox::spawn_expiry(&host);
-        if host.0.store.outbox_store().is_some() {
-            tokio::spawn(crate::outbox::dispatcher::run(host.downgrade()));
-        }
         host.start_projections().await?;
         if let Some(jobs) = host.0.store.job_store() {
             tokio::spawn(crate::jobs::runner::run(host.downgrade()));
-            if let Some(mut announcements) = jobs.job_announcements().await {
-                let runner = Arc::downgrade(&host.0.job_runner);
-                tokio::spawn(async move {
-                    loop {
-                        let announced = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut announcements)).await;
-                        // Ends (closing the LISTEN connection) once the host is gone.
-                        let Some(runner) = runner.upgrade() else { break };
-                        match announced {
-                            Ok(Some(())) => runner.wake(),
-                            Ok(None) => break,
-                            Err(_idle) => {}
-                        }
-                    }
-                });
+            if let Some(announcements) = jobs.job_announcements().await {
+                spawn_wakeups(announcements, Arc::downgrade(&host.0.job_runner), crate::jobs::runner::JobRunner::wake);
+            }
+        }
+        if let Some(outbox) = host.0.store.outbox_store() {
+            tokio::spawn(crate::outbox::dispatcher::run(host.downgrade()));
+            if let Some(announcements) = outbox.message_announcements().await {
+                spawn_wakeups(announcements, Arc::downgrade(&host.0.dispatcher), crate::outbox::dispatcher::Dispatcher::wake);
             }
         }
         if let Some(capacity) = engine::activation_capacity() {
@@ -600,4 +595,21 @@ pub fn resident_memory_bytes() -> u64 {
         sysinfo::ProcessRefreshKind::nothing().with_memory(),
     );
     system.process(pid).map(|p| p.memory()).unwrap_or(0)
+}
+
+/// Calls `wake` on `target` whenever another host announces work (a
+/// LISTEN or SUBSCRIBE stream). Ends, closing the stream's connection,
+/// once the target is gone with its host (checked at least every 5 s).
+fn spawn_wakeups<T: Send + Sync + 'static>(mut announcements: futures::stream::BoxStream<'static, ()>, target: std::sync::Weak<T>, wake: fn(&T)) {
+    tokio::spawn(async move {
+        loop {
+            let announced = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut announcements)).await;
+            let Some(target) = target.upgrade() else { break };
+            match announced {
+                Ok(Some(())) => wake(&target),
+                Ok(None) => break,
+                Err(_idle) => {}
+            }
+        }
+    });
 }

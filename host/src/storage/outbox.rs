@@ -135,4 +135,11 @@ pub trait OutboxStore: Send + Sync {
 
     /// When the next lane is due (or its lease expires), if any.
     async fn next_message_due(&self) -> Result<Option<i64>, StoreError>;
+
+    /// A stream that yields whenever a commit on any host sent messages,
+    /// where the backend can push (PostgreSQL LISTEN, Redis SUBSCRIBE);
+    /// `None` means poll.
+    async fn message_announcements(&self) -> Option<futures::stream::BoxStream<'static, ()>> {
+        None
+    }
 }

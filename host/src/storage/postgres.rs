@@ -25,6 +25,8 @@ pub struct PostgresStore {
     pool: PgPool,
     /// The LISTEN/NOTIFY channel that announces new jobs (one per schema).
     job_channel: String,
+    /// NOTIFY channel of commits that sent outbox messages.
+    outbox_channel: String,
 }
 
 impl PostgresStore {
@@ -48,7 +50,8 @@ impl PostgresStore {
             .await?;
         sqlx::migrate!("src/storage/migrations/postgres").run(&pool).await?;
         let job_channel = format!("quark_jobs_{}", schema.unwrap_or("public"));
-        Ok(PostgresStore { pool, job_channel })
+        let outbox_channel = format!("quark_outbox_{}", schema.unwrap_or("public"));
+        Ok(PostgresStore { pool, job_channel, outbox_channel })
     }
 }
 
@@ -163,6 +166,8 @@ impl StateStore for PostgresStore {
         }
         if batch.iter().any(|c| !c.messages.is_empty()) {
             Self::commit_outbox(&mut tx, batch).await?;
+            // Delivered at commit: idle dispatchers on every host wake.
+            sqlx::query("SELECT pg_notify($1, '')").bind(&self.outbox_channel).execute(&mut *tx).await?;
         }
         if batch.iter().any(TurnCommit::has_job_effects) {
             Self::commit_jobs(&mut tx, batch).await?;
@@ -178,7 +183,13 @@ impl StateStore for PostgresStore {
 }
 
 super::sql::sql_component_store!(PostgresStore, writer: pool, reader: pool);
-super::sql::sql_outbox_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool, lock: " FOR UPDATE SKIP LOCKED", claim_begin: "BEGIN; SET LOCAL synchronous_commit = off");
+super::sql::sql_outbox_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool, lock: " FOR UPDATE SKIP LOCKED",
+    claim_begin: "BEGIN; SET LOCAL synchronous_commit = off",
+    announce: {
+    async fn message_announcements(&self) -> Option<futures::stream::BoxStream<'static, ()>> {
+        self.listen(&self.outbox_channel, "new outbox messages").await
+    }
+});
 super::sql::sql_inbox_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool);
 super::sql::sql_journal_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool);
 super::sql::sql_job_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool, index_hint: false, lock: " FOR UPDATE SKIP LOCKED",
@@ -204,18 +215,24 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// LISTEN on the job channel; the listener reconnects by itself.
+    /// LISTEN on the job channel.
     async fn listen_jobs(&self) -> Option<futures::stream::BoxStream<'static, ()>> {
+        self.listen(&self.job_channel, "new jobs").await
+    }
+
+    /// LISTEN on `channel`; the listener reconnects by itself. `None` (and
+    /// a warning) when it cannot: the caller polls instead.
+    async fn listen(&self, channel: &str, what: &str) -> Option<futures::stream::BoxStream<'static, ()>> {
         use futures::StreamExt;
         let mut listener = match sqlx::postgres::PgListener::connect_with(&self.pool).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot LISTEN for new jobs; runners poll instead");
+                tracing::warn!(error = %e, "cannot LISTEN for {what}; polling instead");
                 return None;
             }
         };
-        if let Err(e) = listener.listen(&self.job_channel).await {
-            tracing::warn!(error = %e, "cannot LISTEN for new jobs; runners poll instead");
+        if let Err(e) = listener.listen(channel).await {
+            tracing::warn!(error = %e, "cannot LISTEN for {what}; polling instead");
             return None;
         }
         Some(listener.into_stream().map(|_| ()).boxed())

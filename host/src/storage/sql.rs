@@ -984,9 +984,9 @@ pub(crate) fn lane_pairs(first: usize, count: usize) -> String {
 /// `commit_outbox`, which inserts a batch's messages and opens their lanes
 /// inside the batch's transaction (a message id sent before is not sent
 /// again). `$lock` ends the lane claim's inner select; `claim_begin` starts
-/// each claim's transaction.
+/// each claim's transaction; `announce` adds `message_announcements`.
 macro_rules! sql_outbox_store {
-    ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, lock: $lock:expr, claim_begin: $claim_begin:literal) => {
+    ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, lock: $lock:expr, claim_begin: $claim_begin:literal, announce: { $($announce:tt)* }) => {
         impl $store {
             async fn commit_outbox(
                 tx: &mut ::sqlx::Transaction<'_, $db>,
@@ -1211,6 +1211,8 @@ macro_rules! sql_outbox_store {
                 .fetch_one(&self.$reader)
                 .await?)
             }
+
+            $($announce)*
         }
     };
 }

@@ -179,7 +179,7 @@ impl StateStore for SqliteStore {
 }
 
 super::sql::sql_component_store!(SqliteStore, writer: writer, reader: reader);
-super::sql::sql_outbox_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader, lock: "", claim_begin: "BEGIN");
+super::sql::sql_outbox_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader, lock: "", claim_begin: "BEGIN", announce: {});
 super::sql::sql_inbox_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader);
 super::sql::sql_journal_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader);
 super::sql::sql_job_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader, index_hint: true, lock: "");

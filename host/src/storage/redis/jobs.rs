@@ -522,18 +522,6 @@ impl JobStore for RedisStore {
     }
 
     async fn job_announcements(&self) -> Option<futures::stream::BoxStream<'static, ()>> {
-        use futures::StreamExt;
-        let mut pubsub = match self.client.get_async_pubsub().await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot SUBSCRIBE for new jobs; runners poll instead");
-                return None;
-            }
-        };
-        if let Err(e) = pubsub.subscribe(format!("{}:jobs", self.prefix)).await {
-            tracing::warn!(error = %e, "cannot SUBSCRIBE for new jobs; runners poll instead");
-            return None;
-        }
-        Some(pubsub.into_on_message().map(|_| ()).boxed())
+        self.subscribe("jobs", "new jobs").await
     }
 }

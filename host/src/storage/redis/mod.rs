@@ -154,7 +154,9 @@ for _, e in ipairs(inbox) do
 end
 if added > 0 then redis.call('PUBLISH', p .. ':jobs', '') end
 local nm = tonumber(ARGV[i]); i = i + 1
-for _ = 1, nm do add_message(p, i); i = i + MESSAGE_ARGS end
+local sent = 0
+for _ = 1, nm do sent = sent + add_message(p, i); i = i + MESSAGE_ARGS end
+if sent > 0 then redis.call('PUBLISH', p .. ':outbox', '') end
 return ''
 "#;
 
@@ -271,6 +273,24 @@ impl RedisStore {
 
     fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// SUBSCRIBE to `P:{channel}`. `None` (and a warning) when it cannot:
+    /// the caller polls instead.
+    async fn subscribe(&self, channel: &str, what: &str) -> Option<futures::stream::BoxStream<'static, ()>> {
+        use futures::StreamExt;
+        let mut pubsub = match self.client.get_async_pubsub().await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot SUBSCRIBE for {what}; polling instead");
+                return None;
+            }
+        };
+        if let Err(e) = pubsub.subscribe(format!("{}:{channel}", self.prefix)).await {
+            tracing::warn!(error = %e, "cannot SUBSCRIBE for {what}; polling instead");
+            return None;
+        }
+        Some(pubsub.into_on_message().map(|_| ()).boxed())
     }
 
     /// Reads events of one stream (`j` or `ja`) from version `from`.

@@ -8,6 +8,7 @@
 //! | `P:olanes` | sorted set | lanes not leased, scored by when they are due |
 //! | `P:oleased`, `P:olease` | sorted set, hash | leased lanes by lease expiry; lane → lease |
 //! | `P:oall`, `P:odead` | sorted sets | every message, dead messages, by `seq` (listing) |
+//! | `P:outbox` | channel | a message whenever a commit sent messages (wakes other hosts) |
 //!
 //! A lane is `sender\nkind\ntarget`. Each change is one Lua script; the
 //! messages a turn sends are added by its commit script.
@@ -322,5 +323,9 @@ impl OutboxStore for RedisStore {
     async fn next_message_due(&self) -> Result<Option<i64>, StoreError> {
         let due: String = self.outbox.next_due.prepare_invoke().arg(&self.prefix).invoke_async(&mut self.conn()).await?;
         Ok(due.parse().ok())
+    }
+
+    async fn message_announcements(&self) -> Option<futures::stream::BoxStream<'static, ()>> {
+        self.subscribe("outbox", "new outbox messages").await
     }
 }

@@ -71,10 +71,14 @@ impl Courier {
         Ok(ids)
     }
 
-    /// Records the message; `{"fail": true}` fails every delivery.
+    /// Records the message; `{"fail": true}` fails every delivery with an
+    /// error, `{"trap": true}` traps.
     fn receive(payload: Value) -> Result<u64> {
         if payload.get("fail").and_then(Value::as_bool) == Some(true) {
             return Err(Error::internal("this receiver fails on purpose"));
+        }
+        if payload.get("trap").and_then(Value::as_bool) == Some(true) {
+            panic!("this receiver traps on purpose");
         }
         let (id, sender) = outbox::current().unwrap_or_default();
         let mut received: Vec<Received> = state::get("received")?.unwrap_or_default();
