@@ -544,6 +544,22 @@ async fn outbox_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &st
     let host = host_on(store, dir).await;
     host.deploy("courier", component("courier"), Manifest::parse(Some("16MiB"), None).unwrap()).await.unwrap();
     let (senders, per) = (scale(1000), 100);
+    // Send-to-delivery delays under this load, from the host's own stream.
+    let mut deliveries = host.message_deliveries();
+    let delays = tokio::spawn(async move {
+        let mut delays = Vec::new();
+        loop {
+            match deliveries.recv().await {
+                Ok(d) => delays.push(Duration::from_millis(d.delay_ms as u64)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+            if delays.len() as u64 >= (scale(1000) * 100) as u64 {
+                break;
+            }
+        }
+        delays
+    });
     let s = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..senders {
@@ -568,6 +584,51 @@ async fn outbox_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &st
          from the first send; {:.0} messages/s once the sends were done",
         total as f64 / elapsed.as_secs_f64(),
         (total - delivered_while_sending) as f64 / (elapsed - sent).as_secs_f64()
+    );
+    if let Ok(Ok(mut delays)) = tokio::time::timeout(Duration::from_secs(5), delays).await {
+        delays.sort();
+        println!(
+            "outbox on {backend}: send to delivered under that load ({} of {total} sampled, ms resolution): p50 {:?}, p99 {:?}",
+            delays.len(),
+            percentile(&delays, 0.5),
+            percentile(&delays, 0.99)
+        );
+    }
+    // Steady load below capacity: 200 senders, one message per turn, at
+    // 10,000 messages/s in all for 3 s; send-to-delivery delays meanwhile.
+    let (tasks_n, rate, seconds) = (200usize, 10_000u64, if quick() { 1 } else { 3 });
+    let mut deliveries = host.message_deliveries();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..tasks_n {
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move {
+            let every = Duration::from_secs_f64(tasks_n as f64 / rate as f64);
+            let mut tick = tokio::time::interval(every);
+            while start.elapsed() < Duration::from_secs(seconds) {
+                tick.tick().await;
+                let body = format!(r#"{{"to": "counter/steady{t}", "method": "increment", "payload": {{"by": 1}}}}"#);
+                host.ask(id(format!("courier/steady-s{t}")), "send", body.into_bytes()).await.unwrap();
+            }
+        }));
+    }
+    let mut steady = Vec::new();
+    let collect_until = Instant::now() + Duration::from_secs(seconds + 2);
+    while Instant::now() < collect_until {
+        match tokio::time::timeout(Duration::from_millis(100), deliveries.recv()).await {
+            Ok(Ok(d)) => steady.push(Duration::from_millis(d.delay_ms as u64)),
+            Ok(Err(_)) | Err(_) => {}
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    steady.sort();
+    println!(
+        "outbox on {backend}: send to delivered at a steady {rate} messages/s ({} delivered, ms resolution): p50 {:?}, p99 {:?}",
+        steady.len(),
+        percentile(&steady, 0.5),
+        percentile(&steady, 0.99)
     );
     let mut lat = Vec::new();
     for i in 0..scale(200) {

@@ -66,6 +66,7 @@ pub struct Metrics {
     job_start_delay_seconds: Histogram,
     messages_delivered: Counter,
     message_deliveries_failed: Counter,
+    message_delivery_delay_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -115,6 +116,8 @@ impl Metrics {
             job_start_delay_seconds: Histogram::new(exponential_buckets(0.0005, 3.0, 14)),
             messages_delivered: Counter::default(),
             message_deliveries_failed: Counter::default(),
+            // 0.5 ms .. ~10 min
+            message_delivery_delay_seconds: Histogram::new(exponential_buckets(0.0005, 3.0, 14)),
             registry: Registry::default(),
         };
         registry.register("turns", "Turns run, by outcome", m.turns.clone());
@@ -141,6 +144,11 @@ impl Metrics {
             m.job_start_delay_seconds.clone(),
         );
         registry.register("messages_delivered", "Outbox messages delivered (an actor's turn committed, or a sink took it)", m.messages_delivered.clone());
+        registry.register(
+            "message_delivery_delay_seconds",
+            "From a message's send (in its turn) to its delivery (the receiver's turn committed, or the sink took it)",
+            m.message_delivery_delay_seconds.clone(),
+        );
         registry.register("message_deliveries_failed", "Outbox deliveries that failed (retried or dead-lettered)", m.message_deliveries_failed.clone());
         Metrics { registry, ..m }
     }
@@ -170,6 +178,11 @@ impl Metrics {
     /// Records how long after its due time a job attempt started.
     pub fn record_job_start_delay(&self, delay: Duration) {
         self.job_start_delay_seconds.observe(delay.as_secs_f64());
+    }
+
+    /// Records how long after its send a message was delivered.
+    pub fn record_message_delay(&self, delay: Duration) {
+        self.message_delivery_delay_seconds.observe(delay.as_secs_f64());
     }
 
     /// Records an outbox delivery.

@@ -42,14 +42,35 @@ struct Done {
     since: Option<Instant>,
 }
 
+/// A message delivered by this host.
+#[derive(Debug, Clone)]
+pub struct MessageDelivered {
+    /// The message.
+    pub id: String,
+    /// From its send (in the sending turn) to its delivery, in ms.
+    pub delay_ms: i64,
+}
+
 /// The dispatcher's shared state.
-#[derive(Default)]
 pub(crate) struct Dispatcher {
     wake: tokio::sync::Notify,
     in_flight: AtomicUsize,
     /// The last claim came back short: wait for a commit or a due time.
     short: AtomicBool,
     done: Mutex<Done>,
+    delivered_tx: tokio::sync::broadcast::Sender<MessageDelivered>,
+}
+
+impl Default for Dispatcher {
+    fn default() -> Self {
+        Dispatcher {
+            wake: Default::default(),
+            in_flight: Default::default(),
+            short: Default::default(),
+            done: Default::default(),
+            delivered_tx: tokio::sync::broadcast::channel(4096).0,
+        }
+    }
 }
 
 impl Dispatcher {
@@ -149,6 +170,12 @@ async fn deliver_lane(host: Host, lane: LaneClaim) {
         match deliver(&host, record, check).await {
             Ok(()) => {
                 host.metrics().record_message(true);
+                let delay_ms = (crate::storage::now_ms() - record.message.created_at_ms).max(0);
+                host.metrics().record_message_delay(Duration::from_millis(delay_ms as u64));
+                let dispatcher = host.dispatcher();
+                if dispatcher.delivered_tx.receiver_count() > 0 {
+                    let _ = dispatcher.delivered_tx.send(MessageDelivered { id: record.message.id.clone(), delay_ms });
+                }
                 delivered.push(record.message.id.clone());
             }
             Err(error) => {
@@ -202,6 +229,12 @@ async fn deliver(host: &Host, record: &OutboxRecord, check: bool) -> Result<(), 
 }
 
 impl Host {
+    /// Every message this host delivers, as it is delivered (for
+    /// monitoring and benchmarks; a receiver that falls behind skips ahead).
+    pub fn message_deliveries(&self) -> tokio::sync::broadcast::Receiver<MessageDelivered> {
+        self.dispatcher().delivered_tx.subscribe()
+    }
+
     /// Wakes the outbox dispatcher (messages were committed).
     pub(crate) fn wake_outbox(&self) {
         self.dispatcher().wake();

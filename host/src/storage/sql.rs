@@ -1175,7 +1175,8 @@ macro_rules! sql_outbox_store {
             }
 
             async fn retry_message(&self, id: &str, now_ms: i64) -> Result<bool, $crate::storage::StoreError> {
-                let mut tx = self.$writer.begin().await?;
+                // Begun like a claim: it upserts a lane too.
+                let mut tx = self.$writer.begin_with($claim_begin).await?;
                 let lane: Option<(String, String, String)> = ::sqlx::query_as(
                     "UPDATE outbox SET status = 'pending', attempts = 0, next_at_ms = $2 WHERE id = $1 AND status = 'dead' \
                      RETURNING sender, kind, target",
