@@ -4,12 +4,17 @@
 CARGO        ?= cargo
 WASM_TARGET  := wasm32-wasip2
 SAMPLES      := counter greeter bank accounts-summary reports transfer
-TEST_ACTORS  := misbehave pingpong no-handler counter-v2 ledger worker courier
+TEST_ACTORS  := misbehave pingpong no-handler counter-v2 ledger worker courier polyglot
+# Guests in other languages: a folder with app.py / app.js each.
+PY_SAMPLES   := counter-py
+JS_SAMPLES   := counter-js
+PY_TEST_ACTORS := polyglot-py
+JS_TEST_ACTORS := polyglot-js
 GUEST_DIR    := target/$(WASM_TARGET)/wasm
 DATA_DIR     ?= ./quark-data
 LISTEN       ?= 127.0.0.1:7878
 
-.PHONY: run test samples guests bench toolchain check clean-data
+.PHONY: run test samples guests rust-guests py-guests js-guests bench toolchain check clean-data
 
 toolchain:
 	@if ! rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET); then \
@@ -17,8 +22,10 @@ toolchain:
 		rustup target add $(WASM_TARGET); \
 	fi
 
-# Every guest (samples and test actors) in ONE cargo build, then copied out.
-guests: toolchain
+guests: rust-guests py-guests js-guests
+
+# Every Rust guest (samples and test actors) in ONE cargo build, then copied out.
+rust-guests: toolchain
 	@echo ">> building guest components for $(WASM_TARGET): $(SAMPLES) $(TEST_ACTORS)"
 	$(CARGO) build --profile wasm --target $(WASM_TARGET) $(addprefix -p ,$(SAMPLES) $(TEST_ACTORS))
 	@mkdir -p target/samples target/test-actors
@@ -26,18 +33,32 @@ guests: toolchain
 	@for n in $(TEST_ACTORS); do cp $(GUEST_DIR)/$$(echo $$n | tr - _).wasm target/test-actors/$$n.wasm; done
 	@echo ">> components: $$(ls target/samples/*.wasm target/test-actors/*.wasm | tr '\n' ' ')"
 
+# Python guests: componentize-py, installed on first use into
+# guest-sdk/python/.venv; SKIP (not an error) when it cannot be installed.
+py-guests:
+	@for n in $(PY_SAMPLES); do bash guest-sdk/python/build.sh samples/$$n target/samples/$$n.wasm || exit 1; done
+	@for n in $(PY_TEST_ACTORS); do bash guest-sdk/python/build.sh tests/actors/$$n target/test-actors/$$n.wasm || exit 1; done
+
+# JavaScript guests: componentize-js, installed on first use into
+# guest-sdk/js/node_modules; SKIP (not an error) when it cannot be installed.
+js-guests:
+	@for n in $(JS_SAMPLES); do bash guest-sdk/js/build.sh samples/$$n target/samples/$$n.wasm || exit 1; done
+	@for n in $(JS_TEST_ACTORS); do bash guest-sdk/js/build.sh tests/actors/$$n target/test-actors/$$n.wasm || exit 1; done
+
 samples: guests
 
 run: guests
 	@echo ">> building the host (release)"
 	$(CARGO) build --release -p quark-host
 	@echo ">> starting quark serve on $(LISTEN), data in $(DATA_DIR), samples deployed"
+	@echo "   (the first start compiles the Python and JavaScript samples, about half a minute; later starts load them from $(DATA_DIR)/compiled)"
 	./target/release/quark serve --data-dir $(DATA_DIR) --listen $(LISTEN) \
 		$(foreach s,$(SAMPLES),--deploy $(s)=target/samples/$(s).wasm) \
+		$(foreach s,$(PY_SAMPLES) $(JS_SAMPLES),$(if $(wildcard target/samples/$(s).wasm),--deploy $(s)=target/samples/$(s).wasm)) \
 		--projection accounts-summary=bank:accounts-summary/all
 
 test: guests
-	@echo ">> running the tests (unit, integration, storage conformance on SQLite and PostgreSQL)"
+	@echo ">> running the tests (unit, integration, storage conformance on SQLite, PostgreSQL and Redis, Python and JavaScript guests)"
 	$(CARGO) test -p quark-host
 
 check:

@@ -12,5 +12,6 @@ mod hot_swap;
 mod http_api;
 mod jobs;
 mod journal;
+mod languages;
 mod outbox;
 mod storage_conformance;

@@ -25,6 +25,34 @@ pub(crate) fn component(name: &str) -> Vec<u8> {
     panic!("component `{name}` is not built: run `make samples` (or `make test`, which builds it first)");
 }
 
+/// The bytes of a Python or JavaScript guest, or `None` (after printing
+/// SKIP) when its toolchain could not be installed and backends are not
+/// required: `make test` builds them when pip and npm reach their registry.
+pub(crate) fn guest_in_other_language(name: &str, test: &str) -> Option<Vec<u8>> {
+    for dir in ["target/samples", "target/test-actors"] {
+        if let Ok(bytes) = std::fs::read(root().join(dir).join(format!("{name}.wasm"))) {
+            return Some(bytes);
+        }
+    }
+    let why = format!(
+        "component `{name}` is not built (`make samples` builds it once componentize-py / componentize-js can be installed from PyPI / npm)"
+    );
+    if backends_required() {
+        panic!("{test}: {why}; QUARK_REQUIRE_BACKENDS=1 requires it");
+    }
+    eprintln!("SKIP {test}: {why}; set QUARK_REQUIRE_BACKENDS=1 to fail instead");
+    None
+}
+
+/// A host on a fresh SQLite store whose compiled components are cached in
+/// `target/test-compiled`, shared by every test: a Python or JavaScript
+/// component compiles once per build, not once per test.
+pub(crate) async fn host_with_shared_compiled_cache(dir: &std::path::Path) -> Host {
+    let mut config = HostConfig::new(dir);
+    config.compiled_dir = root().join("target/test-compiled");
+    host_with_config(config).await
+}
+
 /// A manifest with the host defaults.
 pub(crate) fn manifest() -> Manifest {
     Manifest::parse(None, None).unwrap()

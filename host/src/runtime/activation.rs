@@ -920,6 +920,15 @@ pub(crate) fn classify_guest_call<T>(
 ) -> Result<T, HandlerFailure> {
     match outcome {
         Ok(Ok(Ok(value))) => Ok(value),
+        // A guest that caught its failed allocation (Python's MemoryError)
+        // still failed because of the limit: say so.
+        Ok(Ok(Err(guest_error))) if data.limiter.exceeded => {
+            let error: ActorError = guest_error.into();
+            Err(HandlerFailure::Returned(ActorError::limit_exceeded(format!(
+                "{what} could not grow its memory past the limit of its actor type and failed: {}",
+                error.message
+            ))))
+        }
         Ok(Ok(Err(guest_error))) => Err(HandlerFailure::Returned(guest_error.into())),
         Ok(Err(trap)) if data.timed_out => Err(HandlerFailure::Broken(ActorError::timeout(format!(
             "{what} ran past its deadline (turn time limit or call deadline; call chain {chain:x}) and was stopped ({})",

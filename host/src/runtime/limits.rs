@@ -24,6 +24,11 @@ impl MemoryLimiter {
     pub(crate) fn new(limit: u64, activation: Arc<ActivationShared>) -> Self {
         MemoryLimiter { limit: usize::try_from(limit).unwrap_or(usize::MAX), current: 0, exceeded: false, activation }
     }
+
+    /// Linear memory the instance holds now, in bytes.
+    pub(crate) fn current(&self) -> usize {
+        self.current
+    }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {

@@ -42,14 +42,21 @@ pub const DEFAULT_TURN_TIMEOUT: Duration = Duration::from_secs(5);
 /// blob store, not in messages that are committed and replayed.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
 
-/// Largest component accepted by a deploy.
+/// The memory limit of the trial start that measures what a component
+/// needs when it cannot start within its own limit.
+const TRIAL_MEMORY_CEILING: u64 = 4 << 30;
+
+/// Largest component a deploy accepts, in bytes.
 pub const MAX_COMPONENT_BYTES: usize = 128 << 20;
 
 /// Host settings.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
-    /// Where the compiled-component cache lives (and, for SQLite, the database).
+    /// The host's data directory (for SQLite, the database).
     pub data_dir: PathBuf,
+    /// Where compiled components are cached (default `data_dir/compiled`);
+    /// hosts of one build may share it.
+    pub compiled_dir: PathBuf,
     /// An activation with no message for this long is removed from memory.
     pub idle_timeout: Duration,
     /// Longest a call between actors (or from outside) may wait for its reply.
@@ -99,8 +106,10 @@ pub const DEFAULT_JOB_LEASE: Duration = Duration::from_secs(60);
 impl HostConfig {
     /// Defaults with the given data directory.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let data_dir = data_dir.into();
         HostConfig {
-            data_dir: data_dir.into(),
+            compiled_dir: data_dir.join("compiled"),
+            data_dir,
             idle_timeout: Duration::from_secs(300),
             call_timeout: Duration::from_secs(30),
             max_payload: DEFAULT_MAX_PAYLOAD,
@@ -221,7 +230,7 @@ impl Host {
         let engine = engine::new_engine().map_err(|e| anyhow::anyhow!("creating the wasmtime engine: {e:#}"))?;
         let mut linker = Linker::new(&engine);
         crate::capabilities::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("linking capabilities: {e:#}"))?;
-        let cache = CompiledCache::new(&config.data_dir.join("compiled"), &engine);
+        let cache = CompiledCache::new(&config.compiled_dir, &engine);
         let registry = ComponentRegistry::new(engine.clone(), linker, cache);
         let metrics = Arc::new(Metrics::new());
         let committer = Committer::spawn(store.clone(), metrics.clone());
@@ -382,10 +391,25 @@ impl Host {
         let shared = Arc::new(activation::ActivationShared::new(ActorId::new(actor_type, "deploy-check")?));
         match activation::instantiate_pre(self, &shared, pre, manifest, 0).await {
             Ok(_) => Ok(()),
-            Err(e) if e.kind == ErrorKind::LimitExceeded => Err(ActorError::rejected(format!(
-                "`{actor_type}` cannot start within its memory limit; deploy it with a larger --memory-limit ({})",
-                e.message
-            ))),
+            Err(e) if e.kind == ErrorKind::LimitExceeded => {
+                // Start it once more without the limit to say what it needs.
+                let unlimited = Manifest { memory_limit: TRIAL_MEMORY_CEILING, ..manifest.clone() };
+                let needs = match activation::instantiate_pre(self, &shared, pre, &unlimited, 0).await {
+                    Ok((store, _)) => {
+                        let mib = (store.data().limiter.current() as u64).div_ceil(1 << 20);
+                        format!(
+                            "starting takes {mib} MiB of linear memory, so deploy it with --memory-limit {mib}MiB at least \
+                             (more for what its turns allocate)"
+                        )
+                    }
+                    Err(_) => "it did not start within 4 GiB either".to_string(),
+                };
+                Err(ActorError::rejected(format!(
+                    "`{actor_type}` cannot start within its memory limit of {} MiB: {needs} ({})",
+                    manifest.memory_limit >> 20,
+                    e.message
+                )))
+            }
             Err(e) => Err(ActorError::rejected(format!("`{actor_type}` failed to start: {}", e.message))),
         }
     }

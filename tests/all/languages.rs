@@ -1,0 +1,194 @@
+//! Actors in Python and JavaScript next to Rust: the same `counter`, a call
+//! chain through all three languages, hot swap across languages, and the
+//! failure paths (exceptions, memory limits). The components are built by
+//! `make test` with componentize-py and componentize-js; where those cannot
+//! be installed the tests print SKIP (and fail under QUARK_REQUIRE_BACKENDS=1).
+
+use quark_host::runtime::DeployOutcome;
+use quark_host::{ActorError, ErrorKind, Host, Manifest};
+use serde_json::json;
+
+use crate::support::*;
+
+/// Deploys one at a time across these tests: the first deploy of a
+/// component compiles it (seconds for a Python one) into the shared cache,
+/// and the others then load it instead of compiling it in parallel.
+async fn deploy(host: &Host, actor_type: &str, bytes: Vec<u8>, manifest: Manifest) -> Result<DeployOutcome, ActorError> {
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
+    host.deploy(actor_type, bytes, manifest).await
+}
+
+/// `name`'s bytes for each of `names`, or `None` when one is not built.
+fn guests(names: &[&str], test: &str) -> Option<Vec<Vec<u8>>> {
+    names.iter().map(|name| guest_in_other_language(name, test)).collect()
+}
+
+#[tokio::test]
+async fn python_and_javascript_counters_behave_like_the_rust_one() {
+    let Some(components) = guests(&["counter-py", "counter-js"], "python_and_javascript_counters_behave_like_the_rust_one") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_shared_compiled_cache(dir.path()).await;
+    deploy(&host, "counter", component("counter"), manifest()).await.unwrap();
+    for (name, bytes) in ["counter-py", "counter-js"].into_iter().zip(components) {
+        deploy(&host, name, bytes, manifest()).await.unwrap();
+    }
+    for actor_type in ["counter", "counter-py", "counter-js"] {
+        let actor = format!("{actor_type}/a");
+        assert_eq!(ask(&host, &actor, "get", json!(null)).await.unwrap(), json!(0), "{actor_type}");
+        assert_eq!(ask(&host, &actor, "increment", json!({"by": 5})).await.unwrap(), json!(5), "{actor_type}");
+        assert_eq!(ask(&host, &actor, "increment", json!({"by": -2})).await.unwrap(), json!(3), "{actor_type}");
+        assert_eq!(ask(&host, &format!("{actor_type}/b"), "increment", json!({"by": 1})).await.unwrap(), json!(1), "{actor_type}");
+
+        let e = ask(&host, &actor, "reset", json!(null)).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound, "{actor_type}: {e}");
+        assert!(e.message.contains("unknown method `reset`"), "{actor_type}: {e}");
+        assert!(e.message.contains("get") && e.message.contains("increment"), "{actor_type}: lists the methods: {e}");
+    }
+    // The state is durable: a new activation of each reads it back.
+    host.deactivate_all();
+    for actor_type in ["counter", "counter-py", "counter-js"] {
+        assert_eq!(ask(&host, &format!("{actor_type}/a"), "get", json!(null)).await.unwrap(), json!(3), "{actor_type}");
+    }
+}
+
+#[tokio::test]
+async fn a_call_chain_through_rust_python_and_javascript_and_back() {
+    let Some(components) = guests(&["polyglot-py", "polyglot-js"], "a_call_chain_through_rust_python_and_javascript_and_back") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_shared_compiled_cache(dir.path()).await;
+    deploy(&host, "polyglot", component("polyglot"), manifest()).await.unwrap();
+    for (name, bytes) in ["polyglot-py", "polyglot-js"].into_iter().zip(components) {
+        deploy(&host, name, bytes, manifest()).await.unwrap();
+    }
+
+    // Rust calls Python, which calls JavaScript, which calls back into the
+    // Rust actor that started the chain (a re-entrant call on the same chain).
+    let path = json!({"path": ["polyglot-py/b", "polyglot-js/c", "polyglot/a"]});
+    let visits = ask(&host, "polyglot/a", "hop", path.clone()).await.unwrap();
+    assert_eq!(
+        visits,
+        json!([
+            {"actor": "polyglot/a", "language": "rust", "hops": 1, "caller": null},
+            {"actor": "polyglot-py/b", "language": "python", "hops": 1, "caller": "polyglot/a"},
+            {"actor": "polyglot-js/c", "language": "javascript", "hops": 1, "caller": "polyglot-py/b"},
+            {"actor": "polyglot/a", "language": "rust", "hops": 2, "caller": "polyglot-js/c"},
+        ])
+    );
+    // Each language's state committed; a second run counts on from it.
+    let visits = ask(&host, "polyglot/a", "hop", path).await.unwrap();
+    let hops: Vec<_> = visits.as_array().unwrap().iter().map(|v| v["hops"].clone()).collect();
+    assert_eq!(hops, vec![json!(3), json!(2), json!(2), json!(4)]);
+
+    // The other way round: JavaScript → Python → Rust.
+    let visits = ask(&host, "polyglot-js/x", "hop", json!({"path": ["polyglot-py/y", "polyglot/z"]})).await.unwrap();
+    let languages: Vec<_> = visits.as_array().unwrap().iter().map(|v| v["language"].clone()).collect();
+    assert_eq!(languages, vec![json!("javascript"), json!("python"), json!("rust")]);
+
+    host.deactivate_all();
+    for (actor, hops) in [("polyglot/a", 4), ("polyglot-py/b", 2), ("polyglot-js/c", 2), ("polyglot-js/x", 1), ("polyglot/z", 1)] {
+        assert_eq!(ask(&host, actor, "hops", json!(null)).await.unwrap(), json!(hops), "{actor}");
+    }
+}
+
+#[tokio::test]
+async fn hot_swap_from_rust_to_python_to_javascript_keeps_the_state() {
+    let Some(components) = guests(&["counter-py", "counter-js"], "hot_swap_from_rust_to_python_to_javascript_keeps_the_state") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_shared_compiled_cache(dir.path()).await;
+    deploy(&host, "counter", component("counter"), manifest()).await.unwrap();
+    assert_eq!(ask(&host, "counter/s", "increment", json!({"by": 5})).await.unwrap(), json!(5));
+
+    let mut expected = 5;
+    for (version, bytes) in [2, 3].into_iter().zip(components) {
+        let deployed = deploy(&host, "counter", bytes, manifest()).await.unwrap();
+        assert_eq!(deployed.version.version, version);
+        assert_eq!(ask(&host, "counter/s", "get", json!(null)).await.unwrap(), json!(expected), "version {version} reads the state");
+        expected += 10;
+        assert_eq!(ask(&host, "counter/s", "increment", json!({"by": 10})).await.unwrap(), json!(expected));
+    }
+    // And back to Rust (a rollback to Python first), still the same state.
+    assert_eq!(host.rollback("counter").await.unwrap().version, 2);
+    assert_eq!(ask(&host, "counter/s", "increment", json!({"by": 1})).await.unwrap(), json!(expected + 1));
+    deploy(&host, "counter", component("counter"), manifest()).await.unwrap();
+    assert_eq!(ask(&host, "counter/s", "get", json!(null)).await.unwrap(), json!(expected + 1));
+}
+
+#[tokio::test]
+async fn python_and_javascript_errors_answer_with_their_kind_and_commit_nothing() {
+    let Some(components) = guests(&["polyglot-py", "polyglot-js"], "python_and_javascript_errors_answer_with_their_kind_and_commit_nothing") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_shared_compiled_cache(dir.path()).await;
+    for ((name, exception), bytes) in [("polyglot-py", "ValueError"), ("polyglot-js", "TypeError")].into_iter().zip(components) {
+        deploy(&host, name, bytes, manifest()).await.unwrap();
+        let actor = format!("{name}/e");
+
+        // An exception: `internal`, with its type and message; the state
+        // write before it is not committed.
+        let e = ask(&host, &actor, "fail", json!({"message": "the ledger is closed"})).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Internal, "{name}: {e}");
+        assert!(e.message.contains(&format!("{exception}: the ledger is closed")), "{name}: {e}");
+        assert_eq!(ask(&host, &actor, "hops", json!(null)).await.unwrap(), json!(0), "{name}: nothing committed");
+
+        // The SDK's own errors keep their kind.
+        let e = ask(&host, &actor, "refuse", json!({"message": "no overdrafts"})).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Rejected, "{name}: {e}");
+        assert!(e.message.contains("no overdrafts"), "{name}: {e}");
+
+        // A host error reaches the guest as that kind of error.
+        let reply = ask(&host, &actor, if name.ends_with("py") { "call_missing" } else { "callMissing" }, json!(null)).await.unwrap();
+        assert!(reply.as_str().unwrap().starts_with("not-found: "), "{name}: {reply}");
+
+        // A request that is not JSON is refused before the method runs.
+        let e = host.ask(id(&actor), "hop", b"{not json".to_vec()).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Rejected, "{name}: {e}");
+
+        // The actor still serves.
+        let visits = ask(&host, &actor, "hop", json!({"path": []})).await.unwrap();
+        assert_eq!(visits[0]["hops"], json!(1), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn memory_limits_hold_for_python_and_javascript() {
+    let Some(components) = guests(&["polyglot-py", "polyglot-js"], "memory_limits_hold_for_python_and_javascript") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_shared_compiled_cache(dir.path()).await;
+    for (name, bytes) in ["polyglot-py", "polyglot-js"].into_iter().zip(components) {
+        // Too small to start: the deploy says what the minimum is.
+        let e = deploy(&host, name, bytes.clone(), manifest_with("4MiB", "10s")).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Rejected, "{name}: {e}");
+        let minimum: u64 = e
+            .message
+            .split("--memory-limit ")
+            .nth(1)
+            .and_then(|rest| rest.split("MiB").next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{name}: the error names no minimum: {e}"));
+        assert!(minimum > 4, "{name}: {e}");
+
+        // At the minimum plus room for turns it starts and serves.
+        let limit = minimum + 16;
+        deploy(&host, name, bytes, manifest_with(&format!("{limit}MiB"), "10s")).await.unwrap();
+        let actor = format!("{name}/m");
+        assert_eq!(ask(&host, &actor, "hop", json!({"path": []})).await.unwrap()[0]["hops"], json!(1));
+
+        // A turn that allocates past the limit fails with limit-exceeded and
+        // commits nothing; the actor serves again afterwards.
+        let e = ask(&host, &actor, "grow", json!({"mb": limit + 8})).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::LimitExceeded, "{name}: {e}");
+        assert_eq!(ask(&host, &actor, "hop", json!({"path": []})).await.unwrap()[0]["hops"], json!(2), "{name}");
+        let info = host.actors().into_iter().find(|a| a.id == actor).expect("active");
+        assert!(info.memory_bytes <= limit << 20, "{name}: {} bytes over a {limit} MiB limit", info.memory_bytes);
+    }
+}
