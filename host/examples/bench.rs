@@ -595,28 +595,41 @@ async fn outbox_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &st
         );
     }
     // Steady load below capacity: 200 senders, one message per turn, at
-    // 10,000 messages/s in all for 3 s; send-to-delivery delays meanwhile.
+    // 10,000 messages/s in all for 3 s. Two delays per message: from the
+    // send inside the sending turn (ms resolution, includes that turn's
+    // commit), and from the sending turn's commit (its reply, which goes out
+    // once the commit is durable) to the delivery.
     let (tasks_n, rate, seconds) = (200usize, 10_000u64, if quick() { 1 } else { 3 });
     let mut deliveries = host.message_deliveries();
+    let committed: Arc<parking_lot::Mutex<HashMap<String, Instant>>> = Default::default();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..tasks_n {
         let host = host.clone();
+        let committed = committed.clone();
         tasks.push(tokio::spawn(async move {
             let every = Duration::from_secs_f64(tasks_n as f64 / rate as f64);
             let mut tick = tokio::time::interval(every);
+            let mut n = 0u64;
             while start.elapsed() < Duration::from_secs(seconds) {
                 tick.tick().await;
-                let body = format!(r#"{{"to": "counter/steady{t}", "method": "increment", "payload": {{"by": 1}}}}"#);
+                n += 1;
+                let message = format!("steady-{t}-{n}");
+                let body = format!(r#"{{"to": "counter/steady{t}", "method": "increment", "payload": {{"by": 1}}, "id": "{message}"}}"#);
                 host.ask(id(format!("courier/steady-s{t}")), "send", body.into_bytes()).await.unwrap();
+                committed.lock().insert(message, Instant::now());
             }
         }));
     }
     let mut steady = Vec::new();
+    let mut delivered_at = Vec::new();
     let collect_until = Instant::now() + Duration::from_secs(seconds + 2);
     while Instant::now() < collect_until {
         match tokio::time::timeout(Duration::from_millis(100), deliveries.recv()).await {
-            Ok(Ok(d)) => steady.push(Duration::from_millis(d.delay_ms as u64)),
+            Ok(Ok(d)) => {
+                steady.push(Duration::from_millis(d.delay_ms as u64));
+                delivered_at.push((d.id, Instant::now()));
+            }
             Ok(Err(_)) | Err(_) => {}
         }
     }
@@ -624,11 +637,20 @@ async fn outbox_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &st
         t.await.unwrap();
     }
     steady.sort();
+    let committed = committed.lock();
+    let mut from_commit: Vec<Duration> = delivered_at
+        .iter()
+        .filter_map(|(message, at)| committed.get(message).map(|c| at.saturating_duration_since(*c)))
+        .collect();
+    from_commit.sort();
     println!(
-        "outbox on {backend}: send to delivered at a steady {rate} messages/s ({} delivered, ms resolution): p50 {:?}, p99 {:?}",
+        "outbox on {backend}: at a steady {rate} messages/s ({} delivered): send to delivered (ms resolution) p50 {:?}, p99 {:?}; \
+         sender's commit (its reply) to delivered p50 {:?}, p99 {:?}",
         steady.len(),
         percentile(&steady, 0.5),
-        percentile(&steady, 0.99)
+        percentile(&steady, 0.99),
+        percentile(&from_commit, 0.5),
+        percentile(&from_commit, 0.99)
     );
     let mut lat = Vec::new();
     for i in 0..scale(200) {
@@ -646,6 +668,77 @@ async fn outbox_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &st
         "outbox on {backend}: commit to delivered (the receiver's turn committed), one at a time: p50 {:?}, p99 {:?}",
         percentile(&lat, 0.5),
         percentile(&lat, 0.99)
+    );
+}
+
+/// One `counter` per language (Rust, Python, JavaScript): component size,
+/// compile time cold and from the on-disk cache, activation, ask latency
+/// and memory per activation.
+async fn languages_bench(dir: &std::path::Path, name: &str) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let Ok(bytes) = std::fs::read(root.join("target/samples").join(format!("{name}.wasm"))) else {
+        println!("SKIP languages {name}: not built (make samples builds it when its toolchain installs)");
+        return;
+    };
+    let size = bytes.len();
+    let manifest = Manifest::parse(Some("128MiB"), None).unwrap();
+    // Cold: a deploy compiles (cranelift) and starts one trial instance.
+    let cold = {
+        let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("quark.db")).await.unwrap());
+        let host = Host::start(HostConfig::new(dir), sqlite).await.unwrap();
+        let started = Instant::now();
+        host.deploy(name, bytes, manifest).await.unwrap();
+        started.elapsed()
+    };
+    // Cached: a restart loads the compiled code from DATA_DIR/compiled.
+    let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("quark.db")).await.unwrap());
+    let started = Instant::now();
+    let host = Host::start(HostConfig::new(dir), sqlite).await.unwrap();
+    let cached = started.elapsed();
+    assert!(host.metrics_text().contains("quark_component_cache_hits_total 1"), "{name} was not loaded from the cache");
+
+    let n = scale(200);
+    let before = quark_host::runtime::resident_memory_bytes();
+    let mut activations = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = Instant::now();
+        host.ask(id(format!("{name}/a{i}")), "get", b"null".to_vec()).await.unwrap();
+        activations.push(s.elapsed());
+    }
+    let after = quark_host::runtime::resident_memory_bytes();
+    activations.sort();
+    let live = host.actors().len().max(1);
+    let linear = host.actors().iter().map(|a| a.memory_bytes).sum::<u64>() / live as u64;
+
+    let asks = scale(5_000);
+    let mut lat = Vec::with_capacity(asks);
+    let target = id(format!("{name}/a0"));
+    for _ in 0..asks {
+        let s = Instant::now();
+        host.ask(target.clone(), "increment", br#"{"by":1}"#.to_vec()).await.unwrap();
+        lat.push(s.elapsed());
+    }
+    lat.sort();
+    // A read-only turn: no commit, so the guest's own cost shows.
+    let mut gets = Vec::with_capacity(asks);
+    for _ in 0..asks {
+        let s = Instant::now();
+        host.ask(target.clone(), "get", b"null".to_vec()).await.unwrap();
+        gets.push(s.elapsed());
+    }
+    gets.sort();
+    println!(
+        "languages {name}: {:.1} MB component; deploy cold (compile + trial start) {:.2} s, restart from the compiled cache {:.0} ms; \
+         activation + first turn p50 {:?}; increment ask p50 {:?}, p99 {:?}; get ask p50 {:?}; per activation {:.1} MiB RSS, {:.1} MiB linear memory",
+        size as f64 / 1e6,
+        cold.as_secs_f64(),
+        cached.as_secs_f64() * 1e3,
+        percentile(&activations, 0.5),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        percentile(&gets, 0.5),
+        after.saturating_sub(before) as f64 / live as f64 / (1 << 20) as f64,
+        linear as f64 / (1 << 20) as f64,
     );
 }
 
@@ -837,19 +930,32 @@ async fn run_parts() {
     }
     if wanted("outbox") {
         let sub = dir.path().join("outbox");
-        let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&sub.join("outbox.db")).await.unwrap());
-        outbox_bench(sqlite, &sub, "SQLite").await;
+        // QUARK_BENCH_OUTBOX_ON=sqlite,postgres,redis,sink picks parts (all by default).
+        let on = |backend: &str| std::env::var("QUARK_BENCH_OUTBOX_ON").map_or(true, |on| on.split(',').any(|b| b == backend));
+        if on("sqlite") {
+            let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&sub.join("outbox.db")).await.unwrap());
+            outbox_bench(sqlite, &sub, "SQLite").await;
+        }
         let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
         match PostgresStore::connect(&pg_url, Some(&format!("quark_bench_outbox_{}", std::process::id()))).await {
-            Ok(pg) => outbox_bench(Arc::new(pg), &sub, "PostgreSQL").await,
+            Ok(pg) if on("postgres") => outbox_bench(Arc::new(pg), &sub, "PostgreSQL").await,
+            Ok(_) => {}
             Err(e) => println!("SKIP outbox on PostgreSQL: {e}"),
         }
         let redis_url = std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         match RedisStore::connect(&redis_url, Some(&format!("quark_bench_outbox_{}", std::process::id()))).await {
-            Ok(redis) => outbox_bench(Arc::new(redis), &sub, "Redis").await,
+            Ok(redis) if on("redis") => outbox_bench(Arc::new(redis), &sub, "Redis").await,
+            Ok(_) => {}
             Err(e) => println!("SKIP outbox on Redis: {e}"),
         }
-        sink_bench(&sub).await;
+        if on("sink") {
+            sink_bench(&sub).await;
+        }
+    }
+    if wanted("languages") {
+        for name in ["counter", "counter-py", "counter-js"] {
+            languages_bench(&dir.path().join(format!("languages-{name}")), name).await;
+        }
     }
     if !wanted("postgres") {
         return;
