@@ -165,7 +165,6 @@ impl StateStore for PostgresStore {
             Self::commit_inbox(&mut tx, batch).await?;
         }
         if batch.iter().any(|c| !c.messages.is_empty()) {
-            sqlx::query(OUTBOX_LOCK).execute(&mut *tx).await?;
             Self::commit_outbox(&mut tx, batch).await?;
             // Delivered at commit: idle dispatchers on every host wake.
             sqlx::query("SELECT pg_notify($1, '')").bind(&self.outbox_channel).execute(&mut *tx).await?;
@@ -184,15 +183,9 @@ impl StateStore for PostgresStore {
 }
 
 super::sql::sql_component_store!(PostgresStore, writer: pool, reader: pool);
-/// Serialises, per schema, the transactions that touch outbox lanes: a
-/// claim (which releases and deletes lanes) and a commit that sends
-/// messages (which upserts them) locked lane rows in different orders and
-/// could deadlock. Both take this lock first; claims still skip each
-/// other's rows.
-const OUTBOX_LOCK: &str = "SELECT pg_advisory_xact_lock(hashtext('quark_outbox_' || current_schema()))";
-
 super::sql::sql_outbox_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool, lock: " FOR UPDATE SKIP LOCKED",
-    claim_begin: "BEGIN; SET LOCAL synchronous_commit = off; SELECT pg_advisory_xact_lock(hashtext('quark_outbox_' || current_schema()))",
+    lock_lanes: "SELECT id FROM outbox_lanes WHERE id IN ({}) ORDER BY sender, kind COLLATE \"C\", target FOR UPDATE",
+    claim_begin: "BEGIN; SET LOCAL synchronous_commit = off", relaxed_claims: ("", ""),
     announce: {
     async fn message_announcements(&self) -> Option<futures::stream::BoxStream<'static, ()>> {
         self.listen(&self.outbox_channel, "new outbox messages").await

@@ -983,10 +983,18 @@ pub(crate) fn lane_pairs(first: usize, count: usize) -> String {
 /// Implements `OutboxStore` for a SQL store of database `$db`, plus
 /// `commit_outbox`, which inserts a batch's messages and opens their lanes
 /// inside the batch's transaction (a message id sent before is not sent
-/// again). `$lock` ends the lane claim's inner select; `claim_begin` starts
-/// each claim's transaction; `announce` adds `message_announcements`.
+/// again). `$lock` ends the lane claim's inner select; `lock_lanes` (empty
+/// for a single-writer store) locks the lanes a claim releases, in the
+/// order a commit upserts them, so the two never deadlock; `claim_begin`
+/// starts each claim's transaction; `relaxed_claims` are the statements
+/// run on the writer before and after a claim, so that a claim does not
+/// wait for the fsync (SQLite: `synchronous = NORMAL`, then `FULL` again;
+/// PostgreSQL does it in `claim_begin`). A claim lost to an OS crash only
+/// redelivers messages the inbox recognises, or leaves a lease to expire.
+/// `announce` adds `message_announcements`.
 macro_rules! sql_outbox_store {
-    ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, lock: $lock:expr, claim_begin: $claim_begin:literal, announce: { $($announce:tt)* }) => {
+    ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, lock: $lock:expr, lock_lanes: $lock_lanes:literal,
+     claim_begin: $claim_begin:literal, relaxed_claims: ($relax:literal, $restore:literal), announce: { $($announce:tt)* }) => {
         impl $store {
             async fn commit_outbox(
                 tx: &mut ::sqlx::Transaction<'_, $db>,
@@ -1056,98 +1064,127 @@ macro_rules! sql_outbox_store {
             ) -> Result<Vec<$crate::storage::outbox::LaneClaim>, $crate::storage::StoreError> {
                 use ::sqlx::Row;
                 let lease = $crate::storage::jobs::new_lease();
-                let mut tx = self.$writer.begin_with($claim_begin).await?;
-                for chunk in $crate::storage::sql::pow2_chunks(delivered, 256) {
-                    let sql = format!("DELETE FROM outbox WHERE id IN ({})", $crate::storage::sql::placeholders(1, chunk.len()));
-                    let mut q = ::sqlx::query(&sql);
-                    for id in chunk {
-                        q = q.bind(id);
-                    }
-                    q.execute(&mut *tx).await?;
+                // A claim only moves delivery bookkeeping: it need not wait
+                // for the disk (see `relaxed_claims`).
+                let mut conn = self.$writer.acquire().await?;
+                if !$relax.is_empty() {
+                    ::sqlx::query($relax).execute(&mut *conn).await?;
                 }
-                // Released lanes: due now in one statement per chunk, those
-                // waiting for a retry one by one; then the empty ones go.
-                let (now_due, later): (Vec<_>, Vec<_>) = released.iter().partition(|r| r.next_at_ms.is_none());
-                for chunk in $crate::storage::sql::pow2_chunks(&now_due, 128) {
-                    let sql = format!(
-                        "UPDATE outbox_lanes SET lease = NULL, lease_until_ms = NULL, taken_over = 0, next_at_ms = $1 WHERE (id, lease) IN (VALUES {})",
-                        $crate::storage::sql::lane_pairs(2, chunk.len())
-                    );
-                    let mut q = ::sqlx::query(&sql).bind(now_ms);
-                    for r in chunk {
-                        q = q.bind(r.lane.parse::<i64>().unwrap_or(-1)).bind(&r.lease);
-                    }
-                    q.execute(&mut *tx).await?;
-                }
-                for r in later {
-                    ::sqlx::query(
-                        "UPDATE outbox_lanes SET lease = NULL, lease_until_ms = NULL, taken_over = 0, next_at_ms = $1 WHERE id = $2 AND lease = $3",
-                    )
-                    .bind(r.next_at_ms)
-                    .bind(r.lane.parse::<i64>().unwrap_or(-1))
-                    .bind(&r.lease)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                let ids: Vec<i64> = released.iter().filter_map(|r| r.lane.parse().ok()).collect();
-                for chunk in $crate::storage::sql::pow2_chunks(&ids, 256) {
-                    let sql = format!(
-                        "DELETE FROM outbox_lanes WHERE id IN ({}) AND lease IS NULL AND NOT EXISTS (SELECT 1 FROM outbox o \
-                         WHERE o.status = 'pending' AND o.sender = outbox_lanes.sender AND o.kind = outbox_lanes.kind \
-                         AND o.target = outbox_lanes.target)",
-                        $crate::storage::sql::placeholders(1, chunk.len())
-                    );
-                    let mut q = ::sqlx::query(&sql);
-                    for id in chunk {
-                        q = q.bind(*id);
-                    }
-                    q.execute(&mut *tx).await?;
-                }
-                let mut claims = Vec::new();
-                if max_lanes > 0 {
-                    let sql = format!(
-                        "UPDATE outbox_lanes SET taken_over = CASE WHEN lease IS NULL THEN 0 ELSE 1 END, lease = $1, lease_until_ms = $2 \
-                         WHERE id IN (SELECT id FROM outbox_lanes WHERE next_at_ms <= $3 \
-                         AND (lease_until_ms IS NULL OR lease_until_ms < $3) ORDER BY next_at_ms LIMIT $4{}) RETURNING id, taken_over",
-                        $lock
-                    );
-                    let lanes = ::sqlx::query(&sql)
-                        .bind(&lease)
-                        .bind(now_ms + lease_ms)
-                        .bind(now_ms)
-                        .bind(max_lanes as i64)
-                        .fetch_all(&mut *tx)
-                        .await?;
-                    if !lanes.is_empty() {
-                        let mut by_lane = std::collections::BTreeMap::new();
-                        for row in &lanes {
-                            let lane: i64 = row.try_get("id")?;
-                            let taken_over = row.try_get::<i64, _>("taken_over")? != 0;
-                            by_lane.insert(
-                                lane,
-                                $crate::storage::outbox::LaneClaim { lane: lane.to_string(), lease: lease.clone(), taken_over, messages: Vec::new() },
-                            );
+                let outcome: Result<_, $crate::storage::StoreError> = async {
+                    let mut tx = ::sqlx::Connection::begin_with(&mut *conn, $claim_begin).await?;
+                    for chunk in $crate::storage::sql::pow2_chunks(delivered, 256) {
+                        let sql = format!("DELETE FROM outbox WHERE id IN ({})", $crate::storage::sql::placeholders(1, chunk.len()));
+                        let mut q = ::sqlx::query(&sql);
+                        for id in chunk {
+                            q = q.bind(id);
                         }
+                        q.execute(&mut *tx).await?;
+                    }
+                    // A commit that sends messages upserts their lanes sorted by
+                    // (sender, kind, target): lock the lanes released here in
+                    // that order first, in one statement, so neither waits for
+                    // the other in a cycle. (Both touch outbox rows before lanes.)
+                    let ids: Vec<i64> = released.iter().filter_map(|r| r.lane.parse().ok()).collect();
+                    if !$lock_lanes.is_empty() && !ids.is_empty() {
+                        let sql = $lock_lanes.replace("{}", &$crate::storage::sql::placeholders(1, ids.len()));
+                        let mut q = ::sqlx::query(&sql);
+                        for id in &ids {
+                            q = q.bind(*id);
+                        }
+                        q.execute(&mut *tx).await?;
+                    }
+                    // Released lanes: due now in one statement per chunk, those
+                    // waiting for a retry one by one; then the empty ones go.
+                    let (now_due, later): (Vec<_>, Vec<_>) = released.iter().partition(|r| r.next_at_ms.is_none());
+                    for chunk in $crate::storage::sql::pow2_chunks(&now_due, 128) {
                         let sql = format!(
-                            "SELECT lane, id, sender, kind, target, method, payload, event_type, created_at_ms, status, attempts, next_at_ms, \
-                             lease_until_ms, last_error FROM (SELECT l.id AS lane, {}, o.seq, \
-                             ROW_NUMBER() OVER (PARTITION BY l.id ORDER BY o.seq) AS rn \
-                             FROM outbox_lanes l JOIN outbox o ON o.sender = l.sender AND o.kind = l.kind AND o.target = l.target \
-                             AND o.status = 'pending' WHERE l.lease = $1) AS x WHERE rn <= $2 ORDER BY lane, seq",
-                            $crate::storage::sql::OUTBOX_COLUMNS
+                            "UPDATE outbox_lanes SET lease = NULL, lease_until_ms = NULL, taken_over = 0, next_at_ms = $1 WHERE (id, lease) IN (VALUES {})",
+                            $crate::storage::sql::lane_pairs(2, chunk.len())
                         );
-                        let rows = ::sqlx::query(&sql).bind(&lease).bind(per_lane as i64).fetch_all(&mut *tx).await?;
-                        for row in &rows {
-                            let lane: i64 = row.try_get("lane")?;
-                            if let Some(claim) = by_lane.get_mut(&lane) {
-                                claim.messages.push($crate::storage::sql::outbox_from_row(row)?);
-                            }
+                        let mut q = ::sqlx::query(&sql).bind(now_ms);
+                        for r in chunk {
+                            q = q.bind(r.lane.parse::<i64>().unwrap_or(-1)).bind(&r.lease);
                         }
-                        claims = by_lane.into_values().collect();
+                        q.execute(&mut *tx).await?;
                     }
+                    for r in later {
+                        ::sqlx::query(
+                            "UPDATE outbox_lanes SET lease = NULL, lease_until_ms = NULL, taken_over = 0, next_at_ms = $1 WHERE id = $2 AND lease = $3",
+                        )
+                        .bind(r.next_at_ms)
+                        .bind(r.lane.parse::<i64>().unwrap_or(-1))
+                        .bind(&r.lease)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    for chunk in $crate::storage::sql::pow2_chunks(&ids, 256) {
+                        let sql = format!(
+                            "DELETE FROM outbox_lanes WHERE id IN ({}) AND lease IS NULL AND NOT EXISTS (SELECT 1 FROM outbox o \
+                             WHERE o.status = 'pending' AND o.sender = outbox_lanes.sender AND o.kind = outbox_lanes.kind \
+                             AND o.target = outbox_lanes.target)",
+                            $crate::storage::sql::placeholders(1, chunk.len())
+                        );
+                        let mut q = ::sqlx::query(&sql);
+                        for id in chunk {
+                            q = q.bind(*id);
+                        }
+                        q.execute(&mut *tx).await?;
+                    }
+                    let mut claims = Vec::new();
+                    if max_lanes > 0 {
+                        let sql = format!(
+                            "UPDATE outbox_lanes SET taken_over = CASE WHEN lease IS NULL THEN 0 ELSE 1 END, lease = $1, lease_until_ms = $2 \
+                             WHERE id IN (SELECT id FROM outbox_lanes WHERE next_at_ms <= $3 \
+                             AND (lease_until_ms IS NULL OR lease_until_ms < $3) ORDER BY next_at_ms LIMIT $4{}) RETURNING id, taken_over",
+                            $lock
+                        );
+                        let lanes = ::sqlx::query(&sql)
+                            .bind(&lease)
+                            .bind(now_ms + lease_ms)
+                            .bind(now_ms)
+                            .bind(max_lanes as i64)
+                            .fetch_all(&mut *tx)
+                            .await?;
+                        if !lanes.is_empty() {
+                            let mut by_lane = std::collections::BTreeMap::new();
+                            for row in &lanes {
+                                let lane: i64 = row.try_get("id")?;
+                                let taken_over = row.try_get::<i64, _>("taken_over")? != 0;
+                                by_lane.insert(
+                                    lane,
+                                    $crate::storage::outbox::LaneClaim { lane: lane.to_string(), lease: lease.clone(), taken_over, messages: Vec::new() },
+                                );
+                            }
+                            let sql = format!(
+                                "SELECT lane, id, sender, kind, target, method, payload, event_type, created_at_ms, status, attempts, next_at_ms, \
+                                 lease_until_ms, last_error FROM (SELECT l.id AS lane, {}, o.seq, \
+                                 ROW_NUMBER() OVER (PARTITION BY l.id ORDER BY o.seq) AS rn \
+                                 FROM outbox_lanes l JOIN outbox o ON o.sender = l.sender AND o.kind = l.kind AND o.target = l.target \
+                                 AND o.status = 'pending' WHERE l.lease = $1) AS x WHERE rn <= $2 ORDER BY lane, seq",
+                                $crate::storage::sql::OUTBOX_COLUMNS
+                            );
+                            let rows = ::sqlx::query(&sql).bind(&lease).bind(per_lane as i64).fetch_all(&mut *tx).await?;
+                            for row in &rows {
+                                let lane: i64 = row.try_get("lane")?;
+                                if let Some(claim) = by_lane.get_mut(&lane) {
+                                    claim.messages.push($crate::storage::sql::outbox_from_row(row)?);
+                                }
+                            }
+                            claims = by_lane.into_values().collect();
+                        }
+                    }
+                    tx.commit().await?;
+                    Ok(claims)
                 }
-                tx.commit().await?;
-                Ok(claims)
+                .await;
+                if !$restore.is_empty()
+                    && let Err(e) = ::sqlx::query($restore).execute(&mut *conn).await
+                {
+                    // Never hand back a writer that skips the fsync.
+                    conn.close_on_drop();
+                    return Err(e.into());
+                }
+                outcome
             }
 
             async fn fail_message(&self, id: &str, error: &str, retry_at_ms: Option<i64>) -> Result<(), $crate::storage::StoreError> {
@@ -1175,8 +1212,7 @@ macro_rules! sql_outbox_store {
             }
 
             async fn retry_message(&self, id: &str, now_ms: i64) -> Result<bool, $crate::storage::StoreError> {
-                // Begun like a claim: it upserts a lane too.
-                let mut tx = self.$writer.begin_with($claim_begin).await?;
+                let mut tx = self.$writer.begin().await?;
                 let lane: Option<(String, String, String)> = ::sqlx::query_as(
                     "UPDATE outbox SET status = 'pending', attempts = 0, next_at_ms = $2 WHERE id = $1 AND status = 'dead' \
                      RETURNING sender, kind, target",

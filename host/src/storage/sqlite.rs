@@ -4,6 +4,8 @@
 //! batches turns into its transactions) and a small read pool.
 //! `synchronous = FULL`: a commit is on disk before the turn's reply goes
 //! out, so an acknowledged write survives a crash of the host or the OS.
+//! Outbox claims alone commit with `synchronous = NORMAL` (see
+//! `relaxed_claims` in `sql.rs`): losing one only redelivers.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -179,7 +181,8 @@ impl StateStore for SqliteStore {
 }
 
 super::sql::sql_component_store!(SqliteStore, writer: writer, reader: reader);
-super::sql::sql_outbox_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader, lock: "", claim_begin: "BEGIN", announce: {});
+super::sql::sql_outbox_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader, lock: "", lock_lanes: "", claim_begin: "BEGIN",
+    relaxed_claims: ("PRAGMA synchronous = NORMAL", "PRAGMA synchronous = FULL"), announce: {});
 super::sql::sql_inbox_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader);
 super::sql::sql_journal_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader);
 super::sql::sql_job_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader, index_hint: true, lock: "");
