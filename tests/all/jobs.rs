@@ -38,14 +38,7 @@ fn request(target: &str, method: &str, payload: Value) -> JobRequest {
 
 /// Polls the job every 20 ms until `done` holds; fails after 15 s.
 async fn wait_job(host: &Host, id: &str, what: &str, done: impl Fn(&JobRecord) -> bool) -> JobRecord {
-    for _ in 0..750 {
-        let job = host.job(id).await.unwrap();
-        if done(&job) {
-            return job;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("job {id} never {what}: {:?}", host.job(id).await.unwrap());
+    eventually(&format!("job {id} {what}"), async || host.job(id).await.unwrap(), done).await
 }
 
 async fn runs(host: &Host, actor: &str) -> Value {

@@ -2,7 +2,6 @@
 //! the journal's failure paths, replays, projections and the persisted format.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use quark_host::journal::ReplayTarget;
 use quark_host::storage::sqlite::SqliteStore;
@@ -17,17 +16,6 @@ async fn ledger_host(dir: &std::path::Path, snapshot_every: &str) -> Host {
     let manifest = manifest().with_journal(Some(snapshot_every), None).unwrap();
     host.deploy("ledger", component("ledger"), manifest).await.unwrap();
     host
-}
-
-/// Polls `check` every 20 ms until it holds; fails after 10 s.
-async fn eventually<F: std::future::Future<Output = bool>>(what: &str, mut check: impl FnMut() -> F) {
-    for _ in 0..500 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 #[tokio::test]
@@ -118,10 +106,11 @@ async fn rebuild_starts_from_the_latest_snapshot() {
         ask(&host, "ledger/a", "record", json!({"note": format!("n{i}")})).await.unwrap();
     }
     let store = host.store().clone();
-    eventually("a snapshot at version 20", || {
-        let store = store.clone();
-        async move { store.latest_snapshot(&id("ledger/a"), u64::MAX).await.unwrap().is_some_and(|s| s.version == 20) }
-    })
+    eventually(
+        "a snapshot at version 20",
+        async || store.latest_snapshot(&id("ledger/a"), u64::MAX).await.unwrap().map(|s| s.version),
+        |version| *version == Some(20),
+    )
     .await;
     let snapshot = store.latest_snapshot(&id("ledger/a"), u64::MAX).await.unwrap().unwrap();
     let state: Value = serde_json::from_slice(&snapshot.data).unwrap();
@@ -260,9 +249,11 @@ async fn replay_to_a_version_or_time_in_a_sandbox() {
 }
 
 async fn wait_caught_up(host: &Host, name: &str) {
-    eventually(&format!("projection {name} catches up"), || async {
-        host.projections().await.unwrap().iter().any(|p| p.def.name == name && p.lag == 0)
-    })
+    eventually(
+        &format!("projection {name} catches up"),
+        async || host.projections().await.unwrap().iter().any(|p| p.def.name == name && p.lag == 0),
+        |caught_up| *caught_up,
+    )
     .await;
 }
 

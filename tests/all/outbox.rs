@@ -17,19 +17,6 @@ async fn courier_host(dir: &std::path::Path, configure: impl FnOnce(&mut HostCon
     host
 }
 
-/// Polls `what` every 20 ms until `done` holds; fails after 15 s.
-pub(crate) async fn eventually<T: std::fmt::Debug>(what: &str, mut probe: impl AsyncFnMut() -> T, done: impl Fn(&T) -> bool) -> T {
-    let mut last = probe().await;
-    for _ in 0..750 {
-        if done(&last) {
-            return last;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        last = probe().await;
-    }
-    panic!("{what} never happened: {last:?}");
-}
-
 async fn received(host: &Host, actor: &str) -> Vec<Value> {
     ask(host, actor, "received", json!(null)).await.unwrap().as_array().cloned().unwrap_or_default()
 }

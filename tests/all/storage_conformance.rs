@@ -207,27 +207,12 @@ async fn host_event_sourcing(store: Arc<dyn Store>) {
     }
     let def = ProjectionDef { name: "sum".into(), source_type: "bank".into(), target: "accounts-summary/all".into(), method: "project".into() };
     host.create_projection(def).await.unwrap();
-    let mut total = json!(null);
-    for _ in 0..500 {
-        total = ask(&host, "accounts-summary/all", "total", json!(null)).await.unwrap();
-        if total == json!(105) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(total, json!(105));
+    eventually("the projection's total", async || ask(&host, "accounts-summary/all", "total", json!(null)).await.unwrap(), |t| *t == json!(105)).await;
     drop(host);
     let host = Host::start(HostConfig::new(dir.path()), store.clone()).await.unwrap();
     assert_eq!(ask(&host, "bank/a", "balance", json!(null)).await.unwrap(), json!({"balance": 100}));
     // Automatic snapshots are stored in the background once their turn is durable.
-    let mut snapshot = None;
-    for _ in 0..250 {
-        snapshot = store.latest_snapshot(&id("bank/a"), u64::MAX).await.unwrap();
-        if snapshot.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let snapshot = eventually("a snapshot", async || store.latest_snapshot(&id("bank/a"), u64::MAX).await.unwrap(), Option::is_some).await;
     assert_eq!(snapshot.map(|s| s.version), Some(3));
     assert_eq!(host.journal(&id("bank/a"), 1, None, 100).await.unwrap().events.len(), 4, "archived events stay in the audit trail");
     let replayed = host.replay(&id("bank/a"), quark_host::journal::ReplayTarget::Version(2), None).await.unwrap();
@@ -349,15 +334,7 @@ async fn host_jobs(store: Arc<dyn Store>) {
     let first = ask(&host, "worker/x", "schedule", schedule.clone()).await.unwrap();
     assert_eq!(ask(&host, "worker/x", "schedule", schedule).await.unwrap(), first, "one job per key");
     let id = first.as_str().unwrap().to_string();
-    let mut job = None;
-    for _ in 0..750 {
-        job = Some(host.job(&id).await.unwrap());
-        if job.as_ref().is_some_and(|j| j.status == JobStatus::Succeeded) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    let job = job.unwrap();
+    let job = eventually("the job's success", async || host.job(&id).await.unwrap(), |j| j.status == JobStatus::Succeeded).await;
     assert_eq!((job.status, job.attempts, job.errors.len()), (JobStatus::Succeeded, 2, 1), "{job:?}");
     assert_eq!(ask(&host, "worker/s", "runs", json!(null)).await.unwrap(), json!({"runs": 1, "attempts": [2]}));
 
@@ -397,15 +374,7 @@ async fn host_jobs(store: Arc<dyn Store>) {
         }
     };
     assert_eq!(started.attempt, 1);
-    let mut status = None;
-    for _ in 0..750 {
-        status = Some(host.job(&read.id).await.unwrap().status);
-        if status == Some(JobStatus::Succeeded) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert_eq!(status, Some(JobStatus::Succeeded));
+    eventually("the job's success", async || host.job(&read.id).await.unwrap().status, |s| *s == JobStatus::Succeeded).await;
     assert!(host.metrics_text().contains("quark_job_start_delay_seconds_count"), "the scheduling lag is exported");
 }
 
@@ -481,23 +450,8 @@ async fn host_outbox_delivery(store: Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
     let host = Host::start(HostConfig::new(dir.path()), store.clone()).await.unwrap();
     host.deploy("courier", component("courier"), manifest()).await.unwrap();
-    let received = |actor: &'static str| {
-        let host = host.clone();
-        async move { ask(&host, actor, "received", json!(null)).await.unwrap().as_array().cloned().unwrap_or_default() }
-    };
-    let wait_for = |actor: &'static str, n: usize| {
-        let received = received.clone();
-        async move {
-            for _ in 0..750 {
-                let got = received(actor).await;
-                if got.len() >= n {
-                    return got;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            panic!("{actor} never received {n} messages: {:?}", received(actor).await);
-        }
-    };
+    let received = async |actor: &str| ask(&host, actor, "received", json!(null)).await.unwrap().as_array().cloned().unwrap_or_default();
+    let wait_for = async |actor: &str, n: usize| eventually(&format!("{n} messages to {actor}"), async || received(actor).await, |got| got.len() >= n).await;
     let ids = ask(&host, "courier/a", "send", json!({"to": "courier/b", "payload": {"hello": 1}, "id": "dup-1"})).await.unwrap();
     assert_eq!(ids, json!(["dup-1"]));
     let got = wait_for("courier/b", 1).await;
@@ -513,20 +467,10 @@ async fn host_outbox_delivery(store: Arc<dyn Store>) {
 
     // The same id again (a redelivery, as after a crash before the ack):
     // acknowledged from the receiver's inbox, not run again.
-    for _ in 0..750 {
-        if store.outbox_store().unwrap().messages(None, 10).await.unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let outbox = async || store.outbox_store().unwrap().messages(None, 10).await.unwrap();
+    eventually("the outbox emptied", outbox, Vec::is_empty).await;
     ask(&host, "courier/a", "send", json!({"to": "courier/b", "payload": {"hello": 2}, "id": "dup-1"})).await.unwrap();
-    for _ in 0..750 {
-        if store.outbox_store().unwrap().messages(None, 10).await.unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(store.outbox_store().unwrap().messages(None, 10).await.unwrap().is_empty(), "the redelivery was acknowledged");
+    eventually("the redelivery acknowledged", outbox, Vec::is_empty).await;
     assert_eq!(received("courier/b").await.len(), 1, "the receiver ran once");
 }
 

@@ -53,6 +53,20 @@ pub(crate) async fn host_with_shared_compiled_cache(dir: &std::path::Path) -> Ho
     host_with_config(config).await
 }
 
+/// Polls `probe` every 20 ms until `done` holds for what it returns, and
+/// returns that; fails after 15 s, showing the last value.
+pub(crate) async fn eventually<T: std::fmt::Debug>(what: &str, mut probe: impl AsyncFnMut() -> T, done: impl Fn(&T) -> bool) -> T {
+    let mut last = probe().await;
+    for _ in 0..750 {
+        if done(&last) {
+            return last;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        last = probe().await;
+    }
+    panic!("{what} never happened: {last:?}");
+}
+
 /// A manifest with the host defaults.
 pub(crate) fn manifest() -> Manifest {
     Manifest::parse(None, None).unwrap()

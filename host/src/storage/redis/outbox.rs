@@ -291,18 +291,24 @@ impl OutboxStore for RedisStore {
                 pipe.cmd("HGETALL").arg(self.key("om", id));
             }
             let hashes: Vec<Vec<Vec<u8>>> = pipe.query_async(&mut self.conn()).await?;
+            let mut page = Vec::new();
             for hash in hashes.into_iter().filter(|h| !h.is_empty()) {
-                let mut record = decode_message(hash, None)?;
-                if status.is_some_and(|s| s != record.status) {
-                    continue;
+                let record = decode_message(hash, None)?;
+                if status.is_none_or(|s| s == record.status) {
+                    page.push(record);
                 }
-                let lane = format!("{}\n{}\n{}", record.message.sender, record.message.destination.kind_and_target().0, record.message.destination.kind_and_target().1);
-                record.lease_until_ms =
-                    redis::cmd("ZSCORE").arg(format!("{}:oleased", self.prefix)).arg(lane).query_async::<Option<i64>>(&mut self.conn()).await?;
+            }
+            page.truncate(limit - out.len());
+            // Each message's lane lease, in one round trip for the page.
+            let mut pipe = redis::pipe();
+            for record in &page {
+                let (kind, target) = record.message.destination.kind_and_target();
+                pipe.cmd("ZSCORE").arg(format!("{}:oleased", self.prefix)).arg(format!("{}\n{kind}\n{target}", record.message.sender));
+            }
+            let leases: Vec<Option<i64>> = if page.is_empty() { Vec::new() } else { pipe.query_async(&mut self.conn()).await? };
+            for (mut record, lease) in page.into_iter().zip(leases) {
+                record.lease_until_ms = lease;
                 out.push(record);
-                if out.len() == limit {
-                    break;
-                }
             }
             if ids.len() < PAGE {
                 break;
