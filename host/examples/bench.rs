@@ -543,6 +543,9 @@ async fn sink_bench(dir: &std::path::Path) {
 async fn outbox_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &str) {
     let host = host_on(store, dir).await;
     host.deploy("courier", component("courier"), Manifest::parse(Some("16MiB"), None).unwrap()).await.unwrap();
+    // QUARK_BENCH_OUTBOX_BURST=0 skips the burst (for the steady load alone).
+    let burst = std::env::var("QUARK_BENCH_OUTBOX_BURST").map_or(true, |b| b != "0");
+    if burst {
     let (senders, per) = (scale(1000), 100);
     // Send-to-delivery delays under this load, from the host's own stream.
     let mut deliveries = host.message_deliveries();
@@ -594,12 +597,15 @@ async fn outbox_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &st
             percentile(&delays, 0.99)
         );
     }
+    }
     // Steady load below capacity: 200 senders, one message per turn, at
     // 10,000 messages/s in all for 3 s. Two delays per message: from the
     // send inside the sending turn (ms resolution, includes that turn's
     // commit), and from the sending turn's commit (its reply, which goes out
     // once the commit is durable) to the delivery.
-    let (tasks_n, rate, seconds) = (200usize, 10_000u64, if quick() { 1 } else { 3 });
+    // QUARK_BENCH_STEADY_RATE sets the rate (keep it below the machine's capacity).
+    let rate = std::env::var("QUARK_BENCH_STEADY_RATE").ok().and_then(|r| r.parse().ok()).unwrap_or(10_000u64);
+    let (tasks_n, seconds) = (200usize, if quick() { 1 } else { 3 });
     let mut deliveries = host.message_deliveries();
     let committed: Arc<parking_lot::Mutex<HashMap<String, Instant>>> = Default::default();
     let start = Instant::now();

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use quark_host::storage::postgres::PostgresStore;
+use quark_host::storage::redis::RedisStore;
 use quark_host::{ErrorKind, Host, HostConfig};
 use serde_json::{Value, json};
 
@@ -174,7 +176,9 @@ async fn redis_stream_and_nats_sinks_get_cloud_events_and_an_unreachable_one_is_
 /// A commit on one host wakes an idle dispatcher on another sharing the
 /// store (PostgreSQL NOTIFY, Redis PUBLISH) that would otherwise look only
 /// once a minute: the message is delivered by the second host at once.
-async fn other_hosts_dispatchers_wake(store: std::sync::Arc<dyn quark_host::storage::Store>) {
+/// `store` is the host's; `elsewhere` is another connection to the same
+/// data, as another host has.
+async fn other_hosts_dispatchers_wake(store: std::sync::Arc<dyn quark_host::storage::Store>, elsewhere: std::sync::Arc<dyn quark_host::storage::Store>) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = HostConfig::new(dir.path());
     config.message_poll = Duration::from_secs(60);
@@ -192,19 +196,27 @@ async fn other_hosts_dispatchers_wake(store: std::sync::Arc<dyn quark_host::stor
         created_at_ms: quark_host::storage::now_ms(),
     };
     let commit = quark_host::storage::TurnCommit { messages: vec![message], ..quark_host::storage::TurnCommit::state_only(id("courier/far"), vec![]) };
-    store.commit(&[commit]).await.unwrap();
+    elsewhere.commit(&[commit]).await.unwrap();
     let got = eventually("the delivery", async || received(&host, "courier/near").await, |r| r.len() == 1).await;
     assert_eq!(got[0]["id"], json!("from-elsewhere"));
 }
 
 #[tokio::test]
 async fn postgres_wakes_idle_dispatchers_on_other_hosts() {
-    let Some(store) = postgres_store("outbox::postgres_wakes_idle_dispatchers_on_other_hosts").await else { return };
-    other_hosts_dispatchers_wake(std::sync::Arc::new(store)).await;
+    if postgres_store("outbox::postgres_wakes_idle_dispatchers_on_other_hosts").await.is_none() {
+        return;
+    }
+    let schema = unique("quark_test");
+    let connect = async || std::sync::Arc::new(PostgresStore::connect(&postgres_url(), Some(&schema)).await.unwrap());
+    other_hosts_dispatchers_wake(connect().await, connect().await).await;
 }
 
 #[tokio::test]
 async fn redis_wakes_idle_dispatchers_on_other_hosts() {
-    let Some(store) = redis_store("outbox::redis_wakes_idle_dispatchers_on_other_hosts").await else { return };
-    other_hosts_dispatchers_wake(std::sync::Arc::new(store)).await;
+    if redis_store("outbox::redis_wakes_idle_dispatchers_on_other_hosts").await.is_none() {
+        return;
+    }
+    let prefix = unique("quark_test");
+    let connect = async || std::sync::Arc::new(RedisStore::connect(&redis_url(), Some(&prefix)).await.unwrap());
+    other_hosts_dispatchers_wake(connect().await, connect().await).await;
 }

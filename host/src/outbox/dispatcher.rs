@@ -1,10 +1,13 @@
-//! The dispatcher: one task per host that claims due lanes (one sender's
-//! messages to one destination) in batches and delivers each lane's
-//! messages in order (an actor's turn under the message id), many lanes at
-//! once; delivered messages are deleted, and lanes released, with its next
-//! claim. It wakes when a commit carried messages (on this host, or on
-//! another, announced by PostgreSQL NOTIFY or Redis PUBLISH), when a lane
-//! is done, at the next due time, and at least every `message_poll`.
+//! The dispatcher: one task per host that delivers outbox lanes (one
+//! sender's messages to one destination), each lane's messages in order (an
+//! actor's turn under the message id), many lanes at once. A lane a commit
+//! on this host creates is leased to it in that commit and handed over at
+//! once; other lanes (with older messages, retries, or other hosts' dead
+//! leases) are claimed in batches. Delivered messages are deleted, and
+//! lanes released, with its next claim. It wakes when a commit carried
+//! messages (on this host, or on another, announced by PostgreSQL NOTIFY or
+//! Redis PUBLISH), when a lane is done, at the next due time, and at least
+//! every `message_poll`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -29,7 +32,7 @@ pub const PER_LANE: usize = 32;
 pub const CONCURRENCY: usize = 512;
 
 /// How long a claimed lane is this host's before another may deliver it.
-pub const LEASE: Duration = Duration::from_secs(30);
+pub const LEASE: Duration = Duration::from_millis(crate::storage::outbox::LANE_LEASE_MS as u64);
 
 /// Longest delivered messages wait to be deleted with the next claim.
 const WRITE_DELAY: Duration = Duration::from_millis(5);
@@ -57,6 +60,8 @@ pub(crate) struct Dispatcher {
     in_flight: AtomicUsize,
     /// The last claim came back short: wait for a commit or a due time.
     short: AtomicBool,
+    /// The store hands over the lanes this host's commits open.
+    new_lanes_here: AtomicBool,
     done: Mutex<Done>,
     delivered_tx: tokio::sync::broadcast::Sender<MessageDelivered>,
 }
@@ -67,6 +72,7 @@ impl Default for Dispatcher {
             wake: Default::default(),
             in_flight: Default::default(),
             short: Default::default(),
+            new_lanes_here: Default::default(),
             done: Default::default(),
             delivered_tx: tokio::sync::broadcast::channel(4096).0,
         }
@@ -74,9 +80,20 @@ impl Default for Dispatcher {
 }
 
 impl Dispatcher {
-    /// Wakes the dispatcher: messages were committed.
+    /// Wakes the dispatcher to claim: messages are due (committed on
+    /// another host, or a dead one retried).
     pub(crate) fn wake(&self) {
         self.short.store(false, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Wakes the dispatcher after a commit on this host sent messages: the
+    /// lanes it opened are handed over without a claim, and the store says
+    /// whether a claim is due too.
+    pub(crate) fn wake_after_commit(&self) {
+        if !self.new_lanes_here.load(Ordering::Acquire) {
+            self.short.store(false, Ordering::Release);
+        }
         self.wake.notify_one();
     }
 
@@ -106,10 +123,26 @@ impl Dispatcher {
 /// The dispatcher loop; ends when the host is dropped.
 pub(crate) async fn run(host: WeakHost) {
     let mut failures = 0u32;
+    if let Some(host) = host.upgrade()
+        && let Some(store) = host.store().outbox_store()
+    {
+        let here = store.deliver_new_lanes_here();
+        host.dispatcher().new_lanes_here.store(here, Ordering::Release);
+    }
     loop {
         let Some(strong) = host.upgrade() else { return };
         let Some(store) = strong.store().outbox_store() else { return };
         let dispatcher = strong.dispatcher().clone();
+        // Lanes commits opened are already ours: no claim needed, unless a
+        // commit also added to a lane that existed.
+        let (lanes, claim_due) = store.take_new_lanes();
+        for lane in lanes {
+            dispatcher.in_flight.fetch_add(1, Ordering::AcqRel);
+            tokio::spawn(deliver_lane(strong.clone(), lane));
+        }
+        if claim_due {
+            dispatcher.short.store(false, Ordering::Release);
+        }
         let in_flight = dispatcher.in_flight.load(Ordering::Acquire);
         let free = CONCURRENCY.saturating_sub(in_flight);
         let short = dispatcher.short.load(Ordering::Acquire);
@@ -235,9 +268,14 @@ impl Host {
         self.dispatcher().delivered_tx.subscribe()
     }
 
-    /// Wakes the outbox dispatcher (messages were committed).
+    /// Wakes the outbox dispatcher to claim (messages are due).
     pub(crate) fn wake_outbox(&self) {
         self.dispatcher().wake();
+    }
+
+    /// Wakes the outbox dispatcher: a turn on this host sent messages.
+    pub(crate) fn wake_outbox_after_commit(&self) {
+        self.dispatcher().wake_after_commit();
     }
 
     pub(crate) fn dispatcher(&self) -> &Arc<Dispatcher> {

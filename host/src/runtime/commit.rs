@@ -72,7 +72,7 @@ impl PendingCommit {
                     host.wake_jobs();
                 }
                 if self.sends_messages {
-                    host.wake_outbox();
+                    host.wake_outbox_after_commit();
                 }
                 for tell in self.tells {
                     if let Err(e) = host.tell_request(tell) {

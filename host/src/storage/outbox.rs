@@ -103,9 +103,69 @@ pub struct LaneRelease {
     pub next_at_ms: Option<i64>,
 }
 
+/// Lanes that commits opened already leased to this store's host, waiting
+/// for its dispatcher: a lane a commit creates has no older messages, so it
+/// needs no claim (its lease is in the store; if this host dies, the lease
+/// expires and another host takes the lane over).
+#[derive(Default)]
+pub struct NewLanes {
+    enabled: std::sync::atomic::AtomicBool,
+    lanes: parking_lot::Mutex<Vec<LaneClaim>>,
+    /// A commit also added messages to lanes that existed: a claim is due.
+    claim_due: std::sync::atomic::AtomicBool,
+}
+
+impl NewLanes {
+    /// From now on, commits lease the lanes they open (the dispatcher runs).
+    pub fn enable(&self) {
+        self.enabled.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The lease a commit starting now gives the lanes it opens, and its
+    /// expiry, or `None` when no dispatcher takes them.
+    pub fn lease_for_commit(&self, now_ms: i64, lease_ms: i64) -> Option<(String, i64)> {
+        self.enabled.load(std::sync::atomic::Ordering::Acquire).then(|| (super::jobs::new_lease(), now_ms + lease_ms))
+    }
+
+    /// Adds the lanes a commit opened, and whether it also added to lanes
+    /// that existed (call once it is durable).
+    pub fn push(&self, lanes: Vec<LaneClaim>, added_to_existing: bool) {
+        if !lanes.is_empty() {
+            self.lanes.lock().extend(lanes);
+        }
+        if added_to_existing {
+            self.claim_due.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Takes every waiting lane, and whether a claim is due.
+    pub fn take(&self) -> (Vec<LaneClaim>, bool) {
+        let lanes = std::mem::take(&mut *self.lanes.lock());
+        (lanes, self.claim_due.swap(false, std::sync::atomic::Ordering::AcqRel))
+    }
+}
+
+/// How long a leased lane is its host's before another may take it over.
+pub const LANE_LEASE_MS: i64 = 30_000;
+
 /// Durable outbox storage.
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
+    /// From now on, lanes that commits create are leased to this store's
+    /// host at commit and handed over by [`OutboxStore::take_new_lanes`]
+    /// instead of waiting for a claim. False (and nothing changes) for a
+    /// store without it: every commit that sends then calls for a claim.
+    fn deliver_new_lanes_here(&self) -> bool {
+        false
+    }
+
+    /// Lanes commits created and leased since the last call, with their
+    /// messages in order, and whether a commit also added messages to a
+    /// lane that existed (then a claim is due).
+    fn take_new_lanes(&self) -> (Vec<LaneClaim>, bool) {
+        (Vec::new(), false)
+    }
+
     /// In one write: deletes `delivered` messages, releases `released`
     /// lanes (deleting those left empty), then claims up to `max_lanes` due
     /// lanes with up to `per_lane` messages each, leased until

@@ -27,6 +27,10 @@ pub struct PostgresStore {
     job_channel: String,
     /// NOTIFY channel of commits that sent outbox messages.
     outbox_channel: String,
+    /// This store's NOTIFY payload: its own announcements are not news to
+    /// its host (the dispatcher already has the lanes it opened).
+    instance: String,
+    new_lanes: super::outbox::NewLanes,
 }
 
 impl PostgresStore {
@@ -51,7 +55,7 @@ impl PostgresStore {
         sqlx::migrate!("src/storage/migrations/postgres").run(&pool).await?;
         let job_channel = format!("quark_jobs_{}", schema.unwrap_or("public"));
         let outbox_channel = format!("quark_outbox_{}", schema.unwrap_or("public"));
-        Ok(PostgresStore { pool, job_channel, outbox_channel })
+        Ok(PostgresStore { pool, job_channel, outbox_channel, instance: super::jobs::new_lease(), new_lanes: Default::default() })
     }
 }
 
@@ -164,10 +168,12 @@ impl StateStore for PostgresStore {
         if batch.iter().any(|c| c.inbox.is_some()) {
             Self::commit_inbox(&mut tx, batch).await?;
         }
+        let mut opened = (Vec::new(), false);
         if batch.iter().any(|c| !c.messages.is_empty()) {
-            Self::commit_outbox(&mut tx, batch).await?;
+            let lease = self.new_lanes.lease_for_commit(super::now_ms(), super::outbox::LANE_LEASE_MS);
+            opened = Self::commit_outbox(&mut tx, batch, lease.as_ref()).await?;
             // Delivered at commit: idle dispatchers on every host wake.
-            sqlx::query("SELECT pg_notify($1, '')").bind(&self.outbox_channel).execute(&mut *tx).await?;
+            sqlx::query("SELECT pg_notify($1, $2)").bind(&self.outbox_channel).bind(&self.instance).execute(&mut *tx).await?;
         }
         if batch.iter().any(TurnCommit::has_job_effects) {
             Self::commit_jobs(&mut tx, batch).await?;
@@ -178,6 +184,7 @@ impl StateStore for PostgresStore {
             }
         }
         tx.commit().await?;
+        self.new_lanes.push(opened.0, opened.1);
         Ok(())
     }
 }
@@ -188,7 +195,7 @@ super::sql::sql_outbox_store!(PostgresStore, ::sqlx::Postgres, writer: pool, rea
     claim_begin: "BEGIN; SET LOCAL synchronous_commit = off", relaxed_claims: ("", ""),
     announce: {
     async fn message_announcements(&self) -> Option<futures::stream::BoxStream<'static, ()>> {
-        self.listen(&self.outbox_channel, "new outbox messages").await
+        self.listen(&self.outbox_channel, "new outbox messages", Some(self.instance.clone())).await
     }
 });
 super::sql::sql_inbox_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool);
@@ -218,12 +225,13 @@ impl PostgresStore {
 
     /// LISTEN on the job channel.
     async fn listen_jobs(&self) -> Option<futures::stream::BoxStream<'static, ()>> {
-        self.listen(&self.job_channel, "new jobs").await
+        self.listen(&self.job_channel, "new jobs", None).await
     }
 
-    /// LISTEN on `channel`; the listener reconnects by itself. `None` (and
-    /// a warning) when it cannot: the caller polls instead.
-    async fn listen(&self, channel: &str, what: &str) -> Option<futures::stream::BoxStream<'static, ()>> {
+    /// LISTEN on `channel`, skipping notifications whose payload is
+    /// `ignore`; the listener reconnects by itself. `None` (and a warning)
+    /// when it cannot: the caller polls instead.
+    async fn listen(&self, channel: &str, what: &str, ignore: Option<String>) -> Option<futures::stream::BoxStream<'static, ()>> {
         use futures::StreamExt;
         let mut listener = match sqlx::postgres::PgListener::connect_with(&self.pool).await {
             Ok(l) => l,
@@ -236,6 +244,14 @@ impl PostgresStore {
             tracing::warn!(error = %e, "cannot LISTEN for {what}; polling instead");
             return None;
         }
-        Some(listener.into_stream().map(|_| ()).boxed())
+        Some(
+            listener
+                .into_stream()
+                .filter_map(move |n| {
+                    let own = matches!((&n, &ignore), (Ok(n), Some(own)) if n.payload() == own);
+                    futures::future::ready((!own).then_some(()))
+                })
+                .boxed(),
+        )
     }
 }

@@ -996,11 +996,19 @@ macro_rules! sql_outbox_store {
     ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, lock: $lock:expr, lock_lanes: $lock_lanes:literal,
      claim_begin: $claim_begin:literal, relaxed_claims: ($relax:literal, $restore:literal), announce: { $($announce:tt)* }) => {
         impl $store {
+            /// Inserts a batch's messages and opens their lanes. With
+            /// `lease` (token, expiry), a lane this commit creates is
+            /// leased to this host at once and returned with the messages
+            /// inserted into it, to be delivered without a claim; the flag
+            /// says whether messages also went into lanes that existed.
             async fn commit_outbox(
                 tx: &mut ::sqlx::Transaction<'_, $db>,
                 batch: &[$crate::storage::TurnCommit],
-            ) -> Result<(), $crate::storage::StoreError> {
+                lease: Option<&(String, i64)>,
+            ) -> Result<(Vec<$crate::storage::outbox::LaneClaim>, bool), $crate::storage::StoreError> {
+                use ::sqlx::Row;
                 let messages: Vec<&$crate::storage::outbox::OutboxMessage> = batch.iter().flat_map(|c| c.messages.iter()).collect();
+                let mut inserted = std::collections::HashSet::new();
                 for chunk in messages.chunks(500) {
                     let mut q = ::sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO outbox (id, sender, kind, target, method, payload, event_type, status, attempts, next_at_ms, created_at_ms) ",
@@ -1024,12 +1032,22 @@ macro_rules! sql_outbox_store {
                             .push_bind(m.created_at_ms);
                     });
                     q.push(" ON CONFLICT (id) DO NOTHING");
-                    q.build().execute(&mut **tx).await?;
+                    if lease.is_some() {
+                        // A message whose id is already pending is not sent
+                        // again: only inserted ones go to a new lane.
+                        q.push(" RETURNING id");
+                        for row in q.build().fetch_all(&mut **tx).await? {
+                            inserted.insert(row.try_get::<String, _>(0)?);
+                        }
+                    } else {
+                        q.build().execute(&mut **tx).await?;
+                    }
                 }
                 // Each lane once per statement (PostgreSQL refuses to upsert a
-                // row twice in one). The no-op update, rather than DO NOTHING,
-                // waits for a concurrent release deleting the lane, then
-                // inserts it again: a message never lands in no lane.
+                // row twice in one), sorted: claims lock the lanes they
+                // release in this order too. The no-op update, rather than
+                // DO NOTHING, waits for a concurrent release deleting the
+                // lane, then inserts it again: a message never lands in no lane.
                 let mut lanes: Vec<(&str, &str, &str, i64)> = messages
                     .iter()
                     .map(|m| {
@@ -1039,20 +1057,72 @@ macro_rules! sql_outbox_store {
                     .collect();
                 lanes.sort_unstable();
                 lanes.dedup_by(|a, b| (a.0, a.1, a.2) == (b.0, b.1, b.2));
+                let mut opened = std::collections::HashMap::new();
+                let mut existing = lease.is_none();
                 for chunk in lanes.chunks(500) {
-                    let mut q = ::sqlx::QueryBuilder::<$db>::new("INSERT INTO outbox_lanes (sender, kind, target, next_at_ms) ");
+                    let mut q = ::sqlx::QueryBuilder::<$db>::new("INSERT INTO outbox_lanes (sender, kind, target, next_at_ms, lease, lease_until_ms) ");
                     q.push_values(chunk, |mut row, (sender, kind, target, at)| {
-                        row.push_bind(*sender).push_bind(*kind).push_bind(*target).push_bind(*at);
+                        row.push_bind(*sender)
+                            .push_bind(*kind)
+                            .push_bind(*target)
+                            .push_bind(*at)
+                            .push_bind(lease.map(|l| l.0.as_str()))
+                            .push_bind(lease.map(|l| l.1));
                     });
                     q.push(" ON CONFLICT (sender, kind, target) DO UPDATE SET next_at_ms = outbox_lanes.next_at_ms");
-                    q.build().execute(&mut **tx).await?;
+                    let Some((token, _)) = lease else {
+                        q.build().execute(&mut **tx).await?;
+                        continue;
+                    };
+                    // An existing lane keeps its lease (or none): only lanes
+                    // this statement created carry this commit's token.
+                    q.push(" RETURNING id, sender, kind, target, lease");
+                    for row in q.build().fetch_all(&mut **tx).await? {
+                        if row.try_get::<Option<String>, _>(4)?.as_deref() == Some(token.as_str()) {
+                            let key: (String, String, String) = (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
+                            opened.insert(key, row.try_get::<i64, _>(0)?);
+                        } else {
+                            existing = true;
+                        }
+                    }
                 }
-                Ok(())
+                let Some((token, until)) = lease else { return Ok((Vec::new(), existing)) };
+                let mut claims: std::collections::BTreeMap<i64, $crate::storage::outbox::LaneClaim> = std::collections::BTreeMap::new();
+                for m in messages {
+                    let (kind, target) = m.destination.kind_and_target();
+                    let Some(lane) = opened.get(&(m.sender.clone(), kind.to_string(), target.to_string())) else { continue };
+                    let claim = claims.entry(*lane).or_insert_with(|| $crate::storage::outbox::LaneClaim {
+                        lane: lane.to_string(),
+                        lease: token.clone(),
+                        taken_over: false,
+                        messages: Vec::new(),
+                    });
+                    if inserted.remove(&m.id) {
+                        claim.messages.push($crate::storage::outbox::OutboxRecord {
+                            message: (*m).clone(),
+                            status: "pending".into(),
+                            attempts: 0,
+                            next_at_ms: m.created_at_ms,
+                            lease_until_ms: Some(*until),
+                            last_error: None,
+                        });
+                    }
+                }
+                Ok((claims.into_values().collect(), existing))
             }
         }
 
         #[async_trait::async_trait]
         impl $crate::storage::outbox::OutboxStore for $store {
+            fn deliver_new_lanes_here(&self) -> bool {
+                self.new_lanes.enable();
+                true
+            }
+
+            fn take_new_lanes(&self) -> (Vec<$crate::storage::outbox::LaneClaim>, bool) {
+                self.new_lanes.take()
+            }
+
             async fn claim_lanes(
                 &self,
                 now_ms: i64,

@@ -37,6 +37,7 @@ const READ_CONNECTIONS: u32 = 4;
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    new_lanes: super::outbox::NewLanes,
 }
 
 impl SqliteStore {
@@ -68,7 +69,7 @@ impl SqliteStore {
             .max_connections(READ_CONNECTIONS)
             .connect_with(options.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore { writer, reader, new_lanes: Default::default() })
     }
 }
 
@@ -169,13 +170,16 @@ impl StateStore for SqliteStore {
         if batch.iter().any(|c| c.inbox.is_some()) {
             Self::commit_inbox(&mut tx, batch).await?;
         }
+        let mut opened = (Vec::new(), false);
         if batch.iter().any(|c| !c.messages.is_empty()) {
-            Self::commit_outbox(&mut tx, batch).await?;
+            let lease = self.new_lanes.lease_for_commit(super::now_ms(), super::outbox::LANE_LEASE_MS);
+            opened = Self::commit_outbox(&mut tx, batch, lease.as_ref()).await?;
         }
         if batch.iter().any(TurnCommit::has_job_effects) {
             Self::commit_jobs(&mut tx, batch).await?;
         }
         tx.commit().await?;
+        self.new_lanes.push(opened.0, opened.1);
         Ok(())
     }
 }
