@@ -574,6 +574,61 @@ macro_rules! conformance {
     };
 }
 
+/// Lanes a commit opens are leased to the store's host in that commit and
+/// handed over without a claim (where the store does it); messages for a
+/// lane that exists still wait for a claim, in order behind it.
+async fn outbox_new_lanes_skip_the_claim(store: Arc<dyn Store>) {
+    use quark_host::storage::outbox::{Destination, LaneRelease, OutboxMessage};
+    let Some(outbox) = store.outbox_store() else { return };
+    if !outbox.deliver_new_lanes_here() {
+        eprintln!("note: the {} store claims every lane", store.backend_name());
+        return;
+    }
+    let send = async |ids: &[&str]| {
+        let messages = ids
+            .iter()
+            .map(|id| OutboxMessage {
+                id: id.to_string(),
+                sender: "c/n".into(),
+                destination: Destination::Actor { actor: "c/b".into(), method: "m".into() },
+                payload: b"{}".to_vec(),
+                event_type: None,
+                created_at_ms: quark_host::storage::now_ms(),
+            })
+            .collect();
+        store.commit(&[TurnCommit { messages, ..TurnCommit::state_only(id("c/n"), vec![]) }]).await.unwrap();
+    };
+    let ids = |l: &quark_host::storage::outbox::LaneClaim| l.messages.iter().map(|m| m.message.id.clone()).collect::<Vec<_>>();
+    let now = quark_host::storage::now_ms;
+
+    send(&["x1", "x2"]).await;
+    let (lanes, claim_due) = outbox.take_new_lanes();
+    assert_eq!((lanes.len(), claim_due), (1, false), "one new lane, nothing else to claim");
+    assert_eq!(ids(&lanes[0]), ["x1", "x2"]);
+    assert!(!lanes[0].taken_over && lanes[0].messages.iter().all(|m| m.attempts == 0));
+    assert!(outbox.claim_lanes(now(), 10, 10, 60_000, &[], &[]).await.unwrap().is_empty(), "the new lane is leased already");
+
+    // More for the same lane while it is out: a claim is due, not a new lane.
+    send(&["x3", "x1"]).await;
+    let (more, claim_due) = outbox.take_new_lanes();
+    assert!(more.is_empty() && claim_due);
+    let release = |l: &quark_host::storage::outbox::LaneClaim| LaneRelease { lane: l.lane.clone(), lease: l.lease.clone(), next_at_ms: None };
+    let next = outbox.claim_lanes(now(), 10, 10, 60_000, &["x1".into(), "x2".into()], &[release(&lanes[0])]).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(ids(&next[0]), ["x3"], "behind the first two; x1 was not sent again while pending");
+
+    // Once the lane is empty and gone, the next message opens a new one.
+    assert!(outbox.claim_lanes(now(), 10, 10, 60_000, &["x3".into()], &[release(&next[0])]).await.unwrap().is_empty());
+    send(&["x4"]).await;
+    let (lanes, claim_due) = outbox.take_new_lanes();
+    assert_eq!((lanes.len(), claim_due), (1, false));
+    assert_eq!(ids(&lanes[0]), ["x4"]);
+    // A host that dies holding it: after the lease the lane is taken over.
+    let taken = outbox.claim_lanes(now() + 31_000, 10, 10, 60_000, &[], &[]).await.unwrap();
+    assert_eq!((taken.len(), taken[0].taken_over), (1, true));
+    assert_eq!(ids(&taken[0]), ["x4"]);
+}
+
 conformance!(
     commit_and_load,
     component_versions,
@@ -588,4 +643,5 @@ conformance!(
     host_idempotent_asks,
     host_outbox_delivery,
     outbox_lanes_claim_fail_retry,
+    outbox_new_lanes_skip_the_claim,
 );
