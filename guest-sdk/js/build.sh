@@ -7,8 +7,8 @@
 # guest-sdk/js/node_modules (npm ci, pinned in package-lock.json). When they
 # cannot be installed (no node/npm, no registry) this prints SKIP and
 # succeeds, so the rest of the build goes on; tests that need the component
-# then skip, or fail under QUARK_REQUIRE_BACKENDS=1. A component newer than
-# its sources is kept.
+# then skip. Under QUARK_REQUIRE_BACKENDS=1 (CI) it fails instead. A
+# component newer than its sources is kept.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -18,6 +18,7 @@ if [ ! -f "$here/node_modules/.package-lock.json" ] || [ "$here/package-lock.jso
   echo ">> installing componentize-js and rolldown into guest-sdk/js/node_modules (npm ci)"
   if ! (cd "$here" && npm ci --no-audit --no-fund --loglevel=error); then
     echo "SKIP: could not install the JavaScript build tools (are node and npm present, and the npm registry reachable?); $out is not built"
+    [ "${QUARK_REQUIRE_BACKENDS:-}" = 1 ] && { echo "QUARK_REQUIRE_BACKENDS=1: failing instead"; exit 1; }
     exit 0
   fi
 fi

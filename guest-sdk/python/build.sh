@@ -6,8 +6,9 @@
 # componentize-py is installed on first use into guest-sdk/python/.venv
 # (pip, pinned in requirements.txt). When it cannot be installed (no
 # python3, no registry) this prints SKIP and succeeds, so the rest of the
-# build goes on; tests that need the component then skip, or fail under
-# QUARK_REQUIRE_BACKENDS=1. A component newer than its sources is kept.
+# build goes on; tests that need the component then skip. Under
+# QUARK_REQUIRE_BACKENDS=1 (CI) it fails instead. A component newer than
+# its sources is kept.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -20,6 +21,7 @@ if [ ! -x "$tool" ] || [ "$(cat "$venv/.installed" 2>/dev/null)" != "$want" ]; t
   echo ">> installing $want into guest-sdk/python/.venv (python3 -m venv, pip)"
   if ! { python3 -m venv "$venv" && "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"; }; then
     echo "SKIP: could not install $want (is python3 with venv and pip present, and PyPI reachable?); $out is not built"
+    [ "${QUARK_REQUIRE_BACKENDS:-}" = 1 ] && { echo "QUARK_REQUIRE_BACKENDS=1: failing instead"; exit 1; }
     exit 0
   fi
   echo "$want" > "$venv/.installed"
