@@ -220,3 +220,40 @@ async fn redis_wakes_idle_dispatchers_on_other_hosts() {
     let connect = async || std::sync::Arc::new(RedisStore::connect(&redis_url(), Some(&prefix)).await.unwrap());
     other_hosts_dispatchers_wake(connect().await, connect().await).await;
 }
+
+#[tokio::test]
+async fn bank_transfers_move_money_between_event_sourced_accounts_by_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with(dir.path(), &[("bank", "bank")]).await;
+    ask(&host, "bank/alice", "deposit", json!({"amount": 100})).await.unwrap();
+    assert_eq!(ask(&host, "bank/alice", "transfer", json!({"to": "bob", "amount": 30, "id": "t-1"})).await.unwrap(), json!({"balance": 70}));
+    ask(&host, "bank/alice", "transfer", json!({"to": "bank/carol", "amount": 50})).await.unwrap();
+    // Refused transfers withdraw nothing and send nothing.
+    let e = ask(&host, "bank/alice", "transfer", json!({"to": "bob", "amount": 500})).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Rejected, "{e}");
+    assert_eq!(ask(&host, "bank/alice", "transfer", json!({"to": "alice", "amount": 1})).await.unwrap_err().kind, ErrorKind::Rejected);
+
+    let balance = async |account: &str| ask(&host, &format!("bank/{account}"), "balance", json!(null)).await.unwrap()["balance"].as_i64().unwrap();
+    eventually("both credits", async || (balance("bob").await, balance("carol").await), |b| *b == (30, 50)).await;
+    assert_eq!(balance("alice").await, 20, "the sum is still 100");
+    eventually("the outbox emptied", async || host.outbox_messages(None, 10).await.unwrap(), Vec::is_empty).await;
+
+    // A client that retries a transfer sends it with an idempotency key:
+    // the repeat gets the first reply, and nothing moves twice.
+    let transfer = serde_json::to_vec(&json!({"to": "bob", "amount": 5, "id": "t-2"})).unwrap();
+    for _ in 0..3 {
+        let reply = host.ask_idempotent(id("bank/alice"), "transfer", transfer.clone(), "client-retry-1").await.unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&reply).unwrap(), json!({"balance": 15}));
+    }
+    eventually("the retried transfer", async || (balance("alice").await, balance("bob").await), |b| *b == (15, 35)).await;
+    assert_eq!(balance("alice").await + balance("bob").await + balance("carol").await, 100, "no money made or lost");
+
+    // Both sides are in the journals: alice's withdrawal and, caused by her
+    // message, bob's deposit.
+    let bob = host.journal(&id("bank/bob"), 1, None, 10).await.unwrap();
+    let deposits: Vec<_> = bob.events.iter().map(|e| (e.event_type.as_str(), e.caller.as_deref())).collect();
+    assert_eq!(deposits, [("deposited", Some("bank/alice")), ("deposited", Some("bank/alice"))]);
+    let alice = host.journal(&id("bank/alice"), 1, None, 10).await.unwrap();
+    let types: Vec<&str> = alice.events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types, ["deposited", "withdrawn", "withdrawn", "withdrawn"]);
+}

@@ -1,8 +1,14 @@
 //! An event-sourced bank account: `deposit {"amount": N}`, `withdraw
-//! {"amount": N}` and `balance`. Each accepted command appends one event;
-//! the balance is the fold of the account's events, rebuilt by the host on
-//! activation from the latest snapshot plus the events after it.
-use quark_sdk::{Deserialize, Error, EventSourced, Result, Serialize, emit};
+//! {"amount": N}`, `transfer {"to": "bob", "amount": N, "id": "t-1"}` and
+//! `balance`. Each accepted command appends one event; the balance is the
+//! fold of the account's events, rebuilt by the host on activation from the
+//! latest snapshot plus the events after it.
+//!
+//! A transfer is a withdrawal here plus an outbox message that deposits
+//! into the other account: the event and the message commit together, and
+//! the receiver's inbox runs the deposit once, so money is never lost or
+//! made, even if a host dies in between.
+use quark_sdk::{Deserialize, Error, EventSourced, Result, Serialize, emit, json, outbox};
 
 /// The account: always the fold of its events.
 #[derive(Default, Serialize, Deserialize)]
@@ -35,6 +41,15 @@ impl EventSourced for Account {
 #[derive(Deserialize)]
 struct Amount {
     amount: i64,
+}
+
+#[derive(Deserialize)]
+struct Transfer {
+    /// The receiving account: its key (`bob`) or id (`bank/bob`).
+    to: String,
+    amount: i64,
+    /// The message id, for a caller that retries: the same id is not sent twice.
+    id: Option<String>,
 }
 
 /// Every reply: the balance after the command.
@@ -72,9 +87,24 @@ impl Account {
         Ok(Balance { balance: self.balance })
     }
 
+    fn transfer(&mut self, Transfer { to, amount, id }: Transfer) -> Result<Balance> {
+        let amount = positive(amount)?;
+        let to = if to.contains('/') { to } else { format!("bank/{to}") };
+        if to == quark_sdk::self_id() {
+            return Err(Error::rejected("an account cannot transfer to itself"));
+        }
+        let balance = self.withdraw(Amount { amount })?;
+        let credit = outbox::to_actor(&to, "deposit", &json!({ "amount": amount }))?;
+        match id {
+            Some(id) => credit.id(&id).send()?,
+            None => credit.send()?,
+        };
+        Ok(balance)
+    }
+
     fn balance(&mut self, _: ()) -> Result<Balance> {
         Ok(Balance { balance: self.balance })
     }
 }
 
-quark_sdk::event_sourced!(Account { deposit, withdraw, balance });
+quark_sdk::event_sourced!(Account { deposit, withdraw, transfer, balance });
