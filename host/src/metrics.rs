@@ -67,6 +67,7 @@ pub struct Metrics {
     messages_delivered: Counter,
     message_deliveries_failed: Counter,
     message_delivery_delay_seconds: Histogram,
+    message_lanes_in_flight: Gauge,
 }
 
 impl Default for Metrics {
@@ -118,6 +119,7 @@ impl Metrics {
             message_deliveries_failed: Counter::default(),
             // 0.5 ms .. ~10 min
             message_delivery_delay_seconds: Histogram::new(exponential_buckets(0.0005, 3.0, 14)),
+            message_lanes_in_flight: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("turns", "Turns run, by outcome", m.turns.clone());
@@ -148,6 +150,11 @@ impl Metrics {
             "message_delivery_delay_seconds",
             "From a message's send (in its turn) to its delivery (the receiver's turn committed, or the sink took it)",
             m.message_delivery_delay_seconds.clone(),
+        );
+        registry.register(
+            "message_lanes_in_flight",
+            "Outbox lanes (one sender's messages to one destination) this host is delivering",
+            m.message_lanes_in_flight.clone(),
         );
         registry.register("message_deliveries_failed", "Outbox deliveries that failed (retried or dead-lettered)", m.message_deliveries_failed.clone());
         Metrics { registry, ..m }
@@ -225,6 +232,11 @@ impl Metrics {
         self.active.set(activations as i64);
         self.guest_memory.set(guest_memory as i64);
         self.host_rss.set(host_rss as i64);
+    }
+
+    /// Sets the number of outbox lanes being delivered.
+    pub fn set_message_lanes_in_flight(&self, lanes: usize) {
+        self.message_lanes_in_flight.set(lanes as i64);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -69,6 +69,39 @@ async fn a_failing_receiver_is_retried_then_dead_lettered_and_the_sender_is_unaf
     assert!(host.outbox_messages(None, 10).await.unwrap().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_opened_at_commit_wait_for_a_free_delivery_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = courier_host(dir.path(), |c| c.message_concurrency = 3).await;
+    // Twelve senders at once (their commits share batches), each opening a
+    // lane to a receiver that takes 100 ms: at most three are delivered at
+    // a time, and all of them arrive.
+    let sends: Vec<_> = (0..12)
+        .map(|i| {
+            let host = host.clone();
+            tokio::spawn(async move {
+                ask(&host, &format!("courier/s{i}"), "send", json!({"to": format!("courier/r{i}"), "payload": {"sleep_ms": 100}})).await.unwrap()
+            })
+        })
+        .collect();
+    let mut most = 0;
+    let mut receivers_done = 0;
+    let give_up = std::time::Instant::now() + Duration::from_secs(60);
+    while receivers_done < 12 {
+        assert!(std::time::Instant::now() < give_up, "only {receivers_done} of 12 messages delivered in 60 s");
+        most = most.max(host.message_lanes_in_flight());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        if sends.iter().all(|s| s.is_finished()) && host.message_lanes_in_flight() == 0 {
+            receivers_done = 0;
+            for i in 0..12 {
+                receivers_done += received(&host, &format!("courier/r{i}")).await.len();
+            }
+        }
+    }
+    assert!((1..=3).contains(&most), "{most} lanes were delivered at once; the limit is 3");
+    assert!(host.metrics_text().contains("quark_message_lanes_in_flight 0"), "the gauge is exported");
+}
+
 /// Sends `payload` from courier/a to sink `sink`; returns the message id.
 async fn send_to_sink(host: &Host, sink: &str, payload: Value) -> String {
     let ids = ask(host, "courier/a", "send", json!({"sink": sink, "payload": payload})).await.unwrap();

@@ -281,6 +281,10 @@ struct ServeArgs {
     /// How long an actor remembers a handled message id or `Idempotency-Key`.
     #[arg(long, default_value = "24h")]
     inbox_retention: humantime::Duration,
+    /// Most outbox lanes (one sender's messages to one destination)
+    /// delivered at once on this host.
+    #[arg(long, default_value_t = crate::outbox::dispatcher::DEFAULT_CONCURRENCY)]
+    message_concurrency: usize,
     /// Most jobs running at once in queue NAME: `NAME=N`; repeatable.
     #[arg(long = "queue-limit", value_name = "NAME=N")]
     queue_limits: Vec<String>,
@@ -371,6 +375,7 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     config.job_concurrency = args.job_concurrency.max(1);
     config.job_lease = Duration::from(args.job_lease);
     config.inbox_retention = Duration::from(args.inbox_retention);
+    config.message_concurrency = args.message_concurrency.max(1);
     for sink in &args.sinks {
         let (name, spec) = sink.split_once('=').with_context(|| format!("--sink {sink:?}: expected NAME=KIND:TARGET"))?;
         let parsed = spec.parse().map_err(|e: String| anyhow::anyhow!("--sink {name}: {e}"))?;

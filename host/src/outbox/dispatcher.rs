@@ -28,8 +28,9 @@ pub const CLAIM_BATCH: usize = 256;
 /// Most messages of one lane one claim takes.
 pub const PER_LANE: usize = 32;
 
-/// Most lanes in flight per host.
-pub const CONCURRENCY: usize = 512;
+/// Most lanes in flight per host unless configured
+/// ([`crate::HostConfig::message_concurrency`]).
+pub const DEFAULT_CONCURRENCY: usize = 512;
 
 /// How long a claimed lane is this host's before another may deliver it.
 pub const LEASE: Duration = Duration::from_millis(crate::storage::outbox::LANE_LEASE_MS as u64);
@@ -129,14 +130,21 @@ pub(crate) async fn run(host: WeakHost) {
         let here = store.deliver_new_lanes_here();
         host.dispatcher().new_lanes_here.store(here, Ordering::Release);
     }
+    // Lanes commits opened, waiting for a free delivery slot (they are
+    // leased to this host already).
+    let mut queued: std::collections::VecDeque<LaneClaim> = Default::default();
     loop {
         let Some(strong) = host.upgrade() else { return };
         let Some(store) = strong.store().outbox_store() else { return };
         let dispatcher = strong.dispatcher().clone();
+        let concurrency = strong.config().message_concurrency.max(1);
         // Lanes commits opened are already ours: no claim needed, unless a
-        // commit also added to a lane that existed.
+        // commit also added to a lane that existed. They start as the
+        // in-flight limit allows, before any claimed lane.
         let (lanes, claim_due) = store.take_new_lanes();
-        for lane in lanes {
+        queued.extend(lanes);
+        while !queued.is_empty() && dispatcher.in_flight.load(Ordering::Acquire) < concurrency {
+            let lane = queued.pop_front().expect("not empty");
             dispatcher.in_flight.fetch_add(1, Ordering::AcqRel);
             tokio::spawn(deliver_lane(strong.clone(), lane));
         }
@@ -144,9 +152,9 @@ pub(crate) async fn run(host: WeakHost) {
             dispatcher.short.store(false, Ordering::Release);
         }
         let in_flight = dispatcher.in_flight.load(Ordering::Acquire);
-        let free = CONCURRENCY.saturating_sub(in_flight);
+        let free = concurrency.saturating_sub(in_flight + queued.len());
         let short = dispatcher.short.load(Ordering::Acquire);
-        let can_claim = !short && free > 0 && (in_flight == 0 || free >= CONCURRENCY / 4);
+        let can_claim = !short && free > 0 && (in_flight == 0 || free >= (concurrency / 4).max(1));
         let write_due = dispatcher.write_due_in().is_some_and(|d| d.is_zero() || in_flight == 0);
         if failures == 0 && (can_claim || write_due) {
             let max = if can_claim { free.min(CLAIM_BATCH) } else { 0 };
@@ -266,6 +274,12 @@ impl Host {
     /// monitoring and benchmarks; a receiver that falls behind skips ahead).
     pub fn message_deliveries(&self) -> tokio::sync::broadcast::Receiver<MessageDelivered> {
         self.dispatcher().delivered_tx.subscribe()
+    }
+
+    /// Outbox lanes this host is delivering now (at most
+    /// [`crate::HostConfig::message_concurrency`]).
+    pub fn message_lanes_in_flight(&self) -> usize {
+        self.dispatcher().in_flight.load(Ordering::Relaxed)
     }
 
     /// Wakes the outbox dispatcher to claim (messages are due).

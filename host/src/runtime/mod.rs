@@ -92,6 +92,9 @@ pub struct HostConfig {
     /// Longest the outbox dispatcher sleeps between looks at the store,
     /// for messages sent on other hosts when the store cannot announce them.
     pub message_poll: Duration,
+    /// Most outbox lanes (one sender's messages to one destination) this
+    /// host delivers at once.
+    pub message_concurrency: usize,
 }
 
 /// Jobs running at once on a host unless configured: enough to keep the
@@ -124,6 +127,7 @@ impl HostConfig {
             message_max_attempts: 10,
             message_backoff: Duration::from_millis(200),
             message_poll: crate::outbox::dispatcher::POLL,
+            message_concurrency: crate::outbox::dispatcher::DEFAULT_CONCURRENCY,
         }
     }
 }
@@ -536,6 +540,7 @@ impl Host {
     pub fn metrics_text(&self) -> String {
         let (count, memory) = self.0.table.totals();
         self.0.metrics.set_gauges(count, memory, resident_memory_bytes());
+        self.0.metrics.set_message_lanes_in_flight(self.message_lanes_in_flight());
         self.0.metrics.encode()
     }
 

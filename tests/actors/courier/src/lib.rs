@@ -72,8 +72,11 @@ impl Courier {
     }
 
     /// Records the message; `{"fail": true}` fails every delivery with an
-    /// error, `{"trap": true}` traps.
+    /// error, `{"trap": true}` traps, `{"sleep_ms": N}` takes N ms first.
     fn receive(payload: Value) -> Result<u64> {
+        if let Some(ms) = payload.get("sleep_ms").and_then(Value::as_u64) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         if payload.get("fail").and_then(Value::as_bool) == Some(true) {
             return Err(Error::internal("this receiver fails on purpose"));
         }
