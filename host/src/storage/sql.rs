@@ -1057,7 +1057,11 @@ macro_rules! sql_outbox_store {
                     .collect();
                 lanes.sort_unstable();
                 lanes.dedup_by(|a, b| (a.0, a.1, a.2) == (b.0, b.1, b.2));
-                let mut opened = std::collections::HashMap::new();
+                // The lane id each of `lanes` got, where this commit created it.
+                let mut opened: Vec<Option<i64>> = vec![None; lanes.len()];
+                let lane_index = |sender: &str, kind: &str, target: &str| {
+                    lanes.binary_search_by(|l| (l.0, l.1, l.2).cmp(&(sender, kind, target))).ok()
+                };
                 let mut existing = lease.is_none();
                 for chunk in lanes.chunks(500) {
                     let mut q = ::sqlx::QueryBuilder::<$db>::new("INSERT INTO outbox_lanes (sender, kind, target, next_at_ms, lease, lease_until_ms) ");
@@ -1078,9 +1082,10 @@ macro_rules! sql_outbox_store {
                     // this statement created carry this commit's token.
                     q.push(" RETURNING id, sender, kind, target, lease");
                     for row in q.build().fetch_all(&mut **tx).await? {
-                        if row.try_get::<Option<String>, _>(4)?.as_deref() == Some(token.as_str()) {
-                            let key: (String, String, String) = (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?);
-                            opened.insert(key, row.try_get::<i64, _>(0)?);
+                        if row.try_get::<Option<&str>, _>(4)? == Some(token.as_str()) {
+                            if let Some(i) = lane_index(row.try_get(1)?, row.try_get(2)?, row.try_get(3)?) {
+                                opened[i] = Some(row.try_get::<i64, _>(0)?);
+                            }
                         } else {
                             existing = true;
                         }
@@ -1090,8 +1095,8 @@ macro_rules! sql_outbox_store {
                 let mut claims: std::collections::BTreeMap<i64, $crate::storage::outbox::LaneClaim> = std::collections::BTreeMap::new();
                 for m in messages {
                     let (kind, target) = m.destination.kind_and_target();
-                    let Some(lane) = opened.get(&(m.sender.clone(), kind.to_string(), target.to_string())) else { continue };
-                    let claim = claims.entry(*lane).or_insert_with(|| $crate::storage::outbox::LaneClaim {
+                    let Some(lane) = lane_index(&m.sender, kind, target).and_then(|i| opened[i]) else { continue };
+                    let claim = claims.entry(lane).or_insert_with(|| $crate::storage::outbox::LaneClaim {
                         lane: lane.to_string(),
                         lease: token.clone(),
                         taken_over: false,
