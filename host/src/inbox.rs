@@ -33,21 +33,13 @@ impl Host {
 /// Forgets inbox entries past the retention, every tenth of it (at most
 /// once a minute), for as long as the host lives.
 pub(crate) fn spawn_expiry(host: &Host) {
-    let weak = host.downgrade();
     let retention = host.config().inbox_retention;
-    let period = (retention / 10).clamp(Duration::from_millis(50), Duration::from_secs(60));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(period);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let Some(host) = weak.upgrade() else { break };
-            let before = crate::storage::now_ms() - retention.as_millis() as i64;
-            match host.store().expire_inbox(before).await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(expired = n, "forgot inbox entries past their retention"),
-                Err(e) => tracing::warn!(error = %e, "expiring inbox entries failed; retrying later"),
-            }
+    host.spawn_sweep(retention, Duration::from_secs(60), move |host: Host| async move {
+        let before = crate::storage::now_ms() - retention.as_millis() as i64;
+        match host.store().expire_inbox(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(expired = n, "forgot inbox entries past their retention"),
+            Err(e) => tracing::warn!(error = %e, "expiring inbox entries failed; retrying later"),
         }
     });
 }

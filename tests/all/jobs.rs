@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use quark_host::jobs::{JobRequest, JobSpec, When};
 use quark_host::storage::jobs::{CatchUp, JobRecord, JobStatus};
-use quark_host::{ErrorKind, Host};
+use quark_host::{ErrorKind, Host, HostConfig};
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -88,6 +88,25 @@ async fn a_job_that_always_traps_is_dead_lettered_with_its_errors() {
     wait_job(&host, &job.id, "dead again", |j| j.status == JobStatus::Dead).await;
     assert_eq!(host.purge_jobs(JobStatus::Dead).await.unwrap(), 1);
     assert_eq!(host.job(&job.id).await.unwrap_err().kind, ErrorKind::NotFound);
+}
+
+#[tokio::test]
+async fn finished_jobs_are_deleted_after_the_retention_and_dead_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = HostConfig::new(dir.path());
+    config.job_retention = Duration::from_millis(300);
+    let host = host_with_config(config).await;
+    host.deploy("worker", component("worker"), manifest()).await.unwrap();
+    let mut trap = request("worker/t", "trap", json!(null));
+    trap.max_attempts = Some(1);
+    let jobs = host.add_jobs(vec![request("worker/r", "work", json!({})), trap]).await.unwrap();
+    let (done, dead) = (&jobs[0].id, &jobs[1].id);
+    wait_job(&host, done, "succeeded", |j| j.status == JobStatus::Succeeded).await;
+    wait_job(&host, dead, "dead", |j| j.status == JobStatus::Dead).await;
+    eventually("the retention sweep", async || host.job(done).await.err().map(|e| e.kind), |j| *j == Some(ErrorKind::NotFound)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(host.job(dead).await.unwrap().status, JobStatus::Dead, "the dead-letter list is kept");
+    assert_eq!(runs(&host, "worker/r").await["runs"], 1, "the job's effect stays");
 }
 
 #[tokio::test]

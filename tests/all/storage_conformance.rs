@@ -298,7 +298,13 @@ async fn jobs_claim_lease_and_complete(store: Arc<dyn Store>) {
     assert!(!jobs.cancel_job("low").await.unwrap());
     assert_eq!(jobs.jobs(Some(JobStatus::Cancelled), None, 10).await.unwrap().len(), 1);
     assert_eq!(jobs.jobs(None, Some("w/a"), 10).await.unwrap().len(), 3);
-    assert_eq!(jobs.purge_jobs(JobStatus::Succeeded).await.unwrap(), 1);
+    // Retention: only jobs that finished before the cut are forgotten.
+    let finished_at = jobs.job("high").await.unwrap().unwrap().updated_at_ms;
+    assert_eq!(jobs.purge_jobs(JobStatus::Succeeded, Some(finished_at)).await.unwrap(), 0, "finished at the cut, not before it");
+    assert_eq!(jobs.purge_jobs(JobStatus::Succeeded, Some(finished_at + 1)).await.unwrap(), 1);
+    assert!(jobs.job("high").await.unwrap().is_none());
+    assert_eq!(jobs.purge_jobs(JobStatus::Cancelled, Some(0)).await.unwrap(), 0);
+    assert_eq!(jobs.purge_jobs(JobStatus::Cancelled, None).await.unwrap(), 1);
 
     // Two claimers at once never take the same job.
     let many: Vec<_> = (0..200).map(|i| job(&format!("m{i}"), now - 1, 0)).collect();

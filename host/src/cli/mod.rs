@@ -281,6 +281,10 @@ struct ServeArgs {
     /// How long an actor remembers a handled message id or `Idempotency-Key`.
     #[arg(long, default_value = "24h")]
     inbox_retention: humantime::Duration,
+    /// How long succeeded and cancelled jobs are kept (dead ones stay
+    /// until retried or purged).
+    #[arg(long, default_value = "24h")]
+    job_retention: humantime::Duration,
     /// Most outbox lanes (one sender's messages to one destination)
     /// delivered at once on this host.
     #[arg(long, default_value_t = crate::outbox::dispatcher::DEFAULT_CONCURRENCY)]
@@ -374,6 +378,7 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     }
     config.job_concurrency = args.job_concurrency.max(1);
     config.job_lease = Duration::from(args.job_lease);
+    config.job_retention = Duration::from(args.job_retention);
     config.inbox_retention = Duration::from(args.inbox_retention);
     config.message_concurrency = args.message_concurrency.max(1);
     for sink in &args.sinks {

@@ -331,8 +331,30 @@ impl Host {
         if matches!(status, JobStatus::Running | JobStatus::Scheduled | JobStatus::Failed) {
             return Err(ActorError::bad_request("only succeeded, dead or cancelled jobs can be purged; cancel live ones first"));
         }
-        Ok(self.job_store_or_err()?.purge_jobs(status).await?)
+        Ok(self.job_store_or_err()?.purge_jobs(status, None).await?)
     }
+}
+
+/// How long finished jobs are kept unless configured (`--job-retention`),
+/// as River keeps completed jobs.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// Deletes succeeded and cancelled jobs past the retention, every tenth of
+/// it (at most every ten minutes), for as long as the host lives. Dead
+/// jobs are the dead-letter list: they stay until retried or purged.
+pub(crate) fn spawn_retention(host: &Host) {
+    let retention = host.config().job_retention;
+    host.spawn_sweep(retention, Duration::from_secs(600), move |host: Host| async move {
+        let Some(store) = host.store().job_store() else { return };
+        let before = crate::storage::now_ms() - retention.as_millis() as i64;
+        for status in [JobStatus::Succeeded, JobStatus::Cancelled] {
+            match store.purge_jobs(status, Some(before)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(deleted = n, status = status.as_str(), "deleted jobs past their retention"),
+                Err(e) => tracing::warn!(error = %e, "deleting jobs past their retention failed; retrying later"),
+            }
+        }
+    });
 }
 
 /// Milliseconds as a `Duration`.

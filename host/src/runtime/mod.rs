@@ -82,6 +82,9 @@ pub struct HostConfig {
     /// How long an actor's inbox remembers a message id or idempotency key
     /// (a repeat within it gets the first reply without a turn).
     pub inbox_retention: Duration,
+    /// How long succeeded and cancelled jobs are kept before they are
+    /// deleted (dead jobs stay until retried or purged).
+    pub job_retention: Duration,
     /// External sinks outbox messages may name (`--sink NAME=KIND:TARGET`).
     pub sinks: HashMap<String, crate::outbox::sinks::SinkConfig>,
     /// Delivery attempts of an outbox message before it is dead-lettered.
@@ -123,6 +126,7 @@ impl HostConfig {
             job_lease: DEFAULT_JOB_LEASE,
             job_poll: crate::jobs::runner::POLL,
             inbox_retention: crate::inbox::DEFAULT_RETENTION,
+            job_retention: crate::jobs::DEFAULT_RETENTION,
             sinks: HashMap::new(),
             message_max_attempts: 10,
             message_backoff: Duration::from_millis(200),
@@ -266,6 +270,7 @@ impl Host {
         host.start_projections().await?;
         if let Some(jobs) = host.0.store.job_store() {
             tokio::spawn(crate::jobs::runner::run(host.downgrade()));
+            crate::jobs::spawn_retention(&host);
             if let Some(announcements) = jobs.job_announcements().await {
                 spawn_wakeups(announcements, Arc::downgrade(&host.0.job_runner), crate::jobs::runner::JobRunner::wake);
             }
@@ -285,6 +290,27 @@ impl Host {
             );
         }
         Ok(host)
+    }
+
+    /// Runs `sweep` every tenth of `retention` (at least every 50 ms, at
+    /// most every `longest`), first after one period, for as long as the
+    /// host lives.
+    pub(crate) fn spawn_sweep<F, Fut>(&self, retention: Duration, longest: Duration, sweep: F)
+    where
+        F: Fn(Host) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let weak = self.downgrade();
+        let period = (retention / 10).clamp(Duration::from_millis(50), longest.max(Duration::from_millis(50)));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(host) = weak.upgrade() else { break };
+                sweep(host).await;
+            }
+        });
     }
 
     fn spawn_idle_sweeper(&self) {

@@ -234,8 +234,9 @@ pub trait JobStore: Send + Sync {
     /// Makes a dead or failed job due now with fresh attempts; false if it is neither.
     async fn retry_job(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
 
-    /// Deletes jobs with `status`; returns how many.
-    async fn purge_jobs(&self, status: JobStatus) -> Result<u64, StoreError>;
+    /// Deletes jobs with `status`, only those last changed before
+    /// `changed_before_ms` when given; returns how many.
+    async fn purge_jobs(&self, status: JobStatus, changed_before_ms: Option<i64>) -> Result<u64, StoreError>;
 
     /// Records progress of a running job.
     async fn set_job_progress(&self, id: &str, lease: &str, percent: u8, note: &str) -> Result<(), StoreError>;

@@ -824,8 +824,17 @@ macro_rules! sql_job_store {
                 Ok(n == 1)
             }
 
-            async fn purge_jobs(&self, status: $crate::storage::jobs::JobStatus) -> Result<u64, $crate::storage::StoreError> {
-                Ok(::sqlx::query("DELETE FROM jobs WHERE status = $1").bind(status.as_str()).execute(&self.$writer).await?.rows_affected())
+            async fn purge_jobs(
+                &self,
+                status: $crate::storage::jobs::JobStatus,
+                changed_before_ms: Option<i64>,
+            ) -> Result<u64, $crate::storage::StoreError> {
+                Ok(::sqlx::query("DELETE FROM jobs WHERE status = $1 AND updated_at_ms < $2")
+                    .bind(status.as_str())
+                    .bind(changed_before_ms.unwrap_or(i64::MAX))
+                    .execute(&self.$writer)
+                    .await?
+                    .rows_affected())
             }
 
             async fn set_job_progress(&self, id: &str, lease: &str, percent: u8, note: &str) -> Result<(), $crate::storage::StoreError> {

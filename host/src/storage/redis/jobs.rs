@@ -185,13 +185,13 @@ return 1
 /// Deletes jobs of one status among `count` jobs from rank `from` of the
 /// creation index. ARGV: prefix, status, from, count. Returns {deleted, scanned}.
 const PURGE_LUA: &str = r#"
-local p, status = ARGV[1], ARGV[2]
+local p, status, before = ARGV[1], ARGV[2], tonumber(ARGV[5])
 local ids = redis.call('ZRANGE', p .. ':jall', ARGV[3], tonumber(ARGV[3]) + tonumber(ARGV[4]) - 1)
 local deleted = 0
 for _, id in ipairs(ids) do
   local key = p .. ':job:' .. id
-  local st, pr = unpack(redis.call('HMGET', key, 'status', 'priority'))
-  if st == status or not st then
+  local st, pr, updated = unpack(redis.call('HMGET', key, 'status', 'priority', 'updated'))
+  if not st or (st == status and (before < 0 or tonumber(updated or '0') < before)) then
     redis.call('DEL', key)
     redis.call('ZREM', p .. ':jall', id)
     if pr then redis.call('ZREM', p .. ':jdue:' .. pr, id) end
@@ -472,7 +472,7 @@ impl JobStore for RedisStore {
         Ok(done == 1)
     }
 
-    async fn purge_jobs(&self, status: JobStatus) -> Result<u64, StoreError> {
+    async fn purge_jobs(&self, status: JobStatus, changed_before_ms: Option<i64>) -> Result<u64, StoreError> {
         // A page per script call, so a large purge never blocks Redis for long.
         const PAGE: usize = 1000;
         let (mut deleted, mut from) = (0u64, 0usize);
@@ -485,6 +485,7 @@ impl JobStore for RedisStore {
                 .arg(status.as_str())
                 .arg(from)
                 .arg(PAGE)
+                .arg(changed_before_ms.unwrap_or(-1))
                 .invoke_async(&mut self.conn())
                 .await?;
             deleted += gone;
