@@ -493,7 +493,17 @@ async fn jobs_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &str)
 
 /// The host's count of delivered outbox messages.
 fn delivered(host: &Host) -> u64 {
-    host.metrics_text().lines().find_map(|l| l.strip_prefix("quark_messages_delivered_total ").and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+    metric(host, "quark_messages_delivered_total") as u64
+}
+
+/// A metric's value from the host's exposition (0 if absent).
+fn metric(host: &Host, name: &str) -> f64 {
+    host.metrics_text().lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// Group commits so far: (transactions, turns, seconds in them).
+fn commits(host: &Host) -> (f64, f64, f64) {
+    (metric(host, "quark_commit_batches_total"), metric(host, "quark_commit_turns_total"), metric(host, "quark_commit_duration_seconds_sum"))
 }
 
 /// Outbox delivery to a Redis stream sink: 100 senders x 100 messages.
@@ -541,7 +551,12 @@ async fn sink_bench(dir: &std::path::Path) {
 /// the time until every one ran as a committed turn of its receiver; then the latency from a sending
 /// turn's reply (its commit) to the delivery, one message at a time.
 async fn outbox_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &str) {
-    let host = host_on(store, dir).await;
+    let mut config = HostConfig::new(dir);
+    if let Some(n) = std::env::var("QUARK_BENCH_MESSAGE_CONCURRENCY").ok().and_then(|n| n.parse().ok()) {
+        config.message_concurrency = n;
+    }
+    println!("outbox on {backend}: {} lanes at once per host", config.message_concurrency);
+    let host = host_with(store, config).await;
     host.deploy("courier", component("courier"), Manifest::parse(Some("16MiB"), None).unwrap()).await.unwrap();
     // QUARK_BENCH_OUTBOX_BURST=0 skips the burst (for the steady load alone).
     let burst = std::env::var("QUARK_BENCH_OUTBOX_BURST").map_or(true, |b| b != "0");
@@ -563,6 +578,7 @@ async fn outbox_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &st
         }
         delays
     });
+    let before = commits(&host);
     let s = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..senders {
@@ -582,6 +598,14 @@ async fn outbox_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &st
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed = s.elapsed();
+    let after = commits(&host);
+    let (batches, turns, busy) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+    println!(
+        "outbox on {backend}: {batches} group commits of {:.0} turns on average, {:.1} ms each, busy {:.0}% of the time",
+        turns / batches.max(1.0),
+        busy * 1000.0 / batches.max(1.0),
+        busy * 100.0 / elapsed.as_secs_f64()
+    );
     println!(
         "outbox on {backend}: {total} messages ({senders} senders x {per}, sent in {sent:?}) delivered as receiver turns in {elapsed:?} = {:.0} messages/s \
          from the first send; {:.0} messages/s once the sends were done",
