@@ -25,7 +25,7 @@ impl Host {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(ActorError::bad_request(format!("an idempotency key must be 1 to {MAX_KEY_BYTES} bytes, not {}", key.len())));
         }
-        let control = Control::Inbox(InboxTurn { message_id: key.to_string(), check: true });
+        let control = Control::Inbox(InboxTurn { message_id: key.to_string(), check: true, lane: None });
         self.ask_request(self.outside_request(target, method, payload, Some(control))).await
     }
 }

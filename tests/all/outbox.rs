@@ -102,6 +102,22 @@ async fn lanes_opened_at_commit_wait_for_a_free_delivery_slot() {
     assert!(host.metrics_text().contains("quark_message_lanes_in_flight 0"), "the gauge is exported");
 }
 
+#[tokio::test]
+async fn a_failed_message_holds_back_the_messages_queued_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = courier_host(dir.path(), |c| c.message_backoff = Duration::from_millis(10)).await;
+    // Six messages in one lane, queued on the receiver together; the third
+    // fails once. The ones behind it must not run before its retry.
+    let ids = ask(&host, "courier/a", "send", json!({"to": "courier/b", "count": 6, "payload": {"fail_n": 2}})).await.unwrap();
+    let got = eventually("six deliveries", async || received(&host, "courier/b").await, |r| r.len() >= 6).await;
+    let order: Vec<u64> = got.iter().map(|m| m["payload"]["n"].as_u64().unwrap()).collect();
+    assert_eq!(order, [0, 1, 2, 3, 4, 5], "in the order sent, each once");
+    let got_ids: Vec<&str> = got.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let sent_ids: Vec<&str> = ids.as_array().unwrap().iter().map(|i| i.as_str().unwrap()).collect();
+    assert_eq!(got_ids, sent_ids);
+    eventually("the lane emptied", async || host.outbox_messages(None, 10).await.unwrap(), |m| m.is_empty()).await;
+}
+
 /// Sends `payload` from courier/a to sink `sink`; returns the message id.
 async fn send_to_sink(host: &Host, sink: &str, payload: Value) -> String {
     let ids = ask(host, "courier/a", "send", json!({"sink": sink, "payload": payload})).await.unwrap();

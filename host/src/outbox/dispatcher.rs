@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::id::ActorId;
-use crate::runtime::{Control, Host, InboxTurn, Request, WeakHost, new_chain_id};
+use crate::runtime::{Control, Host, InboxTurn, LaneTurn, Request, WeakHost, new_chain_id};
 use crate::storage::outbox::{Destination, LaneClaim, LaneRelease, OutboxRecord};
 
 /// Longest sleep between looks at the store, by default.
@@ -205,10 +205,34 @@ pub(crate) async fn run(host: WeakHost) {
 async fn deliver_lane(host: Host, lane: LaneClaim) {
     let mut delivered = Vec::with_capacity(lane.messages.len());
     let mut next_at_ms = None;
-    for record in &lane.messages {
-        // A first attempt on a lane no other host held cannot have run yet.
-        let check = record.attempts > 0 || lane.taken_over;
-        match deliver(&host, record, check).await {
+    // A first attempt on a lane no other host held cannot have run yet.
+    let check = |record: &OutboxRecord| record.attempts > 0 || lane.taken_over;
+    // Several messages to an actor are queued on it at once: its turns run
+    // back to back, each while the one before is being committed, instead
+    // of one per commit. They share a flag, so that once one fails the
+    // ones behind it do not run (they stay pending, in order); a commit
+    // that fails fails the later turns that saw its effects.
+    let mut queued = Vec::new();
+    if lane.messages.len() > 1 && matches!(lane.messages[0].message.destination, Destination::Actor { .. }) {
+        let failed = Arc::new(AtomicBool::new(false));
+        queued = lane
+            .messages
+            .iter()
+            .enumerate()
+            .map_while(|(i, record)| {
+                let lane = LaneTurn { failed: failed.clone(), first: i == 0 };
+                let request = actor_request(&host, record, check(record), Some(lane)).ok()?;
+                host.queue_ask(request).ok()
+            })
+            .map(Some)
+            .collect();
+    }
+    for (i, record) in lane.messages.iter().enumerate() {
+        let outcome = match queued.get_mut(i).and_then(Option::take) {
+            Some(reply) => reply.await.map(|_| ()).map_err(|e| e.to_string()),
+            None => deliver(&host, record, check(record)).await,
+        };
+        match outcome {
             Ok(()) => {
                 host.metrics().record_message(true);
                 let delay_ms = (crate::storage::now_ms() - record.message.created_at_ms).max(0);
@@ -251,22 +275,30 @@ async fn deliver_lane(host: Host, lane: LaneClaim) {
 async fn deliver(host: &Host, record: &OutboxRecord, check: bool) -> Result<(), String> {
     let message = &record.message;
     match &message.destination {
-        Destination::Actor { actor, method } => {
-            let target = ActorId::parse(actor).map_err(|e| format!("bad actor id: {e}"))?;
-            let sender = ActorId::parse(&message.sender).map_err(|e| format!("bad sender id: {e}"))?;
-            let request = Request {
-                target,
-                method: method.clone(),
-                payload: message.payload.clone(),
-                chain: new_chain_id(),
-                caller: Some(sender),
-                deadline: Instant::now() + host.config().call_timeout,
-                control: Some(Box::new(Control::Inbox(InboxTurn { message_id: message.id.clone(), check }))),
-            };
+        Destination::Actor { .. } => {
+            let request = actor_request(host, record, check, None)?;
             host.ask_request(request).await.map(|_| ()).map_err(|e| e.to_string())
         }
         Destination::Sink { name } => host.sinks().send(name, message).await,
     }
+}
+
+/// The request that delivers a message to its actor: a turn under the
+/// message's id, from its sender.
+fn actor_request(host: &Host, record: &OutboxRecord, check: bool, lane: Option<LaneTurn>) -> Result<Request, String> {
+    let message = &record.message;
+    let Destination::Actor { actor, method } = &message.destination else {
+        return Err(format!("message {} goes to a sink, not an actor", message.id));
+    };
+    Ok(Request {
+        target: ActorId::parse(actor).map_err(|e| format!("bad actor id: {e}"))?,
+        method: method.clone(),
+        payload: message.payload.clone(),
+        chain: new_chain_id(),
+        caller: Some(ActorId::parse(&message.sender).map_err(|e| format!("bad sender id: {e}"))?),
+        deadline: Instant::now() + host.config().call_timeout,
+        control: Some(Box::new(Control::Inbox(InboxTurn { message_id: message.id.clone(), check, lane }))),
+    })
 }
 
 impl Host {

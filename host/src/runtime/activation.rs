@@ -231,7 +231,7 @@ impl ActivationTable {
     /// Delivers `request` to its actor, activating it if needed (an unknown
     /// actor type is `not-found`).
     /// `wants_reply` is false for tells.
-    pub(crate) fn dispatch(&self, host: &Host, request: Request, wants_reply: bool) -> Result<Dispatched, ActorError> {
+    pub(crate) fn dispatch(&self, host: &Host, request: Request, wants_reply: bool, inline: bool) -> Result<Dispatched, ActorError> {
         let mut shard = self.shard(&request.target).lock();
         let handle = match shard.entry(request.target.clone()) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -245,6 +245,7 @@ impl ActivationTable {
             return Ok(Dispatched::Reentrant(handle.shared.clone(), request));
         }
         if wants_reply
+            && inline
             && handle.shared.pending.load(Ordering::Acquire) == 0
             && let Some(core) = handle.shared.core.lock().take()
         {
@@ -493,6 +494,18 @@ impl Core {
     async fn run_turn(&mut self, host: &Host, shared: &Arc<ActivationShared>, request: Request) -> Result<TurnOutput, ActorError> {
         let started = Instant::now();
         let actor = request.target.clone();
+        let lane = match request.control.as_deref() {
+            Some(Control::Inbox(super::InboxTurn { lane: Some(lane), .. })) => Some(lane.clone()),
+            _ => None,
+        };
+        if let Some(lane) = &lane
+            && (lane.failed.load(Ordering::Acquire) || (!lane.first && shared.state.lock().commit_flag.load(Ordering::Acquire)))
+        {
+            // An earlier message of the lane failed, or the commit of one
+            // this turn would build on did: it runs later, after that one.
+            lane.failed.store(true, Ordering::Release);
+            return Err(ActorError::unavailable(format!("not run: an earlier message of its lane to {actor} failed")));
+        }
         let result = match std::panic::AssertUnwindSafe(self.turn(host, shared, request, started)).catch_unwind().await {
             Ok(result) => result,
             Err(_) => {
@@ -502,6 +515,9 @@ impl Core {
                 Err(ActorError::internal(format!("the host failed while running a turn of {actor}")))
             }
         };
+        if let (Some(lane), Err(_)) = (&lane, &result) {
+            lane.failed.store(true, Ordering::Release);
+        }
         // A pending turn is counted when its commit resolves.
         match &result {
             Ok(TurnOutput::Pending(_)) => {}
@@ -583,7 +599,7 @@ impl Core {
 
         let mut effect_free_job = None;
         let mut inbox = None;
-        if let Some(Control::Inbox(super::InboxTurn { message_id, check: true })) = &control {
+        if let Some(Control::Inbox(super::InboxTurn { message_id, check: true, .. })) = &control {
             // Handled already? Let this actor's commits in flight land
             // first, so a repeat right behind the first sees its entry.
             if shared.commits_in_flight.load(Ordering::Acquire) > 0

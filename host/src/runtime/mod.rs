@@ -177,9 +177,41 @@ pub(crate) struct InboxTurn {
     /// (nothing can have handled it yet); the commit's inbox entry still
     /// refuses a duplicate.
     pub(crate) check: bool,
+    /// Set for the messages of one lane queued on their actor together.
+    pub(crate) lane: Option<LaneTurn>,
+}
+
+/// One of several messages of a lane queued on their actor together.
+#[derive(Debug, Clone)]
+pub(crate) struct LaneTurn {
+    /// Shared by the lane's queued messages: set once one of their turns
+    /// fails, so that the ones behind it do not run (they stay pending, in
+    /// order, for the lane's retry).
+    pub(crate) failed: Arc<std::sync::atomic::AtomicBool>,
+    /// The lane's first queued message: it does not build on an earlier
+    /// one of them, so only the flag stops it.
+    pub(crate) first: bool,
 }
 
 static NEXT_CHAIN: AtomicU64 = AtomicU64::new(1);
+
+/// A queued message's reply, or a timeout at its deadline.
+async fn reply_by_deadline(
+    rx: tokio::sync::oneshot::Receiver<Result<Vec<u8>, ActorError>>,
+    target: ActorId,
+    method: String,
+    chain: u64,
+    deadline: Instant,
+) -> Result<Vec<u8>, ActorError> {
+    match tokio::time::timeout_at(deadline.into(), rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(ActorError::internal(format!("the activation of {target} stopped without replying"))),
+        Err(_) => Err(ActorError::timeout(format!(
+            "no reply from {target} `{method}` before the deadline (call chain {chain:x}). \
+             If actors on different call chains call each other in a cycle, they deadlock and end this way"
+        ))),
+    }
+}
 
 /// A fresh call-chain id (never 0, which means "idle").
 pub fn new_chain_id() -> u64 {
@@ -499,18 +531,23 @@ impl Host {
         // Only what a queued message's deadline error needs; the inline
         // path takes the request as it is.
         let (target, chain, deadline) = (request.target.clone(), request.chain, request.deadline);
-        match self.0.table.dispatch(self, request, true)? {
+        match self.0.table.dispatch(self, request, true, true)? {
             Dispatched::Inline(turn, request) => turn.run(request).await,
             Dispatched::Queued(None, _) => Err(ActorError::internal("no reply channel for an ask")),
-            Dispatched::Queued(Some(rx), method) => match tokio::time::timeout_at(deadline.into(), rx).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(ActorError::internal(format!("the activation of {target} stopped without replying"))),
-                Err(_) => Err(ActorError::timeout(format!(
-                    "no reply from {target} `{method}` before the deadline (call chain {chain:x}). \
-                     If actors on different call chains call each other in a cycle, they deadlock and end this way"
-                ))),
-            },
+            Dispatched::Queued(Some(rx), method) => reply_by_deadline(rx, target, method, chain, deadline).await,
             Dispatched::Reentrant(shared, request) => activation::run_nested(self, shared, request).await,
+        }
+    }
+
+    /// Queues a request on its actor's mailbox (never run inline, so that
+    /// several can be queued in order before the first has run) and
+    /// returns its reply, which waits for the turn's commit.
+    pub(crate) fn queue_ask(&self, request: Request) -> Result<futures::future::BoxFuture<'static, Result<Vec<u8>, ActorError>>, ActorError> {
+        self.check_request(&request)?;
+        let (target, chain, deadline) = (request.target.clone(), request.chain, request.deadline);
+        match self.0.table.dispatch(self, request, true, false)? {
+            Dispatched::Queued(Some(rx), method) => Ok(Box::pin(reply_by_deadline(rx, target, method, chain, deadline))),
+            _ => Err(ActorError::internal(format!("a queued ask to {target} was not queued"))),
         }
     }
 
@@ -518,7 +555,7 @@ impl Host {
     /// chain, so they always queue.
     pub(crate) fn tell_request(&self, request: Request) -> Result<(), ActorError> {
         self.check_request(&request)?;
-        match self.0.table.dispatch(self, request, false)? {
+        match self.0.table.dispatch(self, request, false, false)? {
             Dispatched::Queued(..) => Ok(()),
             Dispatched::Reentrant(shared, _) => Err(ActorError::internal(format!(
                 "a told message re-entered {} on its own call chain",

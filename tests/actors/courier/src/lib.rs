@@ -15,7 +15,8 @@ struct Send {
     #[serde(default)]
     payload: Value,
     id: Option<String>,
-    /// Send this many (payload `{"n": i}` unless one is given), in order.
+    /// Send this many (payload `{"n": i}`, or the given object with `"n": i`
+    /// added), in order.
     count: Option<u32>,
     /// Fail the turn after sending: nothing may be sent.
     #[serde(default)]
@@ -43,7 +44,10 @@ impl Courier {
         match (request.count, request.bytes) {
             (Some(n), _) => {
                 for i in 0..n {
-                    let payload = if request.payload.is_null() { serde_json::json!({"n": i}) } else { request.payload.clone() };
+                    let mut payload = if request.payload.is_null() { serde_json::json!({"n": i}) } else { request.payload.clone() };
+                    if let Some(object) = payload.as_object_mut() {
+                        object.insert("n".into(), i.into());
+                    }
                     let message = match &request.sink {
                         Some(sink) => outbox::to_sink(sink, &payload)?,
                         None => outbox::to_actor(&request.to, &request.method, &payload)?,
@@ -72,8 +76,14 @@ impl Courier {
     }
 
     /// Records the message; `{"fail": true}` fails every delivery with an
-    /// error, `{"trap": true}` traps, `{"sleep_ms": N}` takes N ms first.
+    /// error, `{"trap": true}` traps, `{"sleep_ms": N}` takes N ms first,
+    /// and `{"n": N, "fail_n": N}` fails the first delivery of message N
+    /// (once per instance).
     fn receive(payload: Value) -> Result<u64> {
+        static FAILED_ONCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if payload.get("fail_n").is_some_and(|f| Some(f) == payload.get("n")) && !FAILED_ONCE.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::internal("failing this message's first delivery on purpose"));
+        }
         if let Some(ms) = payload.get("sleep_ms").and_then(Value::as_u64) {
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
