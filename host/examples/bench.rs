@@ -506,6 +506,19 @@ fn commits(host: &Host) -> (f64, f64, f64) {
     (metric(host, "quark_commit_batches_total"), metric(host, "quark_commit_turns_total"), metric(host, "quark_commit_duration_seconds_sum"))
 }
 
+/// The group commits since `before` ([`commits`]), over `elapsed`: how
+/// many, their size, their time and how busy the committer was.
+fn commits_since(host: &Host, before: (f64, f64, f64), elapsed: Duration) -> String {
+    let after = commits(host);
+    let (batches, turns, busy) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+    format!(
+        "{batches} group commits of {:.0} turns on average, {:.1} ms each, busy {:.0}% of the time",
+        turns / batches.max(1.0),
+        busy * 1000.0 / batches.max(1.0),
+        busy * 100.0 / elapsed.as_secs_f64()
+    )
+}
+
 /// Outbox delivery to a Redis stream sink: 100 senders x 100 messages.
 async fn sink_bench(dir: &std::path::Path) {
     let redis_url = std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
@@ -598,14 +611,7 @@ async fn outbox_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &st
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let elapsed = s.elapsed();
-    let after = commits(&host);
-    let (batches, turns, busy) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
-    println!(
-        "outbox on {backend}: {batches} group commits of {:.0} turns on average, {:.1} ms each, busy {:.0}% of the time",
-        turns / batches.max(1.0),
-        busy * 1000.0 / batches.max(1.0),
-        busy * 100.0 / elapsed.as_secs_f64()
-    );
+    println!("outbox on {backend}: burst: {}", commits_since(&host, before, elapsed));
     println!(
         "outbox on {backend}: {total} messages ({senders} senders x {per}, sent in {sent:?}) delivered as receiver turns in {elapsed:?} = {:.0} messages/s \
          from the first send; {:.0} messages/s once the sends were done",
@@ -632,6 +638,7 @@ async fn outbox_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &st
     let (tasks_n, seconds) = (200usize, if quick() { 1 } else { 3 });
     let mut deliveries = host.message_deliveries();
     let committed: Arc<parking_lot::Mutex<HashMap<String, Instant>>> = Default::default();
+    let before = commits(&host);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..tasks_n {
@@ -639,7 +646,11 @@ async fn outbox_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &st
         let committed = committed.clone();
         tasks.push(tokio::spawn(async move {
             let every = Duration::from_secs_f64(tasks_n as f64 / rate as f64);
-            let mut tick = tokio::time::interval(every);
+            // Staggered, so the sends are spread over each period rather
+            // than all 200 at its start (which made the load a burst every
+            // 40 ms at 5,000/s).
+            let offset = every.mul_f64(t as f64 / tasks_n as f64);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
             let mut n = 0u64;
             while start.elapsed() < Duration::from_secs(seconds) {
                 tick.tick().await;
@@ -682,6 +693,7 @@ async fn outbox_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &st
         percentile(&from_commit, 0.5),
         percentile(&from_commit, 0.99)
     );
+    println!("outbox on {backend}: steady load: {}", commits_since(&host, before, start.elapsed()));
     let mut lat = Vec::new();
     for i in 0..scale(200) {
         let before = delivered(&host);
