@@ -68,6 +68,7 @@ pub struct Metrics {
     message_deliveries_failed: Counter,
     message_delivery_delay_seconds: Histogram,
     message_lanes_in_flight: Gauge,
+    message_lanes_claimed: Counter,
 }
 
 impl Default for Metrics {
@@ -120,6 +121,7 @@ impl Metrics {
             // 0.5 ms .. ~10 min
             message_delivery_delay_seconds: Histogram::new(exponential_buckets(0.0005, 3.0, 14)),
             message_lanes_in_flight: Gauge::default(),
+            message_lanes_claimed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("turns", "Turns run, by outcome", m.turns.clone());
@@ -155,6 +157,11 @@ impl Metrics {
             "message_lanes_in_flight",
             "Outbox lanes (one sender's messages to one destination) this host is delivering",
             m.message_lanes_in_flight.clone(),
+        );
+        registry.register(
+            "message_lanes_claimed",
+            "Outbox lanes this host claimed from the store (lanes its own commits opened or added to while it delivered them need no claim)",
+            m.message_lanes_claimed.clone(),
         );
         registry.register("message_deliveries_failed", "Outbox deliveries that failed (retried or dead-lettered)", m.message_deliveries_failed.clone());
         Metrics { registry, ..m }
@@ -232,6 +239,11 @@ impl Metrics {
         self.active.set(activations as i64);
         self.guest_memory.set(guest_memory as i64);
         self.host_rss.set(host_rss as i64);
+    }
+
+    /// Counts outbox lanes claimed from the store.
+    pub fn record_lanes_claimed(&self, lanes: usize) {
+        self.message_lanes_claimed.inc_by(lanes as u64);
     }
 
     /// Sets the number of outbox lanes being delivered.

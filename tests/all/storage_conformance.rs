@@ -581,8 +581,10 @@ macro_rules! conformance {
 }
 
 /// Lanes a commit opens are leased to the store's host in that commit and
-/// handed over without a claim (where the store does it); messages for a
-/// lane that exists still wait for a claim, in order behind it.
+/// handed over without a claim (where the store does it); messages added
+/// to a lane that exists are handed over with that lane's lease (for its
+/// delivery to take, if it runs on this host), and stay in the store, in
+/// order behind it, for a claim otherwise.
 async fn outbox_new_lanes_skip_the_claim(store: Arc<dyn Store>) {
     use quark_host::storage::outbox::{Destination, LaneRelease, OutboxMessage};
     let Some(outbox) = store.outbox_store() else { return };
@@ -608,16 +610,19 @@ async fn outbox_new_lanes_skip_the_claim(store: Arc<dyn Store>) {
     let now = quark_host::storage::now_ms;
 
     send(&["x1", "x2"]).await;
-    let (lanes, claim_due) = outbox.take_new_lanes();
-    assert_eq!((lanes.len(), claim_due), (1, false), "one new lane, nothing else to claim");
+    let (lanes, added) = outbox.take_new_lanes();
+    assert_eq!((lanes.len(), added.len()), (1, 0), "one new lane, nothing added to another");
     assert_eq!(ids(&lanes[0]), ["x1", "x2"]);
     assert!(!lanes[0].taken_over && lanes[0].messages.iter().all(|m| m.attempts == 0));
     assert!(outbox.claim_lanes(now(), 10, 10, 60_000, &[], &[]).await.unwrap().is_empty(), "the new lane is leased already");
 
-    // More for the same lane while it is out: a claim is due, not a new lane.
+    // More for the same lane while it is out: added under its lease (x1,
+    // still pending, is not sent again), not a new lane.
     send(&["x3", "x1"]).await;
-    let (more, claim_due) = outbox.take_new_lanes();
-    assert!(more.is_empty() && claim_due);
+    let (more, added) = outbox.take_new_lanes();
+    assert!(more.is_empty());
+    assert_eq!(added.len(), 1);
+    assert_eq!((added[0].lane.as_str(), added[0].lease.as_str(), ids(&added[0])), (lanes[0].lane.as_str(), lanes[0].lease.as_str(), vec!["x3".to_string()]));
     let release = |l: &quark_host::storage::outbox::LaneClaim| LaneRelease { lane: l.lane.clone(), lease: l.lease.clone(), next_at_ms: None };
     let next = outbox.claim_lanes(now(), 10, 10, 60_000, &["x1".into(), "x2".into()], &[release(&lanes[0])]).await.unwrap();
     assert_eq!(next.len(), 1);
@@ -626,8 +631,8 @@ async fn outbox_new_lanes_skip_the_claim(store: Arc<dyn Store>) {
     // Once the lane is empty and gone, the next message opens a new one.
     assert!(outbox.claim_lanes(now(), 10, 10, 60_000, &["x3".into()], &[release(&next[0])]).await.unwrap().is_empty());
     send(&["x4"]).await;
-    let (lanes, claim_due) = outbox.take_new_lanes();
-    assert_eq!((lanes.len(), claim_due), (1, false));
+    let (lanes, added) = outbox.take_new_lanes();
+    assert_eq!((lanes.len(), added.len()), (1, 0));
     assert_eq!(ids(&lanes[0]), ["x4"]);
     // A host that dies holding it: after the lease the lane is taken over.
     let taken = outbox.claim_lanes(now() + 31_000, 10, 10, 60_000, &[], &[]).await.unwrap();

@@ -64,7 +64,21 @@ pub(crate) struct Dispatcher {
     /// The store hands over the lanes this host's commits open.
     new_lanes_here: AtomicBool,
     done: Mutex<Done>,
+    /// Lanes being delivered here that hold every pending message of their
+    /// lane, by lane id: messages later commits on this host add to them
+    /// follow without a claim.
+    extendable: Mutex<std::collections::HashMap<String, Extendable>>,
     delivered_tx: tokio::sync::broadcast::Sender<MessageDelivered>,
+}
+
+/// A lane being delivered here that later messages may follow.
+struct Extendable {
+    /// The lease it is delivered under (added messages must quote it).
+    lease: String,
+    /// Messages commits added since, in order.
+    added: Vec<OutboxRecord>,
+    /// No more are taken after this, well inside the lease.
+    until: Instant,
 }
 
 impl Default for Dispatcher {
@@ -75,6 +89,7 @@ impl Default for Dispatcher {
             short: Default::default(),
             new_lanes_here: Default::default(),
             done: Default::default(),
+            extendable: Default::default(),
             delivered_tx: tokio::sync::broadcast::channel(4096).0,
         }
     }
@@ -96,6 +111,46 @@ impl Dispatcher {
             self.short.store(false, Ordering::Release);
         }
         self.wake.notify_one();
+    }
+
+    /// `lane` holds every pending message of its lane: messages commits
+    /// on this host add to it later may follow it.
+    fn extendable(&self, lane: &LaneClaim) {
+        let entry = Extendable { lease: lane.lease.clone(), added: Vec::new(), until: Instant::now() + LEASE / 2 };
+        self.extendable.lock().insert(lane.lane.clone(), entry);
+    }
+
+    /// Hands messages commits added to existing lanes to those lanes'
+    /// deliveries here; false if some lane is not being delivered here
+    /// (under the lease they saw), so that a claim is due for them.
+    fn add_to_lanes(&self, added: Vec<LaneClaim>) -> bool {
+        let mut all = true;
+        let mut lanes = self.extendable.lock();
+        for lane in added {
+            match lanes.get_mut(&lane.lane) {
+                Some(running) if running.lease == lane.lease && Instant::now() < running.until => running.added.extend(lane.messages),
+                _ => all = false,
+            }
+        }
+        all
+    }
+
+    /// The messages added to a lane since its delivery took the last ones;
+    /// when there are none it takes no more (later ones wait for a claim).
+    fn take_added(&self, lane: &str) -> Option<Vec<OutboxRecord>> {
+        let mut lanes = self.extendable.lock();
+        let running = lanes.get_mut(lane)?;
+        if running.added.is_empty() {
+            lanes.remove(lane);
+            return None;
+        }
+        Some(std::mem::take(&mut running.added))
+    }
+
+    /// A lane's delivery stopped at a failure: messages added to it wait
+    /// in the store, behind the failed one, for the lane's retry.
+    fn stop_adding(&self, lane: &str) {
+        self.extendable.lock().remove(lane);
     }
 
     fn lane_done(&self, delivered: Vec<String>, release: LaneRelease) {
@@ -141,7 +196,11 @@ pub(crate) async fn run(host: WeakHost) {
         // Lanes commits opened are already ours: no claim needed, unless a
         // commit also added to a lane that existed. They start as the
         // in-flight limit allows, before any claimed lane.
-        let (lanes, claim_due) = store.take_new_lanes();
+        let (lanes, added) = store.take_new_lanes();
+        for lane in &lanes {
+            dispatcher.extendable(lane);
+        }
+        let claim_due = !dispatcher.add_to_lanes(added);
         queued.extend(lanes);
         while !queued.is_empty() && dispatcher.in_flight.load(Ordering::Acquire) < concurrency {
             let lane = queued.pop_front().expect("not empty");
@@ -165,7 +224,12 @@ pub(crate) async fn run(host: WeakHost) {
                     if max > 0 {
                         dispatcher.short.store(lanes.len() < max, Ordering::Release);
                     }
+                    strong.metrics().record_lanes_claimed(lanes.len());
                     for lane in lanes {
+                        if lane.messages.len() < PER_LANE {
+                            // The claim took every pending message.
+                            dispatcher.extendable(&lane);
+                        }
                         dispatcher.in_flight.fetch_add(1, Ordering::AcqRel);
                         tokio::spawn(deliver_lane(strong.clone(), lane));
                     }
@@ -200,37 +264,62 @@ pub(crate) async fn run(host: WeakHost) {
     }
 }
 
-/// Delivers a lane's messages in order; stops at the first failure (which
-/// holds the lane until that message's retry, or moves on if it is dead).
+/// Delivers a lane's messages in order, then any that commits on this host
+/// added to it meanwhile (when it holds every pending message of its
+/// lane); stops at the first failure (which holds the lane until that
+/// message's retry, or moves on if it is dead).
 async fn deliver_lane(host: Host, lane: LaneClaim) {
-    let mut delivered = Vec::with_capacity(lane.messages.len());
-    let mut next_at_ms = None;
+    let LaneClaim { lane: id, lease, taken_over, messages } = lane;
+    let dispatcher = host.dispatcher().clone();
+    let mut delivered = Vec::with_capacity(messages.len());
+    let mut batch = messages;
+    let mut taken_over = taken_over;
+    let next_at_ms = loop {
+        if let Some(next_at_ms) = deliver_in_order(&host, &batch, taken_over, &mut delivered).await {
+            dispatcher.stop_adding(&id);
+            break next_at_ms;
+        }
+        // Messages added since are new: never delivered anywhere.
+        taken_over = false;
+        match dispatcher.take_added(&id) {
+            Some(more) => batch = more,
+            None => break None,
+        }
+    };
+    dispatcher.lane_done(delivered, LaneRelease { lane: id, lease, next_at_ms });
+    dispatcher.in_flight.fetch_sub(1, Ordering::AcqRel);
+    dispatcher.wake.notify_one();
+}
+
+/// Delivers `messages` (of one lane) in order, adding each delivered id to
+/// `delivered`; at the first failure records it and returns
+/// `Some(when the lane is due again)` (`None` inside: now, it is dead).
+async fn deliver_in_order(host: &Host, messages: &[OutboxRecord], taken_over: bool, delivered: &mut Vec<String>) -> Option<Option<i64>> {
     // A first attempt on a lane no other host held cannot have run yet.
-    let check = |record: &OutboxRecord| record.attempts > 0 || lane.taken_over;
+    let check = |record: &OutboxRecord| record.attempts > 0 || taken_over;
     // Several messages to an actor are queued on it at once: its turns run
     // back to back, each while the one before is being committed, instead
     // of one per commit. They share a flag, so that once one fails the
     // ones behind it do not run (they stay pending, in order); a commit
     // that fails fails the later turns that saw its effects.
     let mut queued = Vec::new();
-    if lane.messages.len() > 1 && matches!(lane.messages[0].message.destination, Destination::Actor { .. }) {
+    if messages.len() > 1 && matches!(messages[0].message.destination, Destination::Actor { .. }) {
         let failed = Arc::new(AtomicBool::new(false));
-        queued = lane
-            .messages
+        queued = messages
             .iter()
             .enumerate()
             .map_while(|(i, record)| {
                 let lane = LaneTurn { failed: failed.clone(), first: i == 0 };
-                let request = actor_request(&host, record, check(record), Some(lane)).ok()?;
+                let request = actor_request(host, record, check(record), Some(lane)).ok()?;
                 host.queue_ask(request).ok()
             })
             .map(Some)
             .collect();
     }
-    for (i, record) in lane.messages.iter().enumerate() {
+    for (i, record) in messages.iter().enumerate() {
         let outcome = match queued.get_mut(i).and_then(Option::take) {
             Some(reply) => reply.await.map(|_| ()).map_err(|e| e.to_string()),
-            None => deliver(&host, record, check(record)).await,
+            None => deliver(host, record, check(record)).await,
         };
         match outcome {
             Ok(()) => {
@@ -259,15 +348,11 @@ async fn deliver_lane(host: Host, lane: LaneClaim) {
                 if retry_at.is_none() {
                     tracing::warn!(message = %record.message.id, attempts, error, "message dead-lettered after its last attempt");
                 }
-                next_at_ms = retry_at;
-                break;
+                return Some(retry_at);
             }
         }
     }
-    let dispatcher = host.dispatcher().clone();
-    dispatcher.lane_done(delivered, LaneRelease { lane: lane.lane, lease: lane.lease, next_at_ms });
-    dispatcher.in_flight.fetch_sub(1, Ordering::AcqRel);
-    dispatcher.wake.notify_one();
+    None
 }
 
 /// Delivers one message: a turn of the receiving actor under its id, or a

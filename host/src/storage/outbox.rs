@@ -106,13 +106,14 @@ pub struct LaneRelease {
 /// Lanes that commits opened already leased to this store's host, waiting
 /// for its dispatcher: a lane a commit creates has no older messages, so it
 /// needs no claim (its lease is in the store; if this host dies, the lease
-/// expires and another host takes the lane over).
+/// expires and another host takes the lane over). Also the messages
+/// commits added to lanes that existed, with those lanes' leases: the
+/// dispatcher hands them to the lane's delivery if it runs here, under that
+/// lease, with every earlier message; otherwise they wait for a claim.
 #[derive(Default)]
 pub struct NewLanes {
     enabled: std::sync::atomic::AtomicBool,
-    lanes: parking_lot::Mutex<Vec<LaneClaim>>,
-    /// A commit also added messages to lanes that existed: a claim is due.
-    claim_due: std::sync::atomic::AtomicBool,
+    lanes: parking_lot::Mutex<(Vec<LaneClaim>, Vec<LaneClaim>)>,
 }
 
 impl NewLanes {
@@ -127,21 +128,19 @@ impl NewLanes {
         self.enabled.load(std::sync::atomic::Ordering::Acquire).then(|| (super::jobs::new_lease(), now_ms + lease_ms))
     }
 
-    /// Adds the lanes a commit opened, and whether it also added to lanes
-    /// that existed (call once it is durable).
-    pub fn push(&self, lanes: Vec<LaneClaim>, added_to_existing: bool) {
-        if !lanes.is_empty() {
-            self.lanes.lock().extend(lanes);
-        }
-        if added_to_existing {
-            self.claim_due.store(true, std::sync::atomic::Ordering::Release);
+    /// Adds the lanes a commit opened and the messages it added to lanes
+    /// that existed (call once it is durable, in commit order).
+    pub fn push(&self, opened: Vec<LaneClaim>, added: Vec<LaneClaim>) {
+        if !opened.is_empty() || !added.is_empty() {
+            let mut lanes = self.lanes.lock();
+            lanes.0.extend(opened);
+            lanes.1.extend(added);
         }
     }
 
-    /// Takes every waiting lane, and whether a claim is due.
-    pub fn take(&self) -> (Vec<LaneClaim>, bool) {
-        let lanes = std::mem::take(&mut *self.lanes.lock());
-        (lanes, self.claim_due.swap(false, std::sync::atomic::Ordering::AcqRel))
+    /// Takes every waiting lane and every added message.
+    pub fn take(&self) -> (Vec<LaneClaim>, Vec<LaneClaim>) {
+        std::mem::take(&mut *self.lanes.lock())
     }
 }
 
@@ -160,10 +159,12 @@ pub trait OutboxStore: Send + Sync {
     }
 
     /// Lanes commits created and leased since the last call, with their
-    /// messages in order, and whether a commit also added messages to a
-    /// lane that existed (then a claim is due).
-    fn take_new_lanes(&self) -> (Vec<LaneClaim>, bool) {
-        (Vec::new(), false)
+    /// messages in order; and the messages commits added to lanes that
+    /// existed, per lane with its lease at the time (empty if none), in
+    /// commit order. Those go to the lane's delivery if it runs on this
+    /// host under that lease; otherwise a claim is due.
+    fn take_new_lanes(&self) -> (Vec<LaneClaim>, Vec<LaneClaim>) {
+        (Vec::new(), Vec::new())
     }
 
     /// In one write: deletes `delivered` messages, releases `released`

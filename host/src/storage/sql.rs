@@ -1008,13 +1008,14 @@ macro_rules! sql_outbox_store {
             /// Inserts a batch's messages and opens their lanes. With
             /// `lease` (token, expiry), a lane this commit creates is
             /// leased to this host at once and returned with the messages
-            /// inserted into it, to be delivered without a claim; the flag
-            /// says whether messages also went into lanes that existed.
+            /// inserted into it, to be delivered without a claim; so are
+            /// the messages added to lanes that existed, with each lane's
+            /// lease then (empty if none).
             async fn commit_outbox(
                 tx: &mut ::sqlx::Transaction<'_, $db>,
                 batch: &[$crate::storage::TurnCommit],
                 lease: Option<&(String, i64)>,
-            ) -> Result<(Vec<$crate::storage::outbox::LaneClaim>, bool), $crate::storage::StoreError> {
+            ) -> Result<(Vec<$crate::storage::outbox::LaneClaim>, Vec<$crate::storage::outbox::LaneClaim>), $crate::storage::StoreError> {
                 use ::sqlx::Row;
                 let messages: Vec<&$crate::storage::outbox::OutboxMessage> = batch.iter().flat_map(|c| c.messages.iter()).collect();
                 let mut inserted = std::collections::HashSet::new();
@@ -1066,12 +1067,12 @@ macro_rules! sql_outbox_store {
                     .collect();
                 lanes.sort_unstable();
                 lanes.dedup_by(|a, b| (a.0, a.1, a.2) == (b.0, b.1, b.2));
-                // The lane id each of `lanes` got, where this commit created it.
-                let mut opened: Vec<Option<i64>> = vec![None; lanes.len()];
+                // Each of `lanes`: its id, and the lease it had if it existed
+                // (None when this commit created it).
+                let mut opened: Vec<Option<(i64, Option<String>)>> = vec![None; lanes.len()];
                 let lane_index = |sender: &str, kind: &str, target: &str| {
                     lanes.binary_search_by(|l| (l.0, l.1, l.2).cmp(&(sender, kind, target))).ok()
                 };
-                let mut existing = lease.is_none();
                 for chunk in lanes.chunks(500) {
                     let mut q = ::sqlx::QueryBuilder::<$db>::new("INSERT INTO outbox_lanes (sender, kind, target, next_at_ms, lease, lease_until_ms) ");
                     q.push_values(chunk, |mut row, (sender, kind, target, at)| {
@@ -1091,25 +1092,28 @@ macro_rules! sql_outbox_store {
                     // this statement created carry this commit's token.
                     q.push(" RETURNING id, sender, kind, target, lease");
                     for row in q.build().fetch_all(&mut **tx).await? {
-                        if row.try_get::<Option<&str>, _>(4)? == Some(token.as_str()) {
-                            if let Some(i) = lane_index(row.try_get(1)?, row.try_get(2)?, row.try_get(3)?) {
-                                opened[i] = Some(row.try_get::<i64, _>(0)?);
-                            }
-                        } else {
-                            existing = true;
+                        let held: Option<&str> = row.try_get(4)?;
+                        let created = held == Some(token.as_str());
+                        if let Some(i) = lane_index(row.try_get(1)?, row.try_get(2)?, row.try_get(3)?) {
+                            let lease_before = (!created).then(|| held.unwrap_or_default().to_string());
+                            opened[i] = Some((row.try_get::<i64, _>(0)?, lease_before));
                         }
                     }
                 }
-                let Some((token, until)) = lease else { return Ok((Vec::new(), existing)) };
-                let mut claims: std::collections::BTreeMap<i64, $crate::storage::outbox::LaneClaim> = std::collections::BTreeMap::new();
+                let Some((token, until)) = lease else { return Ok((Vec::new(), Vec::new())) };
+                // Per lane: whether this commit created it, and its claim.
+                let mut claims: std::collections::BTreeMap<i64, (bool, $crate::storage::outbox::LaneClaim)> = std::collections::BTreeMap::new();
                 for m in messages {
                     let (kind, target) = m.destination.kind_and_target();
-                    let Some(lane) = lane_index(&m.sender, kind, target).and_then(|i| opened[i]) else { continue };
-                    let claim = claims.entry(lane).or_insert_with(|| $crate::storage::outbox::LaneClaim {
-                        lane: lane.to_string(),
-                        lease: token.clone(),
-                        taken_over: false,
-                        messages: Vec::new(),
+                    let Some((lane, lease_before)) = lane_index(&m.sender, kind, target).and_then(|i| opened[i].as_ref()) else { continue };
+                    let (_, claim) = claims.entry(*lane).or_insert_with(|| {
+                        let claim = $crate::storage::outbox::LaneClaim {
+                            lane: lane.to_string(),
+                            lease: lease_before.clone().unwrap_or_else(|| token.clone()),
+                            taken_over: false,
+                            messages: Vec::new(),
+                        };
+                        (lease_before.is_none(), claim)
                     });
                     if inserted.remove(&m.id) {
                         claim.messages.push($crate::storage::outbox::OutboxRecord {
@@ -1122,7 +1126,9 @@ macro_rules! sql_outbox_store {
                         });
                     }
                 }
-                Ok((claims.into_values().collect(), existing))
+                let (created, added): (Vec<_>, Vec<_>) = claims.into_values().partition(|(created, _)| *created);
+                let added = added.into_iter().map(|(_, c)| c).filter(|c| !c.messages.is_empty()).collect();
+                Ok((created.into_iter().map(|(_, c)| c).collect(), added))
             }
         }
 
@@ -1133,7 +1139,7 @@ macro_rules! sql_outbox_store {
                 true
             }
 
-            fn take_new_lanes(&self) -> (Vec<$crate::storage::outbox::LaneClaim>, bool) {
+            fn take_new_lanes(&self) -> (Vec<$crate::storage::outbox::LaneClaim>, Vec<$crate::storage::outbox::LaneClaim>) {
                 self.new_lanes.take()
             }
 

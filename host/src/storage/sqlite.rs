@@ -170,7 +170,7 @@ impl StateStore for SqliteStore {
         if batch.iter().any(|c| c.inbox.is_some()) {
             Self::commit_inbox(&mut tx, batch).await?;
         }
-        let mut opened = (Vec::new(), false);
+        let mut opened = (Vec::new(), Vec::new());
         if batch.iter().any(|c| !c.messages.is_empty()) {
             let lease = self.new_lanes.lease_for_commit(super::now_ms(), super::outbox::LANE_LEASE_MS);
             opened = Self::commit_outbox(&mut tx, batch, lease.as_ref()).await?;
