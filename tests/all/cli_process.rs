@@ -289,7 +289,9 @@ fn cli_journal_replay_snapshot_and_projections() {
 fn a_job_whose_host_dies_runs_again_after_its_lease_expires() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let lease = ["--job-lease", "1s"];
+    // Long enough that the first host, busy with attempt 1, does not take
+    // the job again itself before it is killed.
+    let lease = ["--job-lease", "3s"];
     let server = Server::start_with(dir.path(), port, &lease);
     let worker = root().join("target/test-actors/worker.wasm");
     component("worker");
@@ -320,7 +322,8 @@ fn a_job_whose_host_dies_runs_again_after_its_lease_expires() {
     assert!(done, "the job never succeeded after the restart: {}", stdout(&server.quark(&["jobs"])));
     let out = server.quark(&["call", "worker/k", "runs"]);
     let runs: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(runs, serde_json::json!({"runs": 1, "attempts": [2]}), "one effect, from the second attempt");
+    assert_eq!(runs["runs"], 1, "one effect: {runs}");
+    assert!(runs["attempts"][0].as_u64() >= Some(2), "from an attempt after the killed one: {runs}");
 }
 
 #[test]
@@ -440,7 +443,9 @@ fn transfers_survive_ten_sigkills_exactly_once() {
     let http = ::reqwest::Client::new(); // no pooled connection to a killed server
     let total = rt.block_on(async {
         let mut pending = serde_json::Value::Null;
-        for _ in 0..1500 {
+        // Lanes leased by the killed host wait out its lease (30 s).
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
             pending = http.get(format!("{}/v1/outbox", server.url)).send().await.unwrap().json().await.unwrap();
             if pending["messages"].as_array().is_some_and(|m| m.is_empty()) {
                 break;

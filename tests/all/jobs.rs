@@ -94,7 +94,7 @@ async fn a_job_that_always_traps_is_dead_lettered_with_its_errors() {
 async fn finished_jobs_are_deleted_after_the_retention_and_dead_ones_kept() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = HostConfig::new(dir.path());
-    config.job_retention = Duration::from_millis(300);
+    config.job_retention = Duration::from_secs(2);
     let host = host_with_config(config).await;
     host.deploy("worker", component("worker"), manifest()).await.unwrap();
     let mut trap = request("worker/t", "trap", json!(null));
@@ -176,7 +176,8 @@ async fn invalid_jobs_are_refused_with_a_clear_error() {
 }
 
 /// A recurring job whose ticks were missed (the host was down) follows its
-/// catch-up policy. The job is stored with its last run five minutes ago.
+/// catch-up policy. The job, due every hour, is stored with its last run five
+/// hours ago (hourly, so no tick falls due while the test runs).
 #[tokio::test]
 async fn missed_cron_ticks_follow_the_catch_up_policy() {
     let dir = tempfile::tempdir().unwrap();
@@ -184,12 +185,12 @@ async fn missed_cron_ticks_follow_the_catch_up_policy() {
     let store = host.store().clone();
     let jobs = store.job_store().unwrap();
     let now = quark_host::storage::now_ms();
-    let minute = 60_000;
-    let five_ago = (now / minute - 5) * minute;
+    let hour = 3_600_000;
+    let five_ago = (now / hour - 5) * hour;
     let mut ids = Vec::new();
     for (key, policy) in [("once", CatchUp::Once), ("all", CatchUp::All), ("skip", CatchUp::Skip)] {
         let mut r = request(&format!("worker/cron-{key}"), "work", json!({}));
-        r.when = When::Cron("* * * * *".into());
+        r.when = When::Cron("0 * * * *".into());
         r.catch_up = policy;
         let mut job = quark_host::jobs::plan(r, now).unwrap();
         job.run_at_ms = five_ago;
@@ -200,8 +201,8 @@ async fn missed_cron_ticks_follow_the_catch_up_policy() {
     // once: one run now, then the next tick from now.
     let once = wait_job(&host, &ids[0], "ran once", |j| j.status == JobStatus::Scheduled && j.run_at_ms > now).await;
     assert_eq!(runs(&host, "worker/cron-once").await["runs"], json!(1));
-    assert!(once.run_at_ms > now && once.run_at_ms <= now + minute, "{once:?}");
-    // all: every missed tick (five or six, as a minute may turn meanwhile).
+    assert!(once.run_at_ms > now && once.run_at_ms <= now + hour, "{once:?}");
+    // all: every missed tick (five or six, as an hour may turn meanwhile).
     wait_job(&host, &ids[1], "caught up", |j| j.run_at_ms > now).await;
     let all = runs(&host, "worker/cron-all").await["runs"].as_u64().unwrap();
     assert!((5..=7).contains(&all), "all missed ticks ran: {all}");

@@ -122,16 +122,16 @@ async fn a_failed_message_holds_back_the_messages_queued_behind_it() {
 async fn messages_sent_while_their_lane_is_delivered_follow_it_without_a_claim() {
     let dir = tempfile::tempdir().unwrap();
     let host = courier_host(dir.path(), |_| {}).await;
-    // The first message opens the lane and takes 300 ms to handle; two
+    // The first message opens the lane and takes 2 s to handle; two
     // more, each its own turn, are committed meanwhile into that lane.
-    ask(&host, "courier/a", "send", json!({"to": "courier/b", "payload": {"sleep_ms": 300}})).await.unwrap();
+    ask(&host, "courier/a", "send", json!({"to": "courier/b", "payload": {"sleep_ms": 2000}})).await.unwrap();
     eventually("the first delivery under way", async || host.message_lanes_in_flight(), |n| *n == 1).await;
     for k in [2, 3] {
         ask(&host, "courier/a", "send", json!({"to": "courier/b", "payload": {"k": k}})).await.unwrap();
     }
     let got = eventually("three deliveries", async || received(&host, "courier/b").await, |r| r.len() >= 3).await;
     let payloads: Vec<&Value> = got.iter().map(|m| &m["payload"]).collect();
-    assert_eq!(payloads, [&json!({"sleep_ms": 300}), &json!({"k": 2}), &json!({"k": 3})], "in order, each once");
+    assert_eq!(payloads, [&json!({"sleep_ms": 2000}), &json!({"k": 2}), &json!({"k": 3})], "in order, each once");
     let claimed = host.metrics_text().lines().find_map(|l| l.strip_prefix("quark_message_lanes_claimed_total ").map(str::to_string));
     assert_eq!(claimed.as_deref(), Some("0"), "the two later messages followed the running delivery; no lane was claimed");
     eventually("the lane emptied", async || host.outbox_messages(None, 10).await.unwrap(), |m| m.is_empty()).await;

@@ -271,7 +271,8 @@ impl Host {
     }
 
     /// Checks, plans and stores jobs from outside a turn; returns them as
-    /// stored (an existing job for a repeated idempotency key).
+    /// added, before any runner picks them up (for a repeated idempotency
+    /// key, the existing job as it is now, in batches of up to 100).
     pub async fn add_jobs(&self, requests: Vec<JobRequest>) -> Result<Vec<JobRecord>, ActorError> {
         let store = self.job_store_or_err()?;
         let now = crate::storage::now_ms();
@@ -281,18 +282,20 @@ impl Host {
             planned.push(plan(request, now)?);
         }
         store.add_jobs(&planned).await?;
+        // Only a job with an idempotency key may have existed already; large
+        // batches are returned as planned, unread.
+        if planned.len() <= 100 {
+            for job in planned.iter_mut().filter(|j| j.idempotency_key.is_some()) {
+                if let Some(stored) = store.job(&job.id).await? {
+                    *job = stored;
+                }
+            }
+        }
         self.wake_jobs();
         if let Err(e) = store.announce_jobs().await {
             tracing::debug!(error = %e, "announcing new jobs failed; other hosts find them by polling");
         }
-        if planned.len() > 100 {
-            return Ok(planned);
-        }
-        let mut out = Vec::with_capacity(planned.len());
-        for job in planned {
-            out.push(store.job(&job.id).await?.unwrap_or(job));
-        }
-        Ok(out)
+        Ok(planned)
     }
 
     /// Jobs, newest first.
@@ -322,8 +325,10 @@ impl Host {
             let job = self.job(id).await?;
             return Err(ActorError::rejected(format!("job {id} is {}: only dead or failed jobs can be retried", job.status.as_str())));
         }
+        // As retried, before a runner takes it.
+        let job = self.job(id).await?;
         self.wake_jobs();
-        self.job(id).await
+        Ok(job)
     }
 
     /// Deletes every job with `status` (the dead-letter list, say).
