@@ -125,10 +125,11 @@ impl Dispatcher {
     /// (under the lease they saw), so that a claim is due for them.
     fn add_to_lanes(&self, added: Vec<LaneClaim>) -> bool {
         let mut all = true;
+        let now = Instant::now();
         let mut lanes = self.extendable.lock();
         for lane in added {
             match lanes.get_mut(&lane.lane) {
-                Some(running) if running.lease == lane.lease && Instant::now() < running.until => running.added.extend(lane.messages),
+                Some(running) if running.lease == lane.lease && now < running.until => running.added.extend(lane.messages),
                 _ => all = false,
             }
         }
@@ -193,6 +194,7 @@ pub(crate) async fn run(host: WeakHost) {
         let Some(store) = strong.store().outbox_store() else { return };
         let dispatcher = strong.dispatcher().clone();
         let concurrency = strong.config().message_concurrency.max(1);
+        let here = dispatcher.new_lanes_here.load(Ordering::Acquire);
         // Lanes commits opened are already ours: no claim needed, unless a
         // commit also added to a lane that existed. They start as the
         // in-flight limit allows, before any claimed lane.
@@ -226,8 +228,9 @@ pub(crate) async fn run(host: WeakHost) {
                     }
                     strong.metrics().record_lanes_claimed(lanes.len());
                     for lane in lanes {
-                        if lane.messages.len() < PER_LANE {
-                            // The claim took every pending message.
+                        if here && lane.messages.len() < PER_LANE {
+                            // The claim took every pending message, and commits
+                            // here hand over what they add to it.
                             dispatcher.extendable(&lane);
                         }
                         dispatcher.in_flight.fetch_add(1, Ordering::AcqRel);

@@ -31,6 +31,14 @@ pub enum Destination {
 }
 
 impl Destination {
+    /// The actor method it calls; none for a sink.
+    pub fn method(&self) -> Option<&str> {
+        match self {
+            Destination::Actor { method, .. } => Some(method),
+            Destination::Sink { .. } => None,
+        }
+    }
+
     /// The stored kind and target (`actor`, `type/key` or `sink`, name).
     pub fn kind_and_target(&self) -> (&'static str, &str) {
         match self {

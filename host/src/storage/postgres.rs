@@ -1,17 +1,20 @@
 //! The PostgreSQL store: production and multi-host.
 //!
-//! A turn batch is one transaction of two statements whatever its size:
-//! upserts and deletes pass as arrays through `UNNEST`.
+//! A turn batch is one transaction whose statements do not multiply with
+//! its size: rows (state, events, inbox entries, messages, lanes) pass as
+//! arrays through `UNNEST`.
 
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Row};
 
-use super::sql::{journal_batch, journal_conflict};
-use super::{StateStore, Store, StoreError, TurnCommit, flatten_batch};
+use super::outbox::OutboxMessage;
+use super::sql::{LaneKey, journal_batch, journal_conflict};
+use super::{InboxEntry, StateStore, Store, StoreError, TurnCommit, flatten_batch};
 use crate::id::ActorId;
 
 /// Pool size: the committer uses one connection, activations read with the rest.
@@ -47,6 +50,7 @@ impl PostgresStore {
             conn.close().await?;
             options = options.options([("search_path", schema)]);
         }
+        options = options.statement_cache_capacity(super::sql::STATEMENT_CACHE);
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -186,6 +190,95 @@ impl StateStore for PostgresStore {
         tx.commit().await?;
         self.new_lanes.push(opened.0, opened.1);
         Ok(())
+    }
+}
+
+/// The outbox insert, without its `RETURNING` (a macro, for `concat!`).
+macro_rules! insert_messages_sql {
+    () => {
+        "INSERT INTO outbox (id, sender, kind, target, method, payload, event_type, status, attempts, next_at_ms, created_at_ms) \
+         SELECT id, sender, kind, target, method, payload, event_type, 'pending', 0, at, at \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::text[], $8::bigint[]) \
+         WITH ORDINALITY AS m(id, sender, kind, target, method, payload, event_type, at, n) ORDER BY n \
+         ON CONFLICT (id) DO NOTHING"
+    };
+}
+
+/// The lane upsert, without its `RETURNING`.
+macro_rules! upsert_lanes_sql {
+    () => {
+        "INSERT INTO outbox_lanes (sender, kind, target, next_at_ms, lease, lease_until_ms) \
+         SELECT sender, kind, target, at, $5::text, $6::bigint \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[]) WITH ORDINALITY AS l(sender, kind, target, at, n) ORDER BY n \
+         ON CONFLICT (sender, kind, target) DO UPDATE SET next_at_ms = outbox_lanes.next_at_ms"
+    };
+}
+
+/// The batched statements of the outbox and inbox: one statement each
+/// whatever the batch size (a shape prepared once), its rows passed as
+/// arrays through `UNNEST`; `WITH ORDINALITY`, so that rows go in (and take
+/// their `seq`, and their locks) in the order given.
+impl PostgresStore {
+    /// Inserts messages, skipping ids already there; with `returning`, the
+    /// ids it inserted.
+    async fn insert_messages(
+        conn: &mut sqlx::PgConnection,
+        messages: &[&OutboxMessage],
+        returning: bool,
+    ) -> Result<HashSet<String>, StoreError> {
+        let destinations: Vec<(&str, &str)> = messages.iter().map(|m| m.destination.kind_and_target()).collect();
+        let sql = if returning { concat!(insert_messages_sql!(), " RETURNING id") } else { insert_messages_sql!() };
+        let query = sqlx::query(sql)
+            .bind(messages.iter().map(|m| m.id.as_str()).collect::<Vec<_>>())
+            .bind(messages.iter().map(|m| m.sender.as_str()).collect::<Vec<_>>())
+            .bind(destinations.iter().map(|d| d.0).collect::<Vec<_>>())
+            .bind(destinations.iter().map(|d| d.1).collect::<Vec<_>>())
+            .bind(messages.iter().map(|m| m.destination.method()).collect::<Vec<_>>())
+            .bind(messages.iter().map(|m| m.payload.as_slice()).collect::<Vec<_>>())
+            .bind(messages.iter().map(|m| m.event_type.as_deref()).collect::<Vec<_>>())
+            .bind(messages.iter().map(|m| m.created_at_ms).collect::<Vec<_>>());
+        if !returning {
+            query.execute(&mut *conn).await?;
+            return Ok(HashSet::new());
+        }
+        query.fetch_all(&mut *conn).await?.iter().map(|r| Ok(r.try_get::<String, _>(0)?)).collect()
+    }
+
+    /// Upserts `lanes` (sorted, each once), new ones under `lease`; with a
+    /// lease, each lane's `id, sender, kind, target, lease` after it.
+    async fn upsert_lanes(
+        conn: &mut sqlx::PgConnection,
+        lanes: &[LaneKey<'_>],
+        lease: Option<&(String, i64)>,
+    ) -> Result<Vec<PgRow>, StoreError> {
+        let sql = if lease.is_some() { concat!(upsert_lanes_sql!(), " RETURNING id, sender, kind, target, lease") } else { upsert_lanes_sql!() };
+        let query = sqlx::query(sql)
+            .bind(lanes.iter().map(|l| l.0).collect::<Vec<_>>())
+            .bind(lanes.iter().map(|l| l.1).collect::<Vec<_>>())
+            .bind(lanes.iter().map(|l| l.2).collect::<Vec<_>>())
+            .bind(lanes.iter().map(|l| l.3).collect::<Vec<_>>())
+            .bind(lease.map(|l| l.0.as_str()))
+            .bind(lease.map(|l| l.1));
+        if lease.is_none() {
+            query.execute(&mut *conn).await?;
+            return Ok(Vec::new());
+        }
+        Ok(query.fetch_all(&mut *conn).await?)
+    }
+
+    /// Inserts inbox entries, skipping ones there already; the number inserted.
+    async fn insert_inbox(conn: &mut sqlx::PgConnection, entries: &[(&str, &InboxEntry)]) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "INSERT INTO inbox (actor, message_id, reply, at_ms) SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[]) \
+             ON CONFLICT (actor, message_id) DO NOTHING",
+        )
+        .bind(entries.iter().map(|e| e.0).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.1.message_id.as_str()).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.1.reply.as_slice()).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.1.at_ms).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected())
     }
 }
 

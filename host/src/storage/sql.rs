@@ -506,6 +506,13 @@ where
 }
 
 /// `$first, $first+1, …` for `count` placeholders.
+/// A lane as a commit upserts it: sender, kind, target, due at (ms).
+pub(crate) type LaneKey<'a> = (&'a str, &'a str, &'a str, i64);
+
+/// Prepared statements each connection keeps: every shape of the batched
+/// statements ([`pow2_chunks`]) fits, so a busy store never parses again.
+pub(crate) const STATEMENT_CACHE: usize = 500;
+
 pub(crate) fn placeholders(first: usize, count: usize) -> String {
     (first..first + count).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
@@ -606,7 +613,7 @@ macro_rules! sql_job_store {
                 jobs: &[&$crate::storage::jobs::JobRecord],
             ) -> Result<u64, $crate::storage::StoreError> {
                 let mut inserted = 0;
-                for chunk in jobs.chunks(500) {
+                for chunk in $crate::storage::sql::pow2_chunks(jobs, 512) {
                     let mut q = ::sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO jobs (id, target, actor_type, method, payload, queue, priority, status, run_at_ms, cron, \
                          time_zone, catch_up, attempts, max_attempts, backoff_ms, max_backoff_ms, timeout_ms, idempotency_key, \
@@ -886,8 +893,9 @@ pub(crate) fn pow2_chunks<T>(mut rows: &[T], max: usize) -> impl Iterator<Item =
 
 /// Implements `InboxStore` for a SQL store of database `$db`, plus
 /// `commit_inbox`, which writes a batch's inbox entries inside the batch's
-/// transaction: an entry that exists already (the message was handled)
-/// fails the batch with a conflict instead of running twice.
+/// transaction (with the backend's `insert_inbox`): an entry that exists
+/// already (the message was handled) fails the batch with a conflict
+/// instead of running twice.
 macro_rules! sql_inbox_store {
     ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident) => {
         impl $store {
@@ -897,18 +905,11 @@ macro_rules! sql_inbox_store {
             ) -> Result<(), $crate::storage::StoreError> {
                 let entries: Vec<(&str, &$crate::storage::InboxEntry)> =
                     batch.iter().filter_map(|c| c.inbox.as_ref().map(|e| (c.actor.as_str(), e))).collect();
-                for chunk in $crate::storage::sql::pow2_chunks(&entries, 256) {
-                    let mut q = ::sqlx::QueryBuilder::<$db>::new("INSERT INTO inbox (actor, message_id, reply, at_ms) ");
-                    q.push_values(chunk, |mut row, (actor, e)| {
-                        row.push_bind(*actor).push_bind(e.message_id.as_str()).push_bind(e.reply.as_slice()).push_bind(e.at_ms);
-                    });
-                    q.push(" ON CONFLICT (actor, message_id) DO NOTHING");
-                    if q.build().execute(&mut **tx).await?.rows_affected() != chunk.len() as u64 {
-                        return Err($crate::storage::StoreError::Conflict(match chunk {
-                            [(actor, e)] => format!("{actor} has already handled message {:?}", e.message_id),
-                            _ => "a message in this batch was already handled by its receiver".into(),
-                        }));
-                    }
+                if Self::insert_inbox(&mut **tx, &entries).await? != entries.len() as u64 {
+                    return Err($crate::storage::StoreError::Conflict(match entries[..] {
+                        [(actor, e)] => format!("{actor} has already handled message {:?}", e.message_id),
+                        _ => "a message in this batch was already handled by its receiver".into(),
+                    }));
                 }
                 Ok(())
             }
@@ -1018,47 +1019,13 @@ macro_rules! sql_outbox_store {
             ) -> Result<(Vec<$crate::storage::outbox::LaneClaim>, Vec<$crate::storage::outbox::LaneClaim>), $crate::storage::StoreError> {
                 use ::sqlx::Row;
                 let messages: Vec<&$crate::storage::outbox::OutboxMessage> = batch.iter().flat_map(|c| c.messages.iter()).collect();
-                let mut inserted = std::collections::HashSet::new();
-                for chunk in messages.chunks(500) {
-                    let mut q = ::sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO outbox (id, sender, kind, target, method, payload, event_type, status, attempts, next_at_ms, created_at_ms) ",
-                    );
-                    q.push_values(chunk, |mut row, m| {
-                        let (kind, target) = m.destination.kind_and_target();
-                        let method = match &m.destination {
-                            $crate::storage::outbox::Destination::Actor { method, .. } => Some(method.as_str()),
-                            $crate::storage::outbox::Destination::Sink { .. } => None,
-                        };
-                        row.push_bind(m.id.as_str())
-                            .push_bind(m.sender.as_str())
-                            .push_bind(kind)
-                            .push_bind(target)
-                            .push_bind(method)
-                            .push_bind(m.payload.as_slice())
-                            .push_bind(m.event_type.as_deref())
-                            .push_bind("pending")
-                            .push_bind(0_i64)
-                            .push_bind(m.created_at_ms)
-                            .push_bind(m.created_at_ms);
-                    });
-                    q.push(" ON CONFLICT (id) DO NOTHING");
-                    if lease.is_some() {
-                        // A message whose id is already pending is not sent
-                        // again: only inserted ones go to a new lane.
-                        q.push(" RETURNING id");
-                        for row in q.build().fetch_all(&mut **tx).await? {
-                            inserted.insert(row.try_get::<String, _>(0)?);
-                        }
-                    } else {
-                        q.build().execute(&mut **tx).await?;
-                    }
-                }
+                let mut inserted = Self::insert_messages(&mut **tx, &messages, lease.is_some()).await?;
                 // Each lane once per statement (PostgreSQL refuses to upsert a
                 // row twice in one), sorted: claims lock the lanes they
                 // release in this order too. The no-op update, rather than
                 // DO NOTHING, waits for a concurrent release deleting the
                 // lane, then inserts it again: a message never lands in no lane.
-                let mut lanes: Vec<(&str, &str, &str, i64)> = messages
+                let mut lanes: Vec<$crate::storage::sql::LaneKey> = messages
                     .iter()
                     .map(|m| {
                         let (kind, target) = m.destination.kind_and_target();
@@ -1073,34 +1040,20 @@ macro_rules! sql_outbox_store {
                 let lane_index = |sender: &str, kind: &str, target: &str| {
                     lanes.binary_search_by(|l| (l.0, l.1, l.2).cmp(&(sender, kind, target))).ok()
                 };
-                for chunk in lanes.chunks(500) {
-                    let mut q = ::sqlx::QueryBuilder::<$db>::new("INSERT INTO outbox_lanes (sender, kind, target, next_at_ms, lease, lease_until_ms) ");
-                    q.push_values(chunk, |mut row, (sender, kind, target, at)| {
-                        row.push_bind(*sender)
-                            .push_bind(*kind)
-                            .push_bind(*target)
-                            .push_bind(*at)
-                            .push_bind(lease.map(|l| l.0.as_str()))
-                            .push_bind(lease.map(|l| l.1));
-                    });
-                    q.push(" ON CONFLICT (sender, kind, target) DO UPDATE SET next_at_ms = outbox_lanes.next_at_ms");
-                    let Some((token, _)) = lease else {
-                        q.build().execute(&mut **tx).await?;
-                        continue;
-                    };
-                    // An existing lane keeps its lease (or none): only lanes
-                    // this statement created carry this commit's token.
-                    q.push(" RETURNING id, sender, kind, target, lease");
-                    for row in q.build().fetch_all(&mut **tx).await? {
-                        let held: Option<&str> = row.try_get(4)?;
-                        let created = held == Some(token.as_str());
-                        if let Some(i) = lane_index(row.try_get(1)?, row.try_get(2)?, row.try_get(3)?) {
-                            let lease_before = (!created).then(|| held.unwrap_or_default().to_string());
-                            opened[i] = Some((row.try_get::<i64, _>(0)?, lease_before));
-                        }
+                let Some((token, until)) = lease else {
+                    Self::upsert_lanes(&mut **tx, &lanes, None).await?;
+                    return Ok((Vec::new(), Vec::new()));
+                };
+                // An existing lane keeps its lease (or none): only lanes
+                // this statement created carry this commit's token.
+                for row in Self::upsert_lanes(&mut **tx, &lanes, lease).await? {
+                    let held: Option<&str> = row.try_get(4)?;
+                    let created = held == Some(token.as_str());
+                    if let Some(i) = lane_index(row.try_get(1)?, row.try_get(2)?, row.try_get(3)?) {
+                        let lease_before = (!created).then(|| held.unwrap_or_default().to_string());
+                        opened[i] = Some((row.try_get::<i64, _>(0)?, lease_before));
                     }
                 }
-                let Some((token, until)) = lease else { return Ok((Vec::new(), Vec::new())) };
                 // Per lane: whether this commit created it, and its claim.
                 let mut claims: std::collections::BTreeMap<i64, (bool, $crate::storage::outbox::LaneClaim)> = std::collections::BTreeMap::new();
                 for m in messages {

@@ -7,16 +7,18 @@
 //! Outbox claims alone commit with `synchronous = NORMAL` (see
 //! `relaxed_claims` in `sql.rs`): losing one only redelivers.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::sql::{journal_batch, journal_conflict, pow2_chunks};
-use super::{StateStore, Store, StoreError, TurnCommit, flatten_batch};
+use super::outbox::OutboxMessage;
+use super::sql::{LaneKey, journal_batch, journal_conflict, pow2_chunks};
+use super::{InboxEntry, StateStore, Store, StoreError, TurnCommit, flatten_batch};
 use crate::id::ActorId;
 
 /// How long a write waits for a lock held by another process before the
@@ -57,6 +59,7 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(busy_timeout)
+            .statement_cache_capacity(super::sql::STATEMENT_CACHE)
             .foreign_keys(true);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -181,6 +184,92 @@ impl StateStore for SqliteStore {
         tx.commit().await?;
         self.new_lanes.push(opened.0, opened.1);
         Ok(())
+    }
+}
+
+/// The batched statements of the outbox and inbox (multi-row `VALUES` in
+/// power-of-two chunks, so each chunk size is prepared once).
+impl SqliteStore {
+    /// Inserts messages, skipping ids already there; with `returning`, the
+    /// ids it inserted.
+    async fn insert_messages(
+        conn: &mut sqlx::SqliteConnection,
+        messages: &[&OutboxMessage],
+        returning: bool,
+    ) -> Result<HashSet<String>, StoreError> {
+        let mut inserted = HashSet::new();
+        for chunk in pow2_chunks(messages, 512) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO outbox (id, sender, kind, target, method, payload, event_type, status, attempts, next_at_ms, created_at_ms) ",
+            );
+            q.push_values(chunk, |mut row, m| {
+                let (kind, target) = m.destination.kind_and_target();
+                row.push_bind(m.id.as_str())
+                    .push_bind(m.sender.as_str())
+                    .push_bind(kind)
+                    .push_bind(target)
+                    .push_bind(m.destination.method())
+                    .push_bind(m.payload.as_slice())
+                    .push_bind(m.event_type.as_deref())
+                    .push_bind("pending")
+                    .push_bind(0_i64)
+                    .push_bind(m.created_at_ms)
+                    .push_bind(m.created_at_ms);
+            });
+            q.push(" ON CONFLICT (id) DO NOTHING");
+            if returning {
+                q.push(" RETURNING id");
+                for row in q.build().fetch_all(&mut *conn).await? {
+                    inserted.insert(row.try_get::<String, _>(0)?);
+                }
+            } else {
+                q.build().execute(&mut *conn).await?;
+            }
+        }
+        Ok(inserted)
+    }
+
+    /// Upserts `lanes` (sorted, each once), new ones under `lease`; with a
+    /// lease, each lane's `id, sender, kind, target, lease` after it.
+    async fn upsert_lanes(
+        conn: &mut sqlx::SqliteConnection,
+        lanes: &[LaneKey<'_>],
+        lease: Option<&(String, i64)>,
+    ) -> Result<Vec<SqliteRow>, StoreError> {
+        let mut rows = Vec::new();
+        for chunk in pow2_chunks(lanes, 512) {
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO outbox_lanes (sender, kind, target, next_at_ms, lease, lease_until_ms) ");
+            q.push_values(chunk, |mut row, (sender, kind, target, at)| {
+                row.push_bind(*sender)
+                    .push_bind(*kind)
+                    .push_bind(*target)
+                    .push_bind(*at)
+                    .push_bind(lease.map(|l| l.0.as_str()))
+                    .push_bind(lease.map(|l| l.1));
+            });
+            q.push(" ON CONFLICT (sender, kind, target) DO UPDATE SET next_at_ms = outbox_lanes.next_at_ms");
+            if lease.is_some() {
+                q.push(" RETURNING id, sender, kind, target, lease");
+                rows.extend(q.build().fetch_all(&mut *conn).await?);
+            } else {
+                q.build().execute(&mut *conn).await?;
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Inserts inbox entries, skipping ones there already; the number inserted.
+    async fn insert_inbox(conn: &mut sqlx::SqliteConnection, entries: &[(&str, &InboxEntry)]) -> Result<u64, StoreError> {
+        let mut inserted = 0;
+        for chunk in pow2_chunks(entries, 256) {
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO inbox (actor, message_id, reply, at_ms) ");
+            q.push_values(chunk, |mut row, (actor, e)| {
+                row.push_bind(*actor).push_bind(e.message_id.as_str()).push_bind(e.reply.as_slice()).push_bind(e.at_ms);
+            });
+            q.push(" ON CONFLICT (actor, message_id) DO NOTHING");
+            inserted += q.build().execute(&mut *conn).await?.rows_affected();
+        }
+        Ok(inserted)
     }
 }
 
