@@ -16,12 +16,20 @@
 // discards them. Throw a `QuarkError` (`new Rejected('...')`...) to answer
 // with that error; anything else thrown answers `internal` with its message.
 //
+// Durable capabilities, each committed with the turn (or not at all):
+// `journal` (append and read this actor's events), `jobs` (schedule work for
+// later, retried until it succeeds), `outbox` (messages delivered once,
+// after the commit).
+//
 // Built with @bytecodealliance/componentize-js against the `quark:actor` WIT
-// package (the `actor` world). The raw imports (`quark:actor/journal@0.1.0`,
-// `jobs`, `outbox`) can be imported directly for what this module does not wrap.
+// package (the `actor` world); the raw imports (`quark:actor/journal@0.1.0`...)
+// can be imported directly too.
 
 import * as wit_state from 'quark:actor/state@0.1.0';
 import * as wit_runtime from 'quark:actor/runtime@0.1.0';
+import * as wit_journal from 'quark:actor/journal@0.1.0';
+import * as wit_jobs from 'quark:actor/jobs@0.1.0';
+import * as wit_outbox from 'quark:actor/outbox@0.1.0';
 import { log as wit_log } from 'quark:actor/log@0.1.0';
 
 const encoder = new TextEncoder();
@@ -95,6 +103,111 @@ export const log = {
   info(message) { wit_log('info', String(message)); },
   warn(message) { wit_log('warn', String(message)); },
   error(message) { wit_log('error', String(message)); },
+};
+
+/** This actor's append-only event stream. Appends commit with the turn. */
+export const journal = {
+  /** Appends one event (`data` as JSON); returns its version. */
+  append(eventType, data = null, schemaVersion = 1) {
+    return Number(host(wit_journal.append, [{ eventType, schemaVersion, data: encode(data) }]));
+  },
+  /** The current version: the last committed event plus this turn's appends. */
+  version() { return Number(host(wit_journal.version)); },
+  /** Up to `max` committed events from version `start` on, oldest first, with `data` decoded. */
+  read(start = 1, max = 100) {
+    return host(wit_journal.read, BigInt(start), max).map((e) => ({
+      version: Number(e.version),
+      eventType: e.eventType,
+      schemaVersion: e.schemaVersion,
+      data: decode(e.data),
+      recordedAt: Number(e.recordedAt),
+      correlationId: e.correlationId,
+      causationId: e.causationId,
+      caller: e.caller ?? undefined,
+      method: e.method,
+    }));
+  },
+  /** Asks for a snapshot after this turn commits (event-sourced actors only). */
+  requestSnapshot() { wit_journal.requestSnapshot(); },
+};
+
+const optionalU64 = (n) => (n === undefined || n === null ? undefined : BigInt(n));
+
+/**
+ * Durable jobs: a turn of `target` later, retried with backoff until it
+ * succeeds, then dead-lettered. Scheduling commits with the turn.
+ */
+export const jobs = {
+  /**
+   * Schedules `method` of `target` with `payload` (JSON); returns the job id.
+   * `options`: at most one of `atMs` (ms since the Unix epoch), `afterMs`
+   * (after this turn commits) or `cron` (with `timeZone`, UTC if none); none
+   * runs it as soon as the turn commits. Also `maxAttempts`, `backoffMs`,
+   * `maxBackoffMs`, `timeoutMs`, `priority`, `queue`, `key` (idempotent
+   * scheduling) and `catchUp` ('once', 'all' or 'skip' for missed cron ticks).
+   */
+  schedule(target, method, payload = null, options = {}) {
+    const { atMs, afterMs, cron } = options;
+    if ([atMs, afterMs, cron].filter((w) => w !== undefined && w !== null).length > 1) {
+      throw new Rejected('a job runs atMs, afterMs or on a cron schedule: give one of them');
+    }
+    if (options.catchUp !== undefined && !['once', 'all', 'skip'].includes(options.catchUp)) {
+      throw new Rejected(`catchUp is one of once, all, skip, not ${JSON.stringify(options.catchUp)}`);
+    }
+    let when;
+    if (cron !== undefined && cron !== null) when = { tag: 'cron', val: String(cron) };
+    else if (atMs !== undefined && atMs !== null) when = { tag: 'at', val: BigInt(atMs) };
+    else when = { tag: 'delay', val: BigInt(afterMs ?? 0) };
+    return host(wit_jobs.schedule, {
+      target,
+      method,
+      payload: encode(payload),
+      when,
+      timeZone: options.timeZone,
+      maxAttempts: options.maxAttempts,
+      backoffMs: optionalU64(options.backoffMs),
+      maxBackoffMs: optionalU64(options.maxBackoffMs),
+      timeoutMs: optionalU64(options.timeoutMs),
+      priority: options.priority ?? 0,
+      queue: options.queue,
+      idempotencyKey: options.key,
+      catchUp: options.catchUp,
+    });
+  },
+  /** Cancels a job (with this turn's commit); false if there is no such job. */
+  cancel(id) { return host(wit_jobs.cancel, id); },
+  /** The job this turn runs, if any: `[id, attempt]`. */
+  current() { return wit_jobs.current() ?? undefined; },
+  /** Reports the running job's progress (shown by `quark jobs show`). */
+  progress(percent, note = '') { wit_jobs.progress(Math.max(0, Math.min(100, Math.round(percent))), String(note)); },
+};
+
+/**
+ * Messages sent with this turn's commit and delivered after it: to an actor
+ * once (its inbox deduplicates by id), in order per sender and receiver; to a
+ * sink at least once, as a CloudEvent.
+ */
+export const outbox = {
+  /** Sends `payload` (JSON) to `method` of `actor`; returns the message id. `options.id` sets it. */
+  send(actor, method, payload = null, options = {}) {
+    return host(wit_outbox.send, {
+      destination: { tag: 'actor', val: { actor, method } },
+      payload: encode(payload),
+      id: options.id,
+      eventType: undefined,
+    });
+  },
+  /** Sends `payload` (JSON) to the sink named `sink` in the host's config; returns the message id. */
+  publish(sink, payload = null, options = {}) {
+    return host(wit_outbox.send, {
+      destination: { tag: 'sink', val: sink },
+      payload: encode(payload),
+      id: options.id,
+      eventType: options.eventType,
+    });
+  },
+  /** The message this turn handles, if it is a delivery: `[id, sender]`. */
+  current() { return wit_outbox.current() ?? undefined; },
 };
 
 /** Calls `method` of actor `target` (`type/key`) with `value`; returns its decoded reply. */

@@ -6,7 +6,7 @@
 
 use quark_host::runtime::DeployOutcome;
 use quark_host::{ActorError, ErrorKind, Host, Manifest};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::*;
 
@@ -190,5 +190,54 @@ async fn memory_limits_hold_for_python_and_javascript() {
         assert_eq!(ask(&host, &actor, "hop", json!({"path": []})).await.unwrap()[0]["hops"], json!(2), "{name}");
         let info = host.actors().into_iter().find(|a| a.id == actor).expect("active");
         assert!(info.memory_bytes <= limit << 20, "{name}: {} bytes over a {limit} MiB limit", info.memory_bytes);
+    }
+}
+
+/// The journal, jobs and outbox through the Python and JavaScript SDKs:
+/// each commits with its turn, and a failed turn sends nothing.
+#[tokio::test]
+async fn python_and_javascript_actors_use_the_journal_jobs_and_outbox() {
+    use quark_host::storage::jobs::JobStatus;
+    let Some(components) = guests(&["polyglot-py", "polyglot-js"], "python_and_javascript_actors_use_the_journal_jobs_and_outbox") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_shared_compiled_cache(dir.path()).await;
+    for ((name, event_type_key), bytes) in [("polyglot-py", "event_type"), ("polyglot-js", "eventType")].into_iter().zip(components) {
+        deploy(&host, name, bytes, manifest()).await.unwrap();
+        let (a, b, worker) = (format!("{name}/a"), format!("{name}/b"), format!("{name}/j"));
+
+        // Journal: appends commit with the turn; reads decode the data.
+        let reply = ask(&host, &a, "record", json!({"type": "noted", "data": {"n": 1}})).await.unwrap();
+        assert_eq!(reply, json!({"version": 1, "current": 1}), "{name}");
+        assert_eq!(ask(&host, &a, "record", json!({"type": "noted", "data": {"n": 2}})).await.unwrap()["version"], json!(2), "{name}");
+        let history = ask(&host, &a, "history", json!(null)).await.unwrap();
+        let events: Vec<(&Value, &Value, &Value)> =
+            history.as_array().unwrap().iter().map(|e| (&e["version"], &e[event_type_key], &e["data"])).collect();
+        assert_eq!(events, [(&json!(1), &json!("noted"), &json!({"n": 1})), (&json!(2), &json!("noted"), &json!({"n": 2}))], "{name}");
+        assert_eq!(host.journal(&id(&a), 1, None, 10).await.unwrap().version, 2, "{name}: in the host's journal");
+
+        // Outbox: a failed turn's message never goes; the next one arrives
+        // alone (the lane keeps order, so the failed one would come first),
+        // once, with its id and sender.
+        let e = ask(&host, &a, "doomed", json!({"to": b, "payload": "lost"})).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Internal, "{name}: {e}");
+        let message_id = ask(&host, &a, "send", json!({"to": b, "payload": {"hello": name}, "id": format!("{name}-m1")})).await.unwrap();
+        assert_eq!(message_id, json!(format!("{name}-m1")), "{name}");
+        let inbox = eventually("the message", async || ask(&host, &b, "inbox", json!(null)).await.unwrap(), |i| i != &json!([])).await;
+        assert_eq!(inbox, json!([{"payload": {"hello": name}, "id": message_id, "sender": a}]), "{name}");
+
+        // Jobs: one runs as a turn of its target, which sees its id and
+        // attempt; another, far off, is cancelled by a turn.
+        let job = ask(&host, &a, "schedule", json!({"target": worker, "payload": {"k": 1}, "key": format!("{name}-job")})).await.unwrap();
+        let job = job.as_str().unwrap().to_string();
+        let done = eventually("the job", async || host.job(&job).await.unwrap(), |j| j.status == JobStatus::Succeeded).await;
+        assert_eq!((done.progress, done.progress_note.as_deref()), (Some(50), Some("halfway")), "{name}");
+        assert_eq!(ask(&host, &worker, "seen", json!(null)).await.unwrap(), json!({"id": job, "attempt": 1, "payload": {"k": 1}}), "{name}");
+        let later = ask(&host, &a, "schedule", json!({"target": worker, "after_ms": 3_600_000})).await.unwrap();
+        let later = later.as_str().unwrap();
+        assert_eq!(host.job(later).await.unwrap().status, JobStatus::Scheduled, "{name}");
+        assert_eq!(ask(&host, &a, "cancel", json!({"id": later})).await.unwrap(), json!(true), "{name}");
+        assert_eq!(host.job(later).await.unwrap().status, JobStatus::Cancelled, "{name}");
     }
 }

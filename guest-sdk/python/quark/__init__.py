@@ -20,22 +20,29 @@ method returns; raising discards them. Raise one of this module's errors
 (`Rejected`, `NotFound`...) to answer with that error; any other exception
 answers `internal` with its type and message.
 
+Durable capabilities, each committed with the turn (or not at all):
+`journal` (append and read this actor's events), `jobs` (schedule work for
+later, retried until it succeeds), `outbox` (messages delivered once, after
+the commit).
+
 Built with componentize-py against the `quark:actor` WIT package (the
-`actor` world); the `wit_world` bindings it generates are also importable for
-what this module does not wrap (journal, jobs, outbox).
+`actor` world); the `wit_world` bindings it generates are also importable.
 """
 
 import json
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from componentize_py_types import Err
+from wit_world.imports import jobs as _jobs
+from wit_world.imports import journal as _journal
 from wit_world.imports import log as _log
+from wit_world.imports import outbox as _outbox
 from wit_world.imports import runtime as _runtime
 from wit_world.imports import state as _state
 from wit_world.imports import types as _types
 
 __all__ = [
-    "Actor", "export", "state", "log", "call", "tell", "self_id", "self_key", "caller", "now_ms",
+    "Actor", "export", "state", "log", "journal", "jobs", "outbox", "call", "tell", "self_id", "self_key", "caller", "now_ms",
     "QuarkError", "NotFound", "Rejected", "Timeout", "Unavailable", "LimitExceeded", "Internal",
 ]
 
@@ -163,6 +170,136 @@ class log:
     @staticmethod
     def error(message: str) -> None:
         _log.log(_log.Level.ERROR, message)
+
+
+class journal:
+    """This actor's append-only event stream. Appends commit with the turn."""
+
+    @staticmethod
+    def append(event_type: str, data: Any = None, schema_version: int = 1) -> int:
+        """Appends one event (`data` as JSON); returns its version."""
+        return _host(_journal.append, [_journal.Event(event_type=event_type, schema_version=schema_version, data=_encode(data))])
+
+    @staticmethod
+    def version() -> int:
+        """The current version: the last committed event plus this turn's appends."""
+        return _host(_journal.version)
+
+    @staticmethod
+    def read(start: int = 1, max: int = 100) -> List[Dict[str, Any]]:
+        """Up to `max` committed events from version `start` on, oldest first,
+        each a dict with its `data` decoded."""
+        return [
+            {
+                "version": e.version,
+                "event_type": e.event_type,
+                "schema_version": e.schema_version,
+                "data": _decode(e.data),
+                "recorded_at": e.recorded_at,
+                "correlation_id": e.correlation_id,
+                "causation_id": e.causation_id,
+                "caller": e.caller,
+                "method": e.method,
+            }
+            for e in _host(_journal.read, start, max)
+        ]
+
+    @staticmethod
+    def request_snapshot() -> None:
+        """Asks for a snapshot after this turn commits (event-sourced actors only)."""
+        _journal.request_snapshot()
+
+
+_CATCH_UP = {"once": _jobs.CatchUp.ONCE, "all": _jobs.CatchUp.ALL, "skip": _jobs.CatchUp.SKIP}
+
+
+class jobs:
+    """Durable jobs: a turn of `target` later, retried with backoff until it
+    succeeds, then dead-lettered. Scheduling commits with the turn."""
+
+    @staticmethod
+    def schedule(
+        target: str,
+        method: str,
+        payload: Any = None,
+        *,
+        at_ms: Optional[int] = None,
+        after_ms: Optional[int] = None,
+        cron: Optional[str] = None,
+        time_zone: Optional[str] = None,
+        max_attempts: Optional[int] = None,
+        backoff_ms: Optional[int] = None,
+        max_backoff_ms: Optional[int] = None,
+        timeout_ms: Optional[int] = None,
+        priority: int = 0,
+        queue: Optional[str] = None,
+        key: Optional[str] = None,
+        catch_up: Optional[str] = None,
+    ) -> str:
+        """Schedules `method` of `target` with `payload` (JSON); returns the job id.
+
+        When: at most one of `at_ms` (ms since the Unix epoch), `after_ms`
+        (after this turn commits) or `cron` (with `time_zone`, UTC if none);
+        none runs it as soon as the turn commits. `key` makes scheduling
+        idempotent; `catch_up` is "once", "all" or "skip" for missed cron ticks.
+        """
+        given = [w for w in (at_ms, after_ms, cron) if w is not None]
+        if len(given) > 1:
+            raise Rejected("a job runs at_ms, after_ms or on a cron schedule: give one of them")
+        if catch_up is not None and catch_up not in _CATCH_UP:
+            raise Rejected(f"catch_up is one of once, all, skip, not {catch_up!r}")
+        if cron is not None:
+            when: Any = _jobs.When_Cron(cron)
+        elif at_ms is not None:
+            when = _jobs.When_At(at_ms)
+        else:
+            when = _jobs.When_Delay(after_ms or 0)
+        job = _jobs.Job(
+            target=target, method=method, payload=_encode(payload), when=when, time_zone=time_zone,
+            max_attempts=max_attempts, backoff_ms=backoff_ms, max_backoff_ms=max_backoff_ms, timeout_ms=timeout_ms,
+            priority=priority, queue=queue, idempotency_key=key, catch_up=None if catch_up is None else _CATCH_UP[catch_up],
+        )
+        return _host(_jobs.schedule, job)
+
+    @staticmethod
+    def cancel(id: str) -> bool:
+        """Cancels a job (with this turn's commit); False if there is no such job."""
+        return _host(_jobs.cancel, id)
+
+    @staticmethod
+    def current() -> Optional[Tuple[str, int]]:
+        """The job this turn runs, if any: its id and attempt (1, 2...)."""
+        return _jobs.current()
+
+    @staticmethod
+    def progress(percent: int, note: str = "") -> None:
+        """Reports the running job's progress (shown by `quark jobs show`)."""
+        _jobs.progress(max(0, min(100, percent)), note)
+
+
+class outbox:
+    """Messages sent with this turn's commit and delivered after it: to an
+    actor once (its inbox deduplicates by id), in order per sender and
+    receiver; to a sink at least once, as a CloudEvent."""
+
+    @staticmethod
+    def send(actor: str, method: str, payload: Any = None, *, id: Optional[str] = None) -> str:
+        """Sends `payload` (JSON) to `method` of `actor`; returns the message id."""
+        destination = _outbox.Destination_Actor(_outbox.ActorMethod(actor, method))
+        return _host(_outbox.send, _outbox.Message(destination=destination, payload=_encode(payload), id=id, event_type=None))
+
+    @staticmethod
+    def publish(sink: str, payload: Any = None, *, event_type: Optional[str] = None, id: Optional[str] = None) -> str:
+        """Sends `payload` (JSON) to the sink named `sink` in the host's
+        config; returns the message id (the CloudEvent's `id`)."""
+        return _host(_outbox.send, _outbox.Message(
+            destination=_outbox.Destination_Sink(sink), payload=_encode(payload), id=id, event_type=event_type
+        ))
+
+    @staticmethod
+    def current() -> Optional[Tuple[str, str]]:
+        """The message this turn handles, if it is a delivery: its id and sender."""
+        return _outbox.current()
 
 
 def call(target: str, method: str, value: Any = None) -> Any:

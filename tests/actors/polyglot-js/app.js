@@ -1,8 +1,10 @@
 // The JavaScript part of the three-language call chain (`hop`, `hops`, as
 // in the Rust `polyglot`), plus failure cases: `fail` throws after a state
 // write, `refuse` throws `Rejected`, `grow` allocates memory, `callMissing`
-// calls an actor type that does not exist.
-import { NotFound, Rejected, actor, call, caller, selfId, state } from 'quark';
+// calls an actor type that does not exist. The durable capabilities, as in
+// `polyglot-py`: `record` and `history` (journal), `send`, `doomed`,
+// `receive` and `inbox` (outbox), `schedule`, `cancel`, `work` and `seen` (jobs).
+import { NotFound, Rejected, actor, call, caller, jobs, journal, outbox, selfId, state } from 'quark';
 
 let ballast = null;
 
@@ -36,5 +38,43 @@ export const handler = actor({
       if (e instanceof NotFound) return `not-found: ${e.message}`;
       throw e;
     }
+  },
+  record({ type, data }) {
+    const version = journal.append(type, data);
+    return { version, current: journal.version() };
+  },
+  history() {
+    return journal.read(1, 100);
+  },
+  send({ to, payload, id }) {
+    return outbox.send(to, 'receive', payload, { id });
+  },
+  doomed({ to, payload }) {
+    // Sent, then the turn fails: the message is never delivered.
+    outbox.send(to, 'receive', payload);
+    throw new TypeError('this turn fails after sending');
+  },
+  receive(payload) {
+    const [id, sender] = outbox.current();
+    const received = state.get('received', []);
+    received.push({ payload, id, sender });
+    state.set('received', received);
+  },
+  inbox() {
+    return state.get('received', []);
+  },
+  schedule({ target, payload, after_ms, key }) {
+    return jobs.schedule(target, 'work', payload, { afterMs: after_ms, key });
+  },
+  cancel({ id }) {
+    return jobs.cancel(id);
+  },
+  work(payload) {
+    const [id, attempt] = jobs.current();
+    jobs.progress(50, 'halfway');
+    state.set('seen', { id, attempt, payload });
+  },
+  seen() {
+    return state.get('seen', null);
   },
 });
