@@ -133,8 +133,51 @@ pub(crate) async fn postgres_store(test: &str) -> Option<PostgresStore> {
     postgres_store_at(&postgres_url(), test).await
 }
 
+/// The process id in a name [`unique`] made, if that process has exited:
+/// its schema or keys are left over from an earlier run.
+fn left_over(name: &str) -> bool {
+    let pid = name.strip_prefix("quark_test_").and_then(|rest| rest.split('_').find_map(|p| p.parse::<u32>().ok()));
+    pid.is_some_and(|pid| pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Drops the schemas earlier test runs left in the database at `url` (once
+/// per run), so repeated `make test` runs do not pile them up.
+async fn drop_left_over_schemas(url: &str) {
+    use sqlx::{ConnectOptions, Connection};
+    static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        let Ok(options) = url.parse::<sqlx::postgres::PgConnectOptions>() else { return };
+        let Ok(mut conn) = options.connect().await else { return };
+        let names: Vec<String> = sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'quark\\_test\\_%'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap_or_default();
+        for name in names.into_iter().filter(|n| left_over(n)) {
+            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).execute(&mut conn).await;
+        }
+        let _ = conn.close().await;
+    })
+    .await;
+}
+
+/// Deletes the keys earlier test runs left in Redis (once per run).
+async fn delete_left_over_keys(url: &str) {
+    static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        let Ok(client) = redis::Client::open(url) else { return };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
+        let Ok(keys) = redis::cmd("KEYS").arg("quark_test_*").query_async::<Vec<String>>(&mut conn).await else { return };
+        let stale: Vec<&String> = keys.iter().filter(|k| left_over(k)).collect();
+        for chunk in stale.chunks(1000) {
+            let _ = redis::cmd("UNLINK").arg(chunk).query_async::<i64>(&mut conn).await;
+        }
+    })
+    .await;
+}
+
 /// Like [`postgres_store`] at a given URL.
 pub(crate) async fn postgres_store_at(url: &str, test: &str) -> Option<PostgresStore> {
+    drop_left_over_schemas(url).await;
     match PostgresStore::connect(url, Some(&unique("quark_test"))).await {
         Ok(store) => Some(store),
         Err(e) if !backends_required() => {
@@ -154,6 +197,7 @@ pub(crate) fn redis_url() -> String {
 /// when no server answers and backends are not required.
 pub(crate) async fn redis_store(test: &str) -> Option<RedisStore> {
     let url = redis_url();
+    delete_left_over_keys(&url).await;
     match RedisStore::connect(&url, Some(&unique("quark_test"))).await {
         Ok(store) => Some(store),
         Err(e) if !backends_required() => {
