@@ -131,7 +131,12 @@ export const journal = {
   requestSnapshot() { wit_journal.requestSnapshot(); },
 };
 
-const optionalU64 = (n) => (n === undefined || n === null ? undefined : BigInt(n));
+// A non-negative integer option as the WIT's u64 (undefined when absent).
+function optionalU64(name, n) {
+  if (n === undefined || n === null) return undefined;
+  if (!Number.isSafeInteger(n) || n < 0) throw new Rejected(`${name} must be a non-negative integer, not ${JSON.stringify(n)}`);
+  return BigInt(n);
+}
 
 /**
  * Durable jobs: a turn of `target` later, retried with backoff until it
@@ -151,13 +156,13 @@ export const jobs = {
     if ([atMs, afterMs, cron].filter((w) => w !== undefined && w !== null).length > 1) {
       throw new Rejected('a job runs atMs, afterMs or on a cron schedule: give one of them');
     }
-    if (options.catchUp !== undefined && !['once', 'all', 'skip'].includes(options.catchUp)) {
+    if (options.catchUp != null && !['once', 'all', 'skip'].includes(options.catchUp)) {
       throw new Rejected(`catchUp is one of once, all, skip, not ${JSON.stringify(options.catchUp)}`);
     }
     let when;
     if (cron !== undefined && cron !== null) when = { tag: 'cron', val: String(cron) };
-    else if (atMs !== undefined && atMs !== null) when = { tag: 'at', val: BigInt(atMs) };
-    else when = { tag: 'delay', val: BigInt(afterMs ?? 0) };
+    else if (atMs !== undefined && atMs !== null) when = { tag: 'at', val: optionalU64('atMs', atMs) };
+    else when = { tag: 'delay', val: optionalU64('afterMs', afterMs ?? 0) };
     return host(wit_jobs.schedule, {
       target,
       method,
@@ -165,13 +170,13 @@ export const jobs = {
       when,
       timeZone: options.timeZone,
       maxAttempts: options.maxAttempts,
-      backoffMs: optionalU64(options.backoffMs),
-      maxBackoffMs: optionalU64(options.maxBackoffMs),
-      timeoutMs: optionalU64(options.timeoutMs),
+      backoffMs: optionalU64('backoffMs', options.backoffMs),
+      maxBackoffMs: optionalU64('maxBackoffMs', options.maxBackoffMs),
+      timeoutMs: optionalU64('timeoutMs', options.timeoutMs),
       priority: options.priority ?? 0,
       queue: options.queue,
       idempotencyKey: options.key,
-      catchUp: options.catchUp,
+      catchUp: options.catchUp ?? undefined,
     });
   },
   /** Cancels a job (with this turn's commit); false if there is no such job. */

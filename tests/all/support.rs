@@ -119,12 +119,13 @@ pub(crate) fn backends_required() -> bool {
     std::env::var("QUARK_REQUIRE_BACKENDS").is_ok_and(|v| v == "1")
 }
 
-/// A random suffix for schema names, so tests do not see each other.
+/// A unique name for a schema, key prefix or stream, so tests do not see
+/// each other: `{prefix}_{pid}_{unix seconds}_{nanos}_{n}`.
 pub(crate) fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{prefix}_{}_{}_{}", std::process::id(), nanos, N.fetch_add(1, Ordering::Relaxed))
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    format!("{prefix}_{}_{}_{}_{}", std::process::id(), now.as_secs(), now.subsec_nanos(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A PostgreSQL store in a fresh schema, or `None` (after printing SKIP)
@@ -133,15 +134,30 @@ pub(crate) async fn postgres_store(test: &str) -> Option<PostgresStore> {
     postgres_store_at(&postgres_url(), test).await
 }
 
-/// The process id in a name [`unique`] made, if that process has exited:
-/// its schema or keys are left over from an earlier run.
+/// True for a name [`unique`] made more than an hour ago: no test runs that
+/// long, so its schema or keys are left over from an earlier run (of this
+/// machine or another sharing the server). Names of the older form
+/// `{prefix}_{pid}_{nanos}_{n}` count when that process has exited here.
 fn left_over(name: &str) -> bool {
-    let pid = name.strip_prefix("quark_test_").and_then(|rest| rest.split('_').find_map(|p| p.parse::<u32>().ok()));
-    pid.is_some_and(|pid| pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    let Some(rest) = name.strip_prefix("quark_test_") else { return false };
+    let numbers: Vec<u64> = rest.split(['_', ':']).filter_map(|p| p.parse().ok()).collect();
+    match numbers[..] {
+        [_pid, secs, _, _, ..] if secs > 1_000_000_000 => {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            now.saturating_sub(secs) > 3600
+        }
+        [pid, _, _, ..] => {
+            std::path::Path::new("/proc/self").exists()
+                && pid != u64::from(std::process::id())
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        }
+        _ => false,
+    }
 }
 
-/// Drops the schemas earlier test runs left in the database at `url` (once
-/// per run), so repeated `make test` runs do not pile them up.
+/// Drops the schemas earlier test runs left in the database (once per run,
+/// at the first URL a test uses), so repeated `make test` runs do not pile
+/// them up.
 async fn drop_left_over_schemas(url: &str) {
     use sqlx::{ConnectOptions, Connection};
     static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
@@ -160,7 +176,8 @@ async fn drop_left_over_schemas(url: &str) {
     .await;
 }
 
-/// Deletes the keys earlier test runs left in Redis (once per run).
+/// Deletes the keys earlier test runs left in Redis (once per run, at the
+/// first URL a test uses).
 async fn delete_left_over_keys(url: &str) {
     static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
     DONE.get_or_init(|| async {

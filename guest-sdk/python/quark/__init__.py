@@ -244,6 +244,10 @@ class jobs:
         idempotent; `catch_up` is "once", "all" or "skip" for missed cron ticks.
         """
         given = [w for w in (at_ms, after_ms, cron) if w is not None]
+        for name, value in (("at_ms", at_ms), ("after_ms", after_ms), ("backoff_ms", backoff_ms),
+                            ("max_backoff_ms", max_backoff_ms), ("timeout_ms", timeout_ms)):
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise Rejected(f"{name} must be a non-negative integer, not {value!r}")
         if len(given) > 1:
             raise Rejected("a job runs at_ms, after_ms or on a cron schedule: give one of them")
         if catch_up is not None and catch_up not in _CATCH_UP:
@@ -274,7 +278,7 @@ class jobs:
     @staticmethod
     def progress(percent: int, note: str = "") -> None:
         """Reports the running job's progress (shown by `quark jobs show`)."""
-        _jobs.progress(max(0, min(100, percent)), note)
+        _jobs.progress(max(0, min(100, int(round(percent)))), str(note))
 
 
 class outbox:

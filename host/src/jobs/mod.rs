@@ -271,8 +271,8 @@ impl Host {
     }
 
     /// Checks, plans and stores jobs from outside a turn; returns them as
-    /// added, before any runner picks them up (for a repeated idempotency
-    /// key, the existing job as it is now, in batches of up to 100).
+    /// added. A job with an idempotency key is read back (in batches of up
+    /// to 100), as the existing job for a repeated key.
     pub async fn add_jobs(&self, requests: Vec<JobRequest>) -> Result<Vec<JobRecord>, ActorError> {
         let store = self.job_store_or_err()?;
         let now = crate::storage::now_ms();
@@ -321,12 +321,16 @@ impl Host {
     /// Runs a dead or failed job again now, with fresh attempts.
     pub async fn retry_job(&self, id: &str) -> Result<JobRecord, ActorError> {
         let store = self.job_store_or_err()?;
-        if !store.retry_job(id, crate::storage::now_ms()).await? {
+        // Read first: a dead or failed job is left alone by every runner,
+        // while a retried one may be running by the time it is read back.
+        let mut job = self.job(id).await?;
+        let now = crate::storage::now_ms();
+        if !store.retry_job(id, now).await? {
             let job = self.job(id).await?;
             return Err(ActorError::rejected(format!("job {id} is {}: only dead or failed jobs can be retried", job.status.as_str())));
         }
-        // As retried, before a runner takes it.
-        let job = self.job(id).await?;
+        // What the retry changed (see `JobStore::retry_job`).
+        (job.status, job.run_at_ms, job.attempts, job.updated_at_ms) = (JobStatus::Scheduled, now, 0, now);
         self.wake_jobs();
         Ok(job)
     }

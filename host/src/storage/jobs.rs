@@ -231,7 +231,9 @@ pub trait JobStore: Send + Sync {
     /// Cancels a job now (outside a turn); false if it does not exist or has ended.
     async fn cancel_job(&self, id: &str) -> Result<bool, StoreError>;
 
-    /// Makes a dead or failed job due now with fresh attempts; false if it is neither.
+    /// Makes a dead or failed job due now (`run_at_ms` and `updated_at_ms`
+    /// = `now_ms`) with fresh attempts (0), `scheduled`; false if it is
+    /// neither dead nor failed.
     async fn retry_job(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
 
     /// Deletes jobs with `status`, only those last changed before

@@ -1,8 +1,8 @@
 //! The PostgreSQL store: production and multi-host.
 //!
-//! A turn batch is one transaction whose statements do not multiply with
-//! its size: rows (state, events, inbox entries, messages, lanes) pass as
-//! arrays through `UNNEST`.
+//! A turn batch is one transaction. Its rows of state, events, inbox
+//! entries, messages and lanes pass as arrays through `UNNEST`, one
+//! statement per table whatever the batch size.
 
 use std::collections::HashSet;
 use std::str::FromStr;

@@ -505,14 +505,15 @@ where
     })
 }
 
-/// `$first, $first+1, …` for `count` placeholders.
 /// A lane as a commit upserts it: sender, kind, target, due at (ms).
 pub(crate) type LaneKey<'a> = (&'a str, &'a str, &'a str, i64);
 
-/// Prepared statements each connection keeps: every shape of the batched
-/// statements ([`pow2_chunks`]) fits, so a busy store never parses again.
+/// Prepared statements each connection keeps: every shape of a group
+/// commit's batched statements ([`pow2_chunks`]) fits, so commits do not
+/// parse again once warm.
 pub(crate) const STATEMENT_CACHE: usize = 500;
 
+/// `$first, $first+1, …` for `count` placeholders.
 pub(crate) fn placeholders(first: usize, count: usize) -> String {
     (first..first + count).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
