@@ -8,8 +8,8 @@ TEST_ACTORS  := misbehave pingpong no-handler counter-v2 ledger worker courier p
 # Guests in other languages: a folder with app.py / app.js each.
 PY_SAMPLES   := counter-py
 JS_SAMPLES   := counter-js
-PY_TEST_ACTORS := polyglot-py
-JS_TEST_ACTORS := polyglot-js
+PY_TEST_ACTORS := polyglot-py account-py
+JS_TEST_ACTORS := polyglot-js account-js
 GUEST_DIR    := target/$(WASM_TARGET)/wasm
 DATA_DIR     ?= ./quark-data
 LISTEN       ?= 127.0.0.1:7878

@@ -1,5 +1,6 @@
 // Builds a JavaScript actor into a wasm component:
-//   node guest-sdk/js/build.mjs samples/counter-js/app.js target/samples/counter-js.wasm
+//   node guest-sdk/js/build.mjs samples/counter-js/app.js target/samples/counter-js.wasm [WORLD]
+// WORLD is `actor` (the default) or `event-sourced` (an app that exports `aggregate`).
 //
 // 1. rolldown bundles the actor with this SDK (`import ... from 'quark'`)
 //    into one ES module; the WIT imports (`quark:actor/...`) stay imports.
@@ -14,9 +15,9 @@ import { fileURLToPath } from 'node:url';
 import { rolldown } from 'rolldown';
 import { componentize } from '@bytecodealliance/componentize-js';
 
-const [source, out] = process.argv.slice(2);
+const [source, out, world = 'actor'] = process.argv.slice(2);
 if (!source || !out) {
-  console.error('usage: node build.mjs ACTOR.js OUT.wasm');
+  console.error('usage: node build.mjs ACTOR.js OUT.wasm [actor|event-sourced]');
   process.exit(2);
 }
 const here = dirname(fileURLToPath(import.meta.url));
@@ -38,7 +39,7 @@ try {
   const { component } = await componentize({
     sourcePath: bundle,
     witPath: wit,
-    worldName: 'actor',
+    worldName: world,
     disableFeatures: ['http', 'fetch-event'],
   });
   await mkdir(dirname(resolve(out)), { recursive: true });

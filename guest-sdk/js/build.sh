@@ -26,7 +26,11 @@ fi
 if [ -f "$out" ] && [ -z "$(find "$src" "$here/quark.js" "$here/build.mjs" "$root/wit" -newer "$out" -type f -print -quit)" ]; then
   exit 0
 fi
-echo ">> building $out from $src/app.js (componentize-js)"
+# An app that exports `aggregate` (eventSourced) is built against the
+# `event-sourced` world, any other against `actor`.
+world=actor
+grep -Eq '^export .*\baggregate\b' "$src/app.js" && world=event-sourced
+echo ">> building $out from $src/app.js (componentize-js, world $world)"
 mkdir -p "$(dirname "$out")"
-node "$here/build.mjs" "$src/app.js" "$out.tmp"
+node "$here/build.mjs" "$src/app.js" "$out.tmp" "$world"
 mv "$out.tmp" "$out"

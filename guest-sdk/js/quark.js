@@ -237,8 +237,9 @@ export function caller() { return wit_runtime.caller() ?? undefined; }
 /** Wall-clock time in milliseconds since the Unix epoch. */
 export function nowMs() { return Number(wit_runtime.now()); }
 
-/** Makes `methods` the actor: `export const handler = actor({ ... })`. */
-export function actor(methods) {
+// The `handler` export: dispatches a turn to one of `methods`, called with
+// `self` as `this`.
+function handlerFor(methods, self) {
   const names = Object.keys(methods).sort().join(', ');
   return {
     handle(method, payload) {
@@ -251,12 +252,98 @@ export function actor(methods) {
         throw new Rejected(`bad request for \`${method}\`: ${e.message}`);
       }
       try {
-        return encode(fn.call(methods, request));
+        return encode(fn.call(self, request));
       } catch (e) {
-        if (e instanceof QuarkError) throw e;
-        const message = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
-        throw new Internal(message);
+        throw asQuarkError(e);
       }
     },
   };
+}
+
+// `e` as a QuarkError: itself, or `internal` with its name and message.
+function asQuarkError(e, context = '') {
+  if (e instanceof QuarkError) return e;
+  const message = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+  return new Internal(context + message);
+}
+
+/** Makes `methods` the actor: `export const handler = actor({ ... })`. */
+export function actor(methods) {
+  return handlerFor(methods, methods);
+}
+
+const HOOKS = new Set(['state', 'apply', 'upcast', 'schemaVersion']);
+
+/**
+ * Makes an event-sourced actor, whose state is always the fold of its events:
+ *
+ *   export const { handler, aggregate } = eventSourced({
+ *     state: { balance: 0 },                       // the initial state (JSON)
+ *     apply(state, type, data) {                   // the only code that changes it
+ *       if (type === 'deposited') state.balance += data.amount;
+ *     },
+ *     deposit({ amount }) {                        // a command: validate, then emit
+ *       if (amount <= 0) throw new Rejected('amount must be positive');
+ *       this.emit('deposited', { amount });
+ *       return { balance: this.state.balance };
+ *     },
+ *   });
+ *
+ * `apply` may change `state` in place or return a new one. Every other
+ * function is a command, called with `this.state` and `this.emit(type, data)`
+ * (records the event with the turn's commit, applies it, returns the new
+ * version). `schemaVersion` (default 1) and `upcast(type, schemaVersion,
+ * data)` convert events of older shapes. The host rebuilds the state on
+ * activation from the latest snapshot (the state as JSON) plus the events after it.
+ */
+export function eventSourced(definition) {
+  const { apply, upcast } = definition;
+  const schemaVersion = definition.schemaVersion ?? 1;
+  if (typeof apply !== 'function') throw new TypeError('eventSourced needs an apply(state, type, data) function');
+  const initial = JSON.stringify(definition.state ?? {});
+  const self = {
+    state: JSON.parse(initial),
+    emit(type, data = null) {
+      const version = journal.append(type, data, schemaVersion);
+      fold(type, data);
+      return version;
+    },
+  };
+  function fold(type, data) {
+    const next = apply(self.state, type, data);
+    if (next !== undefined) self.state = next;
+  }
+  const commands = {};
+  for (const [name, fn] of Object.entries(definition)) {
+    if (typeof fn === 'function' && !HOOKS.has(name)) commands[name] = fn;
+  }
+  const aggregate = {
+    apply(events) {
+      for (const e of events) {
+        let data;
+        try {
+          data = decode(e.data);
+        } catch (err) {
+          throw new Internal(`event ${e.version} (\`${e.eventType}\`) is not JSON: ${err.message}`);
+        }
+        try {
+          if (e.schemaVersion !== schemaVersion && upcast) data = upcast(e.eventType, e.schemaVersion, data);
+          fold(e.eventType, data);
+        } catch (err) {
+          throw asQuarkError(err, `applying event ${e.version} (\`${e.eventType}\`, schema ${e.schemaVersion}): `);
+        }
+      }
+    },
+    snapshot() {
+      return encode(self.state);
+    },
+    restore(snapshot) {
+      try {
+        self.state = decode(snapshot);
+      } catch (err) {
+        throw new Rejected(`the snapshot does not restore: ${err.message}`);
+      }
+    },
+  };
+  return { handler: handlerFor(commands, self), aggregate };
 }

@@ -30,7 +30,11 @@ fi
 if [ -f "$out" ] && [ -z "$(find "$src" "$here/quark" "$root/wit" -newer "$out" -type f -print -quit)" ]; then
   exit 0
 fi
-echo ">> building $out from $src/app.py (componentize-py)"
+# An app that exports `Aggregate` (quark.export_event_sourced) is built
+# against the `event-sourced` world, any other against `actor`.
+world=actor
+grep -Eq '^[^#]*\bAggregate\b.*=' "$src/app.py" && world=event-sourced
+echo ">> building $out from $src/app.py (componentize-py, world $world)"
 mkdir -p "$(dirname "$out")"
-"$tool" -d "$root/wit" -w actor componentize app -p "$src" -p "$here" -o "$out.tmp" >/dev/null
+"$tool" -d "$root/wit" -w "$world" componentize app -p "$src" -p "$here" -o "$out.tmp" >/dev/null
 mv "$out.tmp" "$out"

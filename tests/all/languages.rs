@@ -241,3 +241,52 @@ async fn python_and_javascript_actors_use_the_journal_jobs_and_outbox() {
         assert_eq!(host.job(later).await.unwrap().status, JobStatus::Cancelled, "{name}");
     }
 }
+
+/// Event-sourced actors in Python and JavaScript: commands emit events, the
+/// state is their fold, a failed turn's event never counts, and the host
+/// rebuilds the state from the journal, from a snapshot, and at a past version.
+#[tokio::test]
+async fn python_and_javascript_event_sourced_actors_fold_their_events() {
+    use quark_host::journal::ReplayTarget;
+    use quark_host::storage::Retention;
+    let Some(components) = guests(&["account-py", "account-js"], "python_and_javascript_event_sourced_actors_fold_their_events") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_shared_compiled_cache(dir.path()).await;
+    for (name, bytes) in ["account-py", "account-js"].into_iter().zip(components) {
+        deploy(&host, name, bytes, manifest()).await.unwrap();
+        let actor = format!("{name}/alice");
+        assert_eq!(ask(&host, &actor, "deposit", json!({"amount": 100})).await.unwrap(), json!({"balance": 100}), "{name}");
+        assert_eq!(ask(&host, &actor, "withdraw", json!({"amount": 30})).await.unwrap(), json!({"balance": 70}), "{name}");
+        let e = ask(&host, &actor, "withdraw", json!({"amount": 500})).await.unwrap_err();
+        assert_eq!((e.kind, e.message.contains("insufficient funds")), (ErrorKind::Rejected, true), "{name}: {e}");
+        let e = ask(&host, &actor, "doomed", json!({"amount": 1000})).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Internal, "{name}: {e}");
+        let expected = json!({"balance": 70, "operations": 2, "version": 2});
+        assert_eq!(ask(&host, &actor, "balance_of", json!(null)).await.unwrap(), expected, "{name}: the failed turn's event is gone");
+        let page = host.journal(&id(&actor), 1, None, 10).await.unwrap();
+        let types: Vec<&str> = page.events.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(types, ["deposited", "withdrawn"], "{name}");
+
+        // Rebuilt from the journal by a new activation; then from a snapshot.
+        host.deactivate_all();
+        assert_eq!(ask(&host, &actor, "balance_of", json!(null)).await.unwrap(), expected, "{name}: replayed");
+        assert_eq!(host.snapshot(&id(&actor)).await.unwrap(), 2, "{name}");
+        let mut snapshot = host.store().latest_snapshot(&id(&actor), u64::MAX).await.unwrap().unwrap();
+        let taken: Value = serde_json::from_slice(&snapshot.data).unwrap();
+        assert_eq!(taken, json!({"balance": 70, "operations": 2}), "{name}: the snapshot is the state as JSON");
+        // Mark the stored snapshot, to see that the next activation restores it.
+        snapshot.data = serde_json::to_vec(&json!({"balance": 70, "operations": 40})).unwrap();
+        host.store().save_snapshot(&id(&actor), &snapshot, Retention::Keep).await.unwrap();
+        host.deactivate_all();
+        let restored = ask(&host, &actor, "balance_of", json!(null)).await.unwrap();
+        assert_eq!(restored, json!({"balance": 70, "operations": 40, "version": 2}), "{name}: restored from the snapshot");
+        assert_eq!(ask(&host, &actor, "deposit", json!({"amount": 5})).await.unwrap(), json!({"balance": 75}), "{name}");
+
+        // The state at version 1, computed in a sandbox.
+        let past = host.replay(&id(&actor), ReplayTarget::Version(1), None).await.unwrap();
+        let state: Value = serde_json::from_slice(&past.state).unwrap();
+        assert_eq!((state["balance"].clone(), state["operations"].clone()), (json!(100), json!(1)), "{name}: {state}");
+    }
+}

@@ -20,6 +20,10 @@ method returns; raising discards them. Raise one of this module's errors
 (`Rejected`, `NotFound`...) to answer with that error; any other exception
 answers `internal` with its type and message.
 
+An event-sourced actor subclasses `quark.EventSourced` (state as the fold
+of its events) and is exported with `Handler, Aggregate =
+quark.export_event_sourced(Account)`.
+
 Durable capabilities, each committed with the turn (or not at all):
 `journal` (append and read this actor's events), `jobs` (schedule work for
 later, retried until it succeeds), `outbox` (messages delivered once, after
@@ -42,7 +46,7 @@ from wit_world.imports import state as _state
 from wit_world.imports import types as _types
 
 __all__ = [
-    "Actor", "export", "state", "log", "journal", "jobs", "outbox", "call", "tell", "self_id", "self_key", "caller", "now_ms",
+    "Actor", "export", "EventSourced", "export_event_sourced", "state", "log", "journal", "jobs", "outbox", "call", "tell", "self_id", "self_key", "caller", "now_ms",
     "QuarkError", "NotFound", "Rejected", "Timeout", "Unavailable", "LimitExceeded", "Internal",
 ]
 
@@ -348,13 +352,8 @@ def _methods(instance: Any) -> Dict[str, Callable]:
     }
 
 
-def export(actor_class: type) -> type:
-    """Makes `actor_class` the actor: assign the result to `Handler` in the app module.
-
-    One instance lives as long as the activation; durable data belongs in `state`.
-    """
-    instance = actor_class()
-    methods = _methods(instance)
+def _handler(instance: Any, methods: Dict[str, Callable]) -> type:
+    """The `handler` export: dispatches a turn to one of `methods`."""
     names = ", ".join(sorted(methods))
 
     class Handler:
@@ -378,3 +377,106 @@ def export(actor_class: type) -> type:
                 raise Err(_types.Error_Internal(f"{type(e).__name__}: {e}"))
 
     return Handler
+
+
+def export(actor_class: type) -> type:
+    """Makes `actor_class` the actor: assign the result to `Handler` in the app module.
+
+    One instance lives as long as the activation; durable data belongs in `state`.
+    """
+    instance = actor_class()
+    return _handler(instance, _methods(instance))
+
+
+class EventSourced:
+    """Base class of an event-sourced actor: its state (the instance's
+    attributes) is always the fold of its events.
+
+        class Account(quark.EventSourced):
+            def __init__(self):
+                self.balance = 0
+
+            def apply(self, event_type, data):      # the only code that changes state
+                if event_type == "deposited":
+                    self.balance += data["amount"]
+
+            def deposit(self, request):             # a command: validate, then emit
+                if request["amount"] <= 0:
+                    raise quark.Rejected("amount must be positive")
+                self.emit("deposited", {"amount": request["amount"]})
+                return {"balance": self.balance}
+
+        Handler, Aggregate = quark.export_event_sourced(Account)
+
+    The host rebuilds the state on activation from the latest snapshot
+    (the public attributes as JSON) plus the events after it.
+    """
+
+    #: Version of the events' shape: bump it when a field changes, and
+    #: convert older events in `upcast`.
+    schema_version = 1
+
+    def apply(self, event_type: str, data: Any) -> None:
+        """Folds one event into the state. It must accept every event `emit` recorded."""
+        raise NotImplementedError(f"{type(self).__name__}.apply")
+
+    def upcast(self, event_type: str, schema_version: int, data: Any) -> Any:
+        """Turns an event of an older `schema_version` into the current shape (default: as is)."""
+        return data
+
+    def emit(self, event_type: str, data: Any = None) -> int:
+        """Records an event (committed with this turn) and applies it; returns the new version."""
+        version = journal.append(event_type, data, self.schema_version)
+        self.apply(event_type, data)
+        return version
+
+    def snapshot(self) -> Any:
+        """The state as JSON (default: the public attributes)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def restore(self, snapshot: Any) -> None:
+        """Replaces the state with a `snapshot` (default: sets the attributes)."""
+        vars(self).update(snapshot)
+
+
+_HOOKS = {"apply", "upcast", "emit", "snapshot", "restore", "schema_version"}
+
+
+def export_event_sourced(actor_class: type) -> Tuple[type, type]:
+    """Makes `actor_class` (an `EventSourced`) an event-sourced actor:
+    `Handler, Aggregate = quark.export_event_sourced(Account)` in the app
+    module. Its public methods other than the hooks are its commands."""
+    instance = actor_class()
+    commands = {name: f for name, f in _methods(instance).items() if name not in _HOOKS}
+
+    class Aggregate:
+        def apply(self, events: List[Any]) -> None:
+            for e in events:
+                try:
+                    data = _decode(e.data)
+                except ValueError as err:
+                    raise Err(_types.Error_Internal(f"event {e.version} (`{e.event_type}`) is not JSON: {err}"))
+                try:
+                    if e.schema_version != instance.schema_version:
+                        data = instance.upcast(e.event_type, e.schema_version, data)
+                    instance.apply(e.event_type, data)
+                except QuarkError as err:
+                    raise Err(err._to_wit())
+                except Exception as err:
+                    raise Err(_types.Error_Internal(
+                        f"applying event {e.version} (`{e.event_type}`, schema {e.schema_version}): {type(err).__name__}: {err}"
+                    ))
+
+        def snapshot(self) -> bytes:
+            try:
+                return _encode(instance.snapshot())
+            except Exception as err:
+                raise Err(_types.Error_Internal(f"encoding the snapshot: {type(err).__name__}: {err}"))
+
+        def restore(self, snapshot: bytes) -> None:
+            try:
+                instance.restore(_decode(snapshot))
+            except Exception as err:
+                raise Err(_types.Error_Rejected(f"the snapshot does not restore: {type(err).__name__}: {err}"))
+
+    return _handler(instance, commands), Aggregate
