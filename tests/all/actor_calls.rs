@@ -131,3 +131,22 @@ async fn re_entering_an_actor_twice_on_one_chain_keeps_every_write() {
     assert_eq!(ask(&host, "pingpong/a", "pings", json!(null)).await.unwrap(), json!(3), "each nested turn saw the one it is nested in");
     assert_eq!(ask(&host, "pingpong/b", "pings", json!(null)).await.unwrap(), json!(3));
 }
+
+/// Dropping a host with live actors frees them and the host itself: the
+/// activations do not keep it alive, and nothing of it keeps running.
+#[tokio::test]
+async fn a_dropped_host_frees_its_actors_and_its_store() {
+    use std::sync::Arc;
+    use quark_host::storage::Store;
+    use quark_host::storage::sqlite::SqliteStore;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("quark.db")).await.unwrap());
+    let host = quark_host::Host::start(HostConfig::new(dir.path()), store.clone()).await.unwrap();
+    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    for i in 0..10 {
+        ask(&host, &format!("counter/k{i}"), "increment", json!({"by": 1})).await.unwrap();
+    }
+    assert_eq!(host.actors().len(), 10);
+    drop(host);
+    eventually("the host to let go of its store", async || Arc::strong_count(&store), |n| *n == 1).await;
+}

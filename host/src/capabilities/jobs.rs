@@ -45,7 +45,8 @@ impl Host for TurnState {
 
     fn progress(&mut self, percent: u8, note: String) {
         let Some((id, _, lease)) = self.scope.job.clone() else { return };
-        let store = self.host.store().clone();
+        let Ok(host) = self.host() else { return };
+        let store = host.store().clone();
         // Progress is a report, not an effect: visible at once, not rolled back.
         tokio::spawn(async move {
             if let Some(jobs) = store.job_store()

@@ -23,7 +23,7 @@ impl Host for TurnState {
             return Err(GuestError::Rejected("a replay sandbox cannot read the live journal".into()));
         }
         let events = self
-            .host
+            .host()?
             .store()
             .read_events(&self.actor, from.max(1), max.min(MAX_READ) as usize)
             .await

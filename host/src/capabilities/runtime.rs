@@ -17,21 +17,22 @@ impl Host for TurnState {
     async fn call(&mut self, target: String, method: String, payload: Vec<u8>) -> Result<Vec<u8>, GuestError> {
         self.refuse_in_sandbox()?;
         let target = ActorId::parse(&target)?;
-        let request = self.outgoing(target, method, payload);
-        Ok(self.host.ask_request(request).await?)
+        let request = self.outgoing(target, method, payload)?;
+        Ok(self.host()?.ask_request(request).await?)
     }
 
     fn tell(&mut self, target: String, method: String, payload: Vec<u8>) -> Result<(), GuestError> {
         self.refuse_in_sandbox()?;
         let target = ActorId::parse(&target)?;
-        let mut request = self.outgoing(target, method, payload);
+        let mut request = self.outgoing(target, method, payload)?;
+        let host = self.host()?;
         // A tell starts its own chain: the sender does not wait for it. It
         // is sent when this turn commits, and never if the turn fails.
         request.chain = crate::runtime::new_chain_id();
         request.caller = Some(self.actor.clone());
-        request.deadline = std::time::Instant::now() + self.host.config().call_timeout;
-        self.host.check_request(&request)?;
-        self.host.registry().active(request.target.actor_type())?;
+        request.deadline = std::time::Instant::now() + host.config().call_timeout;
+        host.check_request(&request)?;
+        host.registry().active(request.target.actor_type())?;
         Ok(self.buffer_tell(request)?)
     }
 

@@ -19,7 +19,7 @@ use wasmtime::{Store, UpdateDeadline};
 use super::engine::coarse_now_ms;
 use super::registry::LoadedVersion;
 use super::turn::TurnState;
-use super::{Control, Request};
+use super::{Control, Request, WeakHost};
 use crate::Host;
 use crate::capabilities::{ActorInstance, ActorPre, GuestError};
 use crate::error::{ActorError, ErrorKind};
@@ -385,11 +385,13 @@ impl Activation {
         let shared = Arc::new(ActivationShared::new(id));
         let (tx, rx) = mpsc::unbounded_channel();
         host.metrics().activation_started();
-        tokio::spawn(Self::run(host.clone(), shared.clone(), rx));
+        tokio::spawn(Self::run(host.downgrade(), shared.clone(), rx));
         Handle { tx, shared }
     }
 
-    async fn run(host: Host, shared: Arc<ActivationShared>, mut rx: mpsc::UnboundedReceiver<Envelope>) {
+    /// Weak: the host's table owns the activation (its `Handle`); a dropped
+    /// host closes the mailbox, and this task ends.
+    async fn run(weak: WeakHost, shared: Arc<ActivationShared>, mut rx: mpsc::UnboundedReceiver<Envelope>) {
         // Turns whose commits are in flight: their replies go out as they
         // resolve, while the next turns run.
         let mut committing = futures::stream::FuturesUnordered::new();
@@ -402,6 +404,7 @@ impl Activation {
                     None => break,
                 },
             };
+            let Some(host) = weak.upgrade() else { break };
             let mut core = take_core(&shared).await;
             let output = core.run_turn(&host, &shared, request).await;
             // Back before `pending` drops, so a caller that sees the actor
@@ -434,7 +437,9 @@ impl Activation {
         // Removed from the table: drop the instance now (it refers back to
         // `shared`, so it would otherwise keep both alive).
         drop(shared.core.lock().take());
-        host.metrics().activation_stopped();
+        if let Some(host) = weak.upgrade() {
+            host.metrics().activation_stopped();
+        }
     }
 }
 
@@ -987,7 +992,7 @@ pub(crate) async fn instantiate_pre(
     layer: usize,
 ) -> Result<(Store<TurnState>, ActorInstance), ActorError> {
     let memory_limit = manifest.memory_limit;
-    let mut store = Store::new(host.engine(), TurnState::new(host.clone(), shared.clone(), memory_limit, layer));
+    let mut store = Store::new(host.engine(), TurnState::new(host, shared.clone(), memory_limit, layer));
     store.limiter(|s| &mut s.limiter);
     store.epoch_deadline_callback(|mut ctx| {
         if Instant::now() >= ctx.data().scope.deadline {

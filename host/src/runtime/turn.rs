@@ -8,7 +8,7 @@ use std::time::Instant;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::Request;
+use super::{Request, WeakHost};
 use super::activation::ActivationShared;
 use super::guest_output::GuestOutput;
 use super::limits::MemoryLimiter;
@@ -56,7 +56,9 @@ static PROCESS_EPOCH_MS: std::sync::LazyLock<i64> = std::sync::LazyLock::new(cra
 /// The data of one actor instance's store: the capabilities' host state.
 pub struct TurnState {
     pub(crate) actor: ActorId,
-    pub(crate) host: Host,
+    /// Weak: the host owns its activations (and so this state), not the
+    /// other way round, so that a dropped host frees them.
+    host: WeakHost,
     pub(crate) scope: TurnScope,
     pub(crate) activation: Arc<ActivationShared>,
     /// Which of the actor's effect layers this turn writes: 0 for a turn
@@ -73,7 +75,7 @@ pub struct TurnState {
 }
 
 impl TurnState {
-    pub(crate) fn new(host: Host, activation: Arc<ActivationShared>, memory_limit: u64, layer: usize) -> Self {
+    pub(crate) fn new(host: &Host, activation: Arc<ActivationShared>, memory_limit: u64, layer: usize) -> Self {
         let stderr = GuestOutput::new(activation.id.clone(), "stderr");
         let wasi = WasiCtx::builder()
             .stdout(GuestOutput::new(activation.id.clone(), "stdout"))
@@ -81,7 +83,7 @@ impl TurnState {
             .build();
         TurnState {
             actor: activation.id.clone(),
-            host,
+            host: host.downgrade(),
             scope: TurnScope::system(Instant::now()),
             limiter: MemoryLimiter::new(memory_limit, activation.clone()),
             activation,
@@ -157,7 +159,7 @@ impl TurnState {
                 )));
             }
         }
-        ensure_journal_loaded(&self.host, &self.activation).await?;
+        ensure_journal_loaded(&self.host()?, &self.activation).await?;
         let recorded_at_ms = crate::storage::now_ms();
         let causation_id = format!("{:x}-{:x}", *PROCESS_EPOCH_MS, self.scope.turn);
         let correlation_id = format!("{:016x}", self.scope.chain);
@@ -191,7 +193,7 @@ impl TurnState {
 
     /// The actor's journal version as this turn sees it.
     pub(crate) async fn journal_version(&mut self) -> Result<u64, ActorError> {
-        ensure_journal_loaded(&self.host, &self.activation).await?;
+        ensure_journal_loaded(&self.host()?, &self.activation).await?;
         let state = self.activation.state.lock();
         let visible = state.layers.len().min(self.layer + 1);
         let buffered: usize = state.layers[..visible].iter().map(|l| l.events.len()).sum();
@@ -210,13 +212,13 @@ impl TurnState {
         if self.sandbox {
             return Err(ActorError::rejected("a replay sandbox cannot schedule jobs"));
         }
-        if self.host.store().job_store().is_none() {
+        if self.host()?.store().job_store().is_none() {
             return Err(ActorError::unavailable(format!(
                 "durable jobs are not available on the {} store yet",
-                self.host.store().backend_name()
+                self.host()?.store().backend_name()
             )));
         }
-        self.host.registry().active(request.target.actor_type())?;
+        self.host()?.registry().active(request.target.actor_type())?;
         let job = crate::jobs::plan(request, crate::storage::now_ms())?;
         let id = job.id.clone();
         let mut state = self.activation.state.lock();
@@ -244,7 +246,8 @@ impl TurnState {
                 return Ok(true);
             }
         }
-        let Some(store) = self.host.store().job_store() else { return Ok(false) };
+        let host = self.host()?;
+        let Some(store) = host.store().job_store() else { return Ok(false) };
         let live = store.job(&id).await?.is_some_and(|j| {
             matches!(
                 j.status,
@@ -269,10 +272,10 @@ impl TurnState {
         if self.sandbox {
             return Err(ActorError::rejected("a replay sandbox cannot send messages"));
         }
-        if self.host.store().outbox_store().is_none() {
-            return Err(ActorError::unavailable(format!("the outbox is not available on the {} store yet", self.host.store().backend_name())));
+        if self.host()?.store().outbox_store().is_none() {
+            return Err(ActorError::unavailable(format!("the outbox is not available on the {} store yet", self.host()?.store().backend_name())));
         }
-        let limit = self.host.config().max_payload;
+        let limit = self.host()?.config().max_payload;
         if payload.len() > limit {
             return Err(ActorError::limit_exceeded(format!(
                 "a message of {} bytes is larger than the host's limit of {limit} bytes (--max-payload)",
@@ -282,12 +285,12 @@ impl TurnState {
         match &destination {
             Destination::Actor { actor, method } => {
                 let target = ActorId::parse(actor)?;
-                self.host.registry().active(target.actor_type())?;
+                self.host()?.registry().active(target.actor_type())?;
                 if method.is_empty() {
                     return Err(ActorError::bad_request("a message to an actor needs a method"));
                 }
             }
-            Destination::Sink { name } if !self.host.sinks().contains(name) => {
+            Destination::Sink { name } if !self.host()?.sinks().contains(name) => {
                 return Err(ActorError::not_found(format!("no sink named {name:?} is configured on this host (--sink NAME=KIND:TARGET)")));
             }
             Destination::Sink { .. } => {}
@@ -320,9 +323,15 @@ impl TurnState {
     }
 
     /// A request from this turn to another actor, on the same call chain.
-    pub(crate) fn outgoing(&self, target: ActorId, method: String, payload: Vec<u8>) -> Request {
-        let deadline = self.scope.deadline.min(Instant::now() + self.host.config().call_timeout);
-        Request { target, method, payload, chain: self.scope.chain, caller: Some(self.actor.clone()), deadline, control: None }
+    pub(crate) fn outgoing(&self, target: ActorId, method: String, payload: Vec<u8>) -> Result<Request, ActorError> {
+        let deadline = self.scope.deadline.min(Instant::now() + self.host()?.config().call_timeout);
+        Ok(Request { target, method, payload, chain: self.scope.chain, caller: Some(self.actor.clone()), deadline, control: None })
+    }
+
+    /// The host, while it exists (always during a turn: the activation
+    /// running it holds the host).
+    pub(crate) fn host(&self) -> Result<Host, ActorError> {
+        self.host.upgrade().ok_or_else(|| ActorError::unavailable("the host is shutting down"))
     }
 }
 
