@@ -559,6 +559,73 @@ async fn sink_bench(dir: &std::path::Path) {
     }
 }
 
+/// A steady load of `rate` messages/s for 3 s: 200 senders, one message
+/// per turn, spread evenly. Two delays per message: from the send inside the
+/// sending turn (ms resolution, includes that turn's commit), and from the
+/// sending turn's commit (its reply, which goes out once the commit is
+/// durable) to the delivery.
+async fn steady_load(host: &Host, backend: &str, rate: u64) {
+    let (tasks_n, seconds) = (200usize, if quick() { 1 } else { 3 });
+    let mut deliveries = host.message_deliveries();
+    let committed: Arc<parking_lot::Mutex<HashMap<String, Instant>>> = Default::default();
+    let before = commits(&host);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for t in 0..tasks_n {
+        let host = host.clone();
+        let committed = committed.clone();
+        tasks.push(tokio::spawn(async move {
+            let every = Duration::from_secs_f64(tasks_n as f64 / rate as f64);
+            // Staggered, so the sends are spread over each period rather
+            // than all 200 at its start (which made the load a burst every
+            // 40 ms at 5,000/s).
+            let offset = every.mul_f64(t as f64 / tasks_n as f64);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
+            let mut n = 0u64;
+            while start.elapsed() < Duration::from_secs(seconds) {
+                tick.tick().await;
+                n += 1;
+                let message = format!("steady{rate}-{t}-{n}");
+                let body = format!(r#"{{"to": "counter/steady{t}", "method": "increment", "payload": {{"by": 1}}, "id": "{message}"}}"#);
+                host.ask(id(format!("courier/steady-s{t}")), "send", body.into_bytes()).await.unwrap();
+                committed.lock().insert(message, Instant::now());
+            }
+        }));
+    }
+    let mut steady = Vec::new();
+    let mut delivered_at = Vec::new();
+    let collect_until = Instant::now() + Duration::from_secs(seconds + 2);
+    while Instant::now() < collect_until {
+        match tokio::time::timeout(Duration::from_millis(100), deliveries.recv()).await {
+            Ok(Ok(d)) => {
+                steady.push(Duration::from_millis(d.delay_ms as u64));
+                delivered_at.push((d.id, Instant::now()));
+            }
+            Ok(Err(_)) | Err(_) => {}
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    steady.sort();
+    let committed = committed.lock();
+    let mut from_commit: Vec<Duration> = delivered_at
+        .iter()
+        .filter_map(|(message, at)| committed.get(message).map(|c| at.saturating_duration_since(*c)))
+        .collect();
+    from_commit.sort();
+    println!(
+        "outbox on {backend}: at a steady {rate} messages/s ({} delivered): send to delivered (ms resolution) p50 {:?}, p99 {:?}; \
+         sender's commit (its reply) to delivered p50 {:?}, p99 {:?}",
+        steady.len(),
+        percentile(&steady, 0.5),
+        percentile(&steady, 0.99),
+        percentile(&from_commit, 0.5),
+        percentile(&from_commit, 0.99)
+    );
+    println!("outbox on {backend}: steady load: {}", commits_since(&host, before, start.elapsed()));
+}
+
 /// Actor-to-actor outbox delivery: 1,000 senders each send 100 messages
 /// to their own receiver (`counter.increment`, one sending turn each), and
 /// the time until every one ran as a committed turn of its receiver; then the latency from a sending
@@ -628,72 +695,12 @@ async fn outbox_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &st
         );
     }
     }
-    // Steady load below capacity: 200 senders, one message per turn, at
-    // 10,000 messages/s in all for 3 s. Two delays per message: from the
-    // send inside the sending turn (ms resolution, includes that turn's
-    // commit), and from the sending turn's commit (its reply, which goes out
-    // once the commit is durable) to the delivery.
-    // QUARK_BENCH_STEADY_RATE sets the rate (keep it below the machine's capacity).
-    let rate = std::env::var("QUARK_BENCH_STEADY_RATE").ok().and_then(|r| r.parse().ok()).unwrap_or(10_000u64);
-    let (tasks_n, seconds) = (200usize, if quick() { 1 } else { 3 });
-    let mut deliveries = host.message_deliveries();
-    let committed: Arc<parking_lot::Mutex<HashMap<String, Instant>>> = Default::default();
-    let before = commits(&host);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..tasks_n {
-        let host = host.clone();
-        let committed = committed.clone();
-        tasks.push(tokio::spawn(async move {
-            let every = Duration::from_secs_f64(tasks_n as f64 / rate as f64);
-            // Staggered, so the sends are spread over each period rather
-            // than all 200 at its start (which made the load a burst every
-            // 40 ms at 5,000/s).
-            let offset = every.mul_f64(t as f64 / tasks_n as f64);
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, every);
-            let mut n = 0u64;
-            while start.elapsed() < Duration::from_secs(seconds) {
-                tick.tick().await;
-                n += 1;
-                let message = format!("steady-{t}-{n}");
-                let body = format!(r#"{{"to": "counter/steady{t}", "method": "increment", "payload": {{"by": 1}}, "id": "{message}"}}"#);
-                host.ask(id(format!("courier/steady-s{t}")), "send", body.into_bytes()).await.unwrap();
-                committed.lock().insert(message, Instant::now());
-            }
-        }));
+    // Steady loads: at the issue's 5,000 messages/s, and at 10,000 (past
+    // it). QUARK_BENCH_STEADY_RATE=R[,R...] sets the rates.
+    let rates = std::env::var("QUARK_BENCH_STEADY_RATE").unwrap_or_else(|_| "5000,10000".into());
+    for rate in rates.split(',').filter_map(|r| r.trim().parse::<u64>().ok()) {
+        steady_load(&host, backend, rate).await;
     }
-    let mut steady = Vec::new();
-    let mut delivered_at = Vec::new();
-    let collect_until = Instant::now() + Duration::from_secs(seconds + 2);
-    while Instant::now() < collect_until {
-        match tokio::time::timeout(Duration::from_millis(100), deliveries.recv()).await {
-            Ok(Ok(d)) => {
-                steady.push(Duration::from_millis(d.delay_ms as u64));
-                delivered_at.push((d.id, Instant::now()));
-            }
-            Ok(Err(_)) | Err(_) => {}
-        }
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    steady.sort();
-    let committed = committed.lock();
-    let mut from_commit: Vec<Duration> = delivered_at
-        .iter()
-        .filter_map(|(message, at)| committed.get(message).map(|c| at.saturating_duration_since(*c)))
-        .collect();
-    from_commit.sort();
-    println!(
-        "outbox on {backend}: at a steady {rate} messages/s ({} delivered): send to delivered (ms resolution) p50 {:?}, p99 {:?}; \
-         sender's commit (its reply) to delivered p50 {:?}, p99 {:?}",
-        steady.len(),
-        percentile(&steady, 0.5),
-        percentile(&steady, 0.99),
-        percentile(&from_commit, 0.5),
-        percentile(&from_commit, 0.99)
-    );
-    println!("outbox on {backend}: steady load: {}", commits_since(&host, before, start.elapsed()));
     let mut lat = Vec::new();
     for i in 0..scale(200) {
         let before = delivered(&host);
