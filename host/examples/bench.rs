@@ -568,7 +568,7 @@ async fn steady_load(host: &Host, backend: &str, rate: u64) {
     let (tasks_n, seconds) = (200usize, if quick() { 1 } else { 3 });
     let mut deliveries = host.message_deliveries();
     let committed: Arc<parking_lot::Mutex<HashMap<String, Instant>>> = Default::default();
-    let before = commits(&host);
+    let before = commits(host);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..tasks_n {
@@ -623,7 +623,7 @@ async fn steady_load(host: &Host, backend: &str, rate: u64) {
         percentile(&from_commit, 0.5),
         percentile(&from_commit, 0.99)
     );
-    println!("outbox on {backend}: steady load: {}", commits_since(&host, before, start.elapsed()));
+    println!("outbox on {backend}: steady load: {}", commits_since(host, before, start.elapsed()));
 }
 
 /// Actor-to-actor outbox delivery: 1,000 senders each send 100 messages

@@ -212,13 +212,14 @@ impl TurnState {
         if self.sandbox {
             return Err(ActorError::rejected("a replay sandbox cannot schedule jobs"));
         }
-        if self.host()?.store().job_store().is_none() {
+        let host = self.host()?;
+        if host.store().job_store().is_none() {
             return Err(ActorError::unavailable(format!(
                 "durable jobs are not available on the {} store yet",
-                self.host()?.store().backend_name()
+                host.store().backend_name()
             )));
         }
-        self.host()?.registry().active(request.target.actor_type())?;
+        host.registry().active(request.target.actor_type())?;
         let job = crate::jobs::plan(request, crate::storage::now_ms())?;
         let id = job.id.clone();
         let mut state = self.activation.state.lock();
@@ -272,10 +273,11 @@ impl TurnState {
         if self.sandbox {
             return Err(ActorError::rejected("a replay sandbox cannot send messages"));
         }
-        if self.host()?.store().outbox_store().is_none() {
-            return Err(ActorError::unavailable(format!("the outbox is not available on the {} store yet", self.host()?.store().backend_name())));
+        let host = self.host()?;
+        if host.store().outbox_store().is_none() {
+            return Err(ActorError::unavailable(format!("the outbox is not available on the {} store yet", host.store().backend_name())));
         }
-        let limit = self.host()?.config().max_payload;
+        let limit = host.config().max_payload;
         if payload.len() > limit {
             return Err(ActorError::limit_exceeded(format!(
                 "a message of {} bytes is larger than the host's limit of {limit} bytes (--max-payload)",
@@ -285,12 +287,12 @@ impl TurnState {
         match &destination {
             Destination::Actor { actor, method } => {
                 let target = ActorId::parse(actor)?;
-                self.host()?.registry().active(target.actor_type())?;
+                host.registry().active(target.actor_type())?;
                 if method.is_empty() {
                     return Err(ActorError::bad_request("a message to an actor needs a method"));
                 }
             }
-            Destination::Sink { name } if !self.host()?.sinks().contains(name) => {
+            Destination::Sink { name } if !host.sinks().contains(name) => {
                 return Err(ActorError::not_found(format!("no sink named {name:?} is configured on this host (--sink NAME=KIND:TARGET)")));
             }
             Destination::Sink { .. } => {}
