@@ -486,8 +486,16 @@ pub fn dispatch<Req: DeserializeOwned, Resp: Serialize>(
     method: impl FnOnce(Req) -> Result<Resp>,
 ) -> Result<Vec<u8>> {
     let payload = if payload.is_empty() { b"null".as_slice() } else { payload };
-    let request = serde_json::from_slice(payload)
-        .map_err(|e| Error::rejected(format!("bad request for `{name}`: {e}")))?;
+    let bad = |e: serde_json::Error| Error::rejected(format!("bad request for `{name}`: {e}"));
+    let request = match serde_json::from_slice(payload) {
+        Ok(request) => request,
+        // A method that takes nothing (`()`) accepts `{}` as well as `null`
+        // and an empty body: `{}` is what most callers send for "nothing".
+        Err(e) => match serde_json::from_slice::<serde_json::Value>(payload) {
+            Ok(serde_json::Value::Object(fields)) if fields.is_empty() => serde_json::from_value(serde_json::Value::Null).map_err(|_| bad(e))?,
+            _ => return Err(bad(e)),
+        },
+    };
     let response = method(request)?;
     serde_json::to_vec(&response).map_err(|e| Error::internal(format!("encoding reply of `{name}`: {e}")))
 }

@@ -29,6 +29,13 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// Missing or wrong bearer token.
     Unauthorized,
+    /// A request from a foreign origin or for a host name this host does
+    /// not serve (cross-site requests, DNS rebinding).
+    Forbidden,
+    /// The store may or may not have committed the turn (its
+    /// acknowledgement was lost): only a retry with the same idempotency
+    /// key is safe. Guests see it as `unavailable`.
+    UnknownOutcome,
 }
 
 impl ErrorKind {
@@ -45,6 +52,8 @@ impl ErrorKind {
             ErrorKind::BadRequest => "bad-request",
             ErrorKind::PayloadTooLarge => "payload-too-large",
             ErrorKind::Unauthorized => "unauthorized",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::UnknownOutcome => "unknown-outcome",
         }
     }
 }
@@ -83,6 +92,8 @@ constructors! {
     bad_request => BadRequest,
     payload_too_large => PayloadTooLarge,
     unauthorized => Unauthorized,
+    forbidden => Forbidden,
+    unknown_outcome => UnknownOutcome,
 }
 
 impl From<crate::storage::StoreError> for ActorError {
@@ -90,6 +101,7 @@ impl From<crate::storage::StoreError> for ActorError {
         match e {
             crate::storage::StoreError::Rejected(_) => ActorError::rejected(e.to_string()),
             crate::storage::StoreError::Conflict(_) => ActorError::conflict(e.to_string()),
+            crate::storage::StoreError::UnknownOutcome(_) => ActorError::unknown_outcome(e.to_string()),
             _ => ActorError::unavailable(e.to_string()),
         }
     }

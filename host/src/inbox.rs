@@ -18,14 +18,15 @@ pub const MAX_KEY_BYTES: usize = 255;
 
 impl Host {
     /// Like [`Host::ask`], but at most once per `key` for this actor
-    /// within the inbox retention: a repeat returns the first successful
+    /// within the inbox retention (HTTP callers' keys are their own
+    /// namespace: an actor's message with the same id is another message): a repeat returns the first successful
     /// reply without running the turn. A failed turn stores nothing, so a
     /// retry after an error runs again.
     pub async fn ask_idempotent(&self, target: ActorId, method: &str, payload: Vec<u8>, key: &str) -> Result<Vec<u8>, ActorError> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(ActorError::bad_request(format!("an idempotency key must be 1 to {MAX_KEY_BYTES} bytes, not {}", key.len())));
         }
-        let control = Control::Inbox(InboxTurn { message_id: key.to_string(), check: true, lane: None });
+        let control = Control::Inbox(InboxTurn { sender: String::new(), message_id: key.to_string(), check: true, lane: None });
         self.ask_request(self.outside_request(target, method, payload, Some(control))).await
     }
 }

@@ -266,7 +266,7 @@ pub fn outcome_of(kind: ErrorKind) -> TurnOutcome {
         ErrorKind::Timeout => TurnOutcome::timeout,
         ErrorKind::LimitExceeded => TurnOutcome::limit_exceeded,
         ErrorKind::Internal => TurnOutcome::trap,
-        ErrorKind::Unavailable => TurnOutcome::store_unavailable,
+        ErrorKind::Unavailable | ErrorKind::UnknownOutcome => TurnOutcome::store_unavailable,
         _ => TurnOutcome::error,
     }
 }

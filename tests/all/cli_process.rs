@@ -395,7 +395,7 @@ fn transfers_survive_ten_sigkills_exactly_once() {
     });
 
     let mut server = Some(server);
-    let mut acknowledged: Vec<(String, usize)> = Vec::new();
+    let mut acknowledged: Vec<(String, usize, usize)> = Vec::new();
     for round in 0..10 {
         let live = server.take().unwrap_or_else(|| Server::start(dir.path(), port));
         let url = live.url.clone();
@@ -419,7 +419,7 @@ fn transfers_survive_ten_sigkills_exactly_once() {
                             let id = format!("t{round}-{w}-{n}");
                             let body = format!(r#"{{"to": "transfer/a{to}", "amount": {amount}, "id": "{id}"}}"#);
                             match http.post(format!("{url}/v1/actors/transfer/a{from}/transfer")).body(body).send().await {
-                                Ok(r) if r.status().is_success() => acked.push((id, to)),
+                                Ok(r) if r.status().is_success() => acked.push((id, from, to)),
                                 Ok(r) if r.status().as_u16() == 422 => {} // insufficient funds: no transfer
                                 _ => break,
                             }
@@ -469,9 +469,10 @@ fn transfers_survive_ten_sigkills_exactly_once() {
     let handled: std::collections::HashSet<(String, String)> = rt.block_on(async {
         let store = quark_host::storage::sqlite::SqliteStore::open(&dir.path().join("quark.db")).await.unwrap();
         let mut handled = std::collections::HashSet::new();
-        for (transfer, to) in &acknowledged {
+        for (transfer, from, to) in &acknowledged {
             let actor = id(&format!("transfer/a{to}"));
-            if quark_host::storage::InboxStore::inbox_reply(&store, &actor, transfer).await.unwrap().is_some() {
+            let sender = format!("transfer/a{from}");
+            if quark_host::storage::InboxStore::inbox_reply(&store, &actor, &sender, transfer).await.unwrap().is_some() {
                 handled.insert((transfer.clone(), actor.to_string()));
             }
         }

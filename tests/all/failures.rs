@@ -324,3 +324,99 @@ async fn a_caller_that_goes_away_mid_turn_leaves_the_actor_serving() {
     assert_eq!(dump(&host, "misbehave/c").await, json!({}), "the abandoned turn committed nothing");
     assert_eq!(host.actors().iter().find(|a| a.id == "misbehave/c").map(|a| a.pending), Some(0));
 }
+
+/// A TCP relay to PostgreSQL that, once armed, lets through the COMMIT of
+/// a transaction that carried `marker` and then cuts the connection: the
+/// server commits, the client never hears it (a lost acknowledgement).
+struct CommitCutter {
+    addr: std::net::SocketAddr,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CommitCutter {
+    async fn start(upstream: &'static str, marker: &'static [u8]) -> CommitCutter {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let armed2 = armed.clone();
+        let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).rposition(|w| w == needle);
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let armed = armed2.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    let (mut client_read, mut client_write) = inbound.into_split();
+                    let (mut server_read, mut server_write) = outbound.into_split();
+                    let back = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                    });
+                    let mut marked = false;
+                    let mut buffer = vec![0u8; 64 << 10];
+                    loop {
+                        let n = match client_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let chunk = &buffer[..n];
+                        match (find(chunk, b"BEGIN"), find(chunk, marker)) {
+                            (Some(begin), Some(m)) => marked = m > begin,
+                            (Some(_), None) => marked = false,
+                            (None, Some(_)) => marked = true,
+                            (None, None) => {}
+                        }
+                        if server_write.write_all(chunk).await.is_err() {
+                            break;
+                        }
+                        if marked && find(chunk, b"COMMIT").is_some() && armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                            // Let the server commit, then cut before the answer.
+                            back.abort();
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            return;
+                        }
+                    }
+                    back.abort();
+                });
+            }
+        });
+        CommitCutter { addr, armed }
+    }
+
+    fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// PostgreSQL commits a turn but the acknowledgement is lost: the caller
+/// is told the outcome is unknown (not "nothing happened"), and a retry
+/// with the same idempotency key gets the first reply without running the
+/// turn again.
+#[tokio::test]
+async fn a_lost_commit_acknowledgement_is_an_unknown_outcome() {
+    let relay = CommitCutter::start("127.0.0.1:5432", b"counter/cut").await;
+    let url = postgres_url().replace("127.0.0.1:5432", &relay.addr.to_string());
+    let Some(store) = postgres_store_at(&url, "a_lost_commit_acknowledgement_is_an_unknown_outcome").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(HostConfig::new(dir.path()), Arc::new(store)).await.unwrap();
+    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    assert_eq!(ask(&host, "counter/cut", "increment", json!({"by": 1})).await.unwrap(), json!(1));
+
+    relay.arm();
+    let pay = || host.ask_idempotent(id("counter/cut"), "increment", br#"{"by": 10}"#.to_vec(), "pay-7");
+    let e = pay().await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UnknownOutcome, "{e}");
+    assert!(e.message.contains("Idempotency-Key"), "{e}");
+
+    let mut retry = pay().await;
+    for _ in 0..40 {
+        if retry.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        retry = pay().await;
+    }
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&retry.unwrap()).unwrap(), json!(11), "the first reply: it had committed");
+    assert_eq!(ask(&host, "counter/cut", "get", json!(null)).await.unwrap(), json!(11), "the turn ran once");
+}

@@ -223,7 +223,7 @@ async fn inbox_entries_expire_after_the_retention() {
     // The expiry task forgets it (every 200 ms here); then the key runs again.
     let mut forgotten = false;
     for _ in 0..500 {
-        if host.store().inbox_reply(&id("counter/e"), "once").await.unwrap().is_none() {
+        if host.store().inbox_reply(&id("counter/e"), "", "once").await.unwrap().is_none() {
             forgotten = true;
             break;
         }
@@ -246,5 +246,5 @@ async fn the_outbox_over_http() {
     let (status, body) = json_of(http.delete(format!("{base}/v1/outbox?status=dead")).send().await.unwrap()).await;
     assert_eq!((status, body), (200, json!({"purged": 0})));
     let (status, body) = json_of(http.post(format!("{base}/v1/outbox/nosuch/retry")).send().await.unwrap()).await;
-    assert_error(status, &body, 422, "rejected");
+    assert_error(status, &body, 404, "not-found");
 }

@@ -125,10 +125,28 @@ async fn jobs_scheduled_in_a_turn_commit_with_it_once_per_key() {
     // The failed turn's job never existed.
     let all = host.jobs(None, Some("worker/s"), 10).await.unwrap();
     assert_eq!(all.len(), 1, "{all:?}");
-    // The same key from outside is the same job too.
-    let mut outside = request("worker/s", "work", json!({}));
-    outside.idempotency_key = Some("nightly".into());
-    assert_eq!(host.add_jobs(vec![outside]).await.unwrap()[0].id, id);
+    // Keys are scoped by who schedules and for which target: the same key
+    // from another actor, from outside, or for another target is another
+    // job; from outside twice, one job.
+    let other = ask(&host, "worker/y", "schedule", schedule("nightly", false)).await.unwrap();
+    assert_ne!(other, first, "another scheduler's key is its own");
+    let elsewhere = ask(&host, "worker/x", "schedule", json!({"target": "worker/t", "method": "work", "key": "nightly", "fail": false})).await.unwrap();
+    assert_ne!(elsewhere, first, "the same key for another target is another job");
+    let outside = || {
+        let mut outside = request("worker/s", "work", json!({}));
+        outside.idempotency_key = Some("nightly".into());
+        outside
+    };
+    let from_outside = host.add_jobs(vec![outside()]).await.unwrap()[0].id.clone();
+    assert_ne!(from_outside, id, "an outside caller's keys are their own");
+    assert_eq!(host.add_jobs(vec![outside()]).await.unwrap()[0].id, from_outside);
+    let mut for_other_target = outside();
+    for_other_target.target = id_of("worker/u");
+    assert_ne!(host.add_jobs(vec![for_other_target]).await.unwrap()[0].id, from_outside, "keys are scoped by target");
+}
+
+fn id_of(actor: &str) -> quark_host::ActorId {
+    quark_host::ActorId::parse(actor).unwrap()
 }
 
 // Multi-threaded: the job's turn spins in wasm while the test polls.
@@ -139,8 +157,12 @@ async fn cancelled_jobs_do_not_run_and_a_running_one_stops_retrying() {
     let mut later = request("worker/c", "work", json!({}));
     later.when = When::Delay(3_600_000);
     let job = host.add_jobs(vec![later]).await.unwrap().remove(0);
-    // From inside a turn, committed with it.
-    assert_eq!(ask(&host, "worker/x", "cancel", json!({"id": job.id})).await.unwrap(), json!(true));
+    // Another actor that learnt the id cannot cancel it.
+    let e = ask(&host, "worker/x", "cancel", json!({"id": job.id})).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Rejected, "{e}");
+    assert_eq!(host.job(&job.id).await.unwrap().status, JobStatus::Scheduled);
+    // Its target can, from inside a turn, committed with it.
+    assert_eq!(ask(&host, "worker/c", "cancel", json!({"id": job.id})).await.unwrap(), json!(true));
     assert_eq!(host.job(&job.id).await.unwrap().status, JobStatus::Cancelled);
     assert_eq!(ask(&host, "worker/x", "cancel", json!({"id": "nosuch"})).await.unwrap(), json!(false));
     assert_eq!(host.cancel_job(&job.id).await.unwrap_err().kind, ErrorKind::Rejected);

@@ -350,3 +350,60 @@ async fn golden_event_format() {
     let back: Vec<quark_host::storage::EventRecord> = serde_json::from_value(golden["stored_events"].clone()).unwrap();
     assert_eq!(back, events);
 }
+
+/// An event-sourced actor whose events are large reactivates within its
+/// memory limit: the rebuild hands `apply` batches sized by bytes, not a
+/// thousand events at once.
+#[tokio::test]
+async fn an_actor_with_large_events_reactivates_within_its_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sqlite_host(dir.path()).await;
+    let manifest = manifest_with("8MiB", "10s").with_journal(Some("100000"), None).unwrap();
+    host.deploy("ledger", component("ledger"), manifest).await.unwrap();
+    // 40 events of 256 KiB: 10 MiB of journal, more than the memory limit.
+    for _ in 0..10 {
+        ask(&host, "ledger/big", "record_big", json!({"bytes": 256 << 10, "count": 4})).await.unwrap();
+    }
+    host.deactivate_all();
+    assert_eq!(ask(&host, "ledger/big", "big", json!(null)).await.unwrap(), json!(40), "rebuilt from its 40 events");
+}
+
+/// A projection over large events keeps going: its batches are sized to
+/// pass the payload limit. An event too large to deliver at all stops it
+/// with an error that says so, instead of failing the same way for ever.
+#[tokio::test]
+async fn a_projection_of_large_events_does_not_stall() {
+    use quark_host::storage::ProjectionDef;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = HostConfig::new(dir.path());
+    config.max_payload = 256 << 10;
+    let host = host_with_config(config).await;
+    let manifest = manifest().with_journal(Some("100000"), None).unwrap();
+    host.deploy("ledger", component("ledger"), manifest).await.unwrap();
+    host.deploy("misbehave", component("misbehave"), crate::support::manifest()).await.unwrap();
+    // 300 events of 8 KiB: a batch of 256 would be 2 MiB, over the limit.
+    for _ in 0..30 {
+        ask(&host, "ledger/p", "record_big", json!({"bytes": 8 << 10, "count": 10})).await.unwrap();
+    }
+    let def = |name: &str| ProjectionDef { name: name.into(), source_type: "ledger".into(), target: "misbehave/proj".into(), method: "echo".into() };
+    host.create_projection(def("big")).await.unwrap();
+    let caught_up = eventually(
+        "the projection caught up",
+        async || host.projections().await.unwrap().into_iter().find(|p| p.def.name == "big").unwrap(),
+        |p| p.lag == 0 && p.checkpoint > 0,
+    )
+    .await;
+    assert_eq!(caught_up.last_error, None);
+
+    // One event larger than the limit on its own.
+    ask(&host, "ledger/p", "record_big", json!({"bytes": 300 << 10, "count": 1})).await.unwrap();
+    let stopped = eventually(
+        "the projection reports the event",
+        async || host.projections().await.unwrap().into_iter().find(|p| p.def.name == "big").unwrap(),
+        |p| p.last_error.is_some(),
+    )
+    .await;
+    let error = stopped.last_error.unwrap();
+    assert!(error.contains("--max-payload") && error.contains("position"), "{error}");
+    assert_eq!(stopped.lag, 1, "stopped at that event, nothing skipped");
+}

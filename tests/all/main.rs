@@ -8,6 +8,7 @@ mod support;
 mod actor_calls;
 mod cli_process;
 mod failures;
+mod hardening;
 mod hot_swap;
 mod http_api;
 mod jobs;

@@ -384,24 +384,59 @@ async fn host_jobs(store: Arc<dyn Store>) {
     assert!(host.metrics_text().contains("quark_job_start_delay_seconds_count"), "the scheduling lag is exported");
 }
 
+/// A batch completes each job only under its own lease: a stale lease of
+/// one job does not pass because another job of the batch holds the lease
+/// that job has now (ids and leases are matched in pairs).
+async fn job_completions_match_each_lease(store: Arc<dyn Store>) {
+    use quark_host::storage::jobs::{ClaimFilter, JobCompletion, JobStatus};
+    let Some(jobs) = store.job_store() else { return };
+    let now = quark_host::storage::now_ms();
+    jobs.add_jobs(&[job("p1", now - 10, 0), job("p2", now - 10, 0)]).await.unwrap();
+    let claims = jobs.claim_jobs(now, 10, 60_000, &ClaimFilter::default(), &[]).await.unwrap();
+    assert_eq!(claims.len(), 2);
+    let lease = claims[0].lease.clone();
+    assert_eq!(claims[1].lease, lease, "one claim, one lease");
+    let complete = |job_id: &str, lease: &str| TurnCommit {
+        job_done: Some(JobCompletion { id: job_id.into(), lease: lease.into(), next_run_at_ms: None }),
+        ..TurnCommit::state_only(id("w/a"), vec![write(job_id, Some("done"))])
+    };
+    let stale = store.commit(&[complete("p1", "a-stale-lease"), complete("p2", &lease)]).await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    for job_id in ["p1", "p2"] {
+        assert_eq!(jobs.job(job_id).await.unwrap().unwrap().status, JobStatus::Running, "{job_id}: nothing of the batch landed");
+    }
+    store.commit(&[complete("p1", &lease), complete("p2", &lease)]).await.unwrap();
+    assert_eq!(jobs.job("p1").await.unwrap().unwrap().status, JobStatus::Succeeded);
+}
+
 /// The inbox: an entry commits with its turn, a second one for the same
 /// message fails the commit (nothing of it lands), and entries expire.
 async fn inbox_dedup_and_expiry(store: Arc<dyn Store>) {
     use quark_host::storage::InboxEntry;
     let handled = |key: &str, value: &str, at_ms: i64| TurnCommit {
-        inbox: Some(InboxEntry { message_id: "m1".into(), reply: value.as_bytes().to_vec(), at_ms }),
+        inbox: Some(InboxEntry { sender: "c/s".into(), message_id: "m1".into(), reply: value.as_bytes().to_vec(), at_ms }),
         ..TurnCommit::state_only(id("c/a"), vec![write(key, Some(value))])
     };
-    assert_eq!(store.inbox_reply(&id("c/a"), "m1").await.unwrap(), None);
+    assert_eq!(store.inbox_reply(&id("c/a"), "c/s", "m1").await.unwrap(), None);
     store.commit(&[handled("k", "first", 1_000)]).await.unwrap();
-    assert_eq!(store.inbox_reply(&id("c/a"), "m1").await.unwrap(), Some(b"first".to_vec()));
-    assert_eq!(store.inbox_reply(&id("c/b"), "m1").await.unwrap(), None, "inboxes are per actor");
+    assert_eq!(store.inbox_reply(&id("c/a"), "c/s", "m1").await.unwrap(), Some(b"first".to_vec()));
+    assert_eq!(store.inbox_reply(&id("c/b"), "c/s", "m1").await.unwrap(), None, "inboxes are per actor");
+    assert_eq!(store.inbox_reply(&id("c/a"), "c/t", "m1").await.unwrap(), None, "ids are per sender");
+    assert_eq!(store.inbox_reply(&id("c/a"), "", "m1").await.unwrap(), None, "HTTP keys are their own namespace");
     let again = store.commit(&[handled("k2", "second", 2_000)]).await;
     assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
     assert_eq!(store.load_state(&id("c/a")).await.unwrap(), vec![("k".to_string(), b"first".to_vec())], "the repeat wrote nothing");
     assert_eq!(store.expire_inbox(1_000).await.unwrap(), 0, "not older than the bound");
+    // The same id from another sender, and as an HTTP key: other messages.
+    let other = |sender: &str, key: &str| TurnCommit {
+        inbox: Some(InboxEntry { sender: sender.into(), message_id: "m1".into(), reply: b"other".to_vec(), at_ms: 20_000 }),
+        ..TurnCommit::state_only(id("c/a"), vec![write(key, Some("x"))])
+    };
+    store.commit(&[other("c/t", "k3"), other("", "k4")]).await.unwrap();
+    assert_eq!(store.inbox_reply(&id("c/a"), "", "m1").await.unwrap(), Some(b"other".to_vec()));
     assert_eq!(store.expire_inbox(1_001).await.unwrap(), 1);
-    assert_eq!(store.inbox_reply(&id("c/a"), "m1").await.unwrap(), None);
+    assert_eq!(store.inbox_reply(&id("c/a"), "c/s", "m1").await.unwrap(), None);
+    assert_eq!(store.inbox_reply(&id("c/a"), "c/t", "m1").await.unwrap(), Some(b"other".to_vec()), "only the expired entry went");
 
     // An entry whose message is still in the outbox outlives the window.
     if store.outbox_store().is_some() {
@@ -416,12 +451,12 @@ async fn inbox_dedup_and_expiry(store: Arc<dyn Store>) {
         };
         store.commit(&[TurnCommit { messages: vec![in_flight], ..TurnCommit::state_only(id("c/z"), vec![]) }]).await.unwrap();
         let handled = TurnCommit {
-            inbox: Some(InboxEntry { message_id: "m2".into(), reply: b"ok".to_vec(), at_ms: 600 }),
+            inbox: Some(InboxEntry { sender: "c/z".into(), message_id: "m2".into(), reply: b"ok".to_vec(), at_ms: 600 }),
             ..TurnCommit::state_only(id("c/a"), vec![])
         };
         store.commit(&[handled]).await.unwrap();
         assert_eq!(store.expire_inbox(10_000).await.unwrap(), 0);
-        assert_eq!(store.inbox_reply(&id("c/a"), "m2").await.unwrap(), Some(b"ok".to_vec()), "kept for a possible redelivery");
+        assert_eq!(store.inbox_reply(&id("c/a"), "c/z", "m2").await.unwrap(), Some(b"ok".to_vec()), "kept for a possible redelivery");
     }
 }
 
@@ -480,6 +515,39 @@ async fn host_outbox_delivery(store: Arc<dyn Store>) {
     assert_eq!(received("courier/b").await.len(), 1, "the receiver ran once");
 }
 
+/// Message ids are unique per (receiver, sender): two senders that pick
+/// the same id both get their message through, and an HTTP caller's
+/// idempotency key never swallows an actor's message with that id.
+async fn host_message_ids_are_per_sender(store: Arc<dyn Store>) {
+    if store.outbox_store().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::start(HostConfig::new(dir.path()), store.clone()).await.unwrap();
+    host.deploy("courier", component("courier"), manifest()).await.unwrap();
+    // An HTTP call with `Idempotency-Key: pay-1` on the receiver first.
+    host.ask_idempotent(id("courier/bank"), "received", b"null".to_vec(), "pay-1").await.unwrap();
+    for sender in ["courier/alice", "courier/bob"] {
+        let sent = ask(&host, sender, "send", json!({"to": "courier/bank", "payload": {"from": sender}, "id": "pay-1"})).await.unwrap();
+        assert_eq!(sent, json!(["pay-1"]));
+    }
+    let received = eventually(
+        "both messages",
+        async || ask(&host, "courier/bank", "received", json!(null)).await.unwrap().as_array().cloned().unwrap_or_default(),
+        |got| got.len() >= 2,
+    )
+    .await;
+    let mut senders: Vec<&str> = received.iter().map(|m| m["sender"].as_str().unwrap()).collect();
+    senders.sort();
+    assert_eq!(senders, ["courier/alice", "courier/bob"], "{received:?}");
+    let outbox = async || store.outbox_store().unwrap().messages(None, 10).await.unwrap();
+    eventually("the outbox emptied", outbox, Vec::is_empty).await;
+    // A redelivery of alice's message is still recognised as hers.
+    ask(&host, "courier/alice", "send", json!({"to": "courier/bank", "payload": {"again": true}, "id": "pay-1"})).await.unwrap();
+    eventually("the redelivery acknowledged", outbox, Vec::is_empty).await;
+    assert_eq!(ask(&host, "courier/bank", "received", json!(null)).await.unwrap().as_array().unwrap().len(), 2, "not run again");
+}
+
 /// Outbox lanes at the store: messages commit with their turn into a lane
 /// per sender and destination, claims take whole lanes in order, a failure
 /// holds its lane until its retry, a dead message lets it move on, and an
@@ -516,9 +584,9 @@ async fn outbox_lanes_claim_fail_retry(store: Arc<dyn Store>) {
     // m1 fails: its lane waits for the retry; n1 is delivered.
     let b = lanes.iter().find(|l| l.messages.len() == 2).unwrap().clone();
     let c = lanes.iter().find(|l| l.messages.len() == 1).unwrap().clone();
-    outbox.fail_message("m1", "boom", Some(5_000)).await.unwrap();
+    outbox.fail_message("c/a\nm1", "boom", Some(5_000)).await.unwrap();
     let release = |l: &quark_host::storage::outbox::LaneClaim, next| LaneRelease { lane: l.lane.clone(), lease: l.lease.clone(), next_at_ms: next };
-    let none = outbox.claim_lanes(3_000, 10, 2, 60_000, &["n1".into()], &[release(&b, Some(5_000)), release(&c, None)]).await.unwrap();
+    let none = outbox.claim_lanes(3_000, 10, 2, 60_000, &["c/a\nn1".into()], &[release(&b, Some(5_000)), release(&c, None)]).await.unwrap();
     assert!(none.is_empty(), "the failed lane waits, the delivered one is empty");
     let again = outbox.claim_lanes(5_000, 10, 2, 60_000, &[], &[]).await.unwrap();
     assert_eq!(again.len(), 1);
@@ -526,7 +594,7 @@ async fn outbox_lanes_claim_fail_retry(store: Arc<dyn Store>) {
     assert_eq!((again[0].messages[0].attempts, again[0].messages[0].last_error.as_deref()), (1, Some("boom")));
 
     // m1 dies: the lane moves on to m2 and m3.
-    outbox.fail_message("m1", "boom again", None).await.unwrap();
+    outbox.fail_message("c/a\nm1", "boom again", None).await.unwrap();
     let next = outbox.claim_lanes(6_000, 10, 5, 60_000, &[], &[release(&again[0], None)]).await.unwrap();
     assert_eq!(ids(&next[0]), ["m2", "m3"]);
     let dead = outbox.messages(Some("dead"), 10).await.unwrap();
@@ -535,14 +603,15 @@ async fn outbox_lanes_claim_fail_retry(store: Arc<dyn Store>) {
     // Its lease expires: the next claim takes it over.
     let taken = outbox.claim_lanes(6_000 + 60_001, 10, 5, 60_000, &[], &[]).await.unwrap();
     assert_eq!((taken.len(), taken[0].taken_over), (1, true));
-    assert!(outbox.claim_lanes(6_000 + 60_002, 10, 5, 60_000, &["m2".into(), "m3".into()], &[release(&next[0], None)]).await.unwrap().is_empty(), "a stale lease releases nothing");
+    assert!(outbox.claim_lanes(6_000 + 60_002, 10, 5, 60_000, &["c/a\nm2".into(), "c/a\nm3".into()], &[release(&next[0], None)]).await.unwrap().is_empty(), "a stale lease releases nothing");
     assert_eq!(outbox.messages(Some("pending"), 10).await.unwrap().len(), 0);
 
-    assert!(outbox.retry_message("m1", 7_000).await.unwrap());
-    assert!(!outbox.retry_message("m1", 7_000).await.unwrap(), "only a dead message is retried");
+    assert_eq!(outbox.retry_message("m1", Some("c/other"), 7_000).await.unwrap(), 0, "ids are per sender");
+    assert_eq!(outbox.retry_message("m1", Some("c/a"), 7_000).await.unwrap(), 1);
+    assert_eq!(outbox.retry_message("m1", None, 7_000).await.unwrap(), 0, "only a dead message is retried");
     let revived = outbox.claim_lanes(200_000, 10, 5, 60_000, &[], &[release(&taken[0], None)]).await.unwrap();
     assert_eq!(ids(&revived[0]), ["m1"]);
-    outbox.fail_message("m1", "still broken", None).await.unwrap();
+    outbox.fail_message("c/a\nm1", "still broken", None).await.unwrap();
     assert_eq!(outbox.purge_dead_messages().await.unwrap(), 1);
     assert!(outbox.messages(None, 10).await.unwrap().is_empty());
 }
@@ -624,12 +693,12 @@ async fn outbox_new_lanes_skip_the_claim(store: Arc<dyn Store>) {
     assert_eq!(added.len(), 1);
     assert_eq!((added[0].lane.as_str(), added[0].lease.as_str(), ids(&added[0])), (lanes[0].lane.as_str(), lanes[0].lease.as_str(), vec!["x3".to_string()]));
     let release = |l: &quark_host::storage::outbox::LaneClaim| LaneRelease { lane: l.lane.clone(), lease: l.lease.clone(), next_at_ms: None };
-    let next = outbox.claim_lanes(now(), 10, 10, 60_000, &["x1".into(), "x2".into()], &[release(&lanes[0])]).await.unwrap();
+    let next = outbox.claim_lanes(now(), 10, 10, 60_000, &["c/n\nx1".into(), "c/n\nx2".into()], &[release(&lanes[0])]).await.unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(ids(&next[0]), ["x3"], "behind the first two; x1 was not sent again while pending");
 
     // Once the lane is empty and gone, the next message opens a new one.
-    assert!(outbox.claim_lanes(now(), 10, 10, 60_000, &["x3".into()], &[release(&next[0])]).await.unwrap().is_empty());
+    assert!(outbox.claim_lanes(now(), 10, 10, 60_000, &["c/n\nx3".into()], &[release(&next[0])]).await.unwrap().is_empty());
     send(&["x4"]).await;
     let (lanes, added) = outbox.take_new_lanes();
     assert_eq!((lanes.len(), added.len()), (1, 0));
@@ -650,9 +719,11 @@ conformance!(
     host_event_sourcing,
     jobs_claim_lease_and_complete,
     host_jobs,
+    job_completions_match_each_lease,
     inbox_dedup_and_expiry,
     host_idempotent_asks,
     host_outbox_delivery,
+    host_message_ids_are_per_sender,
     outbox_lanes_claim_fail_retry,
     outbox_new_lanes_skip_the_claim,
 );

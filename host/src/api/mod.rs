@@ -40,6 +40,8 @@ pub fn status_of(kind: ErrorKind) -> StatusCode {
         ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
         ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::UnknownOutcome => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::LimitExceeded => StatusCode::INSUFFICIENT_STORAGE,
@@ -59,13 +61,60 @@ type ApiResult<T> = Result<T, ApiError>;
 #[derive(Clone)]
 struct ApiState {
     host: Host,
-    token: Option<String>,
+    access: std::sync::Arc<ApiConfig>,
 }
 
-/// The API's routes over `host`. With `token`, every `/v1` route needs
-/// `Authorization: Bearer <token>`.
+/// Largest JSON body of the routes that take one as a whole (jobs,
+/// projections): a bulk of jobs fits, a runaway upload does not. Calls and
+/// deploys have their own limits (`--max-payload`, [`MAX_COMPONENT_BYTES`]).
+pub const MAX_JSON_BODY: usize = 64 << 20;
+
+/// Most jobs one `POST /v1/jobs` may add.
+pub const MAX_JOBS_PER_REQUEST: usize = 100_000;
+
+/// How long a client has to send a request's headers before its connection
+/// is closed: a connection that never finishes them (before it could even
+/// be authenticated) must not stay open for ever.
+pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Most connections served at once; more are closed on accept, so a flood
+/// of idle connections cannot exhaust the host's file descriptors.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// Who may drive the API: the token, and the host names and origins that
+/// requests may come from (see [`router_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct ApiConfig {
+    /// With a token, every `/v1` route and `/metrics` need
+    /// `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Names that a request's `Host` may carry besides loopback names
+    /// (`localhost`, `127.0.0.1`, `[::1]`) and the listen address
+    /// (`quark serve --allow-host`).
+    pub allowed_hosts: Vec<String>,
+    /// Web origins (`https://console.example.com`) whose pages may call the
+    /// API, besides the host's own (`quark serve --allow-origin`).
+    pub allowed_origins: Vec<String>,
+    /// The address the API listens on: its IP is an allowed `Host`, and
+    /// on an unspecified address (`0.0.0.0`, behind a token) any is.
+    pub listen: Option<SocketAddr>,
+}
+
+/// The API's routes over `host`. With `token`, every `/v1` route (and
+/// `/metrics`) needs `Authorization: Bearer <token>`.
 pub fn router(host: Host, token: Option<String>) -> Router {
-    let state = ApiState { host, token };
+    router_with(host, ApiConfig { token, ..ApiConfig::default() })
+}
+
+/// The API's routes over `host`, open to the requests `access` lets in.
+///
+/// Every route, token or not, refuses with 403 a request whose `Origin`
+/// is another site's (a page on another origin must not run turns through
+/// a browser that can reach the host) or whose `Host` is not a name this
+/// host serves (DNS rebinding). Every error, axum's own included, is a
+/// JSON body `{"error": {"kind", "message"}}`.
+pub fn router_with(host: Host, access: ApiConfig) -> Router {
+    let state = ApiState { host, access: std::sync::Arc::new(access) };
     let v1 = Router::new()
         .route("/components", get(list_components))
         .route("/components/{actor_type}", put(deploy))
@@ -81,14 +130,18 @@ pub fn router(host: Host, token: Option<String>) -> Router {
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/jobs/{id}/retry", post(retry_job))
         .route("/outbox", get(list_messages).delete(purge_messages))
-        .route("/outbox/{id}/retry", post(retry_message))
+        .route("/outbox/{id}/retry", post(retry_message));
+    let guarded = Router::new()
+        .nest("/v1", v1)
+        .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .nest("/v1", v1)
+        .merge(guarded)
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError(ActorError::not_found("no such route; see the README for the API")) })
-        .layer(axum::extract::DefaultBodyLimit::disable())
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(middleware::from_fn_with_state(state.clone(), same_site_only))
+        .layer(middleware::map_response(errors_as_json))
         .with_state(state)
 }
 
@@ -100,30 +153,177 @@ pub fn is_loopback(addr: &SocketAddr) -> bool {
 /// Serves the API on `listener` until the future is dropped. Refuses a
 /// non-loopback address without a token: the admin routes would be open.
 pub async fn serve(host: Host, listener: tokio::net::TcpListener, token: Option<String>) -> anyhow::Result<()> {
+    serve_with(host, listener, ApiConfig { token, ..ApiConfig::default() }).await
+}
+
+/// Like [`serve`], with the host names and origins of `access`. Each
+/// connection must send its headers within [`HEADER_READ_TIMEOUT`]; at most
+/// [`MAX_CONNECTIONS`] are served at once.
+pub async fn serve_with(host: Host, listener: tokio::net::TcpListener, mut access: ApiConfig) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    if !is_loopback(&addr) && token.as_deref().is_none_or(str::is_empty) {
+    if !is_loopback(&addr) && access.token.as_deref().is_none_or(str::is_empty) {
         anyhow::bail!(
             "refusing to listen on {addr} without a token: anyone who can reach it could deploy code. \
              Pass --token (or QUARK_TOKEN), or listen on 127.0.0.1"
         );
     }
-    axum::serve(listener, router(host, token)).await?;
-    Ok(())
+    access.listen = Some(addr);
+    let app = router_with(host, access);
+    let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, do not spin.
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tracing::warn!(max = MAX_CONNECTIONS, "too many connections; closing a new one");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "a connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Constant-time equality of two secrets (of any lengths): compares their
+/// SHA-256 digests byte by byte without stopping early, so the time taken
+/// says nothing about how much of a guess was right.
+fn same_secret(a: &str, b: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    a.iter().zip(b.iter()).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
+    if let Some(token) = &state.access.token {
         let presented = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(token.as_str()) {
+        if !presented.is_some_and(|p| same_secret(p, token)) {
             return ApiError(ActorError::unauthorized("this host needs `Authorization: Bearer <token>` (quark --token)"))
                 .into_response();
         }
     }
     next.run(request).await
+}
+
+/// The host part of a `Host` header or an origin's authority, lowercase,
+/// without port or IPv6 brackets.
+fn host_name(authority: &str) -> String {
+    let name = match authority.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(rest),
+        None => authority.rsplit_once(':').filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit())).map_or(authority, |(h, _)| h),
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl ApiConfig {
+    /// Whether a request naming `authority` in its `Host` is for this host.
+    fn serves_host(&self, authority: &str) -> bool {
+        let name = host_name(authority);
+        if name == "localhost" || name.ends_with(".localhost") {
+            return true;
+        }
+        if let Ok(ip) = name.parse::<std::net::IpAddr>() {
+            if ip.is_loopback() || self.listen.is_some_and(|l| l.ip() == ip) {
+                return true;
+            }
+        }
+        if self.listen.is_some_and(|l| l.ip().is_unspecified()) && self.allowed_hosts.is_empty() {
+            // Listening on every address (behind a token): any name.
+            return true;
+        }
+        self.allowed_hosts.iter().any(|h| host_name(h) == name)
+    }
+}
+
+/// Refuses cross-site requests (an `Origin` other than the host's own or
+/// an allowed one) and requests for names this host does not serve (DNS
+/// rebinding), with 403, before anything else runs.
+async fn same_site_only(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| request.uri().authority().map(|a| a.as_str()));
+    if let Some(host) = host
+        && !state.access.serves_host(host)
+    {
+        return ApiError(ActorError::forbidden(format!(
+            "this host does not serve the name {host:?} (a DNS-rebinding guard); allow it with `quark serve --allow-host NAME`"
+        )))
+        .into_response();
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let own = origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| host.is_some_and(|h| authority.eq_ignore_ascii_case(h)));
+        let allowed = state.access.allowed_origins.iter().any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin));
+        if !own && !allowed {
+            return ApiError(ActorError::forbidden(format!(
+                "requests from the web origin {origin:?} are refused (cross-site); allow it with `quark serve --allow-origin ORIGIN`"
+            )))
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Turns every error response that is not JSON yet (axum's rejections of a
+/// bad query string or path segment, 405 with an empty body, a body over
+/// the limit) into `{"error": {"kind", "message"}}`.
+async fn errors_as_json(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (mut parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, 64 << 10).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
+        Err(_) => String::new(),
+    };
+    let (kind, fallback) = match status {
+        StatusCode::NOT_FOUND => (ErrorKind::NotFound, "no such route; see the README for the API".to_string()),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            ErrorKind::BadRequest,
+            match &allow {
+                Some(allow) => format!("this route does not take that HTTP method; it takes {allow}"),
+                None => "this route does not take that HTTP method".to_string(),
+            },
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (ErrorKind::PayloadTooLarge, format!("the request body is over the limit of {MAX_JSON_BODY} bytes")),
+        StatusCode::UNAUTHORIZED => (ErrorKind::Unauthorized, "unauthorized".to_string()),
+        StatusCode::FORBIDDEN => (ErrorKind::Forbidden, "forbidden".to_string()),
+        s if s.is_client_error() => (ErrorKind::BadRequest, format!("bad request ({s})")),
+        s => (ErrorKind::Internal, format!("the host failed ({s})")),
+    };
+    let message = if text.is_empty() || status == StatusCode::METHOD_NOT_ALLOWED { fallback } else { text };
+    let body = serde_json::to_vec(&json!({ "error": { "kind": kind.as_str(), "message": message } })).unwrap_or_default();
+    parts.headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body))
 }
 
 async fn read_body(body: Body, limit: usize, what: &str) -> ApiResult<Bytes> {
@@ -320,6 +520,12 @@ async fn add_jobs(State(state): State<ApiState>, body: Bytes) -> ApiResult<Respo
              \"idempotency_key\"?, \"catch_up\"?}}: {e}"
         ))
     })?;
+    if specs.len() > MAX_JOBS_PER_REQUEST {
+        return Err(ApiError(ActorError::limit_exceeded(format!(
+            "{} jobs in one request; at most {MAX_JOBS_PER_REQUEST}: send them in several",
+            specs.len()
+        ))));
+    }
     let requests = specs.into_iter().map(crate::jobs::JobSpec::into_request).collect::<Result<Vec<_>, _>>()?;
     let count = requests.len();
     let jobs = state.host.add_jobs(requests).await?;
@@ -379,9 +585,22 @@ async fn list_messages(State(state): State<ApiState>, Query(q): Query<OutboxQuer
     Ok(Json(json!({ "messages": messages })))
 }
 
-async fn retry_message(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Json<serde_json::Value>> {
-    state.host.retry_message(&id).await?;
-    Ok(Json(json!({ "id": id, "status": "pending" })))
+/// Query of `POST /v1/outbox/{id}/retry`.
+#[derive(Debug, Deserialize)]
+struct RetryMessageQuery {
+    /// The sending actor: ids are unique per sender. Without it, every
+    /// dead message with the id is retried.
+    sender: Option<String>,
+}
+
+/// `POST /v1/outbox/{id}/retry[?sender=type/key]`: dead messages due again.
+async fn retry_message(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<RetryMessageQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let retried = state.host.retry_message(&id, q.sender.as_deref()).await?;
+    Ok(Json(json!({ "id": id, "status": "pending", "retried": retried })))
 }
 
 /// `DELETE /v1/outbox?status=dead`: purges the dead-letter list.

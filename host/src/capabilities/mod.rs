@@ -102,11 +102,11 @@ impl From<ActorError> for GuestError {
         let ActorError { kind, message } = e;
         match kind {
             ErrorKind::NotFound => GuestError::NotFound(message),
-            ErrorKind::Rejected | ErrorKind::Conflict | ErrorKind::BadRequest | ErrorKind::Unauthorized => {
+            ErrorKind::Rejected | ErrorKind::Conflict | ErrorKind::BadRequest | ErrorKind::Unauthorized | ErrorKind::Forbidden => {
                 GuestError::Rejected(message)
             }
             ErrorKind::Timeout => GuestError::Timeout(message),
-            ErrorKind::Unavailable => GuestError::Unavailable(message),
+            ErrorKind::Unavailable | ErrorKind::UnknownOutcome => GuestError::Unavailable(message),
             ErrorKind::LimitExceeded | ErrorKind::PayloadTooLarge => GuestError::LimitExceeded(message),
             ErrorKind::Internal => GuestError::Internal(message),
         }

@@ -284,9 +284,13 @@ impl Client {
         Ok(())
     }
 
-    pub(super) async fn retry_message(&self, id: &str) -> anyhow::Result<()> {
-        self.send(self.http.post(format!("{}/v1/outbox/{id}/retry", self.base))).await?;
-        println!("message {id}: pending again");
+    pub(super) async fn retry_message(&self, id: &str, sender: Option<&str>) -> anyhow::Result<()> {
+        let mut request = self.http.post(format!("{}/v1/outbox/{id}/retry", self.base));
+        if let Some(sender) = sender {
+            request = request.query(&[("sender", sender)]);
+        }
+        let reply = self.send(request).await?;
+        println!("message {id}: pending again ({} message(s))", reply["retried"]);
         Ok(())
     }
 

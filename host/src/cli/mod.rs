@@ -16,7 +16,7 @@ use crate::{Host, HostConfig, Manifest};
 #[command(name = "quark", version, about)]
 pub struct Cli {
     /// The host that client commands talk to.
-    #[arg(long, global = true, env = "QUARK_SERVER", default_value = "http://127.0.0.1:7878")]
+    #[arg(long, global = true, env = "QUARK_SERVER", hide_env_values = true, default_value = "http://127.0.0.1:7878")]
     server: String,
     /// Bearer token for the host's API (required when it listens beyond loopback).
     #[arg(long, global = true, env = "QUARK_TOKEN", hide_env_values = true)]
@@ -138,6 +138,10 @@ enum OutboxCommand {
     Retry {
         /// The message id.
         id: String,
+        /// The sending actor (`type/key`): ids are unique per sender;
+        /// without it, every dead message with the id is retried.
+        #[arg(long)]
+        sender: Option<String>,
     },
     /// Delete every dead message.
     Purge,
@@ -246,7 +250,8 @@ struct ServeArgs {
     /// Address for the HTTP API.
     #[arg(long, env = "QUARK_LISTEN", default_value = "127.0.0.1:7878")]
     listen: String,
-    /// Store URL (`postgres://…`); SQLite in --data-dir when absent.
+    /// Shared store: `postgres://user@host/db[?options]` or
+    /// `redis://host:6379[#prefix]`; SQLite in --data-dir when absent.
     #[arg(long, env = "QUARK_STORE")]
     store: Option<String>,
     /// Deactivate an actor after this long without messages.
@@ -295,6 +300,14 @@ struct ServeArgs {
     /// Most jobs running at once per actor type: `TYPE=N`; repeatable.
     #[arg(long = "type-limit", value_name = "TYPE=N")]
     type_limits: Vec<String>,
+    /// A host name that requests may carry in `Host`, besides loopback
+    /// names and the listen address (a DNS-rebinding guard); repeat it.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_hosts: Vec<String>,
+    /// A web origin (`https://console.example.com`) whose pages may call
+    /// this host, besides its own; cross-site requests are refused. Repeat it.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allow_origins: Vec<String>,
 }
 
 /// Runs the command line; the binary's `main`.
@@ -342,7 +355,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Jobs { action: None, status, target } => client.jobs(status.as_deref(), target.as_deref()).await,
         Command::Jobs { action: Some(action), .. } => jobs_command(&client, action).await,
         Command::Outbox { action: None, status } => client.outbox(status.as_deref()).await,
-        Command::Outbox { action: Some(OutboxCommand::Retry { id }), .. } => client.retry_message(&id).await,
+        Command::Outbox { action: Some(OutboxCommand::Retry { id, sender }), .. } => client.retry_message(&id, sender.as_deref()).await,
         Command::Outbox { action: Some(OutboxCommand::Purge), .. } => client.purge_messages().await,
         Command::Projections { action: None } => client.projections().await,
         Command::Projections { action: Some(ProjectionCommand::Add { name, source, target, method }) } => {
@@ -358,6 +371,9 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("QUARK_LOG").unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: not in a log file, not
+        // when NO_COLOR is set (https://no-color.org).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()))
         .init();
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -420,12 +436,13 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
         println!("try:  {quark} call counter/alice increment '{{\"by\": 2}}'");
         println!("      curl -X POST http://{addr}/v1/actors/counter/alice/get");
     }
+    let access = crate::api::ApiConfig { token, allowed_hosts: args.allow_hosts.clone(), allowed_origins: args.allow_origins.clone(), listen: None };
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         println!("\nquark: shutting down (state is already committed)");
     };
     tokio::select! {
-        served = crate::api::serve(host, listener, token) => served,
+        served = crate::api::serve_with(host, listener, access) => served,
         () = shutdown => Ok(()),
     }
 }

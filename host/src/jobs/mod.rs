@@ -179,14 +179,29 @@ fn parse_time_zone(name: &str) -> Result<chrono_tz::Tz, ActorError> {
         .map_err(|_| ActorError::bad_request(format!("unknown time zone {name:?}: use an IANA name such as `Europe/Paris` or `UTC`")))
 }
 
-/// The id of a job: derived from its idempotency key, so that scheduling
-/// the same key twice (even from two turns at once) names one job.
-pub fn job_id(idempotency_key: Option<&str>) -> String {
+fn hex_digest(text: &str, len: usize) -> String {
+    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).take(len.div_ceil(2)).collect::<String>()[..len].to_string()
+}
+
+/// The last 8 characters of the id of every job `scheduler` scheduled (an
+/// actor id, or `None` for jobs added from outside a turn): a turn may
+/// cancel a job it scheduled, or one that targets it, and no other.
+pub fn owner_tag(scheduler: Option<&str>) -> String {
+    hex_digest(&format!("owner\n{}", scheduler.unwrap_or("")), 8)
+}
+
+/// The id of a job. With an idempotency key it is derived from the key,
+/// scoped by who schedules it and its target, so that scheduling the same
+/// key twice (even from two turns at once) names one job, while the same
+/// key from another scheduler or for another target names another; it
+/// ends with the scheduler's [`owner_tag`].
+pub fn job_id(scheduler: Option<&str>, target: &str, idempotency_key: Option<&str>) -> String {
+    let tag = owner_tag(scheduler);
     match idempotency_key {
-        Some(key) => format!("k{}", &Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect::<String>()[..31]),
+        Some(key) => format!("k{}{tag}", hex_digest(&format!("{}\n{target}\n{key}", scheduler.unwrap_or("")), 23)),
         // Time first: ids of new jobs sort together, so the primary-key
         // index grows at its right edge instead of touching random pages.
-        None => format!("j{:011x}{}", crate::storage::now_ms(), crate::storage::jobs::new_lease()),
+        None => format!("j{:011x}{}{tag}", crate::storage::now_ms(), crate::storage::jobs::new_lease()),
     }
 }
 
@@ -208,9 +223,15 @@ pub fn backoff_ms(base: u64, max: u64, attempt: u32) -> u64 {
     capped / 2 + capped * jitter / 2000
 }
 
-/// Turns a request into the stored job: checks it, gives it an id and its
-/// first run time.
+/// Turns a request from outside a turn into the stored job: checks it,
+/// gives it an id and its first run time.
 pub fn plan(request: JobRequest, now_ms: i64) -> Result<JobRecord, ActorError> {
+    plan_for(request, now_ms, None)
+}
+
+/// Like [`plan`], for a job `scheduler` schedules in a turn (`None`: from
+/// outside a turn): its idempotency key is scoped by the scheduler.
+pub fn plan_for(request: JobRequest, now_ms: i64, scheduler: Option<&str>) -> Result<JobRecord, ActorError> {
     if request.method.is_empty() {
         return Err(ActorError::bad_request("a job needs the method its turn calls"));
     }
@@ -234,7 +255,7 @@ pub fn plan(request: JobRequest, now_ms: i64) -> Result<JobRecord, ActorError> {
         return Err(ActorError::bad_request("`time_zone` applies to `cron` jobs only"));
     }
     Ok(JobRecord {
-        id: job_id(request.idempotency_key.as_deref()),
+        id: job_id(scheduler, request.target.as_str(), request.idempotency_key.as_deref()),
         target: request.target.to_string(),
         method: request.method,
         payload: request.payload,

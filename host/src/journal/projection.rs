@@ -178,10 +178,35 @@ async fn run(host: crate::runtime::WeakHost, runner: Arc<ProjectionRunner>, mut 
                 return;
             }
         };
+        // The batch must pass the payload limit: halve it until it does. A
+        // single event over the limit can never be delivered: say so, and
+        // stop instead of failing the same way for ever.
+        let limit = host.config().max_payload;
+        let mut events = events;
+        let mut payload = projection_payload(&def.name, &events);
+        while payload.len() > limit && events.len() > 1 {
+            events.truncate(events.len() / 2);
+            payload = projection_payload(&def.name, &events);
+        }
+        if payload.len() > limit {
+            let e = &events[0];
+            let message = format!(
+                "the event at position {} ({} of {}) takes {} bytes as a projection payload, over the host's limit of {limit} \
+                 bytes (--max-payload): the projection stopped there; raise the limit and restart the host",
+                e.position,
+                e.event.event_type,
+                e.actor,
+                payload.len()
+            );
+            tracing::error!(projection = %def.name, "{message}");
+            *runner.last_error.lock() = Some(message);
+            return;
+        }
+        let last = events.last().map_or(last, |e| e.position);
         let request = Request {
             target,
             method: def.method.clone(),
-            payload: projection_payload(&def.name, &events),
+            payload,
             chain: new_chain_id(),
             caller: None,
             deadline: Instant::now() + host.config().call_timeout,

@@ -294,7 +294,7 @@ async fn deliver_lane(host: Host, lane: LaneClaim) {
     dispatcher.wake.notify_one();
 }
 
-/// Delivers `messages` (of one lane) in order, adding each delivered id to
+/// Delivers `messages` (of one lane) in order, adding each delivered key to
 /// `delivered`; at the first failure records it and returns
 /// `Some(when the lane is due again)` (`None` inside: now, it is dead).
 async fn deliver_in_order(host: &Host, messages: &[OutboxRecord], taken_over: bool, delivered: &mut Vec<String>) -> Option<Option<i64>> {
@@ -333,7 +333,7 @@ async fn deliver_in_order(host: &Host, messages: &[OutboxRecord], taken_over: bo
                 if dispatcher.delivered_tx.receiver_count() > 0 {
                     let _ = dispatcher.delivered_tx.send(MessageDelivered { id: record.message.id.clone(), delay_ms });
                 }
-                delivered.push(record.message.id.clone());
+                delivered.push(record.message.key());
             }
             Err(error) => {
                 host.metrics().record_message(false);
@@ -344,7 +344,7 @@ async fn deliver_in_order(host: &Host, messages: &[OutboxRecord], taken_over: bo
                     crate::storage::now_ms() + delay as i64
                 });
                 if let Some(store) = host.store().outbox_store()
-                    && let Err(e) = store.fail_message(&record.message.id, &error, retry_at).await
+                    && let Err(e) = store.fail_message(&record.message.key(), &error, retry_at).await
                 {
                     tracing::warn!(message = %record.message.id, error = %e, "recording a failed delivery failed; the lane's lease will expire");
                 }
@@ -385,7 +385,7 @@ fn actor_request(host: &Host, record: &OutboxRecord, check: bool, lane: Option<L
         chain: new_chain_id(),
         caller: Some(ActorId::parse(&message.sender).map_err(|e| format!("bad sender id: {e}"))?),
         deadline: Instant::now() + host.config().call_timeout,
-        control: Some(Box::new(Control::Inbox(InboxTurn { message_id: message.id.clone(), check, lane }))),
+        control: Some(Box::new(Control::Inbox(InboxTurn { sender: message.sender.clone(), message_id: message.id.clone(), check, lane }))),
     })
 }
 

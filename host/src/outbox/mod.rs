@@ -29,13 +29,17 @@ impl Host {
         Ok(self.outbox_store_or_err()?.messages(status, limit.clamp(1, 10_000)).await?)
     }
 
-    /// Makes a dead message due now with fresh attempts.
-    pub async fn retry_message(&self, id: &str) -> Result<(), ActorError> {
-        if !self.outbox_store_or_err()?.retry_message(id, crate::storage::now_ms()).await? {
-            return Err(ActorError::rejected(format!("message {id} is not in the dead-letter list")));
+    /// Makes dead messages due now with fresh attempts: `sender`'s message
+    /// `id`, or (without a sender) every dead message with that id, as ids
+    /// are unique per sender. Returns how many.
+    pub async fn retry_message(&self, id: &str, sender: Option<&str>) -> Result<u64, ActorError> {
+        let retried = self.outbox_store_or_err()?.retry_message(id, sender, crate::storage::now_ms()).await?;
+        if retried == 0 {
+            let from = sender.map(|s| format!(" from {s}")).unwrap_or_default();
+            return Err(ActorError::not_found(format!("no message {id}{from} is in the dead-letter list")));
         }
         self.wake_outbox();
-        Ok(())
+        Ok(retried)
     }
 
     /// Deletes dead messages; returns how many.

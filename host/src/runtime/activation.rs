@@ -392,13 +392,15 @@ impl Activation {
     /// Weak: the host's table owns the activation (its `Handle`); a dropped
     /// host closes the mailbox, and this task ends.
     async fn run(weak: WeakHost, shared: Arc<ActivationShared>, mut rx: mpsc::UnboundedReceiver<Envelope>) {
-        // Turns whose commits are in flight: their replies go out as they
-        // resolve, while the next turns run.
-        let mut committing = futures::stream::FuturesUnordered::new();
+        // Turns whose commits are in flight, each resolved by a task of its
+        // own: a reply goes out as soon as its commit is durable, even while
+        // the next turn runs (a long turn must not hold back a committed
+        // write's reply until it times out).
+        let mut committing = tokio::task::JoinSet::new();
         loop {
             let Envelope { request, reply } = tokio::select! {
                 biased;
-                Some(()) = futures::StreamExt::next(&mut committing), if !committing.is_empty() => continue,
+                Some(_) = committing.join_next(), if !committing.is_empty() => continue,
                 envelope = rx.recv() => match envelope {
                     Some(envelope) => envelope,
                     None => break,
@@ -414,7 +416,7 @@ impl Activation {
             match output {
                 Ok(TurnOutput::Pending(pending)) => {
                     let host = host.clone();
-                    committing.push(async move {
+                    committing.spawn(async move {
                         let result = pending.resolve(&host).await;
                         if let Some(reply) = reply {
                             let _ = reply.send(result);
@@ -433,7 +435,7 @@ impl Activation {
                 }
             }
         }
-        while futures::StreamExt::next(&mut committing).await.is_some() {}
+        while committing.join_next().await.is_some() {}
         // Removed from the table: drop the instance now (it refers back to
         // `shared`, so it would otherwise keep both alive).
         drop(shared.core.lock().take());
@@ -475,7 +477,15 @@ impl InlineTurn {
         drop(self);
         match output? {
             TurnOutput::Done(bytes) => Ok(bytes),
-            TurnOutput::Pending(pending) => pending.resolve(&host).await,
+            // The commit's completion (reply, tells, bookkeeping, undo on
+            // failure) runs in a task of its own: a caller that goes away
+            // while the commit is in flight must not cancel it.
+            TurnOutput::Pending(pending) => {
+                let actor = shared.id.clone();
+                tokio::spawn(async move { pending.resolve(&host).await })
+                    .await
+                    .unwrap_or_else(|_| Err(ActorError::internal(format!("the host failed while completing a commit of {actor}"))))
+            }
         }
     }
 }
@@ -604,7 +614,7 @@ impl Core {
 
         let mut effect_free_job = None;
         let mut inbox = None;
-        if let Some(Control::Inbox(super::InboxTurn { message_id, check: true, .. })) = &control {
+        if let Some(Control::Inbox(super::InboxTurn { sender, message_id, check: true, .. })) = &control {
             // Handled already? Let this actor's commits in flight land
             // first, so a repeat right behind the first sees its entry.
             if shared.commits_in_flight.load(Ordering::Acquire) > 0
@@ -612,7 +622,7 @@ impl Core {
             {
                 let _ = barrier.await;
             }
-            if let Some(reply) = host.store().inbox_reply(&shared.id, message_id).await? {
+            if let Some(reply) = host.store().inbox_reply(&shared.id, sender, message_id).await? {
                 return Ok(TurnOutput::Done(reply));
             }
         }
@@ -628,9 +638,9 @@ impl Core {
                     state.layers[0].job_done = Some(job.completion);
                     effect_free_job = Some(job.effect_free);
                 }
-                Some(Control::Inbox(super::InboxTurn { message_id, .. })) => {
+                Some(Control::Inbox(super::InboxTurn { sender, message_id, .. })) => {
                     live.store.data_mut().scope.message = Some(message_id.clone());
-                    inbox = Some(message_id);
+                    inbox = Some((sender, message_id));
                 }
                 _ => {}
             }
@@ -670,7 +680,7 @@ impl Core {
                     job_done = None;
                     flag.store(true, Ordering::Release);
                 }
-                let inbox = inbox.map(|message_id| InboxEntry { message_id, reply: reply.clone(), at_ms: crate::storage::now_ms() });
+                let inbox = inbox.map(|(sender, message_id)| InboxEntry { sender, message_id, reply: reply.clone(), at_ms: crate::storage::now_ms() });
                 let effects = Committable { writes, events, checkpoint, tells, reply, snapshot, jobs, cancels, job_done, inbox, messages };
                 self.enqueue_commit(host, shared, effects, started).await
             }

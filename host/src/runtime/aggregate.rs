@@ -15,6 +15,11 @@ use crate::id::ActorId;
 /// takes on both sides.
 pub(crate) const REBUILD_BATCH: usize = 1000;
 
+/// Most event bytes handed to `apply` in one call while rebuilding (a
+/// single larger event still goes alone): large events must not push the
+/// guest past its memory limit just because a thousand of them came at once.
+pub(crate) const REBUILD_BATCH_BYTES: usize = 1 << 20;
+
 /// Which stored snapshot a rebuild may start from.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum SnapshotUse {
@@ -123,21 +128,31 @@ pub(crate) async fn rebuild(
                 first.version - 1
             ))));
         }
-        let (first_version, last_version, count) = (first.version, last.version, events.len());
-        let batch: Vec<GuestRecordedEvent> = events.into_iter().map(crate::capabilities::to_guest_event).collect();
-        let deadline = system_deadline(live, timeout);
-        let Some(aggregate) = live.bindings.aggregate.as_ref() else {
-            return Err(RebuildError::Failed(ActorError::rejected(format!("{actor} is not event-sourced"))));
-        };
-        let outcome = tokio::time::timeout_at(deadline.into(), aggregate.call_apply(&mut live.store, &batch)).await;
-        if let Err(HandlerFailure::Returned(e) | HandlerFailure::Broken(e)) =
-            classify_guest_call(outcome, live.store.data(), &format!("{actor} `apply`"), 0)
-        {
-            return Err(RebuildError::Failed(ActorError::internal(format!(
-                "{actor} cannot be activated: `apply` failed on events {first_version}..={last_version} while rebuilding \
-                 it from its journal (the journal is unchanged): {}",
-                e.message
-            ))));
+        let (last_version, count) = (last.version, events.len());
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            // A run of events of at most REBUILD_BATCH_BYTES (at least one).
+            let mut bytes = 0;
+            let mut batch: Vec<GuestRecordedEvent> = Vec::new();
+            while let Some(next) = events.next_if(|e| batch.is_empty() || bytes + e.data.len() <= REBUILD_BATCH_BYTES) {
+                bytes += next.data.len();
+                batch.push(crate::capabilities::to_guest_event(next));
+            }
+            let (first_version, batch_last) = (batch[0].version, batch[batch.len() - 1].version);
+            let deadline = system_deadline(live, timeout);
+            let Some(aggregate) = live.bindings.aggregate.as_ref() else {
+                return Err(RebuildError::Failed(ActorError::rejected(format!("{actor} is not event-sourced"))));
+            };
+            let outcome = tokio::time::timeout_at(deadline.into(), aggregate.call_apply(&mut live.store, &batch)).await;
+            if let Err(HandlerFailure::Returned(e) | HandlerFailure::Broken(e)) =
+                classify_guest_call(outcome, live.store.data(), &format!("{actor} `apply`"), 0)
+            {
+                return Err(RebuildError::Failed(ActorError::internal(format!(
+                    "{actor} cannot be activated: `apply` failed on events {first_version}..={batch_last} while rebuilding \
+                     it from its journal (the journal is unchanged): {}",
+                    e.message
+                ))));
+            }
         }
         rebuilt.version = last_version;
         from = last_version + 1;

@@ -112,11 +112,20 @@ impl PendingCommit {
                 state.journal.loaded = false;
                 state.discard_instance = true;
                 drop(state);
-                let message = format!("the turn of {} ran but its writes could not be committed, so it did not happen: {e}", shared.id);
                 Err(match *e {
-                    StoreError::Rejected(_) => ActorError::rejected(message),
-                    StoreError::Conflict(_) => ActorError::conflict(message),
-                    _ => ActorError::unavailable(message),
+                    StoreError::UnknownOutcome(_) => ActorError::unknown_outcome(format!(
+                        "the turn of {} ran and its commit was sent, but the store's answer was lost, so it may or may not have \
+                         happened: {e}. Retry only with an Idempotency-Key (the same one), which makes the retry safe",
+                        shared.id
+                    )),
+                    _ => {
+                        let message = format!("the turn of {} ran but its writes could not be committed, so it did not happen: {e}", shared.id);
+                        match *e {
+                            StoreError::Rejected(_) => ActorError::rejected(message),
+                            StoreError::Conflict(_) => ActorError::conflict(message),
+                            _ => ActorError::unavailable(message),
+                        }
+                    }
                 })
             }
         };

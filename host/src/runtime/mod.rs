@@ -172,6 +172,9 @@ pub(crate) enum Control {
 /// A turn under a message id or idempotency key.
 #[derive(Debug, Clone)]
 pub(crate) struct InboxTurn {
+    /// The sending actor, or `""` for an HTTP caller's idempotency key:
+    /// ids are unique per (receiver, sender).
+    pub(crate) sender: String,
     pub(crate) message_id: String,
     /// Look in the inbox first. A message's first delivery skips the look
     /// (nothing can have handled it yet); the commit's inbox entry still

@@ -220,7 +220,7 @@ impl TurnState {
             )));
         }
         host.registry().active(request.target.actor_type())?;
-        let job = crate::jobs::plan(request, crate::storage::now_ms())?;
+        let job = crate::jobs::plan_for(request, crate::storage::now_ms(), Some(self.activation.id.as_str()))?;
         let id = job.id.clone();
         let mut state = self.activation.state.lock();
         let Some(layer) = state.layers.get_mut(self.layer) else {
@@ -249,12 +249,17 @@ impl TurnState {
         }
         let host = self.host()?;
         let Some(store) = host.store().job_store() else { return Ok(false) };
-        let live = store.job(&id).await?.is_some_and(|j| {
-            matches!(
-                j.status,
-                crate::storage::jobs::JobStatus::Scheduled | crate::storage::jobs::JobStatus::Failed | crate::storage::jobs::JobStatus::Running
-            )
-        });
+        let Some(job) = store.job(&id).await? else { return Ok(false) };
+        // Only the job's scheduler or its target may cancel it: a job id
+        // learnt from elsewhere gives no power over another actor's work.
+        let me = self.activation.id.as_str();
+        if job.target != me && !job.id.ends_with(&crate::jobs::owner_tag(Some(me))) {
+            return Err(ActorError::rejected(format!("job {id} was neither scheduled by {me} nor targets it, so {me} cannot cancel it")));
+        }
+        let live = matches!(
+            job.status,
+            crate::storage::jobs::JobStatus::Scheduled | crate::storage::jobs::JobStatus::Failed | crate::storage::jobs::JobStatus::Running
+        );
         if live && let Some(layer) = self.activation.state.lock().layers.get_mut(self.layer) {
             layer.cancels.push(id);
         }

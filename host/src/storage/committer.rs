@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Store, StoreError, TurnCommit};
+use super::{StateStore, StoreError, TurnCommit};
 use crate::metrics::Metrics;
 
 /// Most turns in one transaction: bounds the transaction's size and the
@@ -54,7 +54,7 @@ fn dependent_failed() -> Arc<StoreError> {
 
 impl Committer {
     /// Starts the committer task on the current tokio runtime.
-    pub fn spawn(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+    pub fn spawn(store: Arc<dyn StateStore>, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         tokio::spawn(run(store, metrics, rx));
         Committer { tx }
@@ -85,7 +85,16 @@ fn mark_failed(flag: &Option<DependencyFlag>) {
     }
 }
 
-async fn run(store: Arc<dyn Store>, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Request>) {
+/// Commits `batch`; a panic inside the backend fails this batch (or this
+/// one turn, on the one-by-one path), never the committer.
+async fn commit_catching_panics(store: &dyn StateStore, batch: &[TurnCommit]) -> Result<(), Arc<StoreError>> {
+    match std::panic::AssertUnwindSafe(store.commit(batch)).catch_unwind().await {
+        Ok(outcome) => outcome.map_err(Arc::new),
+        Err(_) => Err(Arc::new(StoreError::Unavailable("the store backend panicked during a commit".into()))),
+    }
+}
+
+async fn run(store: Arc<dyn StateStore>, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Request>) {
     let mut commits = Vec::with_capacity(MAX_BATCH);
     let mut waiters = Vec::with_capacity(MAX_BATCH);
     let mut buffer = Vec::with_capacity(MAX_BATCH);
@@ -107,11 +116,7 @@ async fn run(store: Arc<dyn Store>, metrics: Arc<Metrics>, mut rx: mpsc::Receive
             continue;
         }
         let started = std::time::Instant::now();
-        // A panic inside a backend fails this batch, not the committer.
-        let outcome = match std::panic::AssertUnwindSafe(store.commit(&commits)).catch_unwind().await {
-            Ok(outcome) => outcome.map_err(Arc::new),
-            Err(_) => Err(Arc::new(StoreError::Unavailable("the store backend panicked during a commit".into()))),
-        };
+        let outcome = commit_catching_panics(&*store, &commits).await;
         metrics.record_commit(commits.len(), started.elapsed(), outcome.is_ok());
         match outcome {
             // The backend refused some turn's data (or a version moved):
@@ -124,7 +129,7 @@ async fn run(store: Arc<dyn Store>, metrics: Arc<Metrics>, mut rx: mpsc::Receive
                     let single = if failed(&flag) {
                         Err(dependent_failed())
                     } else {
-                        store.commit(std::slice::from_ref(&commit)).await.map_err(Arc::new)
+                        commit_catching_panics(&*store, std::slice::from_ref(&commit)).await
                     };
                     if single.is_err() {
                         mark_failed(&flag);
@@ -145,5 +150,52 @@ async fn run(store: Arc<dyn Store>, metrics: Arc<Metrics>, mut rx: mpsc::Receive
             }
         }
         commits.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::ActorId;
+
+    /// Refuses every batch of more than one turn (so the committer retries
+    /// them one by one) and panics on the turn of `c/panic`.
+    struct PanickingStore;
+
+    #[async_trait::async_trait]
+    impl StateStore for PanickingStore {
+        async fn load_state(&self, _: &ActorId) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+            Ok(Vec::new())
+        }
+
+        async fn commit(&self, batch: &[TurnCommit]) -> Result<(), StoreError> {
+            if batch.len() > 1 {
+                return Err(StoreError::Rejected("one turn of the batch is refused".into()));
+            }
+            if batch[0].actor.as_str() == "c/panic" {
+                panic!("the backend panics on purpose");
+            }
+            Ok(())
+        }
+    }
+
+    fn commit(actor: &str) -> TurnCommit {
+        TurnCommit::state_only(ActorId::parse(actor).unwrap(), vec![super::super::StateWrite { key: "k".into(), value: Some(b"1".to_vec()) }])
+    }
+
+    /// A panic on the one-by-one path fails that turn only: its neighbours
+    /// commit, and so does every later turn.
+    #[tokio::test]
+    async fn a_panic_while_retrying_turns_one_by_one_fails_only_that_turn() {
+        let committer = Committer::spawn(Arc::new(PanickingStore), Arc::new(Metrics::new()));
+        // Enqueued together, before the committer runs: one batch.
+        let first = committer.enqueue(commit("c/a"), None).await.unwrap();
+        let panics = committer.enqueue(commit("c/panic"), None).await.unwrap();
+        let last = committer.enqueue(commit("c/b"), None).await.unwrap();
+        assert!(first.await.unwrap().is_ok());
+        let e = panics.await.expect("the committer answered").unwrap_err();
+        assert!(matches!(*e, StoreError::Unavailable(ref m) if m.contains("panicked")), "{e}");
+        assert!(last.await.expect("the committer answered").is_ok());
+        assert!(committer.commit(commit("c/later")).await.is_ok(), "the committer still runs");
     }
 }

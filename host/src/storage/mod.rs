@@ -36,6 +36,23 @@ pub enum StoreError {
     /// journal or a projection checkpoint first. Nothing was written.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The write was sent but its acknowledgement was lost (the connection
+    /// broke at COMMIT, or the Redis script outlived the response
+    /// timeout): it may or may not have been committed.
+    #[error("outcome unknown: {0}")]
+    UnknownOutcome(String),
+}
+
+impl StoreError {
+    /// An error from the last step of a commit (PostgreSQL's COMMIT, the
+    /// Redis script): an error the server answered is definite; a broken
+    /// connection or a timeout leaves the outcome unknown.
+    pub fn at_commit(self, connection_lost: bool) -> Self {
+        match self {
+            StoreError::Unavailable(message) if connection_lost => StoreError::UnknownOutcome(message),
+            other => other,
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -128,12 +145,22 @@ impl TurnCommit {
 /// A message an actor handled, kept in its inbox for the retention window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxEntry {
+    /// Who sent it: the sending actor, or `""` for an HTTP caller's
+    /// idempotency key. Ids are unique per (receiver, sender).
+    pub sender: String,
     /// The message id (or the caller's idempotency key).
     pub message_id: String,
     /// The reply the turn gave.
     pub reply: Vec<u8>,
     /// When the turn ran, ms since the epoch.
     pub at_ms: i64,
+}
+
+impl InboxEntry {
+    /// The sender for a person: the actor, or "an HTTP caller".
+    pub fn sender_name(&self) -> &str {
+        if self.sender.is_empty() { "an HTTP caller" } else { &self.sender }
+    }
 }
 
 /// One journal event as it is stored: the persisted format, pinned by the
@@ -416,8 +443,9 @@ pub trait Store: StateStore + ComponentStore + JournalStore + InboxStore + Send 
 /// written in the turn's commit, so a repeat is answered without a turn.
 #[async_trait]
 pub trait InboxStore: Send + Sync {
-    /// The stored reply if `actor` handled `message_id` (and it has not expired).
-    async fn inbox_reply(&self, actor: &ActorId, message_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The stored reply if `actor` handled `sender`'s `message_id` (and it
+    /// has not expired); `sender` is `""` for HTTP idempotency keys.
+    async fn inbox_reply(&self, actor: &ActorId, sender: &str, message_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Forgets entries older than `before_ms`, except those whose message
     /// is still in the outbox (it may yet be redelivered); returns how many.

@@ -66,6 +66,24 @@ pub struct OutboxMessage {
     pub created_at_ms: i64,
 }
 
+impl OutboxMessage {
+    /// The message's key in the store: ids are unique per sender, so the
+    /// key is the pair, joined by a newline (which no actor id contains).
+    pub fn key(&self) -> String {
+        message_key(&self.sender, &self.id)
+    }
+}
+
+/// The store key of `sender`'s message `id` (see [`OutboxMessage::key`]).
+pub fn message_key(sender: &str, id: &str) -> String {
+    format!("{sender}\n{id}")
+}
+
+/// Splits a key made by [`message_key`] into sender and id.
+pub fn split_message_key(key: &str) -> (&str, &str) {
+    key.split_once('\n').unwrap_or(("", key))
+}
+
 /// A stored message and where its delivery stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxRecord {
@@ -175,7 +193,8 @@ pub trait OutboxStore: Send + Sync {
         (Vec::new(), Vec::new())
     }
 
-    /// In one write: deletes `delivered` messages, releases `released`
+    /// In one write: deletes `delivered` messages (by
+    /// [`OutboxMessage::key`]), releases `released`
     /// lanes (deleting those left empty), then claims up to `max_lanes` due
     /// lanes with up to `per_lane` messages each, leased until
     /// `now_ms + lease_ms`.
@@ -189,15 +208,17 @@ pub trait OutboxStore: Send + Sync {
         released: &[LaneRelease],
     ) -> Result<Vec<LaneClaim>, StoreError>;
 
-    /// Records a failed delivery: the message is due again at `retry_at_ms`
-    /// (its lane waits for it), or dead when `None`.
-    async fn fail_message(&self, id: &str, error: &str, retry_at_ms: Option<i64>) -> Result<(), StoreError>;
+    /// Records a failed delivery of the message with `key`
+    /// ([`OutboxMessage::key`]): it is due again at `retry_at_ms` (its lane
+    /// waits for it), or dead when `None`.
+    async fn fail_message(&self, key: &str, error: &str, retry_at_ms: Option<i64>) -> Result<(), StoreError>;
 
     /// Messages, oldest first: `pending` (including in flight) or `dead`, or all.
     async fn messages(&self, status: Option<&str>, limit: usize) -> Result<Vec<OutboxRecord>, StoreError>;
 
-    /// Makes a dead message due now with fresh attempts; false if it is not dead.
-    async fn retry_message(&self, id: &str, now_ms: i64) -> Result<bool, StoreError>;
+    /// Makes the dead messages with `id` (of `sender`, or of any sender)
+    /// due now with fresh attempts; returns how many there were.
+    async fn retry_message(&self, id: &str, sender: Option<&str>, now_ms: i64) -> Result<u64, StoreError>;
 
     /// Deletes dead messages; returns how many.
     async fn purge_dead_messages(&self) -> Result<u64, StoreError>;

@@ -187,7 +187,11 @@ impl StateStore for PostgresStore {
                 sqlx::query("SELECT pg_notify($1, '')").bind(&self.job_channel).execute(&mut *tx).await?;
             }
         }
-        tx.commit().await?;
+        // COMMIT sent and no answer (the connection broke): it may have landed.
+        tx.commit().await.map_err(|e| {
+            let lost = !matches!(e, sqlx::Error::Database(_));
+            StoreError::from(e).at_commit(lost)
+        })?;
         self.new_lanes.push(opened.0, opened.1);
         Ok(())
     }
@@ -200,7 +204,7 @@ macro_rules! insert_messages_sql {
          SELECT id, sender, kind, target, method, payload, event_type, 'pending', 0, at, at \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::text[], $8::bigint[]) \
          WITH ORDINALITY AS m(id, sender, kind, target, method, payload, event_type, at, n) ORDER BY n \
-         ON CONFLICT (id) DO NOTHING"
+         ON CONFLICT (sender, id) DO NOTHING"
     };
 }
 
@@ -219,15 +223,15 @@ macro_rules! upsert_lanes_sql {
 /// arrays through `UNNEST`; `WITH ORDINALITY`, so that rows go in (and take
 /// their `seq`, and their locks) in the order given.
 impl PostgresStore {
-    /// Inserts messages, skipping ids already there; with `returning`, the
-    /// ids it inserted.
+    /// Inserts messages, skipping (sender, id) pairs already there; with
+    /// `returning`, the keys ([`OutboxMessage::key`]) it inserted.
     async fn insert_messages(
         conn: &mut sqlx::PgConnection,
         messages: &[&OutboxMessage],
         returning: bool,
     ) -> Result<HashSet<String>, StoreError> {
         let destinations: Vec<(&str, &str)> = messages.iter().map(|m| m.destination.kind_and_target()).collect();
-        let sql = if returning { concat!(insert_messages_sql!(), " RETURNING id") } else { insert_messages_sql!() };
+        let sql = if returning { concat!(insert_messages_sql!(), " RETURNING sender || E'\\n' || id") } else { insert_messages_sql!() };
         let query = sqlx::query(sql)
             .bind(messages.iter().map(|m| m.id.as_str()).collect::<Vec<_>>())
             .bind(messages.iter().map(|m| m.sender.as_str()).collect::<Vec<_>>())
@@ -269,13 +273,15 @@ impl PostgresStore {
     /// Inserts inbox entries, skipping ones there already; the number inserted.
     async fn insert_inbox(conn: &mut sqlx::PgConnection, entries: &[(&str, &InboxEntry)]) -> Result<u64, StoreError> {
         Ok(sqlx::query(
-            "INSERT INTO inbox (actor, message_id, reply, at_ms) SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::bigint[]) \
-             ON CONFLICT (actor, message_id) DO NOTHING",
+            "INSERT INTO inbox (actor, sender, message_id, reply, at_ms) \
+             SELECT * FROM UNNEST($1::text[], $5::text[], $2::text[], $3::bytea[], $4::bigint[]) \
+             ON CONFLICT (actor, sender, message_id) DO NOTHING",
         )
         .bind(entries.iter().map(|e| e.0).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.1.message_id.as_str()).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.1.reply.as_slice()).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.1.at_ms).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.1.sender.as_str()).collect::<Vec<_>>())
         .execute(&mut *conn)
         .await?
         .rows_affected())

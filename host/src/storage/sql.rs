@@ -574,21 +574,22 @@ macro_rules! sql_job_store {
                 // key; recurring ones, rarer, move to their next tick one by one.
                 let (recurring, one_shot): (Vec<_>, Vec<_>) = done.iter().copied().partition(|d| d.next_run_at_ms.is_some());
                 for chunk in $crate::storage::sql::pow2_chunks(&one_shot, 256) {
-                    let mut leases: Vec<&str> = chunk.iter().map(|d| d.lease.as_str()).collect();
-                    leases.sort_unstable();
-                    leases.dedup();
+                    // Each (id, lease) pair, not ids × leases: a stale lease
+                    // of one job must not pass because another job of the
+                    // batch holds the lease it has now. `id IN` keeps the
+                    // primary key driving the update.
                     let sql = format!(
                         "UPDATE jobs SET status = 'succeeded', lease = NULL, lease_until_ms = NULL, updated_at_ms = $1 \
-                         WHERE status = 'running' AND id IN ({}) AND lease IN ({})",
+                         WHERE status = 'running' AND id IN ({}) AND (id, lease) IN (VALUES {})",
                         $crate::storage::sql::placeholders(2, chunk.len()),
-                        $crate::storage::sql::placeholders(2 + chunk.len(), leases.len())
+                        $crate::storage::sql::lane_pairs(2 + chunk.len(), chunk.len())
                     );
                     let mut q = ::sqlx::query(&sql).bind(now);
                     for d in chunk {
                         q = q.bind(&d.id);
                     }
-                    for lease in &leases {
-                        q = q.bind(*lease);
+                    for d in chunk {
+                        q = q.bind(&d.id).bind(&d.lease);
                     }
                     completed += q.execute(&mut **tx).await?.rows_affected();
                 }
@@ -908,7 +909,7 @@ macro_rules! sql_inbox_store {
                     batch.iter().filter_map(|c| c.inbox.as_ref().map(|e| (c.actor.as_str(), e))).collect();
                 if Self::insert_inbox(&mut **tx, &entries).await? != entries.len() as u64 {
                     return Err($crate::storage::StoreError::Conflict(match entries[..] {
-                        [(actor, e)] => format!("{actor} has already handled message {:?}", e.message_id),
+                        [(actor, e)] => format!("{actor} has already handled message {:?} of {}", e.message_id, e.sender_name()),
                         _ => "a message in this batch was already handled by its receiver".into(),
                     }));
                 }
@@ -921,10 +922,12 @@ macro_rules! sql_inbox_store {
             async fn inbox_reply(
                 &self,
                 actor: &$crate::id::ActorId,
+                sender: &str,
                 message_id: &str,
             ) -> Result<Option<Vec<u8>>, $crate::storage::StoreError> {
-                Ok(::sqlx::query_scalar("SELECT reply FROM inbox WHERE actor = $1 AND message_id = $2")
+                Ok(::sqlx::query_scalar("SELECT reply FROM inbox WHERE actor = $1 AND sender = $2 AND message_id = $3")
                     .bind(actor.as_str())
+                    .bind(sender)
                     .bind(message_id)
                     .fetch_optional(&self.$reader)
                     .await?)
@@ -933,7 +936,7 @@ macro_rules! sql_inbox_store {
             async fn expire_inbox(&self, before_ms: i64) -> Result<u64, $crate::storage::StoreError> {
                 // An entry whose message is still in the outbox (handled, not
                 // yet deleted, e.g. its host died) stays: it may be redelivered.
-                Ok(::sqlx::query("DELETE FROM inbox WHERE at_ms < $1 AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = inbox.message_id)")
+                Ok(::sqlx::query("DELETE FROM inbox WHERE at_ms < $1 AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.sender = inbox.sender AND o.id = inbox.message_id)")
                     .bind(before_ms)
                     .execute(&self.$writer)
                     .await?
@@ -986,7 +989,7 @@ where
     })
 }
 
-/// `(id, lease)` pairs as SQL row values, placeholders from `first`.
+/// `(a, b)` pairs as SQL row values (`(id, lease)`, `(sender, id)`), placeholders from `first`.
 pub(crate) fn lane_pairs(first: usize, count: usize) -> String {
     (0..count).map(|i| format!("(${}, ${})", first + 2 * i, first + 2 * i + 1)).collect::<Vec<_>>().join(", ")
 }
@@ -1069,7 +1072,7 @@ macro_rules! sql_outbox_store {
                         };
                         (lease_before.is_none(), claim)
                     });
-                    if inserted.remove(&m.id) {
+                    if inserted.remove(&m.key()) {
                         claim.messages.push($crate::storage::outbox::OutboxRecord {
                             message: (*m).clone(),
                             status: "pending".into(),
@@ -1117,10 +1120,14 @@ macro_rules! sql_outbox_store {
                 let outcome: Result<_, $crate::storage::StoreError> = async {
                     let mut tx = ::sqlx::Connection::begin_with(&mut *conn, $claim_begin).await?;
                     for chunk in $crate::storage::sql::pow2_chunks(delivered, 256) {
-                        let sql = format!("DELETE FROM outbox WHERE id IN ({})", $crate::storage::sql::placeholders(1, chunk.len()));
+                        let sql = format!(
+                            "DELETE FROM outbox WHERE (sender, id) IN (VALUES {})",
+                            $crate::storage::sql::lane_pairs(1, chunk.len())
+                        );
                         let mut q = ::sqlx::query(&sql);
-                        for id in chunk {
-                            q = q.bind(id);
+                        for key in chunk {
+                            let (sender, id) = $crate::storage::outbox::split_message_key(key);
+                            q = q.bind(sender).bind(id);
                         }
                         q.execute(&mut *tx).await?;
                     }
@@ -1231,15 +1238,17 @@ macro_rules! sql_outbox_store {
                 outcome
             }
 
-            async fn fail_message(&self, id: &str, error: &str, retry_at_ms: Option<i64>) -> Result<(), $crate::storage::StoreError> {
+            async fn fail_message(&self, key: &str, error: &str, retry_at_ms: Option<i64>) -> Result<(), $crate::storage::StoreError> {
+                let (sender, id) = $crate::storage::outbox::split_message_key(key);
                 ::sqlx::query(
                     "UPDATE outbox SET status = $2, next_at_ms = COALESCE($3, next_at_ms), last_error = $4, attempts = attempts + 1 \
-                     WHERE id = $1 AND status = 'pending'",
+                     WHERE id = $1 AND sender = $5 AND status = 'pending'",
                 )
                 .bind(id)
                 .bind(if retry_at_ms.is_some() { "pending" } else { "dead" })
                 .bind(retry_at_ms)
                 .bind(error.chars().take(4000).collect::<String>())
+                .bind(sender)
                 .execute(&self.$writer)
                 .await?;
                 Ok(())
@@ -1255,29 +1264,34 @@ macro_rules! sql_outbox_store {
                 rows.iter().map($crate::storage::sql::outbox_from_row).collect()
             }
 
-            async fn retry_message(&self, id: &str, now_ms: i64) -> Result<bool, $crate::storage::StoreError> {
+            async fn retry_message(&self, id: &str, sender: Option<&str>, now_ms: i64) -> Result<u64, $crate::storage::StoreError> {
                 let mut tx = self.$writer.begin().await?;
-                let lane: Option<(String, String, String)> = ::sqlx::query_as(
-                    "UPDATE outbox SET status = 'pending', attempts = 0, next_at_ms = $2 WHERE id = $1 AND status = 'dead' \
-                     RETURNING sender, kind, target",
+                let mut lanes: Vec<(String, String, String)> = ::sqlx::query_as(
+                    "UPDATE outbox SET status = 'pending', attempts = 0, next_at_ms = $2 \
+                     WHERE id = $1 AND ($3 IS NULL OR sender = $3) AND status = 'dead' RETURNING sender, kind, target",
                 )
                 .bind(id)
                 .bind(now_ms)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let Some((sender, kind, target)) = lane else { return Ok(false) };
-                ::sqlx::query(
-                    "INSERT INTO outbox_lanes (sender, kind, target, next_at_ms) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (sender, kind, target) DO UPDATE SET next_at_ms = outbox_lanes.next_at_ms",
-                )
                 .bind(sender)
-                .bind(kind)
-                .bind(target)
-                .bind(now_ms)
-                .execute(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await?;
+                let retried = lanes.len() as u64;
+                lanes.sort_unstable();
+                lanes.dedup();
+                for (sender, kind, target) in lanes {
+                    ::sqlx::query(
+                        "INSERT INTO outbox_lanes (sender, kind, target, next_at_ms) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (sender, kind, target) DO UPDATE SET next_at_ms = outbox_lanes.next_at_ms",
+                    )
+                    .bind(sender)
+                    .bind(kind)
+                    .bind(target)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 tx.commit().await?;
-                Ok(true)
+                Ok(retried)
             }
 
             async fn purge_dead_messages(&self) -> Result<u64, $crate::storage::StoreError> {

@@ -190,8 +190,8 @@ impl StateStore for SqliteStore {
 /// The batched statements of the outbox and inbox (multi-row `VALUES` in
 /// power-of-two chunks, so each chunk size is prepared once).
 impl SqliteStore {
-    /// Inserts messages, skipping ids already there; with `returning`, the
-    /// ids it inserted.
+    /// Inserts messages, skipping (sender, id) pairs already there; with
+    /// `returning`, the keys ([`OutboxMessage::key`]) it inserted.
     async fn insert_messages(
         conn: &mut sqlx::SqliteConnection,
         messages: &[&OutboxMessage],
@@ -216,9 +216,9 @@ impl SqliteStore {
                     .push_bind(m.created_at_ms)
                     .push_bind(m.created_at_ms);
             });
-            q.push(" ON CONFLICT (id) DO NOTHING");
+            q.push(" ON CONFLICT (sender, id) DO NOTHING");
             if returning {
-                q.push(" RETURNING id");
+                q.push(" RETURNING sender || char(10) || id");
                 for row in q.build().fetch_all(&mut *conn).await? {
                     inserted.insert(row.try_get::<String, _>(0)?);
                 }
@@ -262,11 +262,11 @@ impl SqliteStore {
     async fn insert_inbox(conn: &mut sqlx::SqliteConnection, entries: &[(&str, &InboxEntry)]) -> Result<u64, StoreError> {
         let mut inserted = 0;
         for chunk in pow2_chunks(entries, 256) {
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO inbox (actor, message_id, reply, at_ms) ");
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO inbox (actor, sender, message_id, reply, at_ms) ");
             q.push_values(chunk, |mut row, (actor, e)| {
-                row.push_bind(*actor).push_bind(e.message_id.as_str()).push_bind(e.reply.as_slice()).push_bind(e.at_ms);
+                row.push_bind(*actor).push_bind(e.sender.as_str()).push_bind(e.message_id.as_str()).push_bind(e.reply.as_slice()).push_bind(e.at_ms);
             });
-            q.push(" ON CONFLICT (actor, message_id) DO NOTHING");
+            q.push(" ON CONFLICT (actor, sender, message_id) DO NOTHING");
             inserted += q.build().execute(&mut *conn).await?.rows_affected();
         }
         Ok(inserted)

@@ -16,7 +16,8 @@
 //! | `P:snapv:{actor}`, `P:snapd:{actor}` | sorted set, hash | snapshot versions; version → snapshot |
 //! | `P:projs`, `P:proj:{name}` | set, hash | projection names; definition and checkpoint |
 //! | `P:blob:{hash}`, `P:cv:{type}`, `P:heads` | string, hash, hash | component bytes, versions, active versions |
-//! | `P:ib:{actor}`, `P:ibt` | hash, sorted set | inbox: message id → reply; `actor\n id` scored by time (expiry) |
+//! | `P:ib:{actor}`, `P:ibt` | hash, sorted set | inbox: `sender\n id` → reply (sender `''` for HTTP keys); `actor\n sender\n id` scored by time (expiry) |
+//! | `P:schema` | string | the layout's version ([`SCHEMA_VERSION`]); older data is migrated at connect |
 //!
 //! Durable jobs and the outbox have their own keys; see [`jobs`] and [`outbox`].
 //!
@@ -34,6 +35,7 @@ use super::{
     Retention, Snapshot, StateStore, Store, StoreError, TurnCommit,
 };
 use crate::id::ActorId;
+use crate::storage::outbox::message_key;
 
 mod jobs;
 mod outbox;
@@ -63,7 +65,7 @@ pub struct RedisStore {
 /// Commits a batch (after [`jobs::JOB_FUNCTIONS_LUA`]). ARGV: prefix, now,
 /// then nine sections, each a count and fixed-size records: heads (actor,
 /// expected, new), checkpoints (name, from, to), job completions (id,
-/// lease, next run or ''), inbox entries (actor, message id, reply, at), state ops (actor, key, 'S' value | 'D' ''),
+/// lease, next run or ''), inbox entries (actor, sender\n message id, reply, at), state ops (actor, key, 'S' value | 'D' ''),
 /// events (actor, type, version, event type, schema, data, at,
 /// correlation, causation, caller or '', has-caller, method), new jobs
 /// (`JOB_ARGS` each), cancelled job ids, outbox messages (`MESSAGE_ARGS`
@@ -110,7 +112,8 @@ local ni = tonumber(ARGV[i]); i = i + 1
 local inbox = {}
 for _ = 1, ni do
   if redis.call('HEXISTS', p .. ':ib:' .. ARGV[i], ARGV[i + 1]) == 1 then
-    return ARGV[i] .. ' has already handled message "' .. ARGV[i + 1] .. '"'
+    local nl = string.find(ARGV[i + 1], '\n', 1, true)
+    return ARGV[i] .. ' has already handled message "' .. string.sub(ARGV[i + 1], nl + 1) .. '" of ' .. string.sub(ARGV[i + 1], 1, nl - 1)
   end
   table.insert(inbox, {ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]})
   i = i + 4
@@ -214,6 +217,7 @@ local p = ARGV[1]
 local old = redis.call('ZRANGEBYSCORE', p .. ':ibt', '-inf', '(' .. ARGV[2], 'LIMIT', 0, 1000)
 local expired = 0
 for _, member in ipairs(old) do
+  -- `actor\n sender\n id`: the field after the actor is the message's key.
   local nl = string.find(member, '\n', 1, true)
   local id = string.sub(member, nl + 1)
   -- Kept while its message is still in the outbox (it may be redelivered).
@@ -224,6 +228,89 @@ for _, member in ipairs(old) do
   end
 end
 return {expired, #old}
+"#;
+
+/// Set to `1` to run on a Redis whose `maxmemory-policy` may evict keys
+/// (state, journals and jobs could then vanish without a trace).
+pub const ALLOW_EVICTION_ENV: &str = "QUARK_REDIS_ALLOW_EVICTION";
+
+/// Refuses a Redis that may evict keys under memory pressure: every key
+/// here is data, and an evicted one is lost without an error. Quark sets
+/// no TTLs, so `volatile-*` policies evict nothing of it; `allkeys-*` may
+/// evict anything. A server that hides `CONFIG` (a managed Redis) is let
+/// through with a warning.
+async fn check_eviction_policy(conn: &mut ConnectionManager) -> Result<(), StoreError> {
+    let policy: Result<Vec<String>, _> = redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(conn).await;
+    match policy {
+        Ok(pair) => {
+            let policy = pair.get(1).cloned().unwrap_or_default();
+            if policy.starts_with("allkeys-") {
+                if std::env::var(ALLOW_EVICTION_ENV).is_ok_and(|v| v == "1") {
+                    tracing::warn!(policy, "Redis may evict keys (maxmemory-policy); running anyway as {ALLOW_EVICTION_ENV}=1 says");
+                } else {
+                    return Err(StoreError::Unavailable(format!(
+                        "this Redis runs with maxmemory-policy {policy}, which evicts keys when memory runs short: Quark's state, \
+                         journals and jobs would vanish without an error. Set it to noeviction (`CONFIG SET maxmemory-policy \
+                         noeviction`, or in redis.conf), or set {ALLOW_EVICTION_ENV}=1 to accept the risk"
+                    )));
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read Redis's maxmemory-policy; make sure it is noeviction");
+            Ok(())
+        }
+    }
+}
+
+/// The version of the key layout this code reads and writes. 2: message
+/// ids are unique per sender (outbox keys `om:{sender}\n{id}`, inbox
+/// fields `sender\n id`).
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Moves data of layout 1 to layout 2, once (`P:schema` says which it is).
+/// Outbox messages take their sender into their key; an inbox entry takes
+/// the sender of the outbox message it matches (one still in the outbox may
+/// be redelivered) and `''` otherwise (HTTP keys; delivered messages are
+/// never redelivered). ARGV: prefix, version.
+const MIGRATE_LUA: &str = r#"
+local p, version = ARGV[1], ARGV[2]
+if tonumber(redis.call('GET', p .. ':schema') or '1') >= tonumber(version) then return 0 end
+local senders = {}
+for _, id in ipairs(redis.call('ZRANGE', p .. ':oall', 0, -1)) do
+  local old = p .. ':om:' .. id
+  local sender, target, seq, lane, status = unpack(redis.call('HMGET', old, 'sender', 'target', 'seq', 'lane', 'status'))
+  if sender then
+    local key = sender .. '\n' .. id
+    redis.call('RENAME', old, p .. ':om:' .. key)
+    redis.call('ZREM', p .. ':oall', id)
+    redis.call('ZADD', p .. ':oall', seq, key)
+    if status == 'dead' then
+      redis.call('ZREM', p .. ':odead', id)
+      redis.call('ZADD', p .. ':odead', seq, key)
+    elseif lane and redis.call('ZREM', p .. ':ol:' .. lane, id) == 1 then
+      redis.call('ZADD', p .. ':ol:' .. lane, seq, key)
+    end
+    senders[target .. '\n' .. id] = sender
+  end
+end
+local entries = redis.call('ZRANGE', p .. ':ibt', 0, -1, 'WITHSCORES')
+for i = 1, #entries, 2 do
+  local member, at = entries[i], entries[i + 1]
+  local nl = string.find(member, '\n', 1, true)
+  local actor, id = string.sub(member, 1, nl - 1), string.sub(member, nl + 1)
+  local sender = senders[member] or ''
+  local reply = redis.call('HGET', p .. ':ib:' .. actor, id)
+  redis.call('ZREM', p .. ':ibt', member)
+  if reply then
+    redis.call('HDEL', p .. ':ib:' .. actor, id)
+    redis.call('HSET', p .. ':ib:' .. actor, sender .. '\n' .. id, reply)
+    redis.call('ZADD', p .. ':ibt', at, actor .. '\n' .. sender .. '\n' .. id)
+  end
+end
+redis.call('SET', p .. ':schema', version)
+return 1
 "#;
 
 /// A component version as stored (its number is the hash field).
@@ -254,6 +341,8 @@ impl RedisStore {
             .set_number_of_retries(2);
         let mut conn = ConnectionManager::new_with_config(client.clone(), config).await?;
         let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        check_eviction_policy(&mut conn).await?;
+        let _: i64 = redis::Script::new(MIGRATE_LUA).prepare_invoke().arg(&prefix).arg(SCHEMA_VERSION).invoke_async(&mut conn).await?;
         Ok(RedisStore {
             client,
             conn,
@@ -388,7 +477,7 @@ impl StateStore for RedisStore {
         let inbox: Vec<_> = batch.iter().filter_map(|c| c.inbox.as_ref().map(|e| (c.actor.as_str(), e))).collect();
         invocation.arg(inbox.len());
         for (actor, e) in &inbox {
-            invocation.arg(*actor).arg(&e.message_id).arg(e.reply.as_slice()).arg(e.at_ms);
+            invocation.arg(*actor).arg(message_key(&e.sender, &e.message_id)).arg(e.reply.as_slice()).arg(e.at_ms);
         }
         let ops: Vec<_> = batch.iter().flat_map(|c| c.state.iter().map(move |w| (c.actor.as_str(), w))).collect();
         invocation.arg(ops.len());
@@ -428,15 +517,20 @@ impl StateStore for RedisStore {
         for message in batch.iter().flat_map(|c| c.messages.iter()) {
             outbox::push_message_args(&mut invocation, message);
         }
-        let conflict: String = invocation.invoke_async(&mut self.conn()).await?;
+        // Sent and no answer (a timeout, a dropped connection): the script
+        // may have run. A refused connection sent nothing.
+        let conflict: String = invocation.invoke_async(&mut self.conn()).await.map_err(|e| {
+            let lost = (e.is_timeout() || e.is_connection_dropped() || e.is_io_error()) && !e.is_connection_refusal();
+            StoreError::from(e).at_commit(lost)
+        })?;
         if conflict.is_empty() { Ok(()) } else { Err(StoreError::Conflict(conflict)) }
     }
 }
 
 #[async_trait]
 impl super::InboxStore for RedisStore {
-    async fn inbox_reply(&self, actor: &ActorId, message_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.conn().hget(self.key("ib", actor.as_str()), message_id).await?)
+    async fn inbox_reply(&self, actor: &ActorId, sender: &str, message_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.conn().hget(self.key("ib", actor.as_str()), message_key(sender, message_id)).await?)
     }
 
     async fn expire_inbox(&self, before_ms: i64) -> Result<u64, StoreError> {

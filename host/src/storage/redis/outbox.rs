@@ -2,15 +2,16 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `P:om:{id}` | hash | a message: its fields, status, attempts, last error, `seq`, `lane` |
+//! | `P:om:{sender}\n{id}` | hash | a message: its fields, status, attempts, last error, `seq`, `lane` |
 //! | `P:oseq` | string | the last message `seq` |
-//! | `P:ol:{lane}` | sorted set | a lane's pending message ids, scored by `seq` |
+//! | `P:ol:{lane}` | sorted set | a lane's pending message keys (`sender\nid`), scored by `seq` |
 //! | `P:olanes` | sorted set | lanes not leased, scored by when they are due |
 //! | `P:oleased`, `P:olease` | sorted set, hash | leased lanes by lease expiry; lane → lease |
 //! | `P:oall`, `P:odead` | sorted sets | every message, dead messages, by `seq` (listing) |
 //! | `P:outbox` | channel | a message whenever a commit sent messages (wakes other hosts) |
 //!
-//! A lane is `sender\nkind\ntarget`. Each change is one Lua script; the
+//! A lane is `sender\nkind\ntarget`; a message's key is `sender\nid`, as
+//! ids are unique per sender. Each change is one Lua script; the
 //! messages a turn sends are added by its commit script.
 
 use async_trait::async_trait;
@@ -26,15 +27,16 @@ pub(super) const OUTBOX_FUNCTIONS_LUA: &str = r#"
 local MESSAGE_ARGS = 8
 local function add_message(p, i)
   local id = ARGV[i]
-  local key = p .. ':om:' .. id
+  local member = ARGV[i + 1] .. '\n' .. id
+  local key = p .. ':om:' .. member
   if redis.call('EXISTS', key) == 1 then return 0 end
   local seq = redis.call('INCR', p .. ':oseq')
   local lane = ARGV[i + 1] .. '\n' .. ARGV[i + 2] .. '\n' .. ARGV[i + 3]
   redis.call('HSET', key, 'id', id, 'sender', ARGV[i + 1], 'kind', ARGV[i + 2], 'target', ARGV[i + 3], 'method', ARGV[i + 4],
     'payload', ARGV[i + 5], 'event_type', ARGV[i + 6], 'created', ARGV[i + 7], 'status', 'pending', 'attempts', '0',
     'next_at', ARGV[i + 7], 'seq', seq, 'lane', lane)
-  redis.call('ZADD', p .. ':oall', seq, id)
-  redis.call('ZADD', p .. ':ol:' .. lane, seq, id)
+  redis.call('ZADD', p .. ':oall', seq, member)
+  redis.call('ZADD', p .. ':ol:' .. lane, seq, member)
   if not redis.call('ZSCORE', p .. ':olanes', lane) and not redis.call('ZSCORE', p .. ':oleased', lane) then
     redis.call('ZADD', p .. ':olanes', ARGV[i + 7], lane)
   end
@@ -43,7 +45,7 @@ end
 "#;
 
 /// Deletes delivered messages, releases lanes, claims lanes. ARGV: prefix,
-/// now, max lanes, per lane, lease, lease until, count and delivered ids,
+/// now, max lanes, per lane, lease, lease until, count and delivered keys,
 /// count and releases (lane, lease, next or ''). Returns per lane
 /// {lane, taken_over, message HGETALLs...}.
 const CLAIM_LUA: &str = r#"
@@ -99,7 +101,7 @@ end
 return out
 "#;
 
-/// Records a failed delivery. ARGV: prefix, id, error, retry at or ''.
+/// Records a failed delivery. ARGV: prefix, message key, error, retry at or ''.
 const FAIL_LUA: &str = r#"
 local p, id = ARGV[1], ARGV[2]
 local key = p .. ':om:' .. id
@@ -117,19 +119,36 @@ end
 return 1
 "#;
 
-/// Makes a dead message pending again. ARGV: prefix, id, now.
+/// Makes dead messages pending again: the one of a sender, or every dead
+/// message with the id. ARGV: prefix, id, sender or '', now. Returns how many.
 const RETRY_LUA: &str = r#"
-local p, id, now = ARGV[1], ARGV[2], ARGV[3]
-local key = p .. ':om:' .. id
-if redis.call('HGET', key, 'status') ~= 'dead' then return 0 end
-local seq, lane = unpack(redis.call('HMGET', key, 'seq', 'lane'))
-redis.call('HSET', key, 'status', 'pending', 'attempts', '0', 'next_at', now)
-redis.call('ZREM', p .. ':odead', id)
-redis.call('ZADD', p .. ':ol:' .. lane, seq, id)
-if not redis.call('ZSCORE', p .. ':olanes', lane) and not redis.call('ZSCORE', p .. ':oleased', lane) then
-  redis.call('ZADD', p .. ':olanes', now, lane)
+local p, id, sender, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local members = {}
+if sender ~= '' then
+  members = {sender .. '\n' .. id}
+else
+  local suffix = '\n' .. id
+  for _, m in ipairs(redis.call('ZRANGE', p .. ':odead', 0, -1)) do
+    if string.sub(m, -#suffix) == suffix and not string.find(string.sub(m, 1, #m - #suffix), '\n', 1, true) then
+      table.insert(members, m)
+    end
+  end
 end
-return 1
+local retried = 0
+for _, member in ipairs(members) do
+  local key = p .. ':om:' .. member
+  if redis.call('HGET', key, 'status') == 'dead' then
+    local seq, lane = unpack(redis.call('HMGET', key, 'seq', 'lane'))
+    redis.call('HSET', key, 'status', 'pending', 'attempts', '0', 'next_at', now)
+    redis.call('ZREM', p .. ':odead', member)
+    redis.call('ZADD', p .. ':ol:' .. lane, seq, member)
+    if not redis.call('ZSCORE', p .. ':olanes', lane) and not redis.call('ZSCORE', p .. ':oleased', lane) then
+      redis.call('ZADD', p .. ':olanes', now, lane)
+    end
+    retried = retried + 1
+  end
+end
+return retried
 "#;
 
 /// Deletes dead messages. ARGV: prefix. Returns how many.
@@ -267,10 +286,10 @@ impl OutboxStore for RedisStore {
         Ok(claims)
     }
 
-    async fn fail_message(&self, id: &str, error: &str, retry_at_ms: Option<i64>) -> Result<(), StoreError> {
+    async fn fail_message(&self, key: &str, error: &str, retry_at_ms: Option<i64>) -> Result<(), StoreError> {
         let error: String = error.chars().take(4000).collect();
         let retry = retry_at_ms.map(|t| t.to_string()).unwrap_or_default();
-        let _: i64 = self.outbox.fail.prepare_invoke().arg(&self.prefix).arg(id).arg(error).arg(retry).invoke_async(&mut self.conn()).await?;
+        let _: i64 = self.outbox.fail.prepare_invoke().arg(&self.prefix).arg(key).arg(error).arg(retry).invoke_async(&mut self.conn()).await?;
         Ok(())
     }
 
@@ -317,9 +336,8 @@ impl OutboxStore for RedisStore {
         Ok(out)
     }
 
-    async fn retry_message(&self, id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        let done: i64 = self.outbox.retry.prepare_invoke().arg(&self.prefix).arg(id).arg(now_ms).invoke_async(&mut self.conn()).await?;
-        Ok(done == 1)
+    async fn retry_message(&self, id: &str, sender: Option<&str>, now_ms: i64) -> Result<u64, StoreError> {
+        Ok(self.outbox.retry.prepare_invoke().arg(&self.prefix).arg(id).arg(sender.unwrap_or("")).arg(now_ms).invoke_async(&mut self.conn()).await?)
     }
 
     async fn purge_dead_messages(&self) -> Result<u64, StoreError> {

@@ -6,6 +6,10 @@ use quark_sdk::{Deserialize, Error, EventSourced, Result, Serialize, Value, emit
 #[derive(Default, Serialize, Deserialize)]
 pub struct Ledger {
     notes: Vec<String>,
+    /// Large notes (`big:…`) are counted, not kept: their events are big,
+    /// the state stays small.
+    #[serde(default)]
+    big: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -37,10 +41,20 @@ impl EventSourced for Ledger {
                 if note.starts_with("poison") && state::get::<bool>("poison").ok().flatten() == Some(true) {
                     panic!("apply was armed to fail on {note:?}");
                 }
-                self.notes.push(note)
+                if note.starts_with("big:") {
+                    self.big += 1;
+                } else {
+                    self.notes.push(note)
+                }
             }
         }
     }
+}
+
+#[derive(Deserialize)]
+struct Big {
+    bytes: usize,
+    count: usize,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +108,19 @@ impl Ledger {
         state::delete("poison")
     }
 
+    /// Appends `count` events of about `bytes` bytes each; returns how many
+    /// large notes there are.
+    fn record_big(&mut self, Big { bytes, count }: Big) -> Result<u64> {
+        for _ in 0..count {
+            emit(self, LedgerEvent::Recorded { note: format!("big:{}", "x".repeat(bytes)) })?;
+        }
+        Ok(self.big)
+    }
+
+    fn big(&mut self, _: ()) -> Result<u64> {
+        Ok(self.big)
+    }
+
     fn snapshot_now(&mut self, _: ()) -> Result<()> {
         journal::request_snapshot();
         Ok(())
@@ -104,4 +131,4 @@ impl Ledger {
     }
 }
 
-quark_sdk::event_sourced!(Ledger { record, record_many, notes, version, fail_after_record, trap_after_record, arm_poison, disarm, snapshot_now, call_self });
+quark_sdk::event_sourced!(Ledger { record, record_many, record_big, big, notes, version, fail_after_record, trap_after_record, arm_poison, disarm, snapshot_now, call_self });

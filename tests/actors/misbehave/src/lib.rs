@@ -25,6 +25,9 @@ struct Tell {
     method: String,
     payload: Value,
     fail: bool,
+    /// Also write state, so the turn has a commit to wait for.
+    #[serde(default)]
+    write: bool,
 }
 
 #[derive(Deserialize)]
@@ -87,8 +90,12 @@ impl Misbehave {
 
     /// Tells another actor, then succeeds or fails: a failed turn's tells
     /// must never be sent.
-    fn tell(Tell { target, method, payload, fail }: Tell) -> Result<()> {
+    fn tell(Tell { target, method, payload, fail, write }: Tell) -> Result<()> {
         quark_sdk::tell(&target, &method, &payload)?;
+        if write {
+            let told: u64 = state::get("told")?.unwrap_or(0);
+            state::set("told", &(told + 1))?;
+        }
         if fail { Err(Error::rejected("misbehave: failing after a tell")) } else { Ok(()) }
     }
 

@@ -1,0 +1,258 @@
+//! The host tried as an attacker or an unlucky client would: callers that
+//! go away, replies held back, cross-site requests, slow clients, bad
+//! input of every shape. Each test failed before its fix.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quark_host::storage::sqlite::SqliteStore;
+use quark_host::{Host, HostConfig};
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+use crate::support::*;
+
+/// A caller whose future is dropped while its turn's commit is in flight
+/// (an HTTP client that disconnects): the commit still completes on its
+/// own, its tells go out, and the actor is deactivated when idle.
+#[tokio::test]
+async fn a_caller_that_goes_away_during_the_commit_does_not_stop_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("quark.db");
+    let store = Arc::new(SqliteStore::open_with_busy_timeout(&db, Duration::from_secs(20)).await.unwrap());
+    let mut config = HostConfig::new(dir.path());
+    config.idle_timeout = Duration::from_millis(300);
+    let host = Host::start(config, store).await.unwrap();
+    host.deploy("misbehave", component("misbehave"), manifest()).await.unwrap();
+    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+
+    // Another process holds the write lock: the commit waits for it.
+    let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut other).await.unwrap();
+    let tell = json!({"target": "counter/told", "method": "increment", "payload": {"by": 1}, "fail": false, "write": true});
+    let gave_up = tokio::time::timeout(Duration::from_millis(500), ask(&host, "misbehave/c", "tell", tell)).await;
+    assert!(gave_up.is_err(), "the commit is still waiting when the caller leaves");
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+
+    eventually("the committed turn's tell", async || ask(&host, "counter/told", "get", json!(null)).await.unwrap(), |v| *v == json!(1)).await;
+    assert_eq!(ask(&host, "misbehave/c", "dump", json!(null)).await.unwrap(), json!({"told": 1}), "the turn committed once");
+    eventually("misbehave/c deactivated when idle", async || host.actors().iter().any(|a| a.id == "misbehave/c"), |active| !active).await;
+}
+
+/// A turn that committed answers as soon as its commit is durable, not
+/// when the actor's next (long) turn ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_reply_goes_out_while_the_next_turn_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sqlite_host(dir.path()).await;
+    host.deploy("misbehave", component("misbehave"), manifest_with("64MiB", "2s")).await.unwrap();
+    let call = |method: &'static str, payload: Value| {
+        let host = host.clone();
+        tokio::spawn(async move {
+            let reply = ask(&host, "misbehave/q", method, payload).await;
+            (reply, std::time::Instant::now())
+        })
+    };
+    // A long turn holds the actor; a write and another long turn (2 s,
+    // its time limit) queue behind it.
+    let first_spin = call("spin", json!(null));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let write = call("put", json!({"key": "k", "value": 1}));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second_spin = call("spin", json!(null));
+    let (written, write_done) = write.await.unwrap();
+    written.unwrap();
+    let (_, spin_done) = second_spin.await.unwrap();
+    let _ = first_spin.await;
+    let ahead = spin_done.saturating_duration_since(write_done);
+    assert!(ahead > Duration::from_secs(1), "the write's reply came only {ahead:?} before the next turn's end: it waited for it");
+}
+
+async fn serve_api(host: &Host, access: quark_host::api::ApiConfig) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let host = host.clone();
+    tokio::spawn(async move { quark_host::api::serve_with(host, listener, access).await.unwrap() });
+    base
+}
+
+async fn error_of(r: reqwest::Response) -> (u16, Value) {
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or_else(|e| panic!("status {status}: the body is not JSON: {e}"));
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    (status, body)
+}
+
+/// Every error is `{"error": {"kind", "message"}}`, axum's own rejections
+/// included; bodies and bulk requests are bounded.
+#[tokio::test]
+async fn every_error_is_a_json_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with(dir.path(), &[("counter", "counter")]).await;
+    let base = serve_api(&host, Default::default()).await;
+    let http = reqwest::Client::new();
+    let cases = [
+        (http.get(format!("{base}/v1/jobs?limit=abc")), 400, "bad-request"),
+        (http.patch(format!("{base}/v1/jobs")), 405, "bad-request"),
+        (http.delete(format!("{base}/v1/components/counter")), 405, "bad-request"),
+        (http.post(format!("{base}/v1/actors/counter/%FF/get")), 400, "bad-request"),
+        (http.get(format!("{base}/v1/nosuch")), 404, "not-found"),
+        (http.get(format!("{base}/nosuch")), 404, "not-found"),
+        (http.post(format!("{base}/v1/jobs")).header("content-type", "application/json").body(vec![b' '; 65 << 20]), 413, "payload-too-large"),
+        (http.post(format!("{base}/v1/projections")).header("content-type", "application/json").body("{"), 400, "bad-request"),
+    ];
+    for (request, status, kind) in cases {
+        let (got, body) = error_of(request.send().await.unwrap()).await;
+        assert_eq!((got, body["error"]["kind"].as_str().unwrap()), (status, kind), "{body}");
+    }
+    let too_many: Vec<Value> = (0..100_001).map(|_| json!({"target": "counter/x", "method": "get"})).collect();
+    let (status, body) = error_of(http.post(format!("{base}/v1/jobs")).json(&too_many).send().await.unwrap()).await;
+    assert_eq!((status, body["error"]["kind"].as_str().unwrap()), (507, "limit-exceeded"), "{body}");
+    assert!(host.jobs(None, None, 10).await.unwrap().is_empty(), "nothing of it was stored");
+}
+
+/// A page on another origin, or a request for a name this host does not
+/// serve (DNS rebinding), is refused on every route, token or not; the
+/// host's own origin, and clients that send no `Origin`, are served.
+#[tokio::test]
+async fn cross_site_and_rebound_requests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with(dir.path(), &[("counter", "counter")]).await;
+    let access = quark_host::api::ApiConfig { allowed_origins: vec!["https://console.example".into()], ..Default::default() };
+    let base = serve_api(&host, access).await;
+    let authority = base.trim_start_matches("http://").to_string();
+    let http = reqwest::Client::new();
+    let increment = || http.post(format!("{base}/v1/actors/counter/csrf/increment")).header("content-type", "text/plain").body(r#"{"by": 1}"#);
+
+    let (status, body) = error_of(increment().header("origin", "https://evil.example").send().await.unwrap()).await;
+    assert_eq!((status, body["error"]["kind"].as_str().unwrap()), (403, "forbidden"), "{body}");
+    let (status, body) = error_of(increment().header("host", "evil.example").send().await.unwrap()).await;
+    assert_eq!((status, body["error"]["kind"].as_str().unwrap()), (403, "forbidden"), "{body}");
+    let (status, _) = error_of(
+        http.post(format!("{base}/v1/jobs"))
+            .header("origin", "null")
+            .json(&json!({"target": "counter/csrf", "method": "increment", "cron": "* * * * *"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(host.jobs(None, None, 10).await.unwrap().is_empty(), "no cron job was created");
+    assert_eq!(ask(&host, "counter/csrf", "get", json!(null)).await.unwrap(), json!(0), "no turn ran");
+
+    // Same origin, an allowed origin, no origin, `localhost`: served.
+    for request in [
+        increment().header("origin", format!("http://{authority}")),
+        increment().header("origin", "https://console.example"),
+        increment(),
+        increment().header("host", format!("localhost:{}", authority.rsplit(':').next().unwrap())),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{:?}", response.text().await);
+    }
+    assert_eq!(ask(&host, "counter/csrf", "get", json!(null)).await.unwrap(), json!(4));
+}
+
+/// With a token, `/metrics` needs it too (it names actor types and
+/// sinks); `/healthz` stays open for probes.
+#[tokio::test]
+async fn metrics_need_the_token_and_healthz_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sqlite_host(dir.path()).await;
+    let base = serve_api(&host, quark_host::api::ApiConfig { token: Some("s3cret".into()), ..Default::default() }).await;
+    let http = reqwest::Client::new();
+    let (status, body) = error_of(http.get(format!("{base}/metrics")).send().await.unwrap()).await;
+    assert_eq!((status, body["error"]["kind"].as_str().unwrap()), (401, "unauthorized"));
+    let (status, _) = error_of(http.get(format!("{base}/metrics")).bearer_auth("s3cre").send().await.unwrap()).await;
+    assert_eq!(status, 401, "a prefix of the token is not the token");
+    assert_eq!(http.get(format!("{base}/metrics")).bearer_auth("s3cret").send().await.unwrap().status().as_u16(), 200);
+    assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status().as_u16(), 200);
+}
+
+/// A connection that never finishes its headers is closed after the
+/// header-read timeout, before authentication could even start.
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let host = sqlite_host(dir.path()).await;
+    let base = serve_api(&host, Default::default()).await;
+    let mut slow = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").await.unwrap();
+    let mut buffer = [0u8; 256];
+    let closed = tokio::time::timeout(quark_host::api::HEADER_READ_TIMEOUT + Duration::from_secs(5), slow.read(&mut buffer)).await;
+    assert!(closed.is_ok(), "the connection is still open after the header-read timeout");
+    // The host still serves.
+    assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status().as_u16(), 200);
+}
+
+/// A method that takes nothing accepts `{}`, `null` and an empty body in
+/// every language: `quark call counter/alice get '{}'` is what people type.
+#[tokio::test]
+async fn a_method_without_argument_accepts_an_empty_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_shared_compiled_cache(dir.path()).await;
+    let mut types = vec!["counter"];
+    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    for name in ["counter-py", "counter-js"] {
+        if let Some(bytes) = guest_in_other_language(name, "a_method_without_argument_accepts_an_empty_object") {
+            host.deploy(name, bytes, manifest()).await.unwrap();
+            types.push(name);
+        }
+    }
+    for actor_type in types {
+        let actor = format!("{actor_type}/empty");
+        for payload in [&b"{}"[..], b"null", b""] {
+            let reply = host.ask(id(&actor), "get", payload.to_vec()).await;
+            assert_eq!(reply.map(|r| serde_json::from_slice::<Value>(&r).unwrap()), Ok(json!(0)), "{actor} get {:?}", String::from_utf8_lossy(payload));
+        }
+    }
+}
+
+/// A Redis that may evict keys is refused at start, with what to do.
+#[tokio::test]
+async fn a_redis_that_evicts_keys_is_refused() {
+    let Some(server) = RedisServer::start(&["--maxmemory-policy", "allkeys-lru"]).await else {
+        let why = "redis-server is not installed";
+        assert!(!backends_required(), "{why}; QUARK_REQUIRE_BACKENDS=1 requires it");
+        eprintln!("SKIP a_redis_that_evicts_keys_is_refused: {why}");
+        return;
+    };
+    let e = quark_host::storage::redis::RedisStore::connect(&server.url, Some("evict")).await.err().expect("refused");
+    let message = e.to_string();
+    assert!(message.contains("allkeys-lru") && message.contains("noeviction"), "{message}");
+}
+
+/// A private `redis-server` on a free loopback port, stopped on drop.
+struct RedisServer {
+    url: String,
+    child: std::process::Child,
+}
+
+impl RedisServer {
+    async fn start(args: &[&str]) -> Option<RedisServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let server = RedisServer { url: format!("redis://127.0.0.1:{port}"), child };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Some(server);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
