@@ -14,5 +14,6 @@ mod http_api;
 mod jobs;
 mod journal;
 mod languages;
+mod migrations;
 mod outbox;
 mod storage_conformance;
