@@ -69,6 +69,8 @@ pub struct Metrics {
     message_delivery_delay_seconds: Histogram,
     message_lanes_in_flight: Gauge,
     message_lanes_claimed: Counter,
+    tells_dropped: Counter,
+    mailbox_full: Counter,
 }
 
 impl Default for Metrics {
@@ -122,9 +124,13 @@ impl Metrics {
             message_delivery_delay_seconds: Histogram::new(exponential_buckets(0.0005, 3.0, 14)),
             message_lanes_in_flight: Gauge::default(),
             message_lanes_claimed: Counter::default(),
+            tells_dropped: Counter::default(),
+            mailbox_full: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("turns", "Turns run, by outcome", m.turns.clone());
+        registry.register("tells_dropped", "Told messages that failed or expired with no one to tell", m.tells_dropped.clone());
+        registry.register("mailbox_full", "Messages refused because their actor's mailbox was full", m.mailbox_full.clone());
         registry.register("turn_duration_seconds", "Turn latency including commit", m.turn_seconds.clone());
         registry.register("activations_started", "Actor activations created", m.activations_started.clone());
         registry.register("activations_stopped", "Actor activations removed (idle or failed)", m.activations_stopped.clone());
@@ -207,6 +213,16 @@ impl Metrics {
     /// Records a finished job attempt.
     pub fn record_job(&self, ok: bool) {
         if ok { self.jobs_succeeded.inc() } else { self.job_attempts_failed.inc() };
+    }
+
+    /// A told message failed or expired: no caller hears of it.
+    pub fn record_tell_dropped(&self) {
+        self.tells_dropped.inc();
+    }
+
+    /// A message was refused: its actor's mailbox was full.
+    pub fn record_mailbox_full(&self) {
+        self.mailbox_full.inc();
     }
 
     /// Records a snapshot taken.

@@ -256,3 +256,57 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// What one turn buffers for its commit sits in host memory, outside the
+/// guest's memory limit: it is bounded (bytes, counts) with
+/// `limit-exceeded`, and nothing of such a turn is committed. Writing one
+/// key again and again does not add up.
+#[tokio::test]
+async fn a_turn_cannot_buffer_unbounded_effects() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sqlite_host(dir.path()).await;
+    host.deploy("misbehave", component("misbehave"), manifest()).await.unwrap();
+    let e = ask(&host, "misbehave/f", "flood", json!({"count": 40, "bytes": 1_000_000})).await.unwrap_err();
+    assert_eq!(e.kind, quark_host::ErrorKind::LimitExceeded, "{e}");
+    assert!(e.message.contains("buffer"), "{e}");
+    assert_eq!(ask(&host, "misbehave/f", "dump", json!(null)).await.unwrap(), json!({}), "nothing of it was committed");
+    let n = ask(&host, "misbehave/f", "flood", json!({"count": 100, "bytes": 1_000_000, "same_key": true})).await.unwrap();
+    assert_eq!(n, json!(100), "rewriting one key holds one value");
+}
+
+/// A mailbox is bounded: past it, messages to that actor are refused with
+/// `unavailable` (backpressure) instead of growing the host; a told
+/// message that fails is logged and counted, not lost silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailboxes_are_bounded_and_dropped_tells_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = sqlite_host(dir.path()).await;
+    host.deploy("misbehave", component("misbehave"), manifest_with("64MiB", "2s")).await.unwrap();
+    let busy = {
+        let host = host.clone();
+        tokio::spawn(async move { ask(&host, "misbehave/m", "spin", json!(null)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut refused = None;
+    for i in 0..20_000 {
+        if let Err(e) = host.tell(id("misbehave/m"), "echo", b"1".to_vec()) {
+            refused = Some((i, e));
+            break;
+        }
+    }
+    let (at, e) = refused.expect("the mailbox was never full");
+    assert_eq!(e.kind, quark_host::ErrorKind::Unavailable, "{e}");
+    assert!(e.message.contains("mailbox") && at >= 9_000, "refused at message {at}: {e}");
+    assert!(counter(&host, "quark_mailbox_full_total") >= 1, "counted");
+    let _ = busy.await;
+
+    host.tell(id("misbehave/d"), "write_then_fail", b"null".to_vec()).unwrap();
+    eventually("the failed tell counted", async || counter(&host, "quark_tells_dropped_total"), |n| *n >= 1).await;
+}
+
+/// A counter's value in the host's metrics text.
+fn counter(host: &Host, name: &str) -> u64 {
+    let text = host.metrics_text();
+    let line = text.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}

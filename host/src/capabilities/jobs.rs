@@ -46,14 +46,52 @@ impl Host for TurnState {
     fn progress(&mut self, percent: u8, note: String) {
         let Some((id, _, lease)) = self.scope.job.clone() else { return };
         let Ok(host) = self.host() else { return };
-        let store = host.store().clone();
-        // Progress is a report, not an effect: visible at once, not rolled back.
+        // Progress is a report, not an effect: visible at once, not rolled
+        // back. Reports coalesce: at most one write in flight per
+        // instance, and it stores the latest report (a guest calling this
+        // in a tight loop costs one slot, not a task and a write per call).
+        let note: String = note.chars().take(MAX_PROGRESS_NOTE).collect();
+        *self.progress.latest.lock() = Some(ProgressReport { id, lease, percent, note });
+        if self.progress.writing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let (store, slot) = (host.store().clone(), self.progress.clone());
         tokio::spawn(async move {
-            if let Some(jobs) = store.job_store()
-                && let Err(e) = jobs.set_job_progress(&id, &lease, percent, &note).await
-            {
-                tracing::debug!(job = %id, error = %e, "recording job progress failed");
+            loop {
+                let next = slot.latest.lock().take();
+                let Some(report) = next else {
+                    slot.writing.store(false, std::sync::atomic::Ordering::Release);
+                    // A report that came in meanwhile, and no writer for it.
+                    if slot.latest.lock().is_some() && !slot.writing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                        continue;
+                    }
+                    return;
+                };
+                if let Some(jobs) = store.job_store()
+                    && let Err(e) = jobs.set_job_progress(&report.id, &report.lease, report.percent, &report.note).await
+                {
+                    tracing::debug!(job = %report.id, error = %e, "recording job progress failed");
+                }
             }
         });
     }
+}
+
+/// Longest progress note kept, in characters.
+const MAX_PROGRESS_NOTE: usize = 1000;
+
+/// A job's progress report, waiting to be written.
+pub(crate) struct ProgressReport {
+    id: String,
+    lease: String,
+    percent: u8,
+    note: String,
+}
+
+/// An instance's progress reports: the latest one, and whether a write is
+/// in flight (see `progress`).
+#[derive(Default)]
+pub(crate) struct ProgressSlot {
+    latest: parking_lot::Mutex<Option<ProgressReport>>,
+    writing: std::sync::atomic::AtomicBool,
 }

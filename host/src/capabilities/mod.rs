@@ -4,7 +4,7 @@
 //! wasmtime store. Backend failures never trap a guest: they come back as the
 //! WIT `error` variant.
 
-mod jobs;
+pub(crate) mod jobs;
 mod journal;
 mod log;
 mod outbox;

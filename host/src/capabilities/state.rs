@@ -35,14 +35,12 @@ impl Host for TurnState {
                 value.len()
             )));
         }
-        self.state_write(key, Some(value));
-        Ok(())
+        Ok(self.state_write(key, Some(value))?)
     }
 
     fn delete(&mut self, key: String) -> Result<(), GuestError> {
         check_key(&key)?;
-        self.state_write(key, None);
-        Ok(())
+        Ok(self.state_write(key, None)?)
     }
 
     fn keys(&mut self) -> Result<Vec<String>, GuestError> {

@@ -35,6 +35,10 @@ use crate::storage::{CheckpointAdvance, EventRecord, InboxEntry, JournalAppend, 
 /// and memory, so a runaway recursion must stop somewhere.
 const MAX_NESTED_TURNS: usize = 8;
 
+/// Most messages waiting in one actor's mailbox; past it, asks and tells
+/// to that actor fail with `unavailable` until it catches up.
+pub(crate) const MAX_MAILBOX: usize = 10_000;
+
 /// Pause after a shed that found nothing idle before scanning again.
 const SHED_INTERVAL_MS: i64 = 20;
 
@@ -65,11 +69,15 @@ pub(crate) struct TurnEffects {
     pub(crate) cancels: Vec<String>,
     pub(crate) job_done: Option<JobCompletion>,
     pub(crate) messages: Vec<OutboxMessage>,
+    /// Bytes these effects hold in host memory, charged against
+    /// [`super::turn::MAX_TURN_BYTES`].
+    pub(crate) bytes: usize,
 }
 
 impl TurnEffects {
     /// Adds a later (nested) turn's effects on top of these.
     pub(crate) fn merge(&mut self, later: TurnEffects) {
+        self.bytes += later.bytes;
         self.writes.extend(later.writes);
         self.tells.extend(later.tells);
         self.events.extend(later.events);
@@ -259,6 +267,16 @@ impl ActivationTable {
         } else {
             (None, None)
         };
+        let waiting = handle.shared.pending.load(Ordering::Acquire);
+        if waiting >= MAX_MAILBOX {
+            // Backpressure: a full mailbox refuses more, so an actor that
+            // floods another (or itself) cannot grow host memory without bound.
+            host.metrics().record_mailbox_full();
+            return Err(ActorError::unavailable(format!(
+                "the mailbox of {} is full ({waiting} messages waiting); retry later",
+                request.target
+            )));
+        }
         let method = if wants_reply { request.method.clone() } else { String::new() };
         handle.shared.pending.fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::error::SendError(envelope)) = handle.tx.send(Envelope { request, reply }) {
@@ -428,11 +446,16 @@ impl Activation {
                         let _ = reply.send(Ok(bytes));
                     }
                 }
-                Err(e) => {
-                    if let Some(reply) = reply {
+                Err(e) => match reply {
+                    Some(reply) => {
                         let _ = reply.send(Err(e));
                     }
-                }
+                    None => {
+                        // A told message has no one to hear its failure.
+                        host.metrics().record_tell_dropped();
+                        tracing::warn!(actor = %shared.id, error = %e, "a told message failed or expired; it is dropped");
+                    }
+                },
             }
         }
         while committing.join_next().await.is_some() {}
@@ -658,7 +681,16 @@ impl Core {
         };
         match result {
             Ok(reply) => {
-                let TurnEffects { writes, tells, events, snapshot_requested, checkpoint, jobs, cancels, mut job_done, messages } = effects;
+                if reply.len() > super::turn::MAX_TURN_BYTES {
+                    return Err(ActorError::limit_exceeded(format!(
+                        "the reply of {} `{}` is {} bytes; a reply may be at most {} bytes",
+                        shared.id,
+                        request.method,
+                        reply.len(),
+                        super::turn::MAX_TURN_BYTES
+                    )));
+                }
+                let TurnEffects { writes, tells, events, snapshot_requested, checkpoint, jobs, cancels, mut job_done, messages, bytes: _ } = effects;
                 let snapshot = if event_sourced {
                     let head = shared.state.lock().journal.version + events.len() as u64;
                     let due = shared.state.lock().journal.since_snapshot + events.len() as u64 >= version.info.manifest.snapshot_every;

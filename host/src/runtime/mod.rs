@@ -514,6 +514,13 @@ impl Host {
         self.ask_request(self.outside_request(target, method, payload, None)).await
     }
 
+    /// Sends `payload` to `method` of `target` from outside without waiting
+    /// (volatile, like a guest's `tell`): queued behind the actor's other
+    /// messages; a failure is logged and counted, not reported.
+    pub fn tell(&self, target: ActorId, method: &str, payload: Vec<u8>) -> Result<(), ActorError> {
+        self.tell_request(self.outside_request(target, method, payload, None))
+    }
+
     /// A request from outside any actor, on a fresh call chain, with the
     /// host's call timeout.
     pub(crate) fn outside_request(&self, target: ActorId, method: &str, payload: Vec<u8>, control: Option<Control>) -> Request {

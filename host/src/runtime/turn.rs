@@ -70,6 +70,8 @@ pub struct TurnState {
     pub(crate) sandbox: bool,
     /// The guest's stderr: logged, and its tail quoted when the guest traps.
     pub(crate) stderr: GuestOutput,
+    /// Job progress reports waiting to be written (coalesced).
+    pub(crate) progress: Arc<crate::capabilities::jobs::ProgressSlot>,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -91,6 +93,7 @@ impl TurnState {
             timed_out: false,
             sandbox: false,
             stderr,
+            progress: Default::default(),
             wasi,
             table: ResourceTable::new(),
         }
@@ -108,10 +111,17 @@ impl TurnState {
     }
 
     /// Buffers a write (or a delete, with `None`) for the turn's commit.
-    pub(crate) fn state_write(&mut self, key: String, value: Option<Vec<u8>>) {
-        if let Some(layer) = self.activation.state.lock().layers.get_mut(self.layer) {
+    pub(crate) fn state_write(&mut self, key: String, value: Option<Vec<u8>>) -> Result<(), ActorError> {
+        let mut state = self.activation.state.lock();
+        let size = key.len() + value.as_ref().map_or(0, Vec::len);
+        // A key written again in this turn gives back its earlier bytes.
+        let earlier = state.layers.get(self.layer).and_then(|l| l.writes.get(&key)).map_or(0, |v| key.len() + v.as_ref().map_or(0, Vec::len));
+        charge(&mut state.layers, self.layer, size.saturating_sub(earlier))?;
+        if let Some(layer) = state.layers.get_mut(self.layer) {
+            layer.bytes = layer.bytes.saturating_sub(earlier.saturating_sub(size));
             layer.writes.insert(key, value);
         }
+        Ok(())
     }
 
     /// Every key, with this turn's writes (and those it is nested in) applied.
@@ -131,7 +141,9 @@ impl TurnState {
 
     /// Buffers a message to send if this turn commits.
     pub(crate) fn buffer_tell(&mut self, request: Request) -> Result<(), ActorError> {
-        match self.activation.state.lock().layers.get_mut(self.layer) {
+        let mut state = self.activation.state.lock();
+        charge(&mut state.layers, self.layer, request.payload.len())?;
+        match state.layers.get_mut(self.layer) {
             Some(layer) => push_tell(&mut layer.tells, request),
             None => Err(ActorError::timeout("this turn has already ended")),
         }
@@ -171,6 +183,7 @@ impl TurnState {
             return Err(ActorError::limit_exceeded(format!("a turn may append at most {MAX_EVENTS_PER_TURN} events")));
         }
         let base = state.journal.version + buffered as u64;
+        charge(&mut state.layers, self.layer, events.iter().map(|e| e.data.len() + e.event_type.len()).sum())?;
         let Some(layer) = state.layers.get_mut(self.layer) else {
             return Err(ActorError::timeout("this turn has already ended"));
         };
@@ -220,9 +233,19 @@ impl TurnState {
             )));
         }
         host.registry().active(request.target.actor_type())?;
+        let limit = host.config().max_payload;
+        if request.payload.len() > limit {
+            return Err(ActorError::limit_exceeded(format!(
+                "a job payload of {} bytes is larger than the host's limit of {limit} bytes (--max-payload)",
+                request.payload.len()
+            )));
+        }
         let job = crate::jobs::plan_for(request, crate::storage::now_ms(), Some(self.activation.id.as_str()))?;
         let id = job.id.clone();
         let mut state = self.activation.state.lock();
+        if state.layers.get(self.layer).is_some_and(|l| !l.jobs.iter().any(|j| j.id == id)) {
+            charge(&mut state.layers, self.layer, job.payload.len())?;
+        }
         let Some(layer) = state.layers.get_mut(self.layer) else {
             return Err(ActorError::timeout("this turn has already ended"));
         };
@@ -317,6 +340,9 @@ impl TurnState {
             created_at_ms: crate::storage::now_ms(),
         };
         let mut state = self.activation.state.lock();
+        if state.layers.get(self.layer).is_some_and(|l| !l.messages.iter().any(|m| m.id == id)) {
+            charge(&mut state.layers, self.layer, message.payload.len())?;
+        }
         let Some(layer) = state.layers.get_mut(self.layer) else {
             return Err(ActorError::timeout("this turn has already ended"));
         };
@@ -340,6 +366,30 @@ impl TurnState {
     pub(crate) fn host(&self) -> Result<Host, ActorError> {
         self.host.upgrade().ok_or_else(|| ActorError::unavailable("the host is shutting down"))
     }
+}
+
+/// Most bytes one turn may buffer for its commit (state writes, events,
+/// job and message payloads, tells), with the turns it is nested in; also
+/// the largest reply. They sit in host memory, outside the guest's memory
+/// limit, until the turn commits: without a bound a guest could grow the
+/// host by a thousand 1 MiB messages per turn.
+pub(crate) const MAX_TURN_BYTES: usize = 32 << 20;
+
+/// Charges `bytes` to `layer` (one of the actor's effect layers), or fails
+/// with `limit-exceeded` if the layers it sees would pass [`MAX_TURN_BYTES`].
+fn charge(layers: &mut [super::activation::TurnEffects], layer: usize, bytes: usize) -> Result<(), ActorError> {
+    let visible = layers.len().min(layer + 1);
+    let used: usize = layers[..visible].iter().map(|l| l.bytes).sum();
+    if used + bytes > MAX_TURN_BYTES {
+        return Err(ActorError::limit_exceeded(format!(
+            "this turn would buffer {} bytes for its commit (state, events, jobs, messages, tells); the limit is {MAX_TURN_BYTES}",
+            used + bytes
+        )));
+    }
+    if let Some(l) = layers.get_mut(layer) {
+        l.bytes += bytes;
+    }
+    Ok(())
 }
 
 /// Most messages one turn may send: they sit in memory until it commits.

@@ -31,6 +31,15 @@ struct Tell {
 }
 
 #[derive(Deserialize)]
+struct Flood {
+    count: usize,
+    bytes: usize,
+    /// Write the same key every time instead of `count` keys.
+    #[serde(default)]
+    same_key: bool,
+}
+
+#[derive(Deserialize)]
 struct Audit {
     note: String,
     fail: bool,
@@ -88,6 +97,17 @@ impl Misbehave {
         Ok(value)
     }
 
+    /// Writes `count` values of `bytes` bytes (to one key, or to as many):
+    /// what a turn buffers for its commit is bounded.
+    fn flood(Flood { count, bytes, same_key }: Flood) -> Result<usize> {
+        let value = "x".repeat(bytes);
+        for i in 0..count {
+            let key = if same_key { "flood".to_string() } else { format!("flood-{i}") };
+            state::set(&key, &value)?;
+        }
+        Ok(count)
+    }
+
     /// Tells another actor, then succeeds or fails: a failed turn's tells
     /// must never be sent.
     fn tell(Tell { target, method, payload, fail, write }: Tell) -> Result<()> {
@@ -113,4 +133,4 @@ impl Misbehave {
     }
 }
 
-quark_sdk::actor!(Misbehave { panic, spin, alloc, write_then_fail, put, dump, echo, forward, tell, audit });
+quark_sdk::actor!(Misbehave { flood, panic, spin, alloc, write_then_fail, put, dump, echo, forward, tell, audit });
