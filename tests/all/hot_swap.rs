@@ -92,3 +92,39 @@ async fn swap_under_load_loses_and_duplicates_nothing() {
     }
     eprintln!("hot swap under load: longest call {longest:?}");
 }
+
+/// Deployed versions do not pile up: in memory a type keeps its active
+/// version, the newest few and any in use; on disk, compiled files no
+/// version uses are pruned once unused for an hour. An evicted version
+/// still rolls back (loaded again on demand).
+#[tokio::test]
+async fn old_versions_are_evicted_from_memory_and_disk() {
+    use quark_host::HostConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_config(HostConfig::new(dir.path())).await;
+    for mib in 16..24 {
+        host.deploy("counter", component("counter"), manifest_with(&format!("{mib}MiB"), "5s")).await.unwrap();
+        ask(&host, "counter/v", "increment", json!({"by": 1})).await.unwrap();
+    }
+    let loaded = host.loaded_versions("counter");
+    assert!(loaded.len() <= quark_host::runtime::registry::KEEP_LOADED_VERSIONS + 1 && loaded.contains(&8), "{loaded:?}");
+    assert!(!loaded.contains(&1), "{loaded:?}");
+    for _ in 0..7 {
+        host.rollback("counter").await.unwrap();
+    }
+    assert_eq!(host.active_version("counter").unwrap().version, 1, "rolled back to an evicted version");
+    assert_eq!(ask(&host, "counter/v", "get", json!(null)).await.unwrap(), json!(8));
+
+    // A compiled file no version uses, last used two hours ago, goes at the next deploy.
+    let compiled = dir.path().join("compiled");
+    let stale = compiled.join("0000000000000000000000000000000000000000000000000000000000000000-0000000000000000.cwasm");
+    std::fs::write(&stale, b"old").unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    std::fs::File::options().write(true).open(&stale).unwrap().set_modified(two_hours_ago).unwrap();
+    let fresh = compiled.join("1111111111111111111111111111111111111111111111111111111111111111-0000000000000000.cwasm");
+    std::fs::write(&fresh, b"recent").unwrap();
+    host.deploy("counter", component("counter-v2"), manifest()).await.unwrap();
+    eventually("the stale file pruned", async || stale.exists(), |exists| !exists).await;
+    assert!(fresh.exists(), "a recently used file stays (another host may use it)");
+    assert!(std::fs::read_dir(&compiled).unwrap().count() >= 2, "the versions in use keep theirs");
+}

@@ -103,7 +103,13 @@ impl CompiledCache {
             // the engine's compatibility hash; wasmtime checks the header too.
             #[allow(unsafe_code)]
             match unsafe { Component::deserialize_file(engine, &path) } {
-                Ok(component) => return Ok((component, true)),
+                Ok(component) => {
+                    // Marks it used, so a prune by age leaves it.
+                    if let Err(e) = std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now())) {
+                        tracing::debug!(path = %path.display(), error = %e, "could not mark a compiled component as used");
+                    }
+                    return Ok((component, true));
+                }
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "compiled component unreadable; recompiling"),
             }
         }
@@ -112,6 +118,27 @@ impl CompiledCache {
             tracing::warn!(path = %path.display(), error = %e, "could not cache the compiled component");
         }
         Ok((component, false))
+    }
+
+    /// Deletes compiled files whose component hash is not in `keep` (or
+    /// that an older engine wrote) and that were not written or loaded
+    /// within `unused_for`; returns how many.
+    pub fn prune(&self, keep: &std::collections::HashSet<String>, unused_for: std::time::Duration) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return 0 };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((hash, rest)) = name.split_once('-') else { continue };
+            let ours = rest == format!("{}.cwasm", self.engine_key);
+            if (ours && keep.contains(hash)) || !(rest.ends_with(".cwasm") || rest.contains(".tmp")) {
+                continue;
+            }
+            let idle = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= unused_for);
+            if idle && std::fs::remove_file(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     fn store(&self, path: &Path, component: &Component) -> anyhow::Result<()> {

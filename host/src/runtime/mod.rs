@@ -300,6 +300,7 @@ impl Host {
                 tracing::error!(actor_type, version, error = %format!("{e:#}"), "could not load the active version; this type is unavailable");
             }
         }
+        host.prune_compiled_cache();
         host.spawn_idle_sweeper();
         crate::inbox::spawn_expiry(&host);
         host.start_projections().await?;
@@ -361,6 +362,23 @@ impl Host {
                 if removed > 0 {
                     tracing::debug!(removed, "deactivated idle actors");
                 }
+            }
+        });
+    }
+
+    /// Versions of `actor_type` compiled in memory (the active one, the
+    /// newest few, and any still in use), ascending.
+    pub fn loaded_versions(&self, actor_type: &str) -> Vec<u64> {
+        self.0.registry.loaded_versions(actor_type)
+    }
+
+    /// Prunes the on-disk cache of compiled components in the background.
+    fn prune_compiled_cache(&self) {
+        let host = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let removed = host.0.registry.prune_disk_cache();
+            if removed > 0 {
+                tracing::info!(removed, "pruned compiled components no version uses");
             }
         });
     }
@@ -442,6 +460,7 @@ impl Host {
         let info = self.0.store.add_component_version(actor_type, &hash, &bytes, &manifest).await?;
         tracing::info!(actor_type, version = info.version, hash = %&hash[..12], "deployed");
         self.0.registry.activate(info.clone(), pre);
+        self.prune_compiled_cache();
         Ok(DeployOutcome { version: info, created: true })
     }
 

@@ -18,6 +18,11 @@ use crate::storage::{ComponentVersion, Manifest};
 /// The export every actor component must have.
 pub const HANDLER_EXPORT: &str = "quark:actor/handler@0.1.0";
 
+/// Versions of a type kept compiled in memory besides the active one and
+/// those in use: the newest few (a rollback is instant); older ones load
+/// again from the store (and the disk cache) when a replay asks for them.
+pub const KEEP_LOADED_VERSIONS: usize = 3;
+
 /// A component version ready to instantiate.
 pub struct LoadedVersion {
     /// What the store knows about it.
@@ -28,6 +33,19 @@ pub struct LoadedVersion {
 struct TypeEntry {
     active: Arc<LoadedVersion>,
     loaded: HashMap<u64, Arc<LoadedVersion>>,
+}
+
+impl TypeEntry {
+    /// Forgets loaded versions beyond the active one, the newest
+    /// [`KEEP_LOADED_VERSIONS`] and those an activation or a replay holds
+    /// (they are freed when it lets go).
+    fn evict_unused(&mut self) {
+        let mut versions: Vec<u64> = self.loaded.keys().copied().collect();
+        versions.sort_unstable_by(|a, b| b.cmp(a));
+        let newest: Vec<u64> = versions.iter().copied().take(KEEP_LOADED_VERSIONS).collect();
+        let active = self.active.info.version;
+        self.loaded.retain(|v, loaded| *v == active || newest.contains(v) || Arc::strong_count(loaded) > 1);
+    }
 }
 
 /// Every actor type's loaded versions and its active one.
@@ -94,6 +112,7 @@ impl ComponentRegistry {
             Some(entry) => {
                 entry.loaded.insert(loaded.info.version, loaded.clone());
                 entry.active = loaded.clone();
+                entry.evict_unused();
             }
             None => {
                 let loaded_map = HashMap::from([(loaded.info.version, loaded.clone())]);
@@ -110,8 +129,27 @@ impl ComponentRegistry {
         let loaded = Arc::new(LoadedVersion { info, pre });
         if let Some(entry) = self.types.write().get_mut(&loaded.info.actor_type) {
             entry.loaded.insert(loaded.info.version, loaded.clone());
+            entry.evict_unused();
         }
         loaded
+    }
+
+    /// The versions of `actor_type` compiled in memory, ascending.
+    pub fn loaded_versions(&self, actor_type: &str) -> Vec<u64> {
+        let mut versions: Vec<u64> = self.types.read().get(actor_type).map(|t| t.loaded.keys().copied().collect()).unwrap_or_default();
+        versions.sort_unstable();
+        versions
+    }
+
+    /// Content hashes of every version compiled in memory.
+    pub(crate) fn loaded_hashes(&self) -> std::collections::HashSet<String> {
+        self.types.read().values().flat_map(|t| t.loaded.values().map(|v| v.info.hash.clone())).collect()
+    }
+
+    /// Deletes compiled files on disk that no loaded version uses and that
+    /// were not used for an hour (another host may share the directory).
+    pub(crate) fn prune_disk_cache(&self) -> usize {
+        self.cache.prune(&self.loaded_hashes(), std::time::Duration::from_secs(3600))
     }
 
     /// A version already loaded in this host, if any.
