@@ -310,3 +310,107 @@ fn counter(host: &Host, name: &str) -> u64 {
     let line = text.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
+
+/// A bounded fuzz pass over the HTTP API: random routes, methods, path
+/// segments, query strings, headers and bodies (a seeded generator, so a
+/// failure reproduces). No response may be a 5xx other than `unavailable`
+/// or `unknown-outcome`, every error must be a JSON body, and the host
+/// must still serve afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzing_the_http_api_finds_no_server_error() {
+    const CASES: usize = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with(dir.path(), &[("counter", "counter"), ("bank", "bank")]).await;
+    let base = serve_api(&host, Default::default()).await;
+    let authority = base.trim_start_matches("http://").to_string();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    let mut seed: u64 = std::env::var("QUARK_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed_cafe_f00d_d00d);
+    eprintln!("fuzzing the HTTP API: {CASES} cases, seed {seed} (QUARK_FUZZ_SEED)");
+    let mut next = move || {
+        // xorshift64*: small, seeded, good enough to pick cases.
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let segments = ["counter", "bank", "nosuch", "Counter", "a%2Fb", "%FF", "%00", "..", "%20", "x".repeat(300).leak(), "alice", "k\u{e9}"];
+    let methods = ["get", "increment", "deposit", "balance", "nosuch", "journal", "replay", "%FF"];
+    let queries = ["", "?limit=abc", "?limit=5", "?limit=-1", "?status=dead", "?status=bogus", "?from=-1&to=x", "?to_version=x", "?at=yesterday",
+        "?memory_limit=1TB", "?turn_timeout=0s", "?retention=forever", "?sender=%FF", "?%zz", "?limit=99999999999999999999"];
+    let bodies: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"{}".to_vec(),
+        b"null".to_vec(),
+        b"[]".to_vec(),
+        br#"{"by": 1}"#.to_vec(),
+        br#"{"by": "two"}"#.to_vec(),
+        br#"{"amount": 1e400}"#.to_vec(),
+        br#"{"target": "counter/f", "method": "get"}"#.to_vec(),
+        br#"[{"target": "counter/f", "method": "increment", "payload": {"by": 1}, "cron": "not a cron"}]"#.to_vec(),
+        br#"{"target": "nosuch/x", "method": "m", "run_at": "tomorrow"}"#.to_vec(),
+        br#"{"name": "p", "source_type": "bank", "target": "counter/p", "method": "get"}"#.to_vec(),
+        format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes(),
+        b"\0asm\x01\0\0\0".to_vec(),
+        b"\0asm\x0d\0\x01\0garbage".to_vec(),
+        vec![0xff, 0xfe, 0x00, 0x80],
+        "\"\u{1F600}\"".as_bytes().to_vec(),
+    ];
+    let mut statuses = std::collections::BTreeMap::new();
+    for case in 0..CASES {
+        let mut pick = |n: usize| (next() % n as u64) as usize;
+        let segment = |i: usize| segments[i].to_string();
+        // Half the time a deployed type and a plain key, so turns run.
+        let t = if pick(2) == 0 { ["counter", "bank"][pick(2)].to_string() } else { segment(pick(segments.len())) };
+        let k = if pick(2) == 0 { format!("f{}", pick(20)) } else { segment(pick(segments.len())) };
+        let m = methods[pick(methods.len())].to_string();
+        let id = ["nosuch", "%FF", "k0123", "j0"][pick(4)];
+        let (natural, path) = match pick(19) {
+            0 => ("GET", "/v1/components".to_string()),
+            1 => ("PUT", format!("/v1/components/{t}")),
+            2 => ("GET", format!("/v1/components/{t}/versions")),
+            3 => ("POST", format!("/v1/components/{t}/rollback")),
+            4 => ("GET", "/v1/actors".to_string()),
+            5..=8 => (["POST", "GET"][pick(2)], format!("/v1/actors/{t}/{k}/{m}")),
+            9 => ("POST", format!("/v1/snapshots/{t}/{k}")),
+            10 => (["GET", "POST"][pick(2)], "/v1/projections".to_string()),
+            11 => ("DELETE", format!("/v1/projections/{k}")),
+            12 => (["GET", "POST", "DELETE"][pick(3)], "/v1/jobs".to_string()),
+            13 => ("GET", format!("/v1/jobs/{id}")),
+            14 => ("POST", format!("/v1/jobs/{id}/{}", ["cancel", "retry", "nosuch"][pick(3)])),
+            15 => (["GET", "DELETE"][pick(2)], "/v1/outbox".to_string()),
+            16 => ("POST", format!("/v1/outbox/{id}/retry")),
+            17 => ("GET", ["/healthz", "/metrics", "/ui", "/"][pick(4)].to_string()),
+            _ => ("GET", format!("/{t}/{k}")),
+        };
+        let query = queries[pick(queries.len())];
+        // Mostly the route's own method, sometimes any.
+        let method = if pick(4) == 0 { ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"][pick(7)] } else { natural };
+        let mut request = http.request(method.parse().unwrap(), format!("{base}{path}{query}"));
+        request = request.body(bodies[pick(bodies.len())].clone());
+        match pick(12) {
+            0 => request = request.header("origin", "https://evil.example"),
+            1 => request = request.header("origin", format!("http://{authority}")),
+            2 => request = request.header("host", ["evil.example", "localhost", "[::1]:1", "127.0.0.1"][pick(4)]),
+            _ => {}
+        }
+        if pick(4) == 0 {
+            request = request.header("idempotency-key", ["k", "", &"x".repeat(300), "é"][pick(4)]);
+        }
+        if pick(3) == 0 {
+            request = request.header("content-type", ["application/json", "text/plain", "application/x-www-form-urlencoded"][pick(3)]);
+        }
+        let response = request.send().await.unwrap_or_else(|e| panic!("case {case}: {method} {path}{query}: no response: {e}"));
+        let status = response.status().as_u16();
+        *statuses.entry(status).or_insert(0) += 1;
+        if status < 400 || method == "HEAD" {
+            continue;
+        }
+        let text = response.text().await.unwrap();
+        let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("case {case}: {method} {path}{query}: {status} body is not JSON ({e}): {text:?}"));
+        let kind = body["error"]["kind"].as_str().unwrap_or_else(|| panic!("case {case}: {method} {path}{query}: {status} without an error kind: {body}"));
+        assert!(status < 500 || kind == "unavailable" || kind == "unknown-outcome", "case {case}: {method} {path}{query}: {status} {body}");
+    }
+    eprintln!("fuzzing the HTTP API: {CASES} cases, statuses {statuses:?}");
+    assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status().as_u16(), 200, "the host still serves");
+    assert_eq!(ask(&host, "counter/after", "increment", json!({"by": 1})).await.unwrap(), json!(1));
+}
