@@ -418,5 +418,5 @@ async fn a_lost_commit_acknowledgement_is_an_unknown_outcome() {
         retry = pay().await;
     }
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&retry.unwrap()).unwrap(), json!(11), "the first reply: it had committed");
-    assert_eq!(ask(&host, "counter/cut", "get", json!(null)).await.unwrap(), json!(11), "the turn ran once");
+    assert_eq!(ask(&host, "counter/cut", "get", json!(null)).await.unwrap(), json!(11), "the turn ran once, and the cache knows it");
 }

@@ -646,6 +646,10 @@ impl Core {
                 let _ = barrier.await;
             }
             if let Some(reply) = host.store().inbox_reply(&shared.id, sender, message_id).await? {
+                // The first delivery committed, perhaps after its outcome was
+                // reported unknown and the cache reloaded: reload again
+                // before the next turn rather than serve a cache without it.
+                shared.state.lock().stale = true;
                 return Ok(TurnOutput::Done(reply));
             }
         }

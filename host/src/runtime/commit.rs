@@ -107,8 +107,13 @@ impl PendingCommit {
                     state.dirty = true;
                 }
                 // A backend can report failure for a commit that landed:
-                // reload when the store answers.
+                // reload when the store answers. With an unknown outcome the
+                // commit may even land later, so the cache (put back above)
+                // must never be served: reads wait for the store.
                 state.stale = true;
+                if matches!(*e, StoreError::UnknownOutcome(_)) {
+                    state.dirty = true;
+                }
                 state.journal.loaded = false;
                 state.discard_instance = true;
                 drop(state);
