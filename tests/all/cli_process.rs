@@ -129,6 +129,69 @@ fn cli_deploy_call_versions_actors_rollback() {
     assert!(stderr(&out).contains("not WebAssembly"), "{}", stderr(&out));
 }
 
+/// Restarting `serve --deploy` (as `make run` does) never replaces what a
+/// person deployed or rolled back to: settings given with `quark deploy`
+/// stay, and so does a rollback; a type that is missing is deployed.
+#[test]
+fn serve_deploy_at_start_keeps_your_deploys_and_rollbacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let counter = root().join("target/samples/counter.wasm");
+    let v2 = root().join("target/test-actors/counter-v2.wasm");
+    component("counter");
+    let deploy_flag = format!("counter={}", counter.display());
+    let start = || Server::start_with(dir.path(), port, &["--deploy", &deploy_flag]);
+    let active_line = |server: &Server| {
+        let listing = stdout(&server.quark(&["versions", "counter"]));
+        listing.lines().find(|l| l.starts_with('*')).unwrap_or_else(|| panic!("no active version in {listing}")).to_string()
+    };
+
+    let server = start();
+    assert!(active_line(&server).contains(" 1 "), "the missing type was deployed");
+    // The same bytes with your settings: a new version, active.
+    let out = server.quark(&["deploy", "counter", counter.to_str().unwrap(), "--snapshot-every", "500", "--retention", "archive"]);
+    assert!(stdout(&out).contains("deployed counter v2"), "{}", stdout(&out));
+    drop(server);
+
+    let server = start();
+    let line = active_line(&server);
+    assert!(line.contains(" 2 ") && line.contains("500") && line.contains("archive"), "a restart kept v2 and its settings: {line}");
+    // A newer version, then a rollback: a restart leaves the rollback.
+    server.quark(&["deploy", "counter", v2.to_str().unwrap()]);
+    let out = server.quark(&["rollback", "counter"]);
+    assert!(stdout(&out).contains("now at v2"), "{}", stdout(&out));
+    drop(server);
+
+    let server = start();
+    assert!(active_line(&server).contains(" 2 "), "a restart undid the rollback");
+    let versions = stdout(&server.quark(&["versions", "counter"]));
+    assert_eq!(versions.lines().count(), 4, "no version was added: {versions}");
+}
+
+/// The jobs commands read like the rest: times in RFC 3339 everywhere, a
+/// repeated `--key` says it named the existing job, and `purge` without a
+/// flag purges the dead-letter list, like `quark outbox purge`.
+#[test]
+fn cli_jobs_show_times_and_repeated_keys_plainly() {
+    let dir = tempfile::tempdir().unwrap();
+    let counter = format!("counter={}", root().join("target/samples/counter.wasm").display());
+    component("counter");
+    let server = Server::start_with(dir.path(), free_port(), &["--deploy", &counter]);
+    let add = || server.quark(&["jobs", "add", "counter/j", "increment", r#"{"by": 1}"#, "--in", "1h", "--key", "bonus"]);
+    let first = stdout(&add());
+    assert!(first.contains("added"), "{first}");
+    let again = add();
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(stdout(&again).contains("exists already"), "{}", stdout(&again));
+    let id = first.split_whitespace().nth(1).unwrap().to_string();
+    let shown = stdout(&server.quark(&["jobs", "show", &id]));
+    assert!(!shown.contains("_at_ms\""), "epoch milliseconds in {shown}");
+    assert!(shown.contains("\"run_at\": \"20"), "RFC 3339 times in {shown}");
+    let purged = server.quark(&["jobs", "purge"]);
+    assert!(purged.status.success(), "{}", stderr(&purged));
+    assert!(stdout(&purged).contains("purged 0 dead job(s)"), "{}", stdout(&purged));
+}
+
 #[test]
 fn serve_refuses_a_public_address_without_a_token() {
     let dir = tempfile::tempdir().unwrap();

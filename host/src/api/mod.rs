@@ -528,11 +528,16 @@ async fn add_jobs(State(state): State<ApiState>, body: Bytes) -> ApiResult<Respo
     }
     let requests = specs.into_iter().map(crate::jobs::JobSpec::into_request).collect::<Result<Vec<_>, _>>()?;
     let count = requests.len();
-    let jobs = state.host.add_jobs(requests).await?;
+    let (jobs, added) = state.host.add_jobs_counted(requests).await?;
     Ok(if bulk {
-        (StatusCode::CREATED, Json(json!({ "count": count, "ids": jobs.iter().map(|j| &j.id).collect::<Vec<_>>() }))).into_response()
+        let body = json!({ "count": count, "added": added, "ids": jobs.iter().map(|j| &j.id).collect::<Vec<_>>() });
+        (StatusCode::CREATED, Json(body)).into_response()
     } else {
-        (StatusCode::CREATED, Json(&jobs[0])).into_response()
+        // An idempotency key that names a stored job: that job, 200, `created: false`.
+        let created = added > 0;
+        let mut body = serde_json::to_value(&jobs[0]).map_err(|e| ActorError::internal(e.to_string()))?;
+        body["created"] = json!(created);
+        (if created { StatusCode::CREATED } else { StatusCode::OK }, Json(body)).into_response()
     })
 }
 

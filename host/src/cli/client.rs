@@ -83,17 +83,19 @@ impl Client {
     pub(super) async fn versions(&self, actor_type: &str) -> anyhow::Result<()> {
         let reply = self.send(self.http.get(format!("{}/v1/components/{actor_type}/versions", self.base))).await?;
         let active = reply["active_version"].as_u64().unwrap_or(0);
-        println!("  {:>7} {:<14} {:>10} {:>12} {:>8}", "VERSION", "SHA256", "SIZE", "MEMORY", "TIMEOUT");
+        println!("  {:>7} {:<14} {:>10} {:>12} {:>8} {:>9} {:<9}", "VERSION", "SHA256", "SIZE", "MEMORY", "TIMEOUT", "SNAPSHOT", "RETENTION");
         for v in reply["versions"].as_array().into_iter().flatten() {
             let version = v["version"].as_u64().unwrap_or(0);
             println!(
-                "{} {:>7} {:<14} {:>10} {:>12} {:>7}s",
+                "{} {:>7} {:<14} {:>10} {:>12} {:>7}s {:>9} {:<9}",
                 if version == active { "*" } else { " " },
                 version,
                 v["hash"].as_str().unwrap_or("").chars().take(12).collect::<String>(),
                 bytesize::ByteSize::b(v["size"].as_u64().unwrap_or(0)).display().iec().to_string(),
                 bytesize::ByteSize::b(v["manifest"]["memory_limit"].as_u64().unwrap_or(0)).display().iec().to_string(),
                 v["manifest"]["turn_timeout"].as_u64().unwrap_or(0) as f64 / 1000.0,
+                v["manifest"]["snapshot_every"].as_u64().map(|n| n.to_string()).unwrap_or_default(),
+                v["manifest"]["retention"].as_str().unwrap_or(""),
             );
         }
         Ok(())
@@ -224,8 +226,9 @@ impl Client {
 
     pub(super) async fn add_job(&self, body: &Value) -> anyhow::Result<()> {
         let job = self.send(self.http.post(format!("{}/v1/jobs", self.base)).json(body)).await?;
+        let what = if job["created"] == Value::Bool(false) { "exists already (same --key): not added again;" } else { "added:" };
         println!(
-            "job {} {} for {} `{}`, runs at {}",
+            "job {} {what} {} for {} `{}`, runs at {}",
             job["id"].as_str().unwrap_or(""),
             job["status"].as_str().unwrap_or(""),
             job["target"].as_str().unwrap_or(""),
@@ -237,7 +240,7 @@ impl Client {
 
     pub(super) async fn show_job(&self, id: &str) -> anyhow::Result<()> {
         let job = self.send(self.http.get(format!("{}/v1/jobs/{id}", self.base))).await?;
-        println!("{}", serde_json::to_string_pretty(&job)?);
+        println!("{}", serde_json::to_string_pretty(&with_readable_times(job))?);
         Ok(())
     }
 
@@ -302,6 +305,27 @@ impl Client {
 }
 
 /// An RFC 3339 time for a ms-since-epoch JSON number.
+/// `x_at_ms: 1764500000000` fields as `x_at: "2025-11-30T10:53:20.000Z"`,
+/// at any depth, as `quark jobs` prints times.
+fn with_readable_times(value: Value) -> Value {
+    match value {
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(key, value)| match key.strip_suffix("_ms") {
+                    Some(name) if name.ends_with("_at") || name == "at" => {
+                        let readable = if value.is_null() { Value::Null } else { Value::String(time_of(&value)) };
+                        (name.to_string(), readable)
+                    }
+                    _ => (key, with_readable_times(value)),
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(with_readable_times).collect()),
+        other => other,
+    }
+}
+
 fn time_of(ms: &Value) -> String {
     let ms = ms.as_i64().unwrap_or(0).max(0) as u64;
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()

@@ -205,9 +205,10 @@ enum JobCommand {
         /// The job id.
         id: String,
     },
-    /// Delete finished jobs.
+    /// Delete finished jobs: the dead-letter list (the default), or the
+    /// succeeded or cancelled ones.
     Purge {
-        /// Delete the dead-letter list.
+        /// Delete the dead-letter list (the default when nothing is named).
         #[arg(long)]
         dead: bool,
         /// Delete succeeded jobs.
@@ -266,7 +267,11 @@ struct ServeArgs {
     /// Most activations in memory at once (default: what vm.max_map_count allows).
     #[arg(long)]
     max_activations: Option<usize>,
-    /// Deploy `TYPE=FILE.wasm` at start (skipped when already active); repeatable.
+    /// Deploy `TYPE=FILE.wasm` at start; repeatable. Never replaces what
+    /// you deployed or rolled back to: a missing type is deployed with
+    /// default settings; bytes stored already (as any version) change
+    /// nothing; new bytes become a new version with the active version's
+    /// settings, unless the type was rolled back (then it is left alone).
     #[arg(long = "deploy", value_name = "TYPE=FILE")]
     deploys: Vec<String>,
     /// Declare projection `NAME=SOURCE_TYPE:TARGET_ACTOR` at start (method
@@ -410,15 +415,13 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
         let (actor_type, file) =
             spec.split_once('=').with_context(|| format!("--deploy {spec:?}: expected TYPE=FILE.wasm"))?;
         let bytes = std::fs::read(file).with_context(|| format!("reading {file}"))?;
-        let outcome = host
-            .deploy(actor_type, bytes, Manifest::parse(None, None)?)
-            .await
-            .with_context(|| format!("deploying {file} as `{actor_type}`"))?;
-        println!(
-            "deployed {actor_type} v{}{}",
-            outcome.version.version,
-            if outcome.created { "" } else { " (already active)" }
-        );
+        match deploy_at_start(&host, actor_type, bytes).await.with_context(|| format!("deploying {file} as `{actor_type}`"))? {
+            StartDeploy::Deployed(version) => println!("deployed {actor_type} v{version} from {file}"),
+            StartDeploy::Known(version) => println!("{actor_type}: {file} is v{version}, already deployed; v{} stays active", host.active_version(actor_type)?.version),
+            StartDeploy::RolledBack { active, newest } => println!(
+                "{actor_type}: left at v{active}, which you rolled back to (v{newest} is newer); {file} is not deployed (`quark deploy` does)"
+            ),
+        }
     }
     for spec in &args.projections {
         let def = parse_projection_spec(spec)?;
@@ -445,6 +448,39 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
         served = crate::api::serve_with(host, listener, access) => served,
         () = shutdown => Ok(()),
     }
+}
+
+/// What `serve --deploy` did with one file.
+enum StartDeploy {
+    /// A new version (the type was missing, or the file is new).
+    Deployed(u64),
+    /// These bytes are stored already, as this version: nothing changed.
+    Known(u64),
+    /// The file is new, but the type was rolled back: left as it is.
+    RolledBack { active: u64, newest: u64 },
+}
+
+/// `serve --deploy TYPE=FILE`: never replaces what a person deployed or
+/// rolled back to. A missing type is deployed with default settings; bytes
+/// already stored (as any version) change nothing; new bytes become a new
+/// version with the active version's settings (`--memory-limit`,
+/// `--snapshot-every`… carry over), unless the type was rolled back.
+async fn deploy_at_start(host: &Host, actor_type: &str, bytes: Vec<u8>) -> anyhow::Result<StartDeploy> {
+    let Ok((versions, active)) = host.versions(actor_type).await else {
+        let outcome = host.deploy(actor_type, bytes, Manifest::parse(None, None)?).await?;
+        return Ok(StartDeploy::Deployed(outcome.version.version));
+    };
+    let hash = crate::runtime::registry::content_hash(&bytes);
+    if let Some(known) = versions.iter().rev().find(|v| v.hash == hash) {
+        return Ok(StartDeploy::Known(known.version));
+    }
+    let newest = versions.iter().map(|v| v.version).max().unwrap_or(active);
+    if active < newest {
+        return Ok(StartDeploy::RolledBack { active, newest });
+    }
+    let manifest = versions.iter().find(|v| v.version == active).map(|v| v.manifest.clone()).unwrap_or(Manifest::parse(None, None)?);
+    let outcome = host.deploy(actor_type, bytes, manifest).await?;
+    Ok(StartDeploy::Deployed(outcome.version.version))
 }
 
 /// Parses `NAME=SOURCE:TARGET` (see `quark serve --projection`).
@@ -494,9 +530,8 @@ async fn jobs_command(client: &client::Client, action: JobCommand) -> anyhow::Re
                 .into_iter()
                 .filter_map(|(on, s)| on.then_some(s))
                 .collect();
-            if statuses.is_empty() {
-                anyhow::bail!("say what to purge: --dead, --succeeded or --cancelled");
-            }
+            // Like `quark outbox purge`: the dead-letter list unless told otherwise.
+            let statuses = if statuses.is_empty() { vec!["dead"] } else { statuses };
             for status in statuses {
                 client.purge_jobs(status).await?;
             }

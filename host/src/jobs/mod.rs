@@ -295,6 +295,12 @@ impl Host {
     /// added. A job with an idempotency key is read back (in batches of up
     /// to 100), as the existing job for a repeated key.
     pub async fn add_jobs(&self, requests: Vec<JobRequest>) -> Result<Vec<JobRecord>, ActorError> {
+        Ok(self.add_jobs_counted(requests).await?.0)
+    }
+
+    /// Like [`Host::add_jobs`], also saying how many jobs were new (a job
+    /// whose idempotency key names a stored job is not).
+    pub async fn add_jobs_counted(&self, requests: Vec<JobRequest>) -> Result<(Vec<JobRecord>, u64), ActorError> {
         let store = self.job_store_or_err()?;
         let now = crate::storage::now_ms();
         let mut planned = Vec::with_capacity(requests.len());
@@ -302,7 +308,7 @@ impl Host {
             self.registry().active(request.target.actor_type())?;
             planned.push(plan(request, now)?);
         }
-        store.add_jobs(&planned).await?;
+        let added = store.add_jobs(&planned).await?;
         // Only a job with an idempotency key may have existed already; large
         // batches are returned as planned, unread.
         if planned.len() <= 100 {
@@ -316,7 +322,7 @@ impl Host {
         if let Err(e) = store.announce_jobs().await {
             tracing::debug!(error = %e, "announcing new jobs failed; other hosts find them by polling");
         }
-        Ok(planned)
+        Ok((planned, added))
     }
 
     /// Jobs, newest first.
