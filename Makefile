@@ -48,7 +48,7 @@ js-guests:
 samples: guests
 
 run: guests
-	@echo ">> building the host (release)"
+	@echo ">> building the host (release; the first build compiles wasmtime and takes several minutes, later ones seconds)"
 	$(CARGO) build --release -p quark-host
 	@echo ">> starting quark serve on $(LISTEN), data in $(DATA_DIR), samples deployed"
 	@echo "   (the first start compiles the Python and JavaScript samples, about half a minute; later starts load them from $(DATA_DIR)/compiled)"
@@ -57,9 +57,12 @@ run: guests
 		$(foreach s,$(PY_SAMPLES) $(JS_SAMPLES),$(if $(wildcard target/samples/$(s).wasm),--deploy $(s)=target/samples/$(s).wasm)) \
 		--projection accounts-summary=bank:accounts-summary/all
 
+# The tests build in the release profile, like `make run`: after one, the
+# other reuses every compiled dependency instead of building them all again
+# in a second profile (and target/ holds one copy, not two).
 test: guests
-	@echo ">> running the tests (unit, integration, storage conformance on SQLite, PostgreSQL and Redis, Python and JavaScript guests)"
-	$(CARGO) test -p quark-host
+	@echo ">> running the tests (release build shared with make run; unit, integration, storage conformance on SQLite, PostgreSQL and Redis, Python and JavaScript guests)"
+	$(CARGO) test --release -p quark-host
 
 check:
 	$(CARGO) check -p quark-host --all-targets
