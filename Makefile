@@ -59,10 +59,12 @@ run: guests
 
 # The tests build in the release profile, like `make run`: after one, the
 # other reuses every compiled dependency instead of building them all again
-# in a second profile (and target/ holds one copy, not two).
+# in a second profile (and target/ holds one copy, not two). Every test is
+# in the one `tests/all` binary, so the library is not compiled a second
+# time as a unit-test harness; `--examples` keeps the benchmark compiling.
 test: guests
-	@echo ">> running the tests (release build shared with make run; unit, integration, storage conformance on SQLite, PostgreSQL and Redis, Python and JavaScript guests)"
-	$(CARGO) test --release -p quark-host
+	@echo ">> running the tests (release build shared with make run; integration, storage conformance on SQLite, PostgreSQL and Redis, Python and JavaScript guests)"
+	$(CARGO) test --release -p quark-host --test all --examples
 
 check:
 	$(CARGO) check -p quark-host --all-targets

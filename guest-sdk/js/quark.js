@@ -79,8 +79,38 @@ function host(operation, ...args) {
   }
 }
 
-const encode = (value) => encoder.encode(JSON.stringify(value === undefined ? null : value));
+// Fields a method read that its request does not have (this turn).
+let missingFields = [];
+
+// JSON cannot hold NaN or Infinity (JSON.stringify writes `null`): arithmetic
+// on a missing field must fail the turn, not store null.
+class NotFinite extends Error {}
+const finiteOnly = (_key, v) => {
+  if (typeof v === 'number' && !Number.isFinite(v)) throw new NotFinite(String(v));
+  return v;
+};
+const encode = (value) => encoder.encode(JSON.stringify(value === undefined ? null : value, finiteOnly));
 const decode = (bytes) => (bytes.length ? JSON.parse(decoder.decode(bytes)) : null);
+
+// The request as the method sees it: objects note the fields read that they
+// lack, so a turn that then produces NaN names the missing field.
+const NOT_FIELDS = new Set(['toJSON', 'then', 'constructor']);
+function requestView(value) {
+  if (value === null || typeof value !== 'object') return value;
+  return new Proxy(value, {
+    get(target, prop, receiver) {
+      const field = Reflect.get(target, prop, receiver);
+      if (typeof prop === 'string' && !NOT_FIELDS.has(prop) && !(prop in target)) missingFields.push(prop);
+      return field !== null && typeof field === 'object' ? requestView(field) : field;
+    },
+  });
+}
+
+// A NotFinite from encoding, as the caller's error when a field was missing.
+function notFiniteError(e, method) {
+  if (missingFields.length) return new Rejected(`bad request for \`${method}\`: missing field \`${missingFields[0]}\``);
+  return new Rejected(`\`${method}\` produced ${e.message}, which JSON cannot hold`);
+}
 
 /** Durable key/value state private to this actor, as JSON values. Writes commit with the turn. */
 export const state = {
@@ -247,14 +277,15 @@ function handlerFor(methods, self) {
       if (typeof fn !== 'function') throw new NotFound(`unknown method \`${method}\` (this actor has: ${names})`);
       let request;
       try {
-        request = decode(payload);
+        request = requestView(decode(payload));
       } catch (e) {
         throw new Rejected(`bad request for \`${method}\`: ${e.message}`);
       }
+      missingFields = [];
       try {
         return encode(fn.call(self, request));
       } catch (e) {
-        throw asQuarkError(e);
+        throw e instanceof NotFinite ? notFiniteError(e, method) : asQuarkError(e);
       }
     },
   };

@@ -75,23 +75,3 @@ pub fn validate_type_name(name: &str) -> Result<(), ActorError> {
         )))
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_type_and_key() {
-        let id = ActorId::parse("counter/alice/x").unwrap();
-        assert_eq!(id.actor_type(), "counter");
-        assert_eq!(id.key(), "alice/x");
-        assert_eq!(id.to_string(), "counter/alice/x");
-    }
-
-    #[test]
-    fn rejects_bad_ids() {
-        assert!(ActorId::parse("counter").is_err());
-        assert!(ActorId::parse("Counter/a").is_err());
-        assert!(ActorId::parse("counter/").is_err());
-    }
-}

@@ -150,3 +150,14 @@ async fn a_dropped_host_frees_its_actors_and_its_store() {
     drop(host);
     eventually("the host to let go of its store", async || Arc::strong_count(&store), |n| *n == 1).await;
 }
+
+#[test]
+fn actor_ids_parse_type_and_key() {
+    let id = quark_host::ActorId::parse("counter/alice/x").unwrap();
+    assert_eq!(id.actor_type(), "counter");
+    assert_eq!(id.key(), "alice/x");
+    assert_eq!(id.to_string(), "counter/alice/x");
+    for bad in ["counter", "Counter/a", "counter/"] {
+        assert!(quark_host::ActorId::parse(bad).is_err(), "{bad}");
+    }
+}

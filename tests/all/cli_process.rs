@@ -192,6 +192,31 @@ fn cli_jobs_show_times_and_repeated_keys_plainly() {
     assert!(stdout(&purged).contains("purged 0 dead job(s)"), "{}", stdout(&purged));
 }
 
+/// `quark new NAME` scaffolds a Rust actor crate, builds it for
+/// wasm32-wasip2 and deploys it: a first actor of one's own in one command.
+#[test]
+fn quark_new_scaffolds_builds_and_deploys_an_actor() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), free_port());
+    let crate_dir = dir.path().join("hello");
+    let out = Command::new(QUARK)
+        .args(["new", "hello", "--path"])
+        .arg(&crate_dir)
+        .env("QUARK_SERVER", &server.url)
+        // Shared across runs: the template's dependencies build once.
+        .env("CARGO_TARGET_DIR", root().join("target/quark-new"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("deployed hello v1"), "{}", stdout(&out));
+    assert!(crate_dir.join("src/lib.rs").exists());
+    let out = server.quark(&["call", "hello/first", "add", r#"{"by": 2}"#]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains(r#""total":2"#), "{}", stdout(&out));
+    let again = Command::new(QUARK).args(["new", "hello", "--path"]).arg(&crate_dir).output().unwrap();
+    assert!(!again.status.success() && stderr(&again).contains("exists already"), "{}", stderr(&again));
+}
+
 #[test]
 fn serve_refuses_a_public_address_without_a_token() {
     let dir = tempfile::tempdir().unwrap();

@@ -420,3 +420,43 @@ async fn a_lost_commit_acknowledgement_is_an_unknown_outcome() {
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&retry.unwrap()).unwrap(), json!(11), "the first reply: it had committed");
     assert_eq!(ask(&host, "counter/cut", "get", json!(null)).await.unwrap(), json!(11), "the turn ran once, and the cache knows it");
 }
+
+/// Refuses every batch of more than one turn (so the committer retries
+/// them one by one) and panics on the turn of `c/panic`.
+struct PanickingStore;
+
+#[async_trait::async_trait]
+impl quark_host::storage::StateStore for PanickingStore {
+    async fn load_state(&self, _: &quark_host::ActorId) -> Result<Vec<(String, Vec<u8>)>, quark_host::storage::StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn commit(&self, batch: &[quark_host::storage::TurnCommit]) -> Result<(), quark_host::storage::StoreError> {
+        if batch.len() > 1 {
+            return Err(quark_host::storage::StoreError::Rejected("one turn of the batch is refused".into()));
+        }
+        if batch[0].actor.as_str() == "c/panic" {
+            panic!("the backend panics on purpose");
+        }
+        Ok(())
+    }
+}
+
+/// A backend panic on the committer's one-by-one path fails that turn
+/// only: its neighbours commit, and so does every later turn.
+#[tokio::test]
+async fn a_panic_while_retrying_turns_one_by_one_fails_only_that_turn() {
+    use quark_host::storage::committer::Committer;
+    use quark_host::storage::{StateWrite, StoreError, TurnCommit};
+    let commit = |actor: &str| TurnCommit::state_only(id(actor), vec![StateWrite { key: "k".into(), value: Some(b"1".to_vec()) }]);
+    let committer = Committer::spawn(Arc::new(PanickingStore), Arc::new(quark_host::metrics::Metrics::new()));
+    // Enqueued together, before the committer runs: one batch.
+    let first = committer.enqueue(commit("c/a"), None).await.unwrap();
+    let panics = committer.enqueue(commit("c/panic"), None).await.unwrap();
+    let last = committer.enqueue(commit("c/b"), None).await.unwrap();
+    assert!(first.await.unwrap().is_ok());
+    let e = panics.await.expect("the committer answered").unwrap_err();
+    assert!(matches!(*e, StoreError::Unavailable(ref m) if m.contains("panicked")), "{e}");
+    assert!(last.await.expect("the committer answered").is_ok());
+    assert!(committer.commit(commit("c/later")).await.is_ok(), "the committer still runs");
+}

@@ -193,15 +193,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 async fn a_method_without_argument_accepts_an_empty_object() {
     let dir = tempfile::tempdir().unwrap();
     let host = host_with_shared_compiled_cache(dir.path()).await;
-    let mut types = vec!["counter"];
-    host.deploy("counter", component("counter"), manifest()).await.unwrap();
-    for name in ["counter-py", "counter-js"] {
-        if let Some(bytes) = guest_in_other_language(name, "a_method_without_argument_accepts_an_empty_object") {
-            host.deploy(name, bytes, manifest()).await.unwrap();
-            types.push(name);
-        }
-    }
-    for actor_type in types {
+    for actor_type in counters_in_every_language(&host, "a_method_without_argument_accepts_an_empty_object").await {
         let actor = format!("{actor_type}/empty");
         for payload in [&b"{}"[..], b"null", b""] {
             let reply = host.ask(id(&actor), "get", payload.to_vec()).await;
@@ -413,4 +405,70 @@ async fn fuzzing_the_http_api_finds_no_server_error() {
     eprintln!("fuzzing the HTTP API: {CASES} cases, statuses {statuses:?}");
     assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status().as_u16(), 200, "the host still serves");
     assert_eq!(ask(&host, "counter/after", "increment", json!({"by": 1})).await.unwrap(), json!(1));
+}
+
+/// A wrong argument is the caller's mistake in every language: `rejected`,
+/// a message naming the missing field, and nothing committed (JavaScript
+/// used to store `null`, Python to answer `internal` with a KeyError).
+#[tokio::test]
+async fn a_missing_field_is_rejected_alike_in_every_language() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_shared_compiled_cache(dir.path()).await;
+    for actor_type in counters_in_every_language(&host, "a_missing_field_is_rejected_alike_in_every_language").await {
+        let actor = format!("{actor_type}/wrong");
+        assert_eq!(ask(&host, &actor, "increment", json!({"by": 5})).await.unwrap(), json!(5), "{actor}");
+        let e = ask(&host, &actor, "increment", json!({"amount": 2})).await.unwrap_err();
+        assert_eq!(e.kind, quark_host::ErrorKind::Rejected, "{actor}: {e}");
+        assert!(e.message.contains("missing field `by`"), "{actor}: {e}");
+        assert_eq!(ask(&host, &actor, "get", json!(null)).await.unwrap(), json!(5), "{actor}: nothing committed");
+    }
+}
+
+/// Deploys the counter sample in Rust, Python and JavaScript (the last two
+/// where their toolchains could be installed); returns the types deployed.
+async fn counters_in_every_language(host: &Host, test: &str) -> Vec<&'static str> {
+    let mut types = vec!["counter"];
+    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    for name in ["counter-py", "counter-js"] {
+        if let Some(bytes) = guest_in_other_language(name, test) {
+            host.deploy(name, bytes, manifest()).await.unwrap();
+            types.push(name);
+        }
+    }
+    types
+}
+
+/// Redis stops answering while a commit script is in flight (SIGSTOP):
+/// past the client's response timeout the caller hears `unknown-outcome`,
+/// not `unavailable`, and rightly so: once Redis runs again, the script
+/// has committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_commit_past_its_timeout_is_an_unknown_outcome() {
+    let Some(server) = RedisServer::start(&[]).await else {
+        let why = "redis-server is not installed";
+        assert!(!backends_required(), "{why}; QUARK_REQUIRE_BACKENDS=1 requires it");
+        eprintln!("SKIP a_redis_commit_past_its_timeout_is_an_unknown_outcome: {why}");
+        return;
+    };
+    let store = quark_host::storage::redis::RedisStore::connect(&server.url, Some("stop")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = HostConfig::new(dir.path());
+    config.call_timeout = Duration::from_secs(60);
+    let host = Host::start(config, Arc::new(store)).await.unwrap();
+    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    assert_eq!(ask(&host, "counter/r", "increment", json!({"by": 1})).await.unwrap(), json!(1));
+
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill").args([sig, &server.child.id().to_string()]).status().unwrap();
+        assert!(status.success(), "kill {sig}");
+    };
+    // The actor is active and its state cached: the turn reads nothing,
+    // and only its commit meets the stopped server.
+    signal("-STOP");
+    let e = ask(&host, "counter/r", "increment", json!({"by": 10})).await.unwrap_err();
+    signal("-CONT");
+    assert_eq!(e.kind, quark_host::ErrorKind::UnknownOutcome, "{e}");
+    assert!(e.message.contains("Idempotency-Key"), "{e}");
+    let value = eventually("the state readable again", async || ask(&host, "counter/r", "get", json!(null)).await.ok(), Option::is_some).await;
+    assert_eq!(value, Some(json!(11)), "the script ran after all: the outcome was indeed unknown, not a failure");
 }

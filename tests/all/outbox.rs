@@ -327,3 +327,26 @@ async fn bank_transfers_move_money_between_event_sourced_accounts_by_outbox() {
     let types: Vec<&str> = alice.events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(types, ["deposited", "withdrawn", "withdrawn", "withdrawn"]);
 }
+
+#[test]
+fn sink_specs_parse_or_say_what_is_wrong() {
+    use quark_host::outbox::sinks::SinkConfig;
+    assert_eq!("webhook:http://127.0.0.1:9000/hook".parse(), Ok(SinkConfig::Webhook { url: "http://127.0.0.1:9000/hook".into() }));
+    assert_eq!(
+        "redis:redis://127.0.0.1:6379#orders".parse(),
+        Ok(SinkConfig::RedisStream { url: "redis://127.0.0.1:6379".into(), stream: "orders".into() })
+    );
+    assert_eq!(
+        "nats:nats://127.0.0.1:4222#orders.created".parse(),
+        Ok(SinkConfig::Nats { url: "nats://127.0.0.1:4222".into(), subject: "orders.created".into() })
+    );
+    for (bad, says) in [
+        ("kafka:x", "unknown sink kind"),
+        ("redis:redis://127.0.0.1:6379", "after `#`"),
+        ("webhook:ftp://x", "http(s) URL"),
+        ("nothing", "KIND:TARGET"),
+    ] {
+        let e = bad.parse::<SinkConfig>().unwrap_err();
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}

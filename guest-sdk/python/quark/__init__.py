@@ -128,6 +128,25 @@ def _decode(payload: bytes) -> Any:
     return json.loads(payload) if payload else None
 
 
+class _Request(dict):
+    """A JSON object in a request: reading a field it lacks is the caller's
+    mistake (`rejected`, naming the field), not a bug in the actor (a bare
+    `KeyError` would be `internal`). `get` and `in` work as on any dict."""
+
+    def __init__(self, pairs: Any, method: str):
+        super().__init__(pairs)
+        self._method = method
+
+    def __missing__(self, key: Any):
+        raise Rejected(f"bad request for `{self._method}`: missing field `{key}`")
+
+
+def _decode_request(payload: bytes, method: str) -> Any:
+    if not payload:
+        return None
+    return json.loads(payload, object_pairs_hook=lambda pairs: _Request(pairs, method))
+
+
 class state:
     """Durable key/value state private to this actor, as JSON values.
 
@@ -362,7 +381,7 @@ def _handler(instance: Any, methods: Dict[str, Callable]) -> type:
             if function is None:
                 raise Err(_types.Error_NotFound(f"unknown method `{method}` (this actor has: {names})"))
             try:
-                request = _decode(payload)
+                request = _decode_request(payload, method)
             except ValueError as e:
                 raise Err(_types.Error_Rejected(f"bad request for `{method}`: {e}"))
             try:

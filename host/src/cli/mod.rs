@@ -2,6 +2,7 @@
 //! client of a running host's HTTP API.
 
 mod client;
+mod scaffold;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -29,6 +30,18 @@ pub struct Cli {
 enum Command {
     /// Run a host: the HTTP API on --listen, state in --data-dir (SQLite) or --store.
     Serve(ServeArgs),
+    /// Create a new Rust actor crate (from a template), build it for
+    /// wasm32-wasip2 and deploy it to the host.
+    New {
+        /// Actor type name, e.g. `hello`: lowercase letters, digits, `-`, `_`.
+        name: String,
+        /// Where to create the crate (default: ./NAME).
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Only create the crate; do not build or deploy it.
+        #[arg(long)]
+        no_build: bool,
+    },
     /// Deploy a component as the new version of an actor type.
     Deploy {
         /// Actor type name, e.g. `counter`.
@@ -349,6 +362,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client.deploy(&actor_type, &file, &query).await
         }
         Command::Call { actor, method, json } => client.call(&actor, &method, json.as_deref()).await,
+        Command::New { name, path, no_build } => {
+            let dir = path.unwrap_or_else(|| PathBuf::from(&name));
+            let component = scaffold::create(&name, &dir)?;
+            println!("created {} (edit src/lib.rs)", dir.display());
+            if no_build {
+                println!("build:   (cd {} && cargo build --release --target wasm32-wasip2)", dir.display());
+                println!("deploy:  quark deploy {name} {}", component.display());
+                return Ok(());
+            }
+            let dir2 = dir.clone();
+            tokio::task::spawn_blocking(move || scaffold::build(&dir2)).await??;
+            println!("built {}", component.display());
+            match client.deploy(&name, &component, &[]).await {
+                Ok(()) => println!("try:     quark call {name}/first add '{{\"by\": 2}}'"),
+                Err(e) => println!("not deployed ({e:#}); start a host (`make run`), then: quark deploy {name} {}", component.display()),
+            }
+            Ok(())
+        }
         Command::Actors => client.actors().await,
         Command::Versions { actor_type } => client.versions(&actor_type).await,
         Command::Rollback { actor_type } => client.rollback(&actor_type).await,

@@ -116,30 +116,3 @@ pub fn cloud_event(message: &OutboxMessage) -> Vec<u8> {
     }
     serde_json::to_vec(&event).unwrap_or_default()
 }
-
-#[cfg(test)]
-mod tests {
-    use super::SinkConfig;
-
-    #[test]
-    fn sink_specs_parse_or_say_what_is_wrong() {
-        assert_eq!("webhook:http://127.0.0.1:9000/hook".parse(), Ok(SinkConfig::Webhook { url: "http://127.0.0.1:9000/hook".into() }));
-        assert_eq!(
-            "redis:redis://127.0.0.1:6379#orders".parse(),
-            Ok(SinkConfig::RedisStream { url: "redis://127.0.0.1:6379".into(), stream: "orders".into() })
-        );
-        assert_eq!(
-            "nats:nats://127.0.0.1:4222#orders.created".parse(),
-            Ok(SinkConfig::Nats { url: "nats://127.0.0.1:4222".into(), subject: "orders.created".into() })
-        );
-        for (bad, says) in [
-            ("kafka:x", "unknown sink kind"),
-            ("redis:redis://127.0.0.1:6379", "after `#`"),
-            ("webhook:ftp://x", "http(s) URL"),
-            ("nothing", "KIND:TARGET"),
-        ] {
-            let e = bad.parse::<SinkConfig>().unwrap_err();
-            assert!(e.contains(says), "{bad}: {e}");
-        }
-    }
-}
