@@ -195,6 +195,15 @@ async fn invalid_jobs_are_refused_with_a_clear_error() {
     // From inside a turn, too.
     let e = ask(&host, "worker/x", "schedule", json!({"target": "worker/b", "method": "work", "cron": "61 * * * *"})).await.unwrap_err();
     assert!(e.message.contains("invalid cron expression"), "{e}");
+    // A method the actor does not have cannot be known before a turn runs
+    // (components declare no method list): the first attempt finds out, and
+    // the job is dead at once instead of retrying what cannot succeed.
+    let mut missing = request("worker/m", "nosuch", json!({}));
+    missing.max_attempts = Some(5);
+    let job = host.add_jobs(vec![missing]).await.unwrap().remove(0);
+    let dead = wait_job(&host, &job.id, "dead", |j| j.status == JobStatus::Dead).await;
+    assert_eq!(dead.attempts, 1, "{dead:?}");
+    assert!(dead.errors.last().is_some_and(|e| e.error.contains("not retried")), "{dead:?}");
 }
 
 /// A recurring job whose ticks were missed (the host was down) follows its

@@ -343,6 +343,16 @@ async fn run_one(host: Host, claim: JobClaim, actor_type: String) {
             }
             // The lease moved to another run: that run owns the job now.
             Err(e) if e.kind == ErrorKind::Conflict && e.message.contains("no longer leased") => {}
+            // A method the actor does not have will not appear by retrying
+            // (a component declares no method list the host could check at
+            // enqueue): dead-lettered at once, to retry after a deploy.
+            Err(e) if e.kind == ErrorKind::NotFound => {
+                host.metrics().record_job(false);
+                let error = format!("{e} (not retried: deploy a version that has it, then `quark jobs retry {}`)", job.id);
+                if let Err(store_error) = jobs.fail_job(&fail(error, None)).await {
+                    tracing::warn!(job = %job.id, error = %store_error, "recording a failed job attempt failed; its lease will expire");
+                }
+            }
             Err(e) => {
                 host.metrics().record_job(false);
                 let retry_at = (job.attempts < job.max_attempts).then(|| now + retry_delay_ms(job, job.attempts) as i64);
