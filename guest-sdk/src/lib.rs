@@ -486,7 +486,13 @@ pub fn dispatch<Req: DeserializeOwned, Resp: Serialize>(
     method: impl FnOnce(Req) -> Result<Resp>,
 ) -> Result<Vec<u8>> {
     let payload = if payload.is_empty() { b"null".as_slice() } else { payload };
-    let bad = |e: serde_json::Error| Error::rejected(format!("bad request for `{name}`: {e}"));
+    // The same words as the Python and JavaScript SDKs: without serde's
+    // "at line 1 column 12" (the request is one line anyway).
+    let bad = |e: serde_json::Error| {
+        let message = e.to_string();
+        let message = message.rsplit_once(" at line ").map_or(message.as_str(), |(m, _)| m);
+        Error::rejected(format!("bad request for `{name}`: {message}"))
+    };
     let request = match serde_json::from_slice(payload) {
         Ok(request) => request,
         // A method that takes nothing (`()`) accepts `{}` as well as `null`

@@ -206,11 +206,11 @@ impl Client {
         query.extend(status.map(|s| ("status", s)));
         query.extend(target.map(|t| ("target", t)));
         let reply = self.send(self.http.get(format!("{}/v1/jobs", self.base)).query(&query)).await?;
-        println!("{:<34} {:<10} {:<24} {:<14} {:>8} {:<24} {:<16}", "ID", "STATUS", "TARGET", "METHOD", "ATTEMPTS", "RUN AT (UTC)", "CRON");
+        println!("{:<40} {:<10} {:<24} {:<14} {:>8} {:<24} {:<16}", "ID", "STATUS", "TARGET", "METHOD", "ATTEMPTS", "RUN AT (UTC)", "CRON");
         let jobs = reply["jobs"].as_array().cloned().unwrap_or_default();
         for j in &jobs {
             println!(
-                "{:<34} {:<10} {:<24} {:<14} {:>8} {:<24} {:<16}",
+                "{:<40} {:<10} {:<24} {:<14} {:>8} {:<24} {:<16}",
                 j["id"].as_str().unwrap_or(""),
                 j["status"].as_str().unwrap_or(""),
                 j["target"].as_str().unwrap_or(""),
