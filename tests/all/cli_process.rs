@@ -217,6 +217,43 @@ fn quark_new_scaffolds_builds_and_deploys_an_actor() {
     assert!(!again.status.success() && stderr(&again).contains("exists already"), "{}", stderr(&again));
 }
 
+/// Help says what each command takes: `serve` lists no client-only
+/// `--server`, env values show without a stray `=`, and logs written to a
+/// file carry no ANSI colour codes.
+#[test]
+fn help_and_logs_read_plainly() {
+    let help = |args: &[&str]| stdout(&Command::new(QUARK).args(args).output().unwrap());
+    let serve = help(&["serve", "--help"]);
+    assert!(!serve.contains("--server"), "{serve}");
+    assert!(!serve.contains("=]"), "{serve}");
+    assert!(serve.contains("redis://"), "--store names Redis too: {serve}");
+    for command in [&["call", "--help"][..], &["jobs", "add", "--help"]] {
+        let text = help(command);
+        assert!(text.contains("--server") && text.contains("[env: QUARK_SERVER]"), "{command:?}: {text}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let port = free_port();
+    let mut child = Command::new(QUARK)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let up = (0..600).any(|_| reqwest::blocking_get_ok(&url) || { std::thread::sleep(Duration::from_millis(50)); false });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(up, "quark serve did not become healthy");
+    let written = std::fs::read_to_string(dir.path().join("serve.log")).unwrap();
+    assert!(written.contains("INFO"), "{written}");
+    assert!(!written.contains('\x1b'), "ANSI codes in a log file: {written:?}");
+}
+
 #[test]
 fn serve_refuses_a_public_address_without_a_token() {
     let dir = tempfile::tempdir().unwrap();

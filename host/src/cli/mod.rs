@@ -16,15 +16,23 @@ use crate::{Host, HostConfig, Manifest};
 #[derive(Debug, Parser)]
 #[command(name = "quark", version, about)]
 pub struct Cli {
-    /// The host that client commands talk to.
-    #[arg(long, global = true, env = "QUARK_SERVER", hide_env_values = true, default_value = "http://127.0.0.1:7878")]
-    server: String,
     /// Bearer token for the host's API (required when it listens beyond loopback).
     #[arg(long, global = true, env = "QUARK_TOKEN", hide_env_values = true)]
     token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
+
+/// Where a client command sends its requests (not an option of `serve`).
+#[derive(Debug, clap::Args)]
+struct Remote {
+    /// The host that client commands talk to.
+    #[arg(long, global = true, env = "QUARK_SERVER", hide_env_values = true, default_value = DEFAULT_SERVER)]
+    server: String,
+}
+
+/// The host client commands talk to unless told otherwise.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:7878";
 
 #[derive(Debug, Subcommand)]
 enum Command {
@@ -33,6 +41,8 @@ enum Command {
     /// Create a new Rust actor crate (from a template), build it for
     /// wasm32-wasip2 and deploy it to the host.
     New {
+        #[command(flatten)]
+        remote: Remote,
         /// Actor type name, e.g. `hello`: lowercase letters, digits, `-`, `_`.
         name: String,
         /// Where to create the crate (default: ./NAME).
@@ -44,6 +54,8 @@ enum Command {
     },
     /// Deploy a component as the new version of an actor type.
     Deploy {
+        #[command(flatten)]
+        remote: Remote,
         /// Actor type name, e.g. `counter`.
         actor_type: String,
         /// The component (`.wasm`, built for wasm32-wasip2).
@@ -63,6 +75,8 @@ enum Command {
     },
     /// Call a method of an actor and print its JSON reply.
     Call {
+        #[command(flatten)]
+        remote: Remote,
         /// `type/key`, e.g. `counter/alice`.
         actor: String,
         /// Method name, e.g. `increment`.
@@ -71,19 +85,28 @@ enum Command {
         json: Option<String>,
     },
     /// List the actors active on the host, with their memory use.
-    Actors,
+    Actors {
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// List the versions of an actor type.
     Versions {
+        #[command(flatten)]
+        remote: Remote,
         /// Actor type name.
         actor_type: String,
     },
     /// Make the previous version of an actor type active again.
     Rollback {
+        #[command(flatten)]
+        remote: Remote,
         /// Actor type name.
         actor_type: String,
     },
     /// Show an actor's journal: the audit trail of its events.
     Journal {
+        #[command(flatten)]
+        remote: Remote,
         /// `type/key`, e.g. `bank/alice`.
         actor: String,
         /// First version to show.
@@ -102,6 +125,8 @@ enum Command {
     /// Print an event-sourced actor's state at a past version or time,
     /// computed in a sandbox that cannot touch the live actor.
     Replay {
+        #[command(flatten)]
+        remote: Remote,
         /// `type/key`, e.g. `bank/alice`.
         actor: String,
         /// Replay up to this event version.
@@ -116,11 +141,15 @@ enum Command {
     },
     /// Snapshot an event-sourced actor now.
     Snapshot {
+        #[command(flatten)]
+        remote: Remote,
         /// `type/key`, e.g. `bank/alice`.
         actor: String,
     },
     /// List durable jobs, or add, show, cancel, retry or purge them.
     Jobs {
+        #[command(flatten)]
+        remote: Remote,
         #[command(subcommand)]
         action: Option<JobCommand>,
         /// Only jobs with this status: scheduled, running, failed, succeeded, dead, cancelled.
@@ -132,6 +161,8 @@ enum Command {
     },
     /// List outbox messages (pending, in flight, dead), or retry or purge them.
     Outbox {
+        #[command(flatten)]
+        remote: Remote,
         #[command(subcommand)]
         action: Option<OutboxCommand>,
         /// Only messages with this status: pending (includes in flight) or dead.
@@ -140,6 +171,8 @@ enum Command {
     },
     /// List projections with their checkpoint and lag, or add or remove one.
     Projections {
+        #[command(flatten)]
+        remote: Remote,
         #[command(subcommand)]
         action: Option<ProjectionCommand>,
     },
@@ -259,14 +292,14 @@ enum ProjectionCommand {
 #[derive(Debug, clap::Args)]
 struct ServeArgs {
     /// Directory for the SQLite database and the compiled-component cache.
-    #[arg(long, env = "QUARK_DATA_DIR", default_value = "./quark-data")]
+    #[arg(long, env = "QUARK_DATA_DIR", hide_env_values = true, default_value = "./quark-data")]
     data_dir: PathBuf,
     /// Address for the HTTP API.
-    #[arg(long, env = "QUARK_LISTEN", default_value = "127.0.0.1:7878")]
+    #[arg(long, env = "QUARK_LISTEN", hide_env_values = true, default_value = "127.0.0.1:7878")]
     listen: String,
     /// Shared store: `postgres://user@host/db[?options]` or
     /// `redis://host:6379[#prefix]`; SQLite in --data-dir when absent.
-    #[arg(long, env = "QUARK_STORE")]
+    #[arg(long, env = "QUARK_STORE", hide_env_values = true)]
     store: Option<String>,
     /// Deactivate an actor after this long without messages.
     #[arg(long, default_value = "5m")]
@@ -348,10 +381,11 @@ pub fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = client::Client::new(&cli.server, cli.token.clone());
+    let server = cli.command.remote().map_or(DEFAULT_SERVER, |r| r.server.as_str()).to_string();
+    let client = client::Client::new(&server, cli.token.clone());
     match cli.command {
         Command::Serve(args) => serve(args, cli.token).await,
-        Command::Deploy { actor_type, file, memory_limit, turn_timeout, snapshot_every, retention } => {
+        Command::Deploy { actor_type, file, memory_limit, turn_timeout, snapshot_every, retention, .. } => {
             let options = [
                 ("memory_limit", memory_limit),
                 ("turn_timeout", turn_timeout),
@@ -361,8 +395,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let query: Vec<(&str, String)> = options.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect();
             client.deploy(&actor_type, &file, &query).await
         }
-        Command::Call { actor, method, json } => client.call(&actor, &method, json.as_deref()).await,
-        Command::New { name, path, no_build } => {
+        Command::Call { actor, method, json, .. } => client.call(&actor, &method, json.as_deref()).await,
+        Command::New { name, path, no_build, .. } => {
             let dir = path.unwrap_or_else(|| PathBuf::from(&name));
             let component = scaffold::create(&name, &dir)?;
             println!("created {} (edit src/lib.rs)", dir.display());
@@ -380,24 +414,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Actors => client.actors().await,
-        Command::Versions { actor_type } => client.versions(&actor_type).await,
-        Command::Rollback { actor_type } => client.rollback(&actor_type).await,
-        Command::Journal { actor, from, to, limit, json } => client.journal(&actor, from, to, limit, json).await,
-        Command::Replay { actor, to_version, at, component_version } => {
+        Command::Actors { .. } => client.actors().await,
+        Command::Versions { actor_type, .. } => client.versions(&actor_type).await,
+        Command::Rollback { actor_type, .. } => client.rollback(&actor_type).await,
+        Command::Journal { actor, from, to, limit, json, .. } => client.journal(&actor, from, to, limit, json).await,
+        Command::Replay { actor, to_version, at, component_version, .. } => {
             client.replay(&actor, to_version, at.as_deref(), component_version).await
         }
-        Command::Snapshot { actor } => client.snapshot(&actor).await,
-        Command::Jobs { action: None, status, target } => client.jobs(status.as_deref(), target.as_deref()).await,
+        Command::Snapshot { actor, .. } => client.snapshot(&actor).await,
+        Command::Jobs { action: None, status, target, .. } => client.jobs(status.as_deref(), target.as_deref()).await,
         Command::Jobs { action: Some(action), .. } => jobs_command(&client, action).await,
-        Command::Outbox { action: None, status } => client.outbox(status.as_deref()).await,
+        Command::Outbox { action: None, status, .. } => client.outbox(status.as_deref()).await,
         Command::Outbox { action: Some(OutboxCommand::Retry { id, sender }), .. } => client.retry_message(&id, sender.as_deref()).await,
         Command::Outbox { action: Some(OutboxCommand::Purge), .. } => client.purge_messages().await,
-        Command::Projections { action: None } => client.projections().await,
-        Command::Projections { action: Some(ProjectionCommand::Add { name, source, target, method }) } => {
+        Command::Projections { action: None, .. } => client.projections().await,
+        Command::Projections { action: Some(ProjectionCommand::Add { name, source, target, method }), .. } => {
             client.add_projection(&name, &source, &target, &method).await
         }
-        Command::Projections { action: Some(ProjectionCommand::Remove { name }) } => client.remove_projection(&name).await,
+        Command::Projections { action: Some(ProjectionCommand::Remove { name }), .. } => client.remove_projection(&name).await,
     }
 }
 
@@ -478,6 +512,27 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     tokio::select! {
         served = crate::api::serve_with(host, listener, access) => served,
         () = shutdown => Ok(()),
+    }
+}
+
+impl Command {
+    /// The host a client command talks to; none for `serve`.
+    fn remote(&self) -> Option<&Remote> {
+        match self {
+            Command::Serve(_) => None,
+            Command::New { remote, .. }
+            | Command::Deploy { remote, .. }
+            | Command::Call { remote, .. }
+            | Command::Actors { remote }
+            | Command::Versions { remote, .. }
+            | Command::Rollback { remote, .. }
+            | Command::Journal { remote, .. }
+            | Command::Replay { remote, .. }
+            | Command::Snapshot { remote, .. }
+            | Command::Jobs { remote, .. }
+            | Command::Outbox { remote, .. }
+            | Command::Projections { remote, .. } => Some(remote),
+        }
     }
 }
 
