@@ -61,10 +61,10 @@ run: guests
 # other reuses every compiled dependency instead of building them all again
 # in a second profile (and target/ holds one copy, not two). Every test is
 # in the one `tests/all` binary, so the library is not compiled a second
-# time as a unit-test harness; `--examples` keeps the benchmark compiling.
+# time as a unit-test harness. (CI also builds the benchmark example.)
 test: guests
 	@echo ">> running the tests (release build shared with make run; integration, storage conformance on SQLite, PostgreSQL and Redis, Python and JavaScript guests)"
-	$(CARGO) test --release -p quark-host --test all --examples
+	$(CARGO) test --release -p quark-host --test all
 
 check:
 	$(CARGO) check -p quark-host --all-targets
