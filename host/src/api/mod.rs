@@ -242,10 +242,10 @@ impl ApiConfig {
         if name == "localhost" || name.ends_with(".localhost") {
             return true;
         }
-        if let Ok(ip) = name.parse::<std::net::IpAddr>() {
-            if ip.is_loopback() || self.listen.is_some_and(|l| l.ip() == ip) {
-                return true;
-            }
+        if let Ok(ip) = name.parse::<std::net::IpAddr>()
+            && (ip.is_loopback() || self.listen.is_some_and(|l| l.ip() == ip))
+        {
+            return true;
         }
         if self.listen.is_some_and(|l| l.ip().is_unspecified()) && self.allowed_hosts.is_empty() {
             // Listening on every address (behind a token): any name.
