@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::error::ActorError;
 use crate::id::ActorId;
 use crate::runtime::aggregate::{self, RebuildError, SnapshotUse};
-use crate::runtime::{Control, Host, Request, activation, new_chain_id};
+use crate::runtime::{Control, Host, Request, activation, instance, new_chain_id};
 use crate::storage::EventRecord;
 
 /// Most events one journal listing returns.
@@ -94,13 +94,13 @@ impl Host {
         };
         let manifest = &loaded.info.manifest;
         let shared = Arc::new(activation::ActivationShared::new(actor.clone()));
-        let (store, bindings) = activation::instantiate_pre(self, &shared, &loaded.pre, manifest, 0).await?;
+        let (store, bindings) = instance::instantiate_pre(self, &shared, &loaded.pre, manifest, 0).await?;
         let mut live = activation::Live { store, bindings, version: loaded.info.version };
         live.store.data_mut().sandbox = true;
         let snapshots = SnapshotUse::FromComponent(loaded.info.version);
         let rebuilt = match aggregate::rebuild(self, &mut live, actor, snapshots, version, manifest.turn_timeout).await {
             Err(RebuildError::SnapshotBroke(_)) => {
-                let (store, bindings) = activation::instantiate_pre(self, &shared, &loaded.pre, manifest, 0).await?;
+                let (store, bindings) = instance::instantiate_pre(self, &shared, &loaded.pre, manifest, 0).await?;
                 live = activation::Live { store, bindings, version: loaded.info.version };
                 live.store.data_mut().sandbox = true;
                 aggregate::rebuild(self, &mut live, actor, SnapshotUse::None, version, manifest.turn_timeout).await
@@ -110,7 +110,7 @@ impl Host {
         .map_err(RebuildError::into_actor_error)?;
         let deadline = Instant::now() + manifest.turn_timeout;
         let state = aggregate::call_snapshot(&mut live, deadline, actor).await.map_err(|f| match f {
-            activation::HandlerFailure::Returned(e) | activation::HandlerFailure::Broken(e) => e,
+            instance::HandlerFailure::Returned(e) | instance::HandlerFailure::Broken(e) => e,
         })?;
         Ok(ReplayOutcome {
             actor: actor.to_string(),

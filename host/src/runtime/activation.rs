@@ -6,7 +6,6 @@
 //! can be stranded in a mailbox that nobody reads.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
@@ -14,14 +13,16 @@ use std::time::Instant;
 use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
-use wasmtime::{Store, UpdateDeadline};
+use wasmtime::Store;
 
 use super::engine::coarse_now_ms;
 use super::registry::LoadedVersion;
 use super::turn::TurnState;
+use super::instance::{HandlerFailure, instantiate, run_handler, turn_deadline};
+use super::table::Handle;
 use super::{Control, Request, WeakHost};
 use crate::Host;
-use crate::capabilities::{ActorInstance, ActorPre, GuestError};
+use crate::capabilities::ActorInstance;
 use crate::error::{ActorError, ErrorKind};
 use crate::id::ActorId;
 use crate::metrics::{TurnOutcome, outcome_of};
@@ -29,21 +30,11 @@ use super::commit::{PendingCommit, TurnOutput};
 use crate::storage::committer::DependencyFlag;
 use crate::storage::jobs::{JobCompletion, JobRecord};
 use crate::storage::outbox::OutboxMessage;
-use crate::storage::{CheckpointAdvance, EventRecord, InboxEntry, JournalAppend, Manifest, Snapshot, StateWrite, TurnCommit};
+use crate::storage::{CheckpointAdvance, EventRecord, InboxEntry, JournalAppend, Snapshot, StateWrite, TurnCommit};
 
 /// Most re-entrant turns one actor runs at once; each has its own instance
 /// and memory, so a runaway recursion must stop somewhere.
 const MAX_NESTED_TURNS: usize = 8;
-
-/// Most messages waiting in one actor's mailbox; past it, asks and tells
-/// to that actor fail with `unavailable` until it catches up.
-pub(crate) const MAX_MAILBOX: usize = 10_000;
-
-/// Pause after a shed that found nothing idle before scanning again.
-const SHED_INTERVAL_MS: i64 = 20;
-
-/// Shards of the activation table: enough that two cores rarely contend.
-const SHARDS: usize = 64;
 
 /// The reply to one message.
 pub(crate) type Reply = oneshot::Sender<Result<Vec<u8>, ActorError>>;
@@ -146,7 +137,7 @@ pub(crate) struct ActivationShared {
     /// Turns whose commit is enqueued and not yet resolved.
     pub(crate) commits_in_flight: AtomicUsize,
     /// The instance and its version; `None` while a turn holds them.
-    core: Mutex<Option<Core>>,
+    pub(super) core: Mutex<Option<Core>>,
     /// Signalled when an inline turn puts the core back.
     core_returned: tokio::sync::Notify,
     pub(crate) state: Mutex<ActorState>,
@@ -155,7 +146,7 @@ pub(crate) struct ActivationShared {
 impl ActivationShared {
     /// No message queued or running and no commit in flight: safe to
     /// deactivate (a new activation reads everything from the store).
-    fn is_quiet(&self) -> bool {
+    pub(super) fn is_quiet(&self) -> bool {
         self.pending.load(Ordering::Acquire) == 0 && self.commits_in_flight.load(Ordering::Acquire) == 0
     }
 
@@ -177,207 +168,6 @@ impl ActivationShared {
     }
 }
 
-struct Handle {
-    tx: mpsc::UnboundedSender<Envelope>,
-    shared: Arc<ActivationShared>,
-}
-
-/// A snapshot of one activation, for `quark actors`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ActivationInfo {
-    /// `type/key`.
-    pub id: String,
-    /// Component version it runs.
-    pub version: u64,
-    /// Linear memory in bytes (what the memory limit counts).
-    pub memory_bytes: u64,
-    /// Turns it has run since activation.
-    pub turns: u64,
-    /// Messages waiting or running.
-    pub pending: usize,
-    /// Milliseconds since its last turn ended.
-    pub idle_ms: i64,
-}
-
-/// Where a message went.
-pub(crate) enum Dispatched {
-    /// Into the actor's mailbox; the reply (if one was wanted) comes on
-    /// the receiver. Carries the method name for a deadline error.
-    Queued(Option<oneshot::Receiver<Result<Vec<u8>, ActorError>>>, String),
-    /// The actor is busy on this very call chain: the caller runs the turn
-    /// now, on a fresh instance that sees the outer turn's writes.
-    Reentrant(Arc<ActivationShared>, Request),
-    /// The actor was idle: the caller runs the turn itself.
-    Inline(InlineTurn, Request),
-}
-
-/// Every activation on this host, sharded by actor id.
-pub(crate) struct ActivationTable {
-    shards: Box<[Mutex<HashMap<ActorId, Handle>>]>,
-    hasher: std::collections::hash_map::RandomState,
-    /// Activations in the table, kept without locking every shard.
-    len: AtomicUsize,
-    /// When a shed last found nothing idle (coarse ms): until
-    /// [`SHED_INTERVAL_MS`] later, messages do not scan again.
-    last_empty_shed_ms: AtomicI64,
-}
-
-impl ActivationTable {
-    pub(crate) fn new() -> Self {
-        ActivationTable {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: Default::default(),
-            len: AtomicUsize::new(0),
-            last_empty_shed_ms: AtomicI64::new(0),
-        }
-    }
-
-    fn shard(&self, id: &ActorId) -> &Mutex<HashMap<ActorId, Handle>> {
-        &self.shards[(self.hasher.hash_one(id) as usize) % SHARDS]
-    }
-
-    /// Delivers `request` to its actor, activating it if needed (an unknown
-    /// actor type is `not-found`).
-    /// `wants_reply` is false for tells.
-    pub(crate) fn dispatch(&self, host: &Host, request: Request, wants_reply: bool, inline: bool) -> Result<Dispatched, ActorError> {
-        let mut shard = self.shard(&request.target).lock();
-        let handle = match shard.entry(request.target.clone()) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                host.registry().active(request.target.actor_type())?;
-                self.len.fetch_add(1, Ordering::Relaxed);
-                e.insert(Activation::spawn(host, request.target.clone()))
-            }
-        };
-        if request.chain != 0 && handle.shared.busy_chain.load(Ordering::Acquire) == request.chain {
-            return Ok(Dispatched::Reentrant(handle.shared.clone(), request));
-        }
-        if wants_reply
-            && inline
-            && handle.shared.pending.load(Ordering::Acquire) == 0
-            && let Some(core) = handle.shared.core.lock().take()
-        {
-            handle.shared.pending.fetch_add(1, Ordering::AcqRel);
-            let turn = InlineTurn { host: host.clone(), shared: handle.shared.clone(), core: Some(core), finished: false };
-            return Ok(Dispatched::Inline(turn, request));
-        }
-        let (reply, receiver) = if wants_reply {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
-        };
-        let waiting = handle.shared.pending.load(Ordering::Acquire);
-        if waiting >= MAX_MAILBOX {
-            // Backpressure: a full mailbox refuses more, so an actor that
-            // floods another (or itself) cannot grow host memory without bound.
-            host.metrics().record_mailbox_full();
-            return Err(ActorError::unavailable(format!(
-                "the mailbox of {} is full ({waiting} messages waiting); retry later",
-                request.target
-            )));
-        }
-        let method = if wants_reply { request.method.clone() } else { String::new() };
-        handle.shared.pending.fetch_add(1, Ordering::AcqRel);
-        if let Err(mpsc::error::SendError(envelope)) = handle.tx.send(Envelope { request, reply }) {
-            // The activation task died (a host bug); replace it.
-            tracing::error!(actor = %envelope.request.target, "activation task gone; restarting it");
-            let fresh = Activation::spawn(host, envelope.request.target.clone());
-            fresh.shared.pending.fetch_add(1, Ordering::AcqRel);
-            let _ = fresh.tx.send(envelope);
-            *handle = fresh;
-        }
-        Ok(Dispatched::Queued(receiver, method))
-    }
-
-    /// Removes activations idle for at least `idle_ms` with empty mailboxes;
-    /// their tasks end once they see the mailbox closed.
-    pub(crate) fn sweep_idle(&self, idle_ms: i64) -> usize {
-        let now = coarse_now_ms();
-        let mut removed = 0;
-        for shard in self.shards.iter() {
-            shard.lock().retain(|_, h| {
-                let idle = h.shared.is_quiet() && now - h.shared.last_active_ms.load(Ordering::Relaxed) >= idle_ms;
-                removed += usize::from(idle);
-                !idle
-            });
-        }
-        self.len.fetch_sub(removed, Ordering::Relaxed);
-        removed
-    }
-
-    /// Removes up to `count` idle activations, least recently used first.
-    pub(crate) fn shed_oldest_idle(&self, count: usize) -> usize {
-        let mut idle: Vec<(i64, ActorId)> = Vec::new();
-        for shard in self.shards.iter() {
-            for (id, h) in shard.lock().iter() {
-                if h.shared.is_quiet() {
-                    idle.push((h.shared.last_active_ms.load(Ordering::Relaxed), id.clone()));
-                }
-            }
-        }
-        idle.sort_unstable();
-        let mut removed = 0;
-        for (_, id) in idle.into_iter().take(count) {
-            let mut shard = self.shard(&id).lock();
-            if shard.get(&id).is_some_and(|h| h.shared.is_quiet()) {
-                shard.remove(&id);
-                removed += 1;
-            }
-        }
-        self.len.fetch_sub(removed, Ordering::Relaxed);
-        if removed == 0 {
-            self.last_empty_shed_ms.store(coarse_now_ms(), Ordering::Relaxed);
-        }
-        removed
-    }
-
-    /// False for [`SHED_INTERVAL_MS`] after a shed that found nothing idle:
-    /// shedding scans every shard, and a host at its limit with every actor
-    /// busy must not do that on every message.
-    pub(crate) fn may_shed(&self) -> bool {
-        coarse_now_ms() - self.last_empty_shed_ms.load(Ordering::Relaxed) >= SHED_INTERVAL_MS
-    }
-
-    /// How many activations the table holds.
-    pub(crate) fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
-    }
-
-    /// A snapshot of every activation.
-    pub(crate) fn list(&self) -> Vec<ActivationInfo> {
-        let now = coarse_now_ms();
-        let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            for h in shard.lock().values() {
-                let s = &h.shared;
-                out.push(ActivationInfo {
-                    id: s.id.to_string(),
-                    version: s.version.load(Ordering::Relaxed),
-                    memory_bytes: s.memory_bytes.load(Ordering::Relaxed),
-                    turns: s.turns.load(Ordering::Relaxed),
-                    pending: s.pending.load(Ordering::Relaxed),
-                    idle_ms: now - s.last_active_ms.load(Ordering::Relaxed),
-                });
-            }
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        out
-    }
-
-    /// Number of activations and their total linear memory.
-    pub(crate) fn totals(&self) -> (usize, u64) {
-        let mut count = 0;
-        let mut memory = 0;
-        for shard in self.shards.iter() {
-            let shard = shard.lock();
-            count += shard.len();
-            memory += shard.values().map(|h| h.shared.memory_bytes.load(Ordering::Relaxed)).sum::<u64>();
-        }
-        (count, memory)
-    }
-}
-
 /// A live wasm instance of an actor.
 pub(crate) struct Live {
     pub(crate) store: Store<TurnState>,
@@ -396,10 +186,10 @@ pub(crate) struct Core {
 }
 
 /// The mailbox task of one activation.
-struct Activation;
+pub(super) struct Activation;
 
 impl Activation {
-    fn spawn(host: &Host, id: ActorId) -> Handle {
+    pub(super) fn spawn(host: &Host, id: ActorId) -> Handle {
         let shared = Arc::new(ActivationShared::new(id));
         let (tx, rx) = mpsc::unbounded_channel();
         host.metrics().activation_started();
@@ -484,10 +274,10 @@ async fn take_core(shared: &ActivationShared) -> Core {
 /// mid-turn, the instance is discarded (its effects were only buffered);
 /// the core always goes back, before the caller waits for the commit.
 pub(crate) struct InlineTurn {
-    host: Host,
-    shared: Arc<ActivationShared>,
-    core: Option<Core>,
-    finished: bool,
+    pub(super) host: Host,
+    pub(super) shared: Arc<ActivationShared>,
+    pub(super) core: Option<Core>,
+    pub(super) finished: bool,
 }
 
 impl InlineTurn {
@@ -932,141 +722,6 @@ async fn ensure_state_loaded(host: &Host, shared: &ActivationShared) -> Result<(
             Ok(())
         }
         Err(e) => Err(ActorError::unavailable(format!("loading the state of {}: {e}", shared.id))),
-    }
-}
-
-/// Why a call into the guest did not produce a result.
-pub(crate) enum HandlerFailure {
-    /// The guest returned an error; the instance is fine.
-    Returned(ActorError),
-    /// Trap, timeout or memory limit; the instance must be discarded.
-    Broken(ActorError),
-}
-
-/// When a turn must end: its caller's deadline or its type's turn time
-/// limit, whichever comes first.
-fn turn_deadline(request: &Request, version: &LoadedVersion) -> Instant {
-    request.deadline.min(Instant::now() + version.info.manifest.turn_timeout)
-}
-
-async fn run_handler(live: &mut Live, request: &Request, deadline: Instant) -> Result<Vec<u8>, HandlerFailure> {
-    {
-        let scope = &mut live.store.data_mut().scope;
-        scope.chain = request.chain;
-        scope.caller.clone_from(&request.caller);
-        scope.deadline = deadline;
-        // `clone_from` keeps the buffer: no allocation per turn.
-        scope.method.clone_from(&request.method);
-        scope.turn = super::turn::next_turn_number();
-    }
-    prepare_guest_call(live);
-    let call = live.bindings.handler.call_handle(&mut live.store, &request.method, &request.payload);
-    let outcome = tokio::time::timeout_at(deadline.into(), call).await;
-    let what = format!("{} `{}`", request.target, request.method);
-    classify_guest_call(outcome, live.store.data(), &what, request.chain)
-}
-
-/// Resets the per-call flags and arms the epoch deadline before a call
-/// into the guest.
-pub(crate) fn prepare_guest_call(live: &mut Live) {
-    let data = live.store.data_mut();
-    data.limiter.exceeded = false;
-    data.timed_out = false;
-    data.stderr.clear_tail();
-    live.store.set_epoch_deadline(1);
-}
-
-/// Sorts the outcome of a call into the guest (`what` names it in errors):
-/// a returned error leaves the instance usable; a trap, timeout or memory
-/// limit hit does not.
-pub(crate) fn classify_guest_call<T>(
-    outcome: Result<wasmtime::Result<Result<T, GuestError>>, tokio::time::error::Elapsed>,
-    data: &TurnState,
-    what: &str,
-    chain: u64,
-) -> Result<T, HandlerFailure> {
-    match outcome {
-        Ok(Ok(Ok(value))) => Ok(value),
-        // A guest that caught its failed allocation (Python's MemoryError)
-        // still failed because of the limit: say so.
-        Ok(Ok(Err(guest_error))) if data.limiter.exceeded => {
-            let error: ActorError = guest_error.into();
-            Err(HandlerFailure::Returned(ActorError::limit_exceeded(format!(
-                "{what} could not grow its memory past the limit of its actor type and failed: {}",
-                error.message
-            ))))
-        }
-        Ok(Ok(Err(guest_error))) => Err(HandlerFailure::Returned(guest_error.into())),
-        Ok(Err(trap)) if data.timed_out => Err(HandlerFailure::Broken(ActorError::timeout(format!(
-            "{what} ran past its deadline (turn time limit or call deadline; call chain {chain:x}) and was stopped ({})",
-            trap.root_cause()
-        )))),
-        Ok(Err(_)) if data.limiter.exceeded => Err(HandlerFailure::Broken(ActorError::limit_exceeded(format!(
-            "{what} tried to grow its memory past the limit of its actor type and trapped"
-        )))),
-        Ok(Err(trap)) => {
-            let printed = data.stderr.tail().map(|t| format!("; it printed: {t}")).unwrap_or_default();
-            Err(HandlerFailure::Broken(ActorError::internal(format!(
-                "{what} trapped (a panic or a bug in the actor): {}{printed}",
-                trap.root_cause()
-            ))))
-        }
-        Err(_elapsed) => Err(HandlerFailure::Broken(ActorError::timeout(format!(
-            "{what} did not finish before its deadline (turn time limit or call deadline; call chain {chain:x})"
-        )))),
-    }
-}
-
-/// Creates a fresh instance of `version` for the actor behind `shared`.
-pub(crate) async fn instantiate(
-    host: &Host,
-    shared: &Arc<ActivationShared>,
-    version: &LoadedVersion,
-    layer: usize,
-) -> Result<Live, ActorError> {
-    let (store, bindings) = instantiate_pre(host, shared, &version.pre, &version.info.manifest, layer).await?;
-    Ok(Live { store, bindings, version: version.info.version })
-}
-
-/// Instantiates `pre` in a new store under `manifest`'s limits. Also used
-/// at deploy time to check that a component can start at all.
-pub(crate) async fn instantiate_pre(
-    host: &Host,
-    shared: &Arc<ActivationShared>,
-    pre: &ActorPre,
-    manifest: &Manifest,
-    layer: usize,
-) -> Result<(Store<TurnState>, ActorInstance), ActorError> {
-    let memory_limit = manifest.memory_limit;
-    let mut store = Store::new(host.engine(), TurnState::new(host, shared.clone(), memory_limit, layer));
-    store.limiter(|s| &mut s.limiter);
-    store.epoch_deadline_callback(|mut ctx| {
-        if Instant::now() >= ctx.data().scope.deadline {
-            ctx.data_mut().timed_out = true;
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::Yield(1))
-        }
-    });
-    // Instantiation runs guest start code: give it one turn's time.
-    store.data_mut().scope.deadline = Instant::now() + manifest.turn_timeout;
-    store.set_epoch_deadline(1);
-    match pre.instantiate_async(&mut store).await {
-        Ok(bindings) => Ok((store, bindings)),
-        Err(_) if store.data().timed_out => Err(ActorError::timeout(format!(
-            "{} did not start within its turn time limit of {:?}",
-            shared.id, manifest.turn_timeout
-        ))),
-        Err(e) if store.data().limiter.exceeded => Err(ActorError::limit_exceeded(format!(
-            "{} needs more memory than its limit of {} bytes just to start: {e:#}",
-            shared.id, memory_limit
-        ))),
-        Err(e) if format!("{e:#}").contains("os error 12") => Err(ActorError::unavailable(format!(
-            "{} cannot be activated: this host is out of memory mappings for new instances ({e:#}); \
-             idle actors are being shed, and raising vm.max_map_count raises the limit",
-            shared.id
-        ))),
-        Err(e) => Err(ActorError::internal(format!("instantiating {}: {e:#}", shared.id))),
     }
 }
 

@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::activation::{HandlerFailure, Live, classify_guest_call, prepare_guest_call};
+use super::activation::Live;
+use super::instance::{HandlerFailure, classify_guest_call, prepare_guest_call};
 use super::turn::TurnScope;
 use crate::Host;
 use crate::capabilities::GuestRecordedEvent;

@@ -7,7 +7,9 @@
 pub mod activation;
 pub(crate) mod aggregate;
 pub(crate) mod commit;
+pub mod table;
 pub mod engine;
+pub(crate) mod instance;
 mod guest_output;
 pub mod limits;
 pub mod registry;
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
-use self::activation::{ActivationInfo, ActivationTable, Dispatched};
+use self::table::{ActivationInfo, ActivationTable, Dispatched};
 use self::engine::CompiledCache;
 use self::registry::{ComponentRegistry, content_hash};
 use crate::error::{ActorError, ErrorKind};
@@ -473,12 +475,12 @@ impl Host {
         manifest: &Manifest,
     ) -> Result<(), ActorError> {
         let shared = Arc::new(activation::ActivationShared::new(ActorId::new(actor_type, "deploy-check")?));
-        match activation::instantiate_pre(self, &shared, pre, manifest, 0).await {
+        match instance::instantiate_pre(self, &shared, pre, manifest, 0).await {
             Ok(_) => Ok(()),
             Err(e) if e.kind == ErrorKind::LimitExceeded => {
                 // Start it once more without the limit to say what it needs.
                 let unlimited = Manifest { memory_limit: TRIAL_MEMORY_CEILING, ..manifest.clone() };
-                let needs = match activation::instantiate_pre(self, &shared, pre, &unlimited, 0).await {
+                let needs = match instance::instantiate_pre(self, &shared, pre, &unlimited, 0).await {
                     Ok((store, _)) => {
                         let mib = (store.data().limiter.current() as u64).div_ceil(1 << 20);
                         format!(
