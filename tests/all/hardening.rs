@@ -205,12 +205,7 @@ async fn a_method_without_argument_accepts_an_empty_object() {
 /// A Redis that may evict keys is refused at start, with what to do.
 #[tokio::test]
 async fn a_redis_that_evicts_keys_is_refused() {
-    let Some(server) = RedisServer::start(&["--maxmemory-policy", "allkeys-lru"]).await else {
-        let why = "redis-server is not installed";
-        assert!(!backends_required(), "{why}; QUARK_REQUIRE_BACKENDS=1 requires it");
-        eprintln!("SKIP a_redis_that_evicts_keys_is_refused: {why}");
-        return;
-    };
+    let Some(server) = RedisServer::start_or_skip("a_redis_that_evicts_keys_is_refused", &["--maxmemory-policy", "allkeys-lru"]).await else { return };
     let e = quark_host::storage::redis::RedisStore::connect(&server.url, Some("evict")).await.err().expect("refused");
     let message = e.to_string();
     assert!(message.contains("allkeys-lru") && message.contains("noeviction"), "{message}");
@@ -223,6 +218,18 @@ struct RedisServer {
 }
 
 impl RedisServer {
+    /// [`RedisServer::start`], or `None` after printing SKIP when
+    /// `redis-server` is not installed (a failure where backends are required).
+    async fn start_or_skip(test: &str, args: &[&str]) -> Option<RedisServer> {
+        let server = Self::start(args).await;
+        if server.is_none() {
+            let why = "redis-server is not installed";
+            assert!(!backends_required(), "{test}: {why}; QUARK_REQUIRE_BACKENDS=1 requires it");
+            eprintln!("SKIP {test}: {why}");
+        }
+        server
+    }
+
     async fn start(args: &[&str]) -> Option<RedisServer> {
         let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
         let child = std::process::Command::new("redis-server")
@@ -444,12 +451,7 @@ async fn counters_in_every_language(host: &Host, test: &str) -> Vec<&'static str
 /// has committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_commit_past_its_timeout_is_an_unknown_outcome() {
-    let Some(server) = RedisServer::start(&[]).await else {
-        let why = "redis-server is not installed";
-        assert!(!backends_required(), "{why}; QUARK_REQUIRE_BACKENDS=1 requires it");
-        eprintln!("SKIP a_redis_commit_past_its_timeout_is_an_unknown_outcome: {why}");
-        return;
-    };
+    let Some(server) = RedisServer::start_or_skip("a_redis_commit_past_its_timeout_is_an_unknown_outcome", &[]).await else { return };
     let store = quark_host::storage::redis::RedisStore::connect(&server.url, Some("stop")).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = HostConfig::new(dir.path());
