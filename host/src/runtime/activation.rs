@@ -291,14 +291,9 @@ impl InlineTurn {
         match output? {
             TurnOutput::Done(bytes) => Ok(bytes),
             // The commit's completion (reply, tells, bookkeeping, undo on
-            // failure) runs in a task of its own: a caller that goes away
-            // while the commit is in flight must not cancel it.
-            TurnOutput::Pending(pending) => {
-                let actor = shared.id.clone();
-                tokio::spawn(async move { pending.resolve(&host).await })
-                    .await
-                    .unwrap_or_else(|_| Err(ActorError::internal(format!("the host failed while completing a commit of {actor}"))))
-            }
+            // failure) must not depend on this caller: one that goes away
+            // while the commit is in flight hands it to a task.
+            TurnOutput::Pending(pending) => pending.resolve_detached(&host).await,
         }
     }
 }

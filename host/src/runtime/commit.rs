@@ -56,8 +56,41 @@ impl PendingCommit {
     /// snapshot and returns the reply. On failure the turn did not happen:
     /// the cache is put back (or marked for a reload from the store when
     /// later turns built on it) and the error says why.
-    pub(crate) async fn resolve(self, host: &Host) -> Result<Vec<u8>, ActorError> {
-        let outcome = match self.outcome.await {
+    pub(crate) async fn resolve(mut self, host: &Host) -> Result<Vec<u8>, ActorError> {
+        let outcome = (&mut self.outcome).await;
+        self.finish(host, outcome)
+    }
+
+    /// Like [`PendingCommit::resolve`], but the completion does not depend
+    /// on this future: if it is dropped (its caller went away) while the
+    /// commit is in flight, a task finishes the commit's bookkeeping, so
+    /// its tells still go out and the actor stays sheddable. No task is
+    /// spawned when the caller waits, as callers almost always do.
+    pub(crate) async fn resolve_detached(self, host: &Host) -> Result<Vec<u8>, ActorError> {
+        /// Finishes the commit in a task if dropped before it did.
+        struct Guard(Option<(PendingCommit, Host)>);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                if let Some((pending, host)) = self.0.take() {
+                    tokio::spawn(async move {
+                        let _ = pending.resolve(&host).await;
+                    });
+                }
+            }
+        }
+        let mut guard = Guard(Some((self, host.clone())));
+        let outcome = match guard.0.as_mut() {
+            Some((pending, _)) => (&mut pending.outcome).await,
+            None => unreachable!("the guard holds the commit until here"),
+        };
+        let (pending, host) = guard.0.take().expect("the guard holds the commit until here");
+        pending.finish(&host, outcome)
+    }
+
+    /// What follows the commit's outcome: tells, metrics and the reply, or
+    /// putting the cache back.
+    fn finish(self, host: &Host, outcome: Result<Result<(), Arc<StoreError>>, tokio::sync::oneshot::error::RecvError>) -> Result<Vec<u8>, ActorError> {
+        let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(_) => Err(Arc::new(StoreError::Unavailable("the committer has stopped".into()))),
         };
