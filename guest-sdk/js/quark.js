@@ -48,8 +48,15 @@ export class QuarkError extends Error {
 
 /** The actor type, method or key does not exist. */
 export class NotFound extends QuarkError { constructor(message) { super('not-found', message); } }
-/** The request was understood and refused (validation, bad payload). */
+/** The request was valid and the actor refused it (a business rule): 422 `rejected`. */
 export class Rejected extends QuarkError { constructor(message) { super('rejected', message); } }
+/**
+ * The caller sent something wrong (a missing or malformed field): 400 `bad-request`.
+ * On the wire it is `rejected` with a message starting `bad request`.
+ */
+export class BadRequest extends Rejected {
+  constructor(message) { super(String(message).startsWith('bad request') ? message : `bad request: ${message}`); }
+}
 /** The operation did not finish before its deadline. */
 export class Timeout extends QuarkError { constructor(message) { super('timeout', message); } }
 /** A dependency is unavailable; retrying later may succeed. */
@@ -108,7 +115,7 @@ function requestView(value) {
 
 // A NotFinite from encoding, as the caller's error when a field was missing.
 function notFiniteError(e, method) {
-  if (missingFields.length) return new Rejected(`bad request for \`${method}\`: missing field \`${missingFields[0]}\``);
+  if (missingFields.length) return new BadRequest(`bad request for \`${method}\`: missing field \`${missingFields[0]}\``);
   return new Rejected(`\`${method}\` produced ${e.message}, which JSON cannot hold`);
 }
 
@@ -279,7 +286,7 @@ function handlerFor(methods, self) {
       try {
         request = requestView(decode(payload));
       } catch (e) {
-        throw new Rejected(`bad request for \`${method}\`: ${e.message}`);
+        throw new BadRequest(`bad request for \`${method}\`: ${e.message}`);
       }
       missingFields = [];
       try {

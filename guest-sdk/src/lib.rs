@@ -68,9 +68,18 @@ pub use bindings::quark::actor::types::Error;
 pub type Result<T, E = Error> = core::result::Result<T, E>;
 
 impl Error {
-    /// The request was understood and refused: shown to the caller as a 4xx.
+    /// The request was valid and the actor refused it (a business rule):
+    /// shown to the caller as a 422 `rejected`.
     pub fn rejected(message: impl Into<String>) -> Self {
         Error::Rejected(message.into())
+    }
+
+    /// The caller sent something wrong (a payload that does not decode, a
+    /// missing or malformed field): shown as a 400 `bad-request`. On the wire
+    /// it is `rejected` with a message starting `bad request`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        let message = message.into();
+        if message.starts_with("bad request") { Error::Rejected(message) } else { Error::Rejected(format!("bad request: {message}")) }
     }
 
     /// Something is missing: shown to the caller as a 404.
@@ -491,7 +500,7 @@ pub fn dispatch<Req: DeserializeOwned, Resp: Serialize>(
     let bad = |e: serde_json::Error| {
         let message = e.to_string();
         let message = message.rsplit_once(" at line ").map_or(message.as_str(), |(m, _)| m);
-        Error::rejected(format!("bad request for `{name}`: {message}"))
+        Error::bad_request(format!("bad request for `{name}`: {message}"))
     };
     let request = match serde_json::from_slice(payload) {
         Ok(request) => request,

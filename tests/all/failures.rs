@@ -69,7 +69,7 @@ async fn handler_error_commits_nothing() {
 }
 
 #[tokio::test]
-async fn deploys_of_things_that_are_not_actors_are_rejected() {
+async fn deploys_of_things_that_are_not_actors_are_bad_requests() {
     let dir = tempfile::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
     let cases: [(&str, Vec<u8>, &str); 3] = [
@@ -79,7 +79,7 @@ async fn deploys_of_things_that_are_not_actors_are_rejected() {
     ];
     for (actor_type, bytes, expected) in cases {
         let e = host.deploy(actor_type, bytes, manifest()).await.unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Rejected, "{actor_type}: {e}");
+        assert_eq!(e.kind, ErrorKind::BadRequest, "{actor_type}: {e}");
         assert!(e.message.contains(expected), "{actor_type}: {e}");
         assert_eq!(host.versions(actor_type).await.unwrap_err().kind, ErrorKind::NotFound, "nothing stored for {actor_type}");
     }
@@ -112,7 +112,7 @@ async fn unknown_type_unknown_method_bad_json_and_oversized_payloads() {
     assert!(e.message.contains("unknown method `explode`"), "{e}");
 
     let e = host.ask(id("counter/a"), "increment", b"{not json".to_vec()).await.unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Rejected);
+    assert_eq!(e.kind, ErrorKind::BadRequest);
     assert!(e.message.contains("bad request for `increment`"), "{e}");
 
     let e = host.ask(id("counter/a"), "increment", vec![b' '; (1 << 20) + 1]).await.unwrap_err();

@@ -414,18 +414,19 @@ async fn fuzzing_the_http_api_finds_no_server_error() {
     assert_eq!(ask(&host, "counter/after", "increment", json!({"by": 1})).await.unwrap(), json!(1));
 }
 
-/// A wrong argument is the caller's mistake in every language: `rejected`,
-/// a message naming the missing field, and nothing committed (JavaScript
-/// used to store `null`, Python to answer `internal` with a KeyError).
+/// A wrong argument is the caller's mistake in every language:
+/// `bad-request` (not the actor's `rejected`), a message naming the missing
+/// field, and nothing committed (JavaScript used to store `null`, Python to
+/// answer `internal` with a KeyError).
 #[tokio::test]
-async fn a_missing_field_is_rejected_alike_in_every_language() {
+async fn a_missing_field_is_a_bad_request_alike_in_every_language() {
     let dir = tempfile::tempdir().unwrap();
     let host = host_with_shared_compiled_cache(dir.path()).await;
-    for actor_type in counters_in_every_language(&host, "a_missing_field_is_rejected_alike_in_every_language").await {
+    for actor_type in counters_in_every_language(&host, "a_missing_field_is_a_bad_request_alike_in_every_language").await {
         let actor = format!("{actor_type}/wrong");
         assert_eq!(ask(&host, &actor, "increment", json!({"by": 5})).await.unwrap(), json!(5), "{actor}");
         let e = ask(&host, &actor, "increment", json!({"amount": 2})).await.unwrap_err();
-        assert_eq!(e.kind, quark_host::ErrorKind::Rejected, "{actor}: {e}");
+        assert_eq!(e.kind, quark_host::ErrorKind::BadRequest, "{actor}: {e}");
         assert_eq!(e.message, "bad request for `increment`: missing field `by`", "{actor}: the same words in every language");
         assert_eq!(ask(&host, &actor, "get", json!(null)).await.unwrap(), json!(5), "{actor}: nothing committed");
     }

@@ -64,14 +64,14 @@ async fn deploy_call_and_errors_over_http() {
     let (status, body) = json_of(call("counter/alice/nosuch", "").await.unwrap()).await;
     assert_error(status, &body, 404, "not-found");
     let (status, body) = json_of(call("counter/alice/increment", r#"{"by": "two"}"#).await.unwrap()).await;
-    assert_error(status, &body, 422, "rejected");
+    assert_error(status, &body, 400, "bad-request");
     let big = format!("\"{}\"", "x".repeat(2 << 20));
     let (status, body) =
         json_of(http.post(format!("{base}/v1/actors/counter/alice/increment")).body(big).send().await.unwrap()).await;
     assert_error(status, &body, 413, "payload-too-large");
     let (status, body) =
         json_of(http.put(format!("{base}/v1/components/junk")).body("not wasm").send().await.unwrap()).await;
-    assert_error(status, &body, 422, "rejected");
+    assert_error(status, &body, 400, "bad-request");
     let (status, body) = json_of(
         http.put(format!("{base}/v1/components/counter?memory_limit=lots")).body(component("counter")).send().await.unwrap(),
     )
@@ -170,6 +170,12 @@ async fn journal_replay_snapshot_and_projections_over_http() {
 
     let (status, body) = json_of(http.post(format!("{base}/v1/snapshots/bank/alice")).send().await.unwrap()).await;
     assert_eq!((status, &body["version"]), (200, &json!(3)), "{body}");
+
+    // JSON of the wrong shape sent to the host itself is the caller's
+    // mistake too: 400, like a body that is not JSON (axum says 422).
+    let (status, body) = json_of(http.post(format!("{base}/v1/projections")).json(&json!({"name": "summary"})).send().await.unwrap()).await;
+    assert_error(status, &body, 400, "bad-request");
+    assert!(body["error"]["message"].as_str().unwrap().contains("missing field `source`"), "{body}");
 
     let projection = json!({"name": "summary", "source": "bank", "target": "accounts-summary/all"});
     let (status, body) = json_of(http.post(format!("{base}/v1/projections")).json(&projection).send().await.unwrap()).await;

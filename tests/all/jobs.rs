@@ -204,6 +204,14 @@ async fn invalid_jobs_are_refused_with_a_clear_error() {
     let dead = wait_job(&host, &job.id, "dead", |j| j.status == JobStatus::Dead).await;
     assert_eq!(dead.attempts, 1, "{dead:?}");
     assert!(dead.errors.last().is_some_and(|e| e.error.contains("not retried")), "{dead:?}");
+    // Nor will a payload the method cannot decode start to fit.
+    let mut wrong = request("worker/w", "schedule", json!({"method": "work"}));
+    wrong.max_attempts = Some(5);
+    let job = host.add_jobs(vec![wrong]).await.unwrap().remove(0);
+    let dead = wait_job(&host, &job.id, "dead", |j| j.status == JobStatus::Dead).await;
+    assert_eq!(dead.attempts, 1, "{dead:?}");
+    let error = &dead.errors.last().unwrap().error;
+    assert!(error.contains("bad-request") && error.contains("missing field `target`") && error.contains("not retried"), "{error}");
 }
 
 /// A recurring job whose ticks were missed (the host was down) follows its

@@ -149,7 +149,7 @@ async fn python_and_javascript_errors_answer_with_their_kind_and_commit_nothing(
 
         // A request that is not JSON is refused before the method runs.
         let e = host.ask(id(&actor), "hop", b"{not json".to_vec()).await.unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Rejected, "{name}: {e}");
+        assert_eq!(e.kind, ErrorKind::BadRequest, "{name}: {e}");
 
         // The actor still serves.
         let visits = ask(&host, &actor, "hop", json!({"path": []})).await.unwrap();

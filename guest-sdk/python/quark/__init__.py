@@ -47,7 +47,7 @@ from wit_world.imports import types as _types
 
 __all__ = [
     "Actor", "export", "EventSourced", "export_event_sourced", "state", "log", "journal", "jobs", "outbox", "call", "tell", "self_id", "self_key", "caller", "now_ms",
-    "QuarkError", "NotFound", "Rejected", "Timeout", "Unavailable", "LimitExceeded", "Internal",
+    "QuarkError", "NotFound", "Rejected", "BadRequest", "Timeout", "Unavailable", "LimitExceeded", "Internal",
 ]
 
 
@@ -70,8 +70,18 @@ class NotFound(QuarkError):
 
 
 class Rejected(QuarkError):
-    """The request was understood and refused (validation, bad payload)."""
+    """The request was valid and the actor refused it (a business rule): 422 `rejected`."""
     kind = "rejected"
+
+
+class BadRequest(Rejected):
+    """The caller sent something wrong (a missing or malformed field): 400 `bad-request`.
+
+    On the wire it is `rejected` with a message starting `bad request`.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message if message.startswith("bad request") else f"bad request: {message}")
 
 
 class Timeout(QuarkError):
@@ -138,7 +148,7 @@ class _Request(dict):
         self._method = method
 
     def __missing__(self, key: Any):
-        raise Rejected(f"bad request for `{self._method}`: missing field `{key}`")
+        raise BadRequest(f"bad request for `{self._method}`: missing field `{key}`")
 
 
 def _decode_request(payload: bytes, method: str) -> Any:
@@ -383,7 +393,7 @@ def _handler(instance: Any, methods: Dict[str, Callable]) -> type:
             try:
                 request = _decode_request(payload, method)
             except ValueError as e:
-                raise Err(_types.Error_Rejected(f"bad request for `{method}`: {e}"))
+                raise Err(BadRequest(f"bad request for `{method}`: {e}")._to_wit())
             try:
                 takes_request = function.__code__.co_argcount > 1
                 reply = function(request) if takes_request else function()

@@ -320,6 +320,13 @@ async fn errors_as_json(response: Response) -> Response {
         s => (ErrorKind::Internal, format!("the host failed ({s})")),
     };
     let message = if text.is_empty() || status == StatusCode::METHOD_NOT_ALLOWED { fallback } else { text };
+    // axum answers a JSON body of the wrong shape with 422: it is the
+    // caller's mistake, so the same 400 `bad-request` as a body that is not
+    // JSON (422 is for a valid request the actor refused). 405 keeps its
+    // status and `Allow` header.
+    if kind == ErrorKind::BadRequest && status != StatusCode::METHOD_NOT_ALLOWED {
+        parts.status = StatusCode::BAD_REQUEST;
+    }
     let body = serde_json::to_vec(&json!({ "error": { "kind": kind.as_str(), "message": message } })).unwrap_or_default();
     parts.headers.insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
     parts.headers.remove(header::CONTENT_LENGTH);

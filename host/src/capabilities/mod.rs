@@ -97,11 +97,20 @@ impl ActorPre {
     }
 }
 
+/// How a guest says "the caller sent something wrong": the WIT `error`
+/// variant has no case of its own for it (adding one would break every
+/// deployed component), so a `rejected` whose message starts with these words
+/// is the caller's mistake, `bad-request` to the host and its callers. The
+/// SDKs' payload decoding and their `bad_request`/`BadRequest` helpers write
+/// it; a host `bad-request` handed to a guest keeps it.
+pub const BAD_REQUEST_PREFIX: &str = "bad request";
+
 impl From<ActorError> for GuestError {
     fn from(e: ActorError) -> Self {
         let ActorError { kind, message } = e;
         match kind {
             ErrorKind::NotFound => GuestError::NotFound(message),
+            ErrorKind::BadRequest if !message.starts_with(BAD_REQUEST_PREFIX) => GuestError::Rejected(format!("{BAD_REQUEST_PREFIX}: {message}")),
             ErrorKind::Rejected | ErrorKind::Conflict | ErrorKind::BadRequest | ErrorKind::Unauthorized | ErrorKind::Forbidden => {
                 GuestError::Rejected(message)
             }
@@ -117,6 +126,7 @@ impl From<GuestError> for ActorError {
     fn from(e: GuestError) -> Self {
         match e {
             GuestError::NotFound(m) => ActorError::not_found(m),
+            GuestError::Rejected(m) if m.starts_with(BAD_REQUEST_PREFIX) => ActorError::bad_request(m),
             GuestError::Rejected(m) => ActorError::rejected(m),
             GuestError::Timeout(m) => ActorError::timeout(m),
             GuestError::Unavailable(m) => ActorError::unavailable(m),

@@ -345,10 +345,12 @@ async fn run_one(host: Host, claim: JobClaim, actor_type: String) {
             Err(e) if e.kind == ErrorKind::Conflict && e.message.contains("no longer leased") => {}
             // A method the actor does not have will not appear by retrying
             // (a component declares no method list the host could check at
-            // enqueue): dead-lettered at once, to retry after a deploy.
-            Err(e) if e.kind == ErrorKind::NotFound => {
+            // enqueue), nor will a payload the method cannot decode start to
+            // fit: dead-lettered at once, to retry after a deploy.
+            Err(e) if matches!(e.kind, ErrorKind::NotFound | ErrorKind::BadRequest) => {
                 host.metrics().record_job(false);
-                let error = format!("{e} (not retried: deploy a version that has it, then `quark jobs retry {}`)", job.id);
+                let fix = if e.kind == ErrorKind::NotFound { "deploy a version that has it" } else { "deploy a version that accepts this payload" };
+                let error = format!("{e} (not retried: {fix}, then `quark jobs retry {}`)", job.id);
                 if let Err(store_error) = jobs.fail_job(&fail(error, None)).await {
                     tracing::warn!(job = %job.id, error = %store_error, "recording a failed job attempt failed; its lease will expire");
                 }

@@ -73,13 +73,13 @@ impl ComponentRegistry {
     /// Also says whether the compiled code came from the on-disk cache.
     pub(crate) fn prepare(&self, actor_type: &str, hash: &str, bytes: &[u8]) -> Result<(ActorPre, bool), ActorError> {
         if !bytes.starts_with(b"\0asm") {
-            return Err(ActorError::rejected(format!(
+            return Err(ActorError::bad_request(format!(
                 "the body for `{actor_type}` is not WebAssembly (no `\\0asm` header); build the actor with `cargo build --target wasm32-wasip2`"
             )));
         }
         // Byte 4..8: a core module has version 1, a component has layer 1.
         if bytes.get(4..8) == Some(&[1, 0, 0, 0]) {
-            return Err(ActorError::rejected(format!(
+            return Err(ActorError::bad_request(format!(
                 "the body for `{actor_type}` is a core WebAssembly module, not a component: build for `wasm32-wasip2` \
                  (or wrap it with `wasm-tools component new`) so it exports `{HANDLER_EXPORT}`"
             )));
@@ -87,14 +87,14 @@ impl ComponentRegistry {
         let (component, cached) = self
             .cache
             .load_or_compile(&self.engine, hash, bytes)
-            .map_err(|e| ActorError::rejected(format!("`{actor_type}` is not a valid component: {e:#}")))?;
+            .map_err(|e| ActorError::bad_request(format!("`{actor_type}` is not a valid component: {e:#}")))?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            ActorError::rejected(format!(
+            ActorError::bad_request(format!(
                 "`{actor_type}` imports something this host does not provide (it must fit the `quark:actor/actor` world): {e:#}"
             ))
         })?;
         let pre = ActorPre::new(pre).map_err(|e| {
-            ActorError::rejected(format!(
+            ActorError::bad_request(format!(
                 "`{actor_type}` does not fit the `quark:actor/actor` world: it must export `{HANDLER_EXPORT}` with \
                  `handle(method, payload)`, and an event-sourced actor `{}` with `apply`, `snapshot` and `restore` ({e:#})",
                 crate::capabilities::AGGREGATE_EXPORT
