@@ -66,8 +66,10 @@ test: guests
 	@echo ">> running the tests (release build shared with make run; integration, storage conformance on SQLite, PostgreSQL and Redis, Python and JavaScript guests)"
 	$(CARGO) test --release -p quark-host --test all
 
+# Lints, as CI runs them: clippy on every host crate and target, warnings as errors.
 check:
-	$(CARGO) check -p quark-host --all-targets
+	@echo ">> clippy on quark-core, quark-store and quark-host (all targets, warnings are errors)"
+	$(CARGO) clippy -p quark-core -p quark-store -p quark-host --all-targets -- -D warnings
 
 bench: guests
 	@echo ">> building and running the benchmarks (release)"

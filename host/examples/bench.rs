@@ -596,12 +596,9 @@ async fn steady_load(host: &Host, backend: &str, rate: u64) {
     let mut delivered_at = Vec::new();
     let collect_until = Instant::now() + Duration::from_secs(seconds + 2);
     while Instant::now() < collect_until {
-        match tokio::time::timeout(Duration::from_millis(100), deliveries.recv()).await {
-            Ok(Ok(d)) => {
-                steady.push(Duration::from_millis(d.delay_ms as u64));
-                delivered_at.push((d.id, Instant::now()));
-            }
-            Ok(Err(_)) | Err(_) => {}
+        if let Ok(Ok(d)) = tokio::time::timeout(Duration::from_millis(100), deliveries.recv()).await {
+            steady.push(Duration::from_millis(d.delay_ms as u64));
+            delivered_at.push((d.id, Instant::now()));
         }
     }
     for t in tasks {

@@ -15,17 +15,14 @@
 pub mod api;
 pub mod capabilities;
 pub mod cli;
-pub mod error;
-pub mod id;
 pub mod inbox;
 pub mod jobs;
 pub mod journal;
 pub mod metrics;
 pub mod outbox;
 pub mod runtime;
-pub mod storage;
 
-pub use error::{ActorError, ErrorKind};
-pub use id::ActorId;
+pub use quark_core::{ActorError, ActorId, ErrorKind, Manifest, error, id};
+/// The store traits and backends (the `quark-store` crate).
+pub use quark_store as storage;
 pub use runtime::{Host, HostConfig};
-pub use storage::Manifest;

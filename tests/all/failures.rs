@@ -446,7 +446,7 @@ impl quark_host::storage::StateStore for PanickingStore {
 /// only: its neighbours commit, and so does every later turn.
 #[tokio::test]
 async fn a_panic_while_retrying_turns_one_by_one_fails_only_that_turn() {
-    use quark_host::storage::committer::Committer;
+    use quark_host::runtime::committer::Committer;
     use quark_host::storage::{StateWrite, StoreError, TurnCommit};
     let commit = |actor: &str| TurnCommit::state_only(id(actor), vec![StateWrite { key: "k".into(), value: Some(b"1".to_vec()) }]);
     let committer = Committer::spawn(Arc::new(PanickingStore), Arc::new(quark_host::metrics::Metrics::new()));

@@ -6,6 +6,7 @@
 mod support;
 
 mod actor_calls;
+mod architecture;
 mod cli_process;
 mod failures;
 mod hardening;

@@ -11,7 +11,7 @@ use crate::support::*;
 
 /// The SQL migrations up to `version`, read from the source tree.
 async fn migrations_up_to(backend: &str, version: i64) -> sqlx::migrate::Migrator {
-    let dir = root().join("host/src/storage/migrations").join(backend);
+    let dir = root().join("host/store/src/migrations").join(backend);
     let mut migrator = sqlx::migrate::Migrator::new(dir).await.unwrap();
     migrator.migrations = migrator.migrations.iter().filter(|m| m.version <= version).cloned().collect::<Vec<_>>().into();
     migrator

@@ -234,7 +234,9 @@ async fn redis_stream_and_nats_sinks_get_cloud_events_and_an_unreachable_one_is_
 
     let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    /// An XRANGE reply: (entry id, [(field, value)]) per entry.
+    type StreamEntries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+    let entries: StreamEntries = redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query_async(&mut conn).await.unwrap();
     let _: () = redis::cmd("DEL").arg(&stream).query_async(&mut conn).await.unwrap();
     assert_eq!(entries.len(), 1, "one entry in the stream");
     let fields: std::collections::HashMap<String, Vec<u8>> = entries[0].1.iter().cloned().collect();

@@ -570,7 +570,7 @@ async fn outbox_lanes_claim_fail_retry(store: Arc<dyn Store>) {
         messages: vec![message("m1", "c/b"), message("m2", "c/b"), message("m3", "c/b"), message("n1", "c/c")],
         ..TurnCommit::state_only(id("c/a"), vec![])
     };
-    store.commit(&[sent.clone()]).await.unwrap();
+    store.commit(std::slice::from_ref(&sent)).await.unwrap();
     store.commit(&[sent]).await.unwrap(); // the same ids again: not sent twice
     assert_eq!(outbox.next_message_due().await.unwrap(), Some(1_000));
     let lanes = outbox.claim_lanes(2_000, 10, 2, 60_000, &[], &[]).await.unwrap();

@@ -448,7 +448,7 @@ async fn inspect_actor(
         "replay" => {
             let target = match (params.to_version, params.at) {
                 (Some(v), None) => crate::journal::ReplayTarget::Version(v),
-                (None, Some(at)) => crate::journal::ReplayTarget::At(parse_time(&at)?),
+                (None, Some(at)) => crate::journal::ReplayTarget::At(quark_core::time::parse_time(&at)?),
                 _ => {
                     return Err(ApiError(ActorError::bad_request(
                         "replay needs exactly one of `to_version` (an event version) or `at` (a time, RFC 3339)",
@@ -461,16 +461,6 @@ async fn inspect_actor(
             "GET /v1/actors/{{type}}/{{key}}/{other}: only `journal` and `replay` can be read; methods are called with POST"
         )))),
     }
-}
-
-/// Milliseconds since the epoch from RFC 3339 (`2026-11-01T12:00:00Z`) or a number.
-pub fn parse_time(s: &str) -> Result<i64, ActorError> {
-    if let Ok(ms) = s.trim().parse::<i64>() {
-        return Ok(ms);
-    }
-    let t = humantime::parse_rfc3339_weak(s.trim())
-        .map_err(|e| ActorError::bad_request(format!("bad time {s:?} (try 2026-11-01T12:00:00Z): {e}")))?;
-    Ok(t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0))
 }
 
 async fn take_snapshot(State(state): State<ApiState>, Path((actor_type, key)): Path<(String, String)>) -> ApiResult<Json<serde_json::Value>> {

@@ -53,7 +53,7 @@ pub struct ReplayOutcome {
     /// The version of the snapshot the replay started from (0: from the first event).
     pub from_snapshot: u64,
     /// What the actor's `snapshot` export returned (JSON, or `{"base64": …}`).
-    #[serde(with = "crate::storage::json_or_base64")]
+    #[serde(with = "quark_core::journal::json_or_base64")]
     pub state: Vec<u8>,
 }
 

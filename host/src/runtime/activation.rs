@@ -27,7 +27,7 @@ use crate::error::{ActorError, ErrorKind};
 use crate::id::ActorId;
 use crate::metrics::{TurnOutcome, outcome_of};
 use super::commit::{PendingCommit, TurnOutput};
-use crate::storage::committer::DependencyFlag;
+use crate::runtime::committer::DependencyFlag;
 use crate::storage::jobs::{JobCompletion, JobRecord};
 use crate::storage::outbox::OutboxMessage;
 use crate::storage::{CheckpointAdvance, EventRecord, InboxEntry, JournalAppend, Snapshot, StateWrite, TurnCommit};

@@ -5,7 +5,7 @@
 //! The next turn reads this turn's writes from the cache before they are on
 //! disk, so it depends on them: the two commits share a dependency flag, and
 //! if this one fails the committer fails the next as well (see
-//! `storage::committer`). No reply ever shows an effect that was not
+//! `runtime::committer`). No reply ever shows an effect that was not
 //! committed, and per-actor throughput is no longer one turn per fsync.
 
 use std::sync::Arc;
@@ -17,7 +17,7 @@ use super::activation::ActivationShared;
 use crate::Host;
 use crate::error::ActorError;
 use crate::metrics::{TurnOutcome, outcome_of};
-use crate::storage::committer::CommitOutcome;
+use crate::runtime::committer::CommitOutcome;
 use crate::storage::{Retention, Snapshot, StoreError};
 
 /// What a turn produced.

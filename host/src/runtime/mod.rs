@@ -5,6 +5,7 @@
 //! committer before the reply goes out.
 
 pub mod activation;
+pub mod committer;
 pub(crate) mod aggregate;
 pub(crate) mod commit;
 pub mod table;
@@ -30,15 +31,10 @@ use self::registry::{ComponentRegistry, content_hash};
 use crate::error::{ActorError, ErrorKind};
 use crate::id::{ActorId, validate_type_name};
 use crate::metrics::Metrics;
-use crate::storage::committer::Committer;
+use crate::runtime::committer::Committer;
 use crate::storage::{ComponentVersion, Manifest, Store};
 
-/// Default memory limit of an actor type: room for a Rust guest's stack,
-/// heap and data with margin; Python guests need more and say so.
-pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 20;
-
-/// Default longest turn.
-pub const DEFAULT_TURN_TIMEOUT: Duration = Duration::from_secs(5);
+pub use quark_core::manifest::{DEFAULT_MEMORY_LIMIT, DEFAULT_TURN_TIMEOUT};
 
 /// Largest request or reply payload by default: bigger data belongs in a
 /// blob store, not in messages that are committed and replayed.

@@ -15,7 +15,7 @@ use sqlx::{ConnectOptions, Connection, Row};
 use super::outbox::OutboxMessage;
 use super::sql::{LaneKey, journal_batch, journal_conflict};
 use super::{InboxEntry, StateStore, Store, StoreError, TurnCommit, flatten_batch};
-use crate::id::ActorId;
+use quark_core::id::ActorId;
 
 /// Pool size: the committer uses one connection, activations read with the rest.
 const MAX_CONNECTIONS: u32 = 8;
@@ -56,10 +56,10 @@ impl PostgresStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("src/storage/migrations/postgres").run(&pool).await?;
+        sqlx::migrate!("src/migrations/postgres").run(&pool).await?;
         let job_channel = format!("quark_jobs_{}", schema.unwrap_or("public"));
         let outbox_channel = format!("quark_outbox_{}", schema.unwrap_or("public"));
-        Ok(PostgresStore { pool, job_channel, outbox_channel, instance: super::jobs::new_lease(), new_lanes: Default::default() })
+        Ok(PostgresStore { pool, job_channel, outbox_channel, instance: quark_core::jobs::new_lease(), new_lanes: Default::default() })
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{StateStore, StoreError, TurnCommit};
+use crate::storage::{StateStore, StoreError, TurnCommit};
 use crate::metrics::Metrics;
 
 /// Most turns in one transaction: bounds the transaction's size and the

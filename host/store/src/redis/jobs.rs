@@ -18,8 +18,8 @@ use async_trait::async_trait;
 use redis::AsyncCommands;
 
 use super::RedisStore;
-use crate::storage::StoreError;
-use crate::storage::jobs::{CatchUp, ClaimFilter, JobClaim, JobCompletion, JobFailure, JobRecord, JobStatus, JobStore};
+use crate::StoreError;
+use crate::jobs::{CatchUp, ClaimFilter, JobClaim, JobCompletion, JobFailure, JobRecord, JobStatus, JobStore};
 
 /// Lua functions shared by the job scripts and the commit script. A job is
 /// passed as [`JOB_ARGS`] consecutive arguments (see [`push_job_args`]).
@@ -374,7 +374,7 @@ impl JobStore for RedisStore {
         filter: &ClaimFilter,
         completed: &[JobCompletion],
     ) -> Result<Vec<JobClaim>, StoreError> {
-        let lease = crate::storage::jobs::new_lease();
+        let lease = crate::jobs::new_lease();
         let mut invocation = self.jobs.claim.prepare_invoke();
         invocation.arg(&self.prefix).arg(now_ms).arg(max).arg(&lease).arg(now_ms + lease_ms);
         invocation.arg(completed.len());
@@ -403,7 +403,7 @@ impl JobStore for RedisStore {
         if lease.as_deref() != Some(failure.lease.as_str()) {
             return Ok(false);
         }
-        let errors = crate::storage::jobs::push_job_error(errors.as_deref().unwrap_or("[]"), attempts.unwrap_or(0), &failure.error);
+        let errors = crate::jobs::push_job_error(errors.as_deref().unwrap_or("[]"), attempts.unwrap_or(0), &failure.error);
         let done: i64 = self
             .jobs
             .fail
@@ -413,7 +413,7 @@ impl JobStore for RedisStore {
             .arg(&failure.lease)
             .arg(failure.retry_at_ms.map(|t| t.to_string()).unwrap_or_default())
             .arg(errors)
-            .arg(crate::storage::now_ms())
+            .arg(crate::now_ms())
             .invoke_async(&mut self.conn())
             .await?;
         Ok(done == 1)
@@ -428,7 +428,7 @@ impl JobStore for RedisStore {
             .arg(id)
             .arg(lease)
             .arg(next_run_at_ms)
-            .arg(crate::storage::now_ms())
+            .arg(crate::now_ms())
             .invoke_async(&mut self.conn())
             .await?;
         Ok(done == 1)
@@ -460,7 +460,7 @@ impl JobStore for RedisStore {
 
     async fn cancel_job(&self, id: &str) -> Result<bool, StoreError> {
         let done: i64 =
-            self.jobs.cancel.prepare_invoke().arg(&self.prefix).arg(id).arg(crate::storage::now_ms()).invoke_async(&mut self.conn()).await?;
+            self.jobs.cancel.prepare_invoke().arg(&self.prefix).arg(id).arg(crate::now_ms()).invoke_async(&mut self.conn()).await?;
         Ok(done == 1)
     }
 
@@ -506,7 +506,7 @@ impl JobStore for RedisStore {
             .arg(lease)
             .arg(percent.min(100))
             .arg(note)
-            .arg(crate::storage::now_ms())
+            .arg(crate::now_ms())
             .invoke_async(&mut self.conn())
             .await?;
         Ok(())

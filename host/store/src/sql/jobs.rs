@@ -1,6 +1,6 @@
 //! Durable jobs in SQL: job rows, claims, completions in the turn's commit.
 
-use crate::storage::StoreError;
+use crate::StoreError;
 
 /// The columns of a job row, in the order [`job_from_row`] reads them.
 pub(crate) const JOB_COLUMNS: &str = "id, target, method, payload, queue, priority, status, run_at_ms, cron, time_zone, catch_up, \
@@ -8,7 +8,7 @@ pub(crate) const JOB_COLUMNS: &str = "id, target, method, payload, queue, priori
      errors, created_at_ms, updated_at_ms";
 
 /// Reads a job row selected with [`JOB_COLUMNS`].
-pub(crate) fn job_from_row<R>(row: &R) -> Result<crate::storage::jobs::JobRecord, StoreError>
+pub(crate) fn job_from_row<R>(row: &R) -> Result<crate::jobs::JobRecord, StoreError>
 where
     R: sqlx::Row,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
@@ -20,7 +20,7 @@ where
 {
     let corrupt = |what: &str, e: String| StoreError::Corrupt(format!("job row, {what}: {e}"));
     let errors: String = row.try_get("errors")?;
-    Ok(crate::storage::jobs::JobRecord {
+    Ok(crate::jobs::JobRecord {
         id: row.try_get("id")?,
         target: row.try_get("target")?,
         method: row.try_get("method")?,
@@ -56,7 +56,7 @@ where
 /// `claim_begin` starts each claim's transaction.
 macro_rules! sql_job_store {
     ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, index_hint: $hint:expr, lock: $lock:expr) => {
-        $crate::storage::sql::sql_job_store!($store, $db, writer: $writer, reader: $reader, index_hint: $hint, lock: $lock, claim_begin: "BEGIN", announce: {});
+        $crate::sql::sql_job_store!($store, $db, writer: $writer, reader: $reader, index_hint: $hint, lock: $lock, claim_begin: "BEGIN", announce: {});
     };
     ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident, index_hint: $hint:expr, lock: $lock:expr, claim_begin: $claim_begin:literal, announce: { $($announce:tt)* }) => {
         impl $store {
@@ -64,10 +64,10 @@ macro_rules! sql_job_store {
             /// cancels, and completions (which must still hold their lease).
             async fn commit_jobs(
                 tx: &mut ::sqlx::Transaction<'_, $db>,
-                batch: &[$crate::storage::TurnCommit],
-            ) -> Result<(), $crate::storage::StoreError> {
-                let now = $crate::storage::now_ms();
-                let new: Vec<&$crate::storage::jobs::JobRecord> = batch.iter().flat_map(|c| c.jobs.iter()).collect();
+                batch: &[$crate::TurnCommit],
+            ) -> Result<(), $crate::StoreError> {
+                let now = $crate::now_ms();
+                let new: Vec<&$crate::jobs::JobRecord> = batch.iter().flat_map(|c| c.jobs.iter()).collect();
                 Self::insert_jobs(&mut **tx, &new).await?;
                 for id in batch.iter().flat_map(|c| c.cancels.iter()) {
                     ::sqlx::query(
@@ -79,9 +79,9 @@ macro_rules! sql_job_store {
                     .execute(&mut **tx)
                     .await?;
                 }
-                let done: Vec<&$crate::storage::jobs::JobCompletion> = batch.iter().filter_map(|c| c.job_done.as_ref()).collect();
+                let done: Vec<&$crate::jobs::JobCompletion> = batch.iter().filter_map(|c| c.job_done.as_ref()).collect();
                 if Self::complete_runs(tx, &done).await? != done.len() as u64 {
-                    return Err($crate::storage::StoreError::Conflict(match done.as_slice() {
+                    return Err($crate::StoreError::Conflict(match done.as_slice() {
                         [one] => format!("job {} is no longer leased to this run (its lease expired and another run took it)", one.id),
                         _ => "a job in this batch is no longer leased to its run".into(),
                     }));
@@ -94,15 +94,15 @@ macro_rules! sql_job_store {
             /// how many did.
             async fn complete_runs(
                 tx: &mut ::sqlx::Transaction<'_, $db>,
-                done: &[&$crate::storage::jobs::JobCompletion],
-            ) -> Result<u64, $crate::storage::StoreError> {
-                let now = $crate::storage::now_ms();
+                done: &[&$crate::jobs::JobCompletion],
+            ) -> Result<u64, $crate::StoreError> {
+                let now = $crate::now_ms();
                 let mut completed = 0;
                 // One-shot completions in one statement per chunk (power-of-two
                 // sizes, so each shape is prepared once), driven by the primary
                 // key; recurring ones, rarer, move to their next tick one by one.
                 let (recurring, one_shot): (Vec<_>, Vec<_>) = done.iter().copied().partition(|d| d.next_run_at_ms.is_some());
-                for chunk in $crate::storage::sql::pow2_chunks(&one_shot, 256) {
+                for chunk in $crate::sql::pow2_chunks(&one_shot, 256) {
                     // Each (id, lease) pair, not ids × leases: a stale lease
                     // of one job must not pass because another job of the
                     // batch holds the lease it has now. `id IN` keeps the
@@ -110,8 +110,8 @@ macro_rules! sql_job_store {
                     let sql = format!(
                         "UPDATE jobs SET status = 'succeeded', lease = NULL, lease_until_ms = NULL, updated_at_ms = $1 \
                          WHERE status = 'running' AND id IN ({}) AND (id, lease) IN (VALUES {})",
-                        $crate::storage::sql::placeholders(2, chunk.len()),
-                        $crate::storage::sql::lane_pairs(2 + chunk.len(), chunk.len())
+                        $crate::sql::placeholders(2, chunk.len()),
+                        $crate::sql::lane_pairs(2 + chunk.len(), chunk.len())
                     );
                     let mut q = ::sqlx::query(&sql).bind(now);
                     for d in chunk {
@@ -141,10 +141,10 @@ macro_rules! sql_job_store {
 
             async fn insert_jobs(
                 conn: &mut <$db as ::sqlx::Database>::Connection,
-                jobs: &[&$crate::storage::jobs::JobRecord],
-            ) -> Result<u64, $crate::storage::StoreError> {
+                jobs: &[&$crate::jobs::JobRecord],
+            ) -> Result<u64, $crate::StoreError> {
                 let mut inserted = 0;
-                for chunk in $crate::storage::sql::pow2_chunks(jobs, 512) {
+                for chunk in $crate::sql::pow2_chunks(jobs, 512) {
                     let mut q = ::sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO jobs (id, target, actor_type, method, payload, queue, priority, status, run_at_ms, cron, \
                          time_zone, catch_up, attempts, max_attempts, backoff_ms, max_backoff_ms, timeout_ms, idempotency_key, \
@@ -164,9 +164,9 @@ macro_rules! sql_job_store {
                             .push_bind(j.cron.as_deref())
                             .push_bind(j.time_zone.as_deref())
                             .push_bind(match j.catch_up {
-                                $crate::storage::jobs::CatchUp::Once => "once",
-                                $crate::storage::jobs::CatchUp::All => "all",
-                                $crate::storage::jobs::CatchUp::Skip => "skip",
+                                $crate::jobs::CatchUp::Once => "once",
+                                $crate::jobs::CatchUp::All => "all",
+                                $crate::jobs::CatchUp::Skip => "skip",
                             })
                             .push_bind(0_i64)
                             .push_bind(i64::from(j.max_attempts))
@@ -186,9 +186,9 @@ macro_rules! sql_job_store {
         }
 
         #[async_trait::async_trait]
-        impl $crate::storage::jobs::JobStore for $store {
-            async fn add_jobs(&self, jobs: &[$crate::storage::jobs::JobRecord]) -> Result<u64, $crate::storage::StoreError> {
-                let refs: Vec<&$crate::storage::jobs::JobRecord> = jobs.iter().collect();
+        impl $crate::jobs::JobStore for $store {
+            async fn add_jobs(&self, jobs: &[$crate::jobs::JobRecord]) -> Result<u64, $crate::StoreError> {
+                let refs: Vec<&$crate::jobs::JobRecord> = jobs.iter().collect();
                 let mut tx = self.$writer.begin().await?;
                 let n = Self::insert_jobs(&mut *tx, &refs).await?;
                 tx.commit().await?;
@@ -200,22 +200,22 @@ macro_rules! sql_job_store {
                 now_ms: i64,
                 max: usize,
                 lease_ms: i64,
-                filter: &$crate::storage::jobs::ClaimFilter,
-                completed: &[$crate::storage::jobs::JobCompletion],
-            ) -> Result<Vec<$crate::storage::jobs::JobClaim>, $crate::storage::StoreError> {
-                let lease = $crate::storage::jobs::new_lease();
+                filter: &$crate::jobs::ClaimFilter,
+                completed: &[$crate::jobs::JobCompletion],
+            ) -> Result<Vec<$crate::jobs::JobClaim>, $crate::StoreError> {
+                let lease = $crate::jobs::new_lease();
                 let mut tx = self.$writer.begin_with($claim_begin).await?;
-                let completed: Vec<&$crate::storage::jobs::JobCompletion> = completed.iter().collect();
+                let completed: Vec<&$crate::jobs::JobCompletion> = completed.iter().collect();
                 // A run whose lease lapsed meanwhile is another run's now: skip it.
                 Self::complete_runs(&mut tx, &completed).await?;
                 let mut exclude = String::new();
                 let mut next = 5;
                 if !filter.full_queues.is_empty() {
-                    exclude.push_str(&format!(" AND queue NOT IN ({})", $crate::storage::sql::placeholders(next, filter.full_queues.len())));
+                    exclude.push_str(&format!(" AND queue NOT IN ({})", $crate::sql::placeholders(next, filter.full_queues.len())));
                     next += filter.full_queues.len();
                 }
                 if !filter.full_types.is_empty() {
-                    exclude.push_str(&format!(" AND actor_type NOT IN ({})", $crate::storage::sql::placeholders(next, filter.full_types.len())));
+                    exclude.push_str(&format!(" AND actor_type NOT IN ({})", $crate::sql::placeholders(next, filter.full_types.len())));
                 }
                 // Expired leases first (rare), then retries, then new jobs:
                 // one statement per status, so each walks the claim index in
@@ -243,7 +243,7 @@ macro_rules! sql_job_store {
                             _ => String::new(),
                         },
                         $lock,
-                        $crate::storage::sql::JOB_COLUMNS
+                        $crate::sql::JOB_COLUMNS
                     );
                     let mut q = ::sqlx::query(&sql).bind(&lease).bind(now_ms + lease_ms).bind(now_ms).bind(want as i64);
                     for name in filter.full_queues.iter().chain(filter.full_types.iter()) {
@@ -254,13 +254,13 @@ macro_rules! sql_job_store {
                 tx.commit().await?;
                 let mut claims = rows
                     .iter()
-                    .map(|r| Ok($crate::storage::jobs::JobClaim { job: $crate::storage::sql::job_from_row(r)?, lease: lease.clone() }))
-                    .collect::<Result<Vec<_>, $crate::storage::StoreError>>()?;
+                    .map(|r| Ok($crate::jobs::JobClaim { job: $crate::sql::job_from_row(r)?, lease: lease.clone() }))
+                    .collect::<Result<Vec<_>, $crate::StoreError>>()?;
                 claims.sort_by(|a, b| b.job.priority.cmp(&a.job.priority).then(a.job.run_at_ms.cmp(&b.job.run_at_ms)));
                 Ok(claims)
             }
 
-            async fn fail_job(&self, failure: &$crate::storage::jobs::JobFailure) -> Result<bool, $crate::storage::StoreError> {
+            async fn fail_job(&self, failure: &$crate::jobs::JobFailure) -> Result<bool, $crate::StoreError> {
                 use ::sqlx::Row;
                 let mut tx = self.$writer.begin().await?;
                 let row = ::sqlx::query("SELECT errors, attempts, cancel_requested FROM jobs WHERE id = $1 AND lease = $2 AND status = 'running'")
@@ -269,7 +269,7 @@ macro_rules! sql_job_store {
                     .fetch_optional(&mut *tx)
                     .await?;
                 let Some(row) = row else { return Ok(false) };
-                let errors = $crate::storage::jobs::push_job_error(
+                let errors = $crate::jobs::push_job_error(
                     &row.try_get::<String, _>(0)?,
                     row.try_get::<i64, _>(1)? as u32,
                     &failure.error,
@@ -288,14 +288,14 @@ macro_rules! sql_job_store {
                 .bind(status)
                 .bind(failure.retry_at_ms)
                 .bind(errors)
-                .bind($crate::storage::now_ms())
+                .bind($crate::now_ms())
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
                 Ok(true)
             }
 
-            async fn reschedule_job(&self, id: &str, lease: &str, next_run_at_ms: i64) -> Result<bool, $crate::storage::StoreError> {
+            async fn reschedule_job(&self, id: &str, lease: &str, next_run_at_ms: i64) -> Result<bool, $crate::StoreError> {
                 let n = ::sqlx::query(
                     "UPDATE jobs SET status = 'scheduled', run_at_ms = $3, attempts = 0, lease = NULL, lease_until_ms = NULL, \
                      updated_at_ms = $4 WHERE id = $1 AND lease = $2 AND status = 'running'",
@@ -303,29 +303,29 @@ macro_rules! sql_job_store {
                 .bind(id)
                 .bind(lease)
                 .bind(next_run_at_ms)
-                .bind($crate::storage::now_ms())
+                .bind($crate::now_ms())
                 .execute(&self.$writer)
                 .await?
                 .rows_affected();
                 Ok(n == 1)
             }
 
-            async fn job(&self, id: &str) -> Result<Option<$crate::storage::jobs::JobRecord>, $crate::storage::StoreError> {
-                let sql = format!("SELECT {} FROM jobs WHERE id = $1", $crate::storage::sql::JOB_COLUMNS);
+            async fn job(&self, id: &str) -> Result<Option<$crate::jobs::JobRecord>, $crate::StoreError> {
+                let sql = format!("SELECT {} FROM jobs WHERE id = $1", $crate::sql::JOB_COLUMNS);
                 let row = ::sqlx::query(&sql).bind(id).fetch_optional(&self.$reader).await?;
-                row.as_ref().map($crate::storage::sql::job_from_row).transpose()
+                row.as_ref().map($crate::sql::job_from_row).transpose()
             }
 
             async fn jobs(
                 &self,
-                status: Option<$crate::storage::jobs::JobStatus>,
+                status: Option<$crate::jobs::JobStatus>,
                 target: Option<&str>,
                 limit: usize,
-            ) -> Result<Vec<$crate::storage::jobs::JobRecord>, $crate::storage::StoreError> {
+            ) -> Result<Vec<$crate::jobs::JobRecord>, $crate::StoreError> {
                 let sql = format!(
                     "SELECT {} FROM jobs WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR target = $2) \
                      ORDER BY created_at_ms DESC, id LIMIT $3",
-                    $crate::storage::sql::JOB_COLUMNS
+                    $crate::sql::JOB_COLUMNS
                 );
                 let rows = ::sqlx::query(&sql)
                     .bind(status.map(|s| s.as_str()))
@@ -333,23 +333,23 @@ macro_rules! sql_job_store {
                     .bind(limit.min(i64::MAX as usize) as i64)
                     .fetch_all(&self.$reader)
                     .await?;
-                rows.iter().map($crate::storage::sql::job_from_row).collect()
+                rows.iter().map($crate::sql::job_from_row).collect()
             }
 
-            async fn cancel_job(&self, id: &str) -> Result<bool, $crate::storage::StoreError> {
+            async fn cancel_job(&self, id: &str) -> Result<bool, $crate::StoreError> {
                 let n = ::sqlx::query(
                     "UPDATE jobs SET status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END, \
                      cancel_requested = 1, updated_at_ms = $2 WHERE id = $1 AND status IN ('scheduled', 'failed', 'running')",
                 )
                 .bind(id)
-                .bind($crate::storage::now_ms())
+                .bind($crate::now_ms())
                 .execute(&self.$writer)
                 .await?
                 .rows_affected();
                 Ok(n == 1)
             }
 
-            async fn retry_job(&self, id: &str, now_ms: i64) -> Result<bool, $crate::storage::StoreError> {
+            async fn retry_job(&self, id: &str, now_ms: i64) -> Result<bool, $crate::StoreError> {
                 let n = ::sqlx::query(
                     "UPDATE jobs SET status = 'scheduled', run_at_ms = $2, attempts = 0, cancel_requested = 0, updated_at_ms = $2 \
                      WHERE id = $1 AND status IN ('dead', 'failed')",
@@ -364,9 +364,9 @@ macro_rules! sql_job_store {
 
             async fn purge_jobs(
                 &self,
-                status: $crate::storage::jobs::JobStatus,
+                status: $crate::jobs::JobStatus,
                 changed_before_ms: Option<i64>,
-            ) -> Result<u64, $crate::storage::StoreError> {
+            ) -> Result<u64, $crate::StoreError> {
                 Ok(::sqlx::query("DELETE FROM jobs WHERE status = $1 AND updated_at_ms < $2")
                     .bind(status.as_str())
                     .bind(changed_before_ms.unwrap_or(i64::MAX))
@@ -375,19 +375,19 @@ macro_rules! sql_job_store {
                     .rows_affected())
             }
 
-            async fn set_job_progress(&self, id: &str, lease: &str, percent: u8, note: &str) -> Result<(), $crate::storage::StoreError> {
+            async fn set_job_progress(&self, id: &str, lease: &str, percent: u8, note: &str) -> Result<(), $crate::StoreError> {
                 ::sqlx::query("UPDATE jobs SET progress = $3, progress_note = $4, updated_at_ms = $5 WHERE id = $1 AND lease = $2")
                     .bind(id)
                     .bind(lease)
                     .bind(i64::from(percent.min(100)))
                     .bind(note)
-                    .bind($crate::storage::now_ms())
+                    .bind($crate::now_ms())
                     .execute(&self.$writer)
                     .await?;
                 Ok(())
             }
 
-            async fn next_job_due(&self) -> Result<Option<i64>, $crate::storage::StoreError> {
+            async fn next_job_due(&self) -> Result<Option<i64>, $crate::StoreError> {
                 // One equality per status, so each MIN reads one index entry
                 // (an IN list made SQLite scan every waiting job).
                 Ok(::sqlx::query_scalar(

@@ -19,7 +19,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use super::outbox::OutboxMessage;
 use super::sql::{LaneKey, journal_batch, journal_conflict, pow2_chunks};
 use super::{InboxEntry, StateStore, Store, StoreError, TurnCommit, flatten_batch};
-use crate::id::ActorId;
+use quark_core::id::ActorId;
 
 /// How long a write waits for a lock held by another process before the
 /// turn fails with `unavailable`.
@@ -67,7 +67,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Unavailable(format!("opening {}: {e}", path.display())))?;
-        sqlx::migrate!("src/storage/migrations/sqlite").run(&writer).await?;
+        sqlx::migrate!("src/migrations/sqlite").run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .connect_with(options.read_only(true))

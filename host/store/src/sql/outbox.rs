@@ -1,7 +1,7 @@
 //! The inbox and the outbox in SQL: inbox entries written with the turn,
 //! messages in lanes, claims, failures and retries.
 
-use crate::storage::StoreError;
+use crate::StoreError;
 
 /// Implements `InboxStore` for a SQL store of database `$db`, plus
 /// `commit_inbox`, which writes a batch's inbox entries inside the batch's
@@ -13,12 +13,12 @@ macro_rules! sql_inbox_store {
         impl $store {
             async fn commit_inbox(
                 tx: &mut ::sqlx::Transaction<'_, $db>,
-                batch: &[$crate::storage::TurnCommit],
-            ) -> Result<(), $crate::storage::StoreError> {
-                let entries: Vec<(&str, &$crate::storage::InboxEntry)> =
+                batch: &[$crate::TurnCommit],
+            ) -> Result<(), $crate::StoreError> {
+                let entries: Vec<(&str, &$crate::InboxEntry)> =
                     batch.iter().filter_map(|c| c.inbox.as_ref().map(|e| (c.actor.as_str(), e))).collect();
                 if Self::insert_inbox(&mut **tx, &entries).await? != entries.len() as u64 {
-                    return Err($crate::storage::StoreError::Conflict(match entries[..] {
+                    return Err($crate::StoreError::Conflict(match entries[..] {
                         [(actor, e)] => format!("{actor} has already handled message {:?} of {}", e.message_id, e.sender_name()),
                         _ => "a message in this batch was already handled by its receiver".into(),
                     }));
@@ -28,13 +28,13 @@ macro_rules! sql_inbox_store {
         }
 
         #[async_trait::async_trait]
-        impl $crate::storage::InboxStore for $store {
+        impl $crate::InboxStore for $store {
             async fn inbox_reply(
                 &self,
-                actor: &$crate::id::ActorId,
+                actor: &::quark_core::id::ActorId,
                 sender: &str,
                 message_id: &str,
-            ) -> Result<Option<Vec<u8>>, $crate::storage::StoreError> {
+            ) -> Result<Option<Vec<u8>>, $crate::StoreError> {
                 Ok(::sqlx::query_scalar("SELECT reply FROM inbox WHERE actor = $1 AND sender = $2 AND message_id = $3")
                     .bind(actor.as_str())
                     .bind(sender)
@@ -43,7 +43,7 @@ macro_rules! sql_inbox_store {
                     .await?)
             }
 
-            async fn expire_inbox(&self, before_ms: i64) -> Result<u64, $crate::storage::StoreError> {
+            async fn expire_inbox(&self, before_ms: i64) -> Result<u64, $crate::StoreError> {
                 // An entry whose message is still in the outbox (handled, not
                 // yet deleted, e.g. its host died) stays: it may be redelivered.
                 Ok(::sqlx::query("DELETE FROM inbox WHERE at_ms < $1 AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.sender = inbox.sender AND o.id = inbox.message_id)")
@@ -64,7 +64,7 @@ pub(crate) const OUTBOX_COLUMNS: &str = "o.id, o.sender, o.kind, o.target, o.met
      o.status, o.attempts, o.next_at_ms, l.lease_until_ms, o.last_error";
 
 /// Reads an outbox row selected with [`OUTBOX_COLUMNS`].
-pub(crate) fn outbox_from_row<R>(row: &R) -> Result<crate::storage::outbox::OutboxRecord, StoreError>
+pub(crate) fn outbox_from_row<R>(row: &R) -> Result<crate::outbox::OutboxRecord, StoreError>
 where
     R: sqlx::Row,
     for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
@@ -74,7 +74,7 @@ where
     for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     for<'a> &'a str: sqlx::ColumnIndex<R>,
 {
-    use crate::storage::outbox::Destination;
+    use crate::outbox::Destination;
     let kind: String = row.try_get("kind")?;
     let target: String = row.try_get("target")?;
     let destination = match kind.as_str() {
@@ -82,8 +82,8 @@ where
         "sink" => Destination::Sink { name: target },
         other => return Err(StoreError::Corrupt(format!("outbox row: unknown kind {other:?}"))),
     };
-    Ok(crate::storage::outbox::OutboxRecord {
-        message: crate::storage::outbox::OutboxMessage {
+    Ok(crate::outbox::OutboxRecord {
+        message: crate::outbox::OutboxMessage {
             id: row.try_get("id")?,
             sender: row.try_get("sender")?,
             destination,
@@ -128,18 +128,18 @@ macro_rules! sql_outbox_store {
             /// lease then (empty if none).
             async fn commit_outbox(
                 tx: &mut ::sqlx::Transaction<'_, $db>,
-                batch: &[$crate::storage::TurnCommit],
+                batch: &[$crate::TurnCommit],
                 lease: Option<&(String, i64)>,
-            ) -> Result<(Vec<$crate::storage::outbox::LaneClaim>, Vec<$crate::storage::outbox::LaneClaim>), $crate::storage::StoreError> {
+            ) -> Result<(Vec<$crate::outbox::LaneClaim>, Vec<$crate::outbox::LaneClaim>), $crate::StoreError> {
                 use ::sqlx::Row;
-                let messages: Vec<&$crate::storage::outbox::OutboxMessage> = batch.iter().flat_map(|c| c.messages.iter()).collect();
+                let messages: Vec<&$crate::outbox::OutboxMessage> = batch.iter().flat_map(|c| c.messages.iter()).collect();
                 let mut inserted = Self::insert_messages(&mut **tx, &messages, lease.is_some()).await?;
                 // Each lane once per statement (PostgreSQL refuses to upsert a
                 // row twice in one), sorted: claims lock the lanes they
                 // release in this order too. The no-op update, rather than
                 // DO NOTHING, waits for a concurrent release deleting the
                 // lane, then inserts it again: a message never lands in no lane.
-                let mut lanes: Vec<$crate::storage::sql::LaneKey> = messages
+                let mut lanes: Vec<$crate::sql::LaneKey> = messages
                     .iter()
                     .map(|m| {
                         let (kind, target) = m.destination.kind_and_target();
@@ -169,12 +169,12 @@ macro_rules! sql_outbox_store {
                     }
                 }
                 // Per lane: whether this commit created it, and its claim.
-                let mut claims: std::collections::BTreeMap<i64, (bool, $crate::storage::outbox::LaneClaim)> = std::collections::BTreeMap::new();
+                let mut claims: std::collections::BTreeMap<i64, (bool, $crate::outbox::LaneClaim)> = std::collections::BTreeMap::new();
                 for m in messages {
                     let (kind, target) = m.destination.kind_and_target();
                     let Some((lane, lease_before)) = lane_index(&m.sender, kind, target).and_then(|i| opened[i].as_ref()) else { continue };
                     let (_, claim) = claims.entry(*lane).or_insert_with(|| {
-                        let claim = $crate::storage::outbox::LaneClaim {
+                        let claim = $crate::outbox::LaneClaim {
                             lane: lane.to_string(),
                             lease: lease_before.clone().unwrap_or_else(|| token.clone()),
                             taken_over: false,
@@ -183,7 +183,7 @@ macro_rules! sql_outbox_store {
                         (lease_before.is_none(), claim)
                     });
                     if inserted.remove(&m.key()) {
-                        claim.messages.push($crate::storage::outbox::OutboxRecord {
+                        claim.messages.push($crate::outbox::OutboxRecord {
                             message: (*m).clone(),
                             status: "pending".into(),
                             attempts: 0,
@@ -200,13 +200,13 @@ macro_rules! sql_outbox_store {
         }
 
         #[async_trait::async_trait]
-        impl $crate::storage::outbox::OutboxStore for $store {
+        impl $crate::outbox::OutboxStore for $store {
             fn deliver_new_lanes_here(&self) -> bool {
                 self.new_lanes.enable();
                 true
             }
 
-            fn take_new_lanes(&self) -> (Vec<$crate::storage::outbox::LaneClaim>, Vec<$crate::storage::outbox::LaneClaim>) {
+            fn take_new_lanes(&self) -> (Vec<$crate::outbox::LaneClaim>, Vec<$crate::outbox::LaneClaim>) {
                 self.new_lanes.take()
             }
 
@@ -217,26 +217,26 @@ macro_rules! sql_outbox_store {
                 per_lane: usize,
                 lease_ms: i64,
                 delivered: &[String],
-                released: &[$crate::storage::outbox::LaneRelease],
-            ) -> Result<Vec<$crate::storage::outbox::LaneClaim>, $crate::storage::StoreError> {
+                released: &[$crate::outbox::LaneRelease],
+            ) -> Result<Vec<$crate::outbox::LaneClaim>, $crate::StoreError> {
                 use ::sqlx::Row;
-                let lease = $crate::storage::jobs::new_lease();
+                let lease = $crate::jobs::new_lease();
                 // A claim only moves delivery bookkeeping: it need not wait
                 // for the disk (see `relaxed_claims`).
                 let mut conn = self.$writer.acquire().await?;
                 if !$relax.is_empty() {
                     ::sqlx::query($relax).execute(&mut *conn).await?;
                 }
-                let outcome: Result<_, $crate::storage::StoreError> = async {
+                let outcome: Result<_, $crate::StoreError> = async {
                     let mut tx = ::sqlx::Connection::begin_with(&mut *conn, $claim_begin).await?;
-                    for chunk in $crate::storage::sql::pow2_chunks(delivered, 256) {
+                    for chunk in $crate::sql::pow2_chunks(delivered, 256) {
                         let sql = format!(
                             "DELETE FROM outbox WHERE (sender, id) IN (VALUES {})",
-                            $crate::storage::sql::lane_pairs(1, chunk.len())
+                            $crate::sql::lane_pairs(1, chunk.len())
                         );
                         let mut q = ::sqlx::query(&sql);
                         for key in chunk {
-                            let (sender, id) = $crate::storage::outbox::split_message_key(key);
+                            let (sender, id) = $crate::outbox::split_message_key(key);
                             q = q.bind(sender).bind(id);
                         }
                         q.execute(&mut *tx).await?;
@@ -247,7 +247,7 @@ macro_rules! sql_outbox_store {
                     // the other in a cycle. (Both touch outbox rows before lanes.)
                     let ids: Vec<i64> = released.iter().filter_map(|r| r.lane.parse().ok()).collect();
                     if !$lock_lanes.is_empty() && !ids.is_empty() {
-                        let sql = $lock_lanes.replace("{}", &$crate::storage::sql::placeholders(1, ids.len()));
+                        let sql = $lock_lanes.replace("{}", &$crate::sql::placeholders(1, ids.len()));
                         let mut q = ::sqlx::query(&sql);
                         for id in &ids {
                             q = q.bind(*id);
@@ -257,10 +257,10 @@ macro_rules! sql_outbox_store {
                     // Released lanes: due now in one statement per chunk, those
                     // waiting for a retry one by one; then the empty ones go.
                     let (now_due, later): (Vec<_>, Vec<_>) = released.iter().partition(|r| r.next_at_ms.is_none());
-                    for chunk in $crate::storage::sql::pow2_chunks(&now_due, 128) {
+                    for chunk in $crate::sql::pow2_chunks(&now_due, 128) {
                         let sql = format!(
                             "UPDATE outbox_lanes SET lease = NULL, lease_until_ms = NULL, taken_over = 0, next_at_ms = $1 WHERE (id, lease) IN (VALUES {})",
-                            $crate::storage::sql::lane_pairs(2, chunk.len())
+                            $crate::sql::lane_pairs(2, chunk.len())
                         );
                         let mut q = ::sqlx::query(&sql).bind(now_ms);
                         for r in chunk {
@@ -278,12 +278,12 @@ macro_rules! sql_outbox_store {
                         .execute(&mut *tx)
                         .await?;
                     }
-                    for chunk in $crate::storage::sql::pow2_chunks(&ids, 256) {
+                    for chunk in $crate::sql::pow2_chunks(&ids, 256) {
                         let sql = format!(
                             "DELETE FROM outbox_lanes WHERE id IN ({}) AND lease IS NULL AND NOT EXISTS (SELECT 1 FROM outbox o \
                              WHERE o.status = 'pending' AND o.sender = outbox_lanes.sender AND o.kind = outbox_lanes.kind \
                              AND o.target = outbox_lanes.target)",
-                            $crate::storage::sql::placeholders(1, chunk.len())
+                            $crate::sql::placeholders(1, chunk.len())
                         );
                         let mut q = ::sqlx::query(&sql);
                         for id in chunk {
@@ -313,7 +313,7 @@ macro_rules! sql_outbox_store {
                                 let taken_over = row.try_get::<i64, _>("taken_over")? != 0;
                                 by_lane.insert(
                                     lane,
-                                    $crate::storage::outbox::LaneClaim { lane: lane.to_string(), lease: lease.clone(), taken_over, messages: Vec::new() },
+                                    $crate::outbox::LaneClaim { lane: lane.to_string(), lease: lease.clone(), taken_over, messages: Vec::new() },
                                 );
                             }
                             let sql = format!(
@@ -322,13 +322,13 @@ macro_rules! sql_outbox_store {
                                  ROW_NUMBER() OVER (PARTITION BY l.id ORDER BY o.seq) AS rn \
                                  FROM outbox_lanes l JOIN outbox o ON o.sender = l.sender AND o.kind = l.kind AND o.target = l.target \
                                  AND o.status = 'pending' WHERE l.lease = $1) AS x WHERE rn <= $2 ORDER BY lane, seq",
-                                $crate::storage::sql::OUTBOX_COLUMNS
+                                $crate::sql::OUTBOX_COLUMNS
                             );
                             let rows = ::sqlx::query(&sql).bind(&lease).bind(per_lane as i64).fetch_all(&mut *tx).await?;
                             for row in &rows {
                                 let lane: i64 = row.try_get("lane")?;
                                 if let Some(claim) = by_lane.get_mut(&lane) {
-                                    claim.messages.push($crate::storage::sql::outbox_from_row(row)?);
+                                    claim.messages.push($crate::sql::outbox_from_row(row)?);
                                 }
                             }
                             claims = by_lane.into_values().collect();
@@ -348,8 +348,8 @@ macro_rules! sql_outbox_store {
                 outcome
             }
 
-            async fn fail_message(&self, key: &str, error: &str, retry_at_ms: Option<i64>) -> Result<(), $crate::storage::StoreError> {
-                let (sender, id) = $crate::storage::outbox::split_message_key(key);
+            async fn fail_message(&self, key: &str, error: &str, retry_at_ms: Option<i64>) -> Result<(), $crate::StoreError> {
+                let (sender, id) = $crate::outbox::split_message_key(key);
                 ::sqlx::query(
                     "UPDATE outbox SET status = $2, next_at_ms = COALESCE($3, next_at_ms), last_error = $4, attempts = attempts + 1 \
                      WHERE id = $1 AND sender = $5 AND status = 'pending'",
@@ -364,17 +364,17 @@ macro_rules! sql_outbox_store {
                 Ok(())
             }
 
-            async fn messages(&self, status: Option<&str>, limit: usize) -> Result<Vec<$crate::storage::outbox::OutboxRecord>, $crate::storage::StoreError> {
+            async fn messages(&self, status: Option<&str>, limit: usize) -> Result<Vec<$crate::outbox::OutboxRecord>, $crate::StoreError> {
                 let sql = format!(
                     "SELECT {} FROM outbox o LEFT JOIN outbox_lanes l ON l.sender = o.sender AND l.kind = o.kind AND l.target = o.target \
                      WHERE ($1 IS NULL OR o.status = $1) ORDER BY o.seq LIMIT $2",
-                    $crate::storage::sql::OUTBOX_COLUMNS
+                    $crate::sql::OUTBOX_COLUMNS
                 );
                 let rows = ::sqlx::query(&sql).bind(status).bind(limit.min(i64::MAX as usize) as i64).fetch_all(&self.$reader).await?;
-                rows.iter().map($crate::storage::sql::outbox_from_row).collect()
+                rows.iter().map($crate::sql::outbox_from_row).collect()
             }
 
-            async fn retry_message(&self, id: &str, sender: Option<&str>, now_ms: i64) -> Result<u64, $crate::storage::StoreError> {
+            async fn retry_message(&self, id: &str, sender: Option<&str>, now_ms: i64) -> Result<u64, $crate::StoreError> {
                 let mut tx = self.$writer.begin().await?;
                 let mut lanes: Vec<(String, String, String)> = ::sqlx::query_as(
                     "UPDATE outbox SET status = 'pending', attempts = 0, next_at_ms = $2 \
@@ -404,11 +404,11 @@ macro_rules! sql_outbox_store {
                 Ok(retried)
             }
 
-            async fn purge_dead_messages(&self) -> Result<u64, $crate::storage::StoreError> {
+            async fn purge_dead_messages(&self) -> Result<u64, $crate::StoreError> {
                 Ok(::sqlx::query("DELETE FROM outbox WHERE status = 'dead'").execute(&self.$writer).await?.rows_affected())
             }
 
-            async fn next_message_due(&self) -> Result<Option<i64>, $crate::storage::StoreError> {
+            async fn next_message_due(&self) -> Result<Option<i64>, $crate::StoreError> {
                 Ok(::sqlx::query_scalar(
                     "SELECT MIN(CASE WHEN lease_until_ms IS NOT NULL AND lease_until_ms > next_at_ms THEN lease_until_ms ELSE next_at_ms END) \
                      FROM outbox_lanes",

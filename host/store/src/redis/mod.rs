@@ -34,8 +34,8 @@ use super::{
     ComponentStore, ComponentVersion, EventRecord, JournalStore, Manifest, PositionedEvent, ProjectionDef, ProjectionStatus,
     Retention, Snapshot, StateStore, Store, StoreError, TurnCommit,
 };
-use crate::id::ActorId;
-use crate::storage::outbox::message_key;
+use quark_core::id::ActorId;
+use crate::outbox::message_key;
 
 mod jobs;
 mod outbox;

@@ -17,8 +17,8 @@
 use async_trait::async_trait;
 
 use super::RedisStore;
-use crate::storage::StoreError;
-use crate::storage::outbox::{Destination, LaneClaim, LaneRelease, OutboxMessage, OutboxRecord, OutboxStore};
+use crate::StoreError;
+use crate::outbox::{Destination, LaneClaim, LaneRelease, OutboxMessage, OutboxRecord, OutboxStore};
 
 /// Lua functions shared with the commit script. A message is passed as
 /// [`MESSAGE_ARGS`] arguments: id, sender, kind, target, method, payload,
@@ -256,7 +256,7 @@ impl OutboxStore for RedisStore {
         delivered: &[String],
         released: &[LaneRelease],
     ) -> Result<Vec<LaneClaim>, StoreError> {
-        let lease = crate::storage::jobs::new_lease();
+        let lease = crate::jobs::new_lease();
         let mut invocation = self.outbox.claim.prepare_invoke();
         invocation.arg(&self.prefix).arg(now_ms).arg(max_lanes).arg(per_lane).arg(&lease).arg(now_ms + lease_ms);
         invocation.arg(delivered.len());

@@ -1,7 +1,7 @@
 //! Journals and projections in SQL: event rows, batched appends with their
 //! head checks, and the `JournalStore` read side.
 
-use crate::storage::{EventRecord, JournalAppend, StoreError, TurnCommit};
+use crate::{EventRecord, JournalAppend, StoreError, TurnCommit};
 
 /// The columns of an event row, in the order [`event_from_row`] reads them.
 pub(crate) const EVENT_COLUMNS: &str =
@@ -104,8 +104,8 @@ macro_rules! sql_journal_store {
             /// transaction; each must still be where its turn found it.
             async fn commit_checkpoints(
                 tx: &mut ::sqlx::Transaction<'_, $db>,
-                batch: &[$crate::storage::TurnCommit],
-            ) -> Result<(), $crate::storage::StoreError> {
+                batch: &[$crate::TurnCommit],
+            ) -> Result<(), $crate::StoreError> {
                 for advance in batch.iter().filter_map(|c| c.checkpoint.as_ref()) {
                     let moved = ::sqlx::query("UPDATE projections SET checkpoint = $1 WHERE name = $2 AND checkpoint = $3")
                         .bind(advance.to as i64)
@@ -114,7 +114,7 @@ macro_rules! sql_journal_store {
                         .execute(&mut **tx)
                         .await?;
                     if moved.rows_affected() != 1 {
-                        return Err($crate::storage::sql::checkpoint_conflict(&advance.projection, advance.from));
+                        return Err($crate::sql::checkpoint_conflict(&advance.projection, advance.from));
                     }
                 }
                 Ok(())
@@ -122,8 +122,8 @@ macro_rules! sql_journal_store {
         }
 
         #[async_trait::async_trait]
-        impl $crate::storage::JournalStore for $store {
-            async fn journal_head(&self, actor: &$crate::id::ActorId) -> Result<u64, $crate::storage::StoreError> {
+        impl $crate::JournalStore for $store {
+            async fn journal_head(&self, actor: &::quark_core::id::ActorId) -> Result<u64, $crate::StoreError> {
                 let v: Option<i64> = ::sqlx::query_scalar("SELECT version FROM journal_heads WHERE actor = $1")
                     .bind(actor.as_str())
                     .fetch_optional(&self.$reader)
@@ -133,11 +133,11 @@ macro_rules! sql_journal_store {
 
             async fn read_events(
                 &self,
-                actor: &$crate::id::ActorId,
+                actor: &::quark_core::id::ActorId,
                 from: u64,
                 max: usize,
-            ) -> Result<Vec<$crate::storage::EventRecord>, $crate::storage::StoreError> {
-                let cols = $crate::storage::sql::EVENT_COLUMNS;
+            ) -> Result<Vec<$crate::EventRecord>, $crate::StoreError> {
+                let cols = $crate::sql::EVENT_COLUMNS;
                 let rows = ::sqlx::query(&format!(
                     "SELECT {cols} FROM (SELECT {cols} FROM journal_archive WHERE actor = $1 AND version >= $2 \
                      UNION ALL SELECT {cols} FROM journal WHERE actor = $1 AND version >= $2) AS e ORDER BY version LIMIT $3"
@@ -147,10 +147,10 @@ macro_rules! sql_journal_store {
                 .bind(max.min(i64::MAX as usize) as i64)
                 .fetch_all(&self.$reader)
                 .await?;
-                rows.iter().map($crate::storage::sql::event_from_row).collect()
+                rows.iter().map($crate::sql::event_from_row).collect()
             }
 
-            async fn version_at(&self, actor: &$crate::id::ActorId, at_ms: i64) -> Result<u64, $crate::storage::StoreError> {
+            async fn version_at(&self, actor: &::quark_core::id::ActorId, at_ms: i64) -> Result<u64, $crate::StoreError> {
                 let v: Option<i64> = ::sqlx::query_scalar(
                     "SELECT MAX(version) FROM (SELECT version FROM journal_archive WHERE actor = $1 AND recorded_at_ms <= $2 \
                      UNION ALL SELECT version FROM journal WHERE actor = $1 AND recorded_at_ms <= $2) AS e",
@@ -164,9 +164,9 @@ macro_rules! sql_journal_store {
 
             async fn latest_snapshot(
                 &self,
-                actor: &$crate::id::ActorId,
+                actor: &::quark_core::id::ActorId,
                 at_most: u64,
-            ) -> Result<Option<$crate::storage::Snapshot>, $crate::storage::StoreError> {
+            ) -> Result<Option<$crate::Snapshot>, $crate::StoreError> {
                 use ::sqlx::Row;
                 let row = ::sqlx::query(
                     "SELECT version, component_version, taken_at_ms, data FROM journal_snapshots \
@@ -177,7 +177,7 @@ macro_rules! sql_journal_store {
                 .fetch_optional(&self.$reader)
                 .await?;
                 row.map(|r| {
-                    Ok($crate::storage::Snapshot {
+                    Ok($crate::Snapshot {
                         version: r.try_get::<i64, _>(0)? as u64,
                         component_version: r.try_get::<i64, _>(1)? as u64,
                         taken_at_ms: r.try_get(2)?,
@@ -189,10 +189,10 @@ macro_rules! sql_journal_store {
 
             async fn save_snapshot(
                 &self,
-                actor: &$crate::id::ActorId,
-                snapshot: &$crate::storage::Snapshot,
-                retention: $crate::storage::Retention,
-            ) -> Result<(), $crate::storage::StoreError> {
+                actor: &::quark_core::id::ActorId,
+                snapshot: &$crate::Snapshot,
+                retention: $crate::Retention,
+            ) -> Result<(), $crate::StoreError> {
                 let mut tx = self.$writer.begin().await?;
                 ::sqlx::query(
                     "INSERT INTO journal_snapshots (actor, version, component_version, taken_at_ms, data) VALUES ($1, $2, $3, $4, $5) \
@@ -206,7 +206,7 @@ macro_rules! sql_journal_store {
                 .bind(&snapshot.data)
                 .execute(&mut *tx)
                 .await?;
-                if retention != $crate::storage::Retention::Keep {
+                if retention != $crate::Retention::Keep {
                     // Only events every projection of this type has read: a
                     // lagging projection must still find them. The bound is
                     // read once, so the copy and the delete (separate
@@ -220,7 +220,7 @@ macro_rules! sql_journal_store {
                     .fetch_one(&mut *tx)
                     .await?;
                     let covered = "actor = $1 AND version <= $2 AND seq <= $3";
-                    if retention == $crate::storage::Retention::Archive {
+                    if retention == $crate::Retention::Archive {
                         ::sqlx::query(&format!("INSERT INTO journal_archive SELECT * FROM journal WHERE {covered}"))
                             .bind(actor.as_str())
                             .bind(snapshot.version as i64)
@@ -239,7 +239,7 @@ macro_rules! sql_journal_store {
                 Ok(())
             }
 
-            async fn create_projection(&self, def: &$crate::storage::ProjectionDef) -> Result<bool, $crate::storage::StoreError> {
+            async fn create_projection(&self, def: &$crate::ProjectionDef) -> Result<bool, $crate::StoreError> {
                 use ::sqlx::Row;
                 let inserted = ::sqlx::query(
                     "INSERT INTO projections (name, source_type, target, method, checkpoint, created_at_ms) \
@@ -249,7 +249,7 @@ macro_rules! sql_journal_store {
                 .bind(&def.source_type)
                 .bind(&def.target)
                 .bind(&def.method)
-                .bind($crate::storage::now_ms())
+                .bind($crate::now_ms())
                 .execute(&self.$writer)
                 .await?
                 .rows_affected();
@@ -264,27 +264,27 @@ macro_rules! sql_journal_store {
                 if existing == (def.source_type.clone(), def.target.clone(), def.method.clone()) {
                     Ok(false)
                 } else {
-                    Err($crate::storage::StoreError::Rejected(format!(
+                    Err($crate::StoreError::Rejected(format!(
                         "projection `{}` exists already with source `{}`, target `{}`, method `{}`",
                         def.name, existing.0, existing.1, existing.2
                     )))
                 }
             }
 
-            async fn delete_projection(&self, name: &str) -> Result<bool, $crate::storage::StoreError> {
+            async fn delete_projection(&self, name: &str) -> Result<bool, $crate::StoreError> {
                 let n = ::sqlx::query("DELETE FROM projections WHERE name = $1").bind(name).execute(&self.$writer).await?.rows_affected();
                 Ok(n > 0)
             }
 
-            async fn projections(&self) -> Result<Vec<$crate::storage::ProjectionStatus>, $crate::storage::StoreError> {
+            async fn projections(&self) -> Result<Vec<$crate::ProjectionStatus>, $crate::StoreError> {
                 use ::sqlx::Row;
                 let rows = ::sqlx::query("SELECT name, source_type, target, method, checkpoint FROM projections ORDER BY name")
                     .fetch_all(&self.$reader)
                     .await?;
                 rows.iter()
                     .map(|r| {
-                        Ok($crate::storage::ProjectionStatus {
-                            def: $crate::storage::ProjectionDef {
+                        Ok($crate::ProjectionStatus {
+                            def: $crate::ProjectionDef {
                                 name: r.try_get(0)?,
                                 source_type: r.try_get(1)?,
                                 target: r.try_get(2)?,
@@ -301,9 +301,9 @@ macro_rules! sql_journal_store {
                 actor_type: &str,
                 after: u64,
                 max: usize,
-            ) -> Result<Vec<$crate::storage::PositionedEvent>, $crate::storage::StoreError> {
+            ) -> Result<Vec<$crate::PositionedEvent>, $crate::StoreError> {
                 use ::sqlx::Row;
-                let cols = $crate::storage::sql::EVENT_COLUMNS;
+                let cols = $crate::sql::EVENT_COLUMNS;
                 // Archived events keep their position: a projection declared
                 // after `archive` retention still reads from the beginning.
                 let rows = ::sqlx::query(&format!(
@@ -317,16 +317,16 @@ macro_rules! sql_journal_store {
                 .await?;
                 rows.iter()
                     .map(|r| {
-                        Ok($crate::storage::PositionedEvent {
+                        Ok($crate::PositionedEvent {
                             position: r.try_get::<i64, _>("seq")? as u64,
                             actor: r.try_get("actor")?,
-                            event: $crate::storage::sql::event_from_row(r)?,
+                            event: $crate::sql::event_from_row(r)?,
                         })
                     })
                     .collect()
             }
 
-            async fn count_type_events(&self, actor_type: &str, after: u64) -> Result<u64, $crate::storage::StoreError> {
+            async fn count_type_events(&self, actor_type: &str, after: u64) -> Result<u64, $crate::StoreError> {
                 let n: i64 = ::sqlx::query_scalar(
                     "SELECT (SELECT COUNT(*) FROM journal WHERE actor_type = $1 AND seq > $2) \
                      + (SELECT COUNT(*) FROM journal_archive WHERE actor_type = $1 AND seq > $2)",

@@ -1,6 +1,6 @@
 //! Deployed components in SQL: version rows and the `ComponentStore` statements.
 
-use crate::storage::{ComponentVersion, Manifest, StoreError};
+use crate::{ComponentVersion, Manifest, StoreError};
 
 /// Reads a `component_versions` row; the same columns in every SQL backend.
 pub(crate) fn version_from_row<R>(row: &R) -> Result<ComponentVersion, StoreError>
@@ -26,14 +26,14 @@ where
 macro_rules! sql_component_store {
     ($store:ty, writer: $writer:ident, reader: $reader:ident) => {
         #[async_trait::async_trait]
-        impl $crate::storage::ComponentStore for $store {
+        impl $crate::ComponentStore for $store {
             async fn add_component_version(
                 &self,
                 actor_type: &str,
                 hash: &str,
                 bytes: &[u8],
-                manifest: &$crate::storage::Manifest,
-            ) -> Result<$crate::storage::ComponentVersion, $crate::storage::StoreError> {
+                manifest: &$crate::Manifest,
+            ) -> Result<$crate::ComponentVersion, $crate::StoreError> {
                 let mut tx = self.$writer.begin().await?;
                 ::sqlx::query("INSERT INTO component_blobs (hash, bytes) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                     .bind(hash)
@@ -45,8 +45,8 @@ macro_rules! sql_component_store {
                         .bind(actor_type)
                         .fetch_one(&mut *tx)
                         .await?;
-                let created_at_ms = $crate::storage::now_ms();
-                let manifest_json = ::serde_json::to_string(manifest).map_err(|e| $crate::storage::StoreError::Corrupt(e.to_string()))?;
+                let created_at_ms = $crate::now_ms();
+                let manifest_json = ::serde_json::to_string(manifest).map_err(|e| $crate::StoreError::Corrupt(e.to_string()))?;
                 ::sqlx::query(
                     "INSERT INTO component_versions (actor_type, version, hash, size, manifest, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
                 )
@@ -66,7 +66,7 @@ macro_rules! sql_component_store {
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
-                Ok($crate::storage::ComponentVersion {
+                Ok($crate::ComponentVersion {
                     actor_type: actor_type.to_string(),
                     version: version as u64,
                     hash: hash.to_string(),
@@ -76,15 +76,15 @@ macro_rules! sql_component_store {
                 })
             }
 
-            async fn component_versions(&self, actor_type: &str) -> Result<Vec<$crate::storage::ComponentVersion>, $crate::storage::StoreError> {
+            async fn component_versions(&self, actor_type: &str) -> Result<Vec<$crate::ComponentVersion>, $crate::StoreError> {
                 let rows = ::sqlx::query("SELECT * FROM component_versions WHERE actor_type = $1 ORDER BY version")
                     .bind(actor_type)
                     .fetch_all(&self.$reader)
                     .await?;
-                rows.iter().map($crate::storage::sql::version_from_row).collect()
+                rows.iter().map($crate::sql::version_from_row).collect()
             }
 
-            async fn component_bytes(&self, actor_type: &str, version: u64) -> Result<Option<Vec<u8>>, $crate::storage::StoreError> {
+            async fn component_bytes(&self, actor_type: &str, version: u64) -> Result<Option<Vec<u8>>, $crate::StoreError> {
                 Ok(::sqlx::query_scalar(
                     "SELECT b.bytes FROM component_versions v JOIN component_blobs b ON b.hash = v.hash WHERE v.actor_type = $1 AND v.version = $2",
                 )
@@ -94,7 +94,7 @@ macro_rules! sql_component_store {
                 .await?)
             }
 
-            async fn set_active_version(&self, actor_type: &str, version: u64) -> Result<(), $crate::storage::StoreError> {
+            async fn set_active_version(&self, actor_type: &str, version: u64) -> Result<(), $crate::StoreError> {
                 ::sqlx::query(
                     "INSERT INTO component_heads (actor_type, version) VALUES ($1, $2) ON CONFLICT (actor_type) DO UPDATE SET version = excluded.version",
                 )
@@ -105,13 +105,13 @@ macro_rules! sql_component_store {
                 Ok(())
             }
 
-            async fn active_versions(&self) -> Result<Vec<$crate::storage::ComponentVersion>, $crate::storage::StoreError> {
+            async fn active_versions(&self) -> Result<Vec<$crate::ComponentVersion>, $crate::StoreError> {
                 let rows = ::sqlx::query(
                     "SELECT v.* FROM component_heads h JOIN component_versions v ON v.actor_type = h.actor_type AND v.version = h.version ORDER BY v.actor_type",
                 )
                 .fetch_all(&self.$reader)
                 .await?;
-                rows.iter().map($crate::storage::sql::version_from_row).collect()
+                rows.iter().map($crate::sql::version_from_row).collect()
             }
         }
     };

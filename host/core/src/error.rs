@@ -95,14 +95,3 @@ constructors! {
     forbidden => Forbidden,
     unknown_outcome => UnknownOutcome,
 }
-
-impl From<crate::storage::StoreError> for ActorError {
-    fn from(e: crate::storage::StoreError) -> Self {
-        match e {
-            crate::storage::StoreError::Rejected(_) => ActorError::rejected(e.to_string()),
-            crate::storage::StoreError::Conflict(_) => ActorError::conflict(e.to_string()),
-            crate::storage::StoreError::UnknownOutcome(_) => ActorError::unknown_outcome(e.to_string()),
-            _ => ActorError::unavailable(e.to_string()),
-        }
-    }
-}
