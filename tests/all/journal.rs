@@ -38,7 +38,10 @@ async fn bank_commands_append_events_and_fold_them() {
     let first = &page.events[0];
     assert_eq!((first.version, first.schema_version, first.method.as_str(), first.caller.as_deref()), (1, 1, "deposit", None));
     assert_eq!(serde_json::from_slice::<Value>(&first.data).unwrap(), json!({"deposited": {"amount": 100}}));
-    assert_eq!(first.correlation_id.len(), 16);
+    // The call chain's id: 128 bits (a per-process random nonce, then a
+    // counter), so chains started on different hosts do not collide.
+    assert!(first.correlation_id.len() == 32 && first.correlation_id.chars().all(|c| c.is_ascii_hexdigit()), "{}", first.correlation_id);
+    assert_ne!(first.correlation_id, page.events[1].correlation_id, "each request starts its own chain");
     assert_ne!(first.causation_id, page.events[1].causation_id, "each turn is its own cause");
 
     // The state is the fold of the events: it survives deactivation.

@@ -75,3 +75,42 @@ pub fn validate_type_name(name: &str) -> Result<(), ActorError> {
         )))
     }
 }
+
+/// A call chain's id: every call a request causes, across actors and hosts,
+/// carries it, so an actor called back on its own chain re-enters instead
+/// of deadlocking. 128 bits: this process's random 64-bit nonce, then a
+/// counter, so ids from different hosts (and restarts) do not collide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ChainId(u128);
+
+impl ChainId {
+    /// No chain (a turn not started by a request).
+    pub const NONE: ChainId = ChainId(0);
+
+    /// A new chain, unique across hosts.
+    pub fn fresh() -> ChainId {
+        use std::hash::{BuildHasher, RandomState};
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NONCE: std::sync::LazyLock<u64> =
+            std::sync::LazyLock::new(|| RandomState::new().hash_one((std::process::id(), crate::time::now_ms())) | 1);
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        ChainId((u128::from(*NONCE) << 64) | u128::from(NEXT.fetch_add(1, Ordering::Relaxed)))
+    }
+
+    /// The id as a number (for the wire).
+    pub fn as_u128(self) -> u128 {
+        self.0
+    }
+
+    /// The id from [`as_u128`](Self::as_u128).
+    pub fn from_u128(id: u128) -> ChainId {
+        ChainId(id)
+    }
+}
+
+impl fmt::Display for ChainId {
+    /// 32 hex digits.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}

@@ -17,6 +17,6 @@ pub mod outbox;
 pub mod time;
 
 pub use error::{ActorError, ErrorKind};
-pub use id::ActorId;
+pub use id::{ActorId, ChainId};
 pub use manifest::{ComponentVersion, Manifest, Retention};
 pub use time::now_ms;

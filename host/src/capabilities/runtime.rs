@@ -28,7 +28,7 @@ impl Host for TurnState {
         let host = self.host()?;
         // A tell starts its own chain: the sender does not wait for it. It
         // is sent when this turn commits, and never if the turn fails.
-        request.chain = crate::runtime::new_chain_id();
+        request.chain = quark_core::ChainId::fresh();
         request.caller = Some(self.actor.clone());
         request.deadline = std::time::Instant::now() + host.config().call_timeout;
         host.check_request(&request)?;

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use super::{next_tick, retry_delay_ms};
 use crate::error::ErrorKind;
 use crate::id::ActorId;
-use crate::runtime::{Control, Host, Request, WeakHost, new_chain_id};
+use crate::runtime::{Control, Host, Request, WeakHost};
 use crate::storage::jobs::{CatchUp, ClaimFilter, JobClaim, JobCompletion, JobFailure};
 
 /// Longest sleep between looks at the store, by default.
@@ -329,7 +329,7 @@ async fn run_one(host: Host, claim: JobClaim, actor_type: String) {
             target,
             method: job.method.clone(),
             payload: job.payload.clone(),
-            chain: new_chain_id(),
+            chain: quark_core::ChainId::fresh(),
             caller: None,
             deadline: Instant::now() + timeout,
             control: Some(Box::new(Control::Job(turn))),

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::error::ActorError;
 use crate::id::ActorId;
 use crate::runtime::aggregate::{self, RebuildError, SnapshotUse};
-use crate::runtime::{Control, Host, Request, activation, instance, new_chain_id};
+use crate::runtime::{Control, Host, Request, activation, instance};
 use crate::storage::EventRecord;
 
 /// Most events one journal listing returns.
@@ -128,7 +128,7 @@ impl Host {
             target: actor.clone(),
             method: "(snapshot)".into(),
             payload: Vec::new(),
-            chain: new_chain_id(),
+            chain: quark_core::ChainId::fresh(),
             caller: None,
             deadline: Instant::now() + self.config().call_timeout,
             control: Some(Box::new(Control::Snapshot)),

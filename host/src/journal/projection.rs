@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::PROJECTION_POLL;
 use crate::error::{ActorError, ErrorKind};
 use crate::id::{ActorId, validate_type_name};
-use crate::runtime::{Control, Host, Request, new_chain_id};
+use crate::runtime::{Control, Host, Request};
 use crate::storage::{CheckpointAdvance, EventRecord, PositionedEvent, ProjectionDef};
 
 /// The method a projection calls unless told otherwise.
@@ -207,7 +207,7 @@ async fn run(host: crate::runtime::WeakHost, runner: Arc<ProjectionRunner>, mut 
             target,
             method: def.method.clone(),
             payload,
-            chain: new_chain_id(),
+            chain: quark_core::ChainId::fresh(),
             caller: None,
             deadline: Instant::now() + host.config().call_timeout,
             control: Some(Box::new(Control::Checkpoint(CheckpointAdvance {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::id::ActorId;
-use crate::runtime::{Control, Host, InboxTurn, LaneTurn, Request, WeakHost, new_chain_id};
+use crate::runtime::{Control, Host, InboxTurn, LaneTurn, Request, WeakHost};
 use crate::storage::outbox::{Destination, LaneClaim, LaneRelease, OutboxRecord};
 
 /// Longest sleep between looks at the store, by default.
@@ -382,7 +382,7 @@ fn actor_request(host: &Host, record: &OutboxRecord, check: bool, lane: Option<L
         target: ActorId::parse(actor).map_err(|e| format!("bad actor id: {e}"))?,
         method: method.clone(),
         payload: message.payload.clone(),
-        chain: new_chain_id(),
+        chain: quark_core::ChainId::fresh(),
         caller: Some(ActorId::parse(&message.sender).map_err(|e| format!("bad sender id: {e}"))?),
         deadline: Instant::now() + host.config().call_timeout,
         control: Some(Box::new(Control::Inbox(InboxTurn { sender: message.sender.clone(), message_id: message.id.clone(), check, lane }))),

@@ -24,7 +24,7 @@ use super::{Control, Request, WeakHost};
 use crate::Host;
 use crate::capabilities::ActorInstance;
 use crate::error::{ActorError, ErrorKind};
-use crate::id::ActorId;
+use crate::id::{ActorId, ChainId};
 use crate::metrics::{TurnOutcome, outcome_of};
 use super::commit::{PendingCommit, TurnOutput};
 use crate::runtime::committer::DependencyFlag;
@@ -122,8 +122,8 @@ pub(crate) struct ActorState {
 /// What the table, the inspection API and re-entrant calls see of an activation.
 pub(crate) struct ActivationShared {
     pub(crate) id: ActorId,
-    /// The call chain of the running turn, 0 when idle.
-    pub(crate) busy_chain: AtomicU64,
+    /// The call chain of the running turn, `ChainId::NONE` when idle.
+    pub(crate) busy_chain: parking_lot::Mutex<ChainId>,
     /// Messages queued or running.
     pub(crate) pending: AtomicUsize,
     /// Linear memory of this actor's instances, in bytes.
@@ -153,7 +153,7 @@ impl ActivationShared {
     pub(crate) fn new(id: ActorId) -> Self {
         ActivationShared {
             id,
-            busy_chain: AtomicU64::new(0),
+            busy_chain: parking_lot::Mutex::new(ChainId::NONE),
             pending: AtomicUsize::new(0),
             memory_bytes: AtomicU64::new(0),
             turns: AtomicU64::new(0),
@@ -304,7 +304,7 @@ impl Drop for InlineTurn {
         if !self.finished {
             // Its effects were only buffered in layers: the cache is intact.
             core.live = None;
-            self.shared.busy_chain.store(0, Ordering::Release);
+            *self.shared.busy_chain.lock() = ChainId::NONE;
         }
         *self.shared.core.lock() = Some(core);
         self.shared.pending.fetch_sub(1, Ordering::AcqRel);
@@ -361,7 +361,7 @@ impl Core {
     ) -> Result<TurnOutput, ActorError> {
         if Instant::now() >= request.deadline {
             return Err(ActorError::timeout(format!(
-                "message to {} `{}` (call chain {:x}) passed its deadline in the mailbox before it ran",
+                "message to {} `{}` (call chain {}) passed its deadline in the mailbox before it ran",
                 request.target, request.method, request.chain
             )));
         }
@@ -456,7 +456,7 @@ impl Core {
                 }
                 _ => {}
             }
-            shared.busy_chain.store(request.chain, Ordering::Release);
+            *shared.busy_chain.lock() = request.chain;
         }
         let result = run_handler(live, &request, turn_deadline(&request, &version)).await;
         live.store.data_mut().scope.job = None;
@@ -465,7 +465,7 @@ impl Core {
             // Under the state lock, so a late nested turn either merged
             // before this or sees the chain closed and discards its effects.
             let mut state = shared.state.lock();
-            shared.busy_chain.store(0, Ordering::Release);
+            *shared.busy_chain.lock() = ChainId::NONE;
             state.layers.drain(..).next().unwrap_or_default()
         };
         match result {
@@ -727,7 +727,7 @@ pub(crate) async fn run_nested(host: &Host, shared: Arc<ActivationShared>, reque
     if shared.nested_turns.fetch_add(1, Ordering::AcqRel) >= MAX_NESTED_TURNS {
         shared.nested_turns.fetch_sub(1, Ordering::AcqRel);
         return Err(ActorError::limit_exceeded(format!(
-            "{} is re-entered more than {MAX_NESTED_TURNS} times at once on call chain {:x}",
+            "{} is re-entered more than {MAX_NESTED_TURNS} times at once on call chain {}",
             shared.id, request.chain
         )));
     }
@@ -741,9 +741,9 @@ async fn run_nested_turn(host: &Host, shared: &Arc<ActivationShared>, request: &
     let version = host.registry().loaded(&version.info.actor_type, shared.version.load(Ordering::Relaxed)).unwrap_or(version);
     let layer = {
         let mut state = shared.state.lock();
-        if state.layers.is_empty() || shared.busy_chain.load(Ordering::Acquire) != request.chain {
+        if state.layers.is_empty() || *shared.busy_chain.lock() != request.chain {
             return Err(ActorError::timeout(format!(
-                "the turn of {} that call chain {:x} re-entered has already ended",
+                "the turn of {} that call chain {} re-entered has already ended",
                 shared.id, request.chain
             )));
         }
@@ -753,7 +753,7 @@ async fn run_nested_turn(host: &Host, shared: &Arc<ActivationShared>, request: &
     if version.pre.is_event_sourced() {
         state_pop(shared, layer);
         return Err(ActorError::rejected(format!(
-            "{} is event-sourced and was called back on its own call chain {:x}: event-sourced actors are not \
+            "{} is event-sourced and was called back on its own call chain {}: event-sourced actors are not \
              re-entrant (their state is the fold of their events, which a second instance cannot share); \
              restructure the calls, or tell instead of call",
             shared.id, request.chain
@@ -764,7 +764,7 @@ async fn run_nested_turn(host: &Host, shared: &Arc<ActivationShared>, request: &
         Err(e) => Err(HandlerFailure::Returned(e)),
     };
     let mut state = shared.state.lock();
-    let still_open = shared.busy_chain.load(Ordering::Acquire) == request.chain && state.layers.len() == layer + 1;
+    let still_open = *shared.busy_chain.lock() == request.chain && state.layers.len() == layer + 1;
     match result {
         Ok(reply) if still_open => {
             let mine = state.layers.pop().unwrap_or_default();
@@ -774,7 +774,7 @@ async fn run_nested_turn(host: &Host, shared: &Arc<ActivationShared>, request: &
         Ok(_) => {
             state.layers.truncate(layer);
             Err(ActorError::timeout(format!(
-                "the turn of {} that call chain {:x} re-entered ended before this nested call finished; its effects are discarded",
+                "the turn of {} that call chain {} re-entered ended before this nested call finished; its effects are discarded",
                 shared.id, request.chain
             )))
         }

@@ -74,7 +74,7 @@ pub(crate) async fn call_snapshot(live: &mut Live, deadline: Instant, actor: &Ac
         return Err(HandlerFailure::Returned(ActorError::rejected(format!("{actor} is not event-sourced"))));
     };
     let outcome = tokio::time::timeout_at(deadline.into(), aggregate.call_snapshot(&mut live.store)).await;
-    classify_guest_call(outcome, live.store.data(), &format!("{actor} `snapshot`"), 0)
+    classify_guest_call(outcome, live.store.data(), &format!("{actor} `snapshot`"), quark_core::ChainId::NONE)
 }
 
 /// Folds stored events into `live`, starting from a snapshot as `snapshots`
@@ -104,7 +104,7 @@ pub(crate) async fn rebuild(
             return Err(RebuildError::Failed(ActorError::rejected(format!("{actor} is not event-sourced"))));
         };
         let outcome = tokio::time::timeout_at(deadline.into(), aggregate.call_restore(&mut live.store, &snapshot.data)).await;
-        match classify_guest_call(outcome, live.store.data(), &format!("{actor} `restore`"), 0) {
+        match classify_guest_call(outcome, live.store.data(), &format!("{actor} `restore`"), quark_core::ChainId::NONE) {
             Ok(()) => {
                 rebuilt = Rebuilt { version: snapshot.version, snapshot_version: snapshot.version };
             }
@@ -146,7 +146,7 @@ pub(crate) async fn rebuild(
             };
             let outcome = tokio::time::timeout_at(deadline.into(), aggregate.call_apply(&mut live.store, &batch)).await;
             if let Err(HandlerFailure::Returned(e) | HandlerFailure::Broken(e)) =
-                classify_guest_call(outcome, live.store.data(), &format!("{actor} `apply`"), 0)
+                classify_guest_call(outcome, live.store.data(), &format!("{actor} `apply`"), quark_core::ChainId::NONE)
             {
                 return Err(RebuildError::Failed(ActorError::internal(format!(
                     "{actor} cannot be activated: `apply` failed on events {first_version}..={batch_last} while rebuilding \

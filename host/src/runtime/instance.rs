@@ -13,6 +13,7 @@ use super::registry::LoadedVersion;
 use super::turn::TurnState;
 use crate::Host;
 use crate::capabilities::{ActorInstance, ActorPre, GuestError};
+use crate::id::ChainId;
 use crate::error::ActorError;
 use crate::storage::Manifest;
 
@@ -64,7 +65,7 @@ pub(crate) fn classify_guest_call<T>(
     outcome: Result<wasmtime::Result<Result<T, GuestError>>, tokio::time::error::Elapsed>,
     data: &TurnState,
     what: &str,
-    chain: u64,
+    chain: ChainId,
 ) -> Result<T, HandlerFailure> {
     match outcome {
         Ok(Ok(Ok(value))) => Ok(value),
@@ -79,7 +80,7 @@ pub(crate) fn classify_guest_call<T>(
         }
         Ok(Ok(Err(guest_error))) => Err(HandlerFailure::Returned(guest_error.into())),
         Ok(Err(trap)) if data.timed_out => Err(HandlerFailure::Broken(ActorError::timeout(format!(
-            "{what} ran past its deadline (turn time limit or call deadline; call chain {chain:x}) and was stopped ({})",
+            "{what} ran past its deadline (turn time limit or call deadline; call chain {chain}) and was stopped ({})",
             trap.root_cause()
         )))),
         Ok(Err(_)) if data.limiter.exceeded => Err(HandlerFailure::Broken(ActorError::limit_exceeded(format!(
@@ -93,7 +94,7 @@ pub(crate) fn classify_guest_call<T>(
             ))))
         }
         Err(_elapsed) => Err(HandlerFailure::Broken(ActorError::timeout(format!(
-            "{what} did not finish before its deadline (turn time limit or call deadline; call chain {chain:x})"
+            "{what} did not finish before its deadline (turn time limit or call deadline; call chain {chain})"
         )))),
     }
 }

@@ -19,7 +19,7 @@ pub mod turn;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::time::{Duration, Instant};
 
 use wasmtime::Engine;
@@ -29,7 +29,7 @@ use self::table::{ActivationInfo, ActivationTable, Dispatched};
 use self::engine::CompiledCache;
 use self::registry::{ComponentRegistry, content_hash};
 use crate::error::{ActorError, ErrorKind};
-use crate::id::{ActorId, validate_type_name};
+use crate::id::{ActorId, ChainId, validate_type_name};
 use crate::metrics::Metrics;
 use crate::runtime::committer::Committer;
 use crate::storage::{ComponentVersion, Manifest, Store};
@@ -144,7 +144,7 @@ pub struct Request {
     /// The body (JSON for SDK actors).
     pub payload: Vec<u8>,
     /// Call-chain id; nested calls on the same chain may re-enter.
-    pub chain: u64,
+    pub chain: ChainId,
     /// The calling actor, if any.
     pub caller: Option<ActorId>,
     /// When the caller stops waiting.
@@ -194,33 +194,24 @@ pub(crate) struct LaneTurn {
     pub(crate) first: bool,
 }
 
-static NEXT_CHAIN: AtomicU64 = AtomicU64::new(1);
-
 /// A queued message's reply, or a timeout at its deadline.
 async fn reply_by_deadline(
     rx: tokio::sync::oneshot::Receiver<Result<Vec<u8>, ActorError>>,
     target: ActorId,
     method: String,
-    chain: u64,
+    chain: ChainId,
     deadline: Instant,
 ) -> Result<Vec<u8>, ActorError> {
     match tokio::time::timeout_at(deadline.into(), rx).await {
         Ok(Ok(result)) => result,
         Ok(Err(_)) => Err(ActorError::internal(format!("the activation of {target} stopped without replying"))),
         Err(_) => Err(ActorError::timeout(format!(
-            "no reply from {target} `{method}` before the deadline (call chain {chain:x}). \
+            "no reply from {target} `{method}` before the deadline (call chain {chain}). \
              If actors on different call chains call each other in a cycle, they deadlock and end this way"
         ))),
     }
 }
 
-/// A fresh call-chain id (never 0, which means "idle").
-pub fn new_chain_id() -> u64 {
-    // Spread ids so logs from different hosts rarely collide.
-    static PROCESS_BITS: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| u64::from(std::process::id()) << 40);
-    let n = NEXT_CHAIN.fetch_add(1, Ordering::Relaxed);
-    *PROCESS_BITS ^ n
-}
 
 /// What a deploy did.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -545,7 +536,7 @@ impl Host {
             target,
             method: method.to_string(),
             payload,
-            chain: new_chain_id(),
+            chain: ChainId::fresh(),
             caller: None,
             deadline: Instant::now() + self.0.config.call_timeout,
             control: control.map(Box::new),

@@ -15,7 +15,7 @@ use super::activation::{Activation, ActivationShared, Envelope, InlineTurn};
 use super::engine::coarse_now_ms;
 use crate::Host;
 use crate::error::ActorError;
-use crate::id::ActorId;
+use crate::id::{ActorId, ChainId};
 
 /// Most messages waiting in one actor's mailbox; past it, asks and tells
 /// to that actor fail with `unavailable` until it catches up.
@@ -100,7 +100,7 @@ impl ActivationTable {
                 e.insert(Activation::spawn(host, request.target.clone()))
             }
         };
-        if request.chain != 0 && handle.shared.busy_chain.load(Ordering::Acquire) == request.chain {
+        if request.chain != ChainId::NONE && *handle.shared.busy_chain.lock() == request.chain {
             return Ok(Dispatched::Reentrant(handle.shared.clone(), request));
         }
         if wants_reply

@@ -14,13 +14,13 @@ use super::guest_output::GuestOutput;
 use super::limits::MemoryLimiter;
 use crate::Host;
 use crate::error::ActorError;
-use crate::id::ActorId;
+use crate::id::{ActorId, ChainId};
 
 /// What the running turn is: its call chain, who called, and its deadline.
 #[derive(Debug, Clone)]
 pub struct TurnScope {
     /// Call-chain id: nested calls along the same chain may re-enter an actor.
-    pub chain: u64,
+    pub chain: ChainId,
     /// The calling actor, if the message came from one.
     pub caller: Option<ActorId>,
     /// When the turn must be done.
@@ -38,7 +38,7 @@ pub struct TurnScope {
 impl TurnScope {
     /// A scope for work that is not a message (instantiation, rebuilds).
     pub(crate) fn system(deadline: Instant) -> Self {
-        TurnScope { chain: 0, caller: None, deadline, method: String::new(), turn: 0, job: None, message: None }
+        TurnScope { chain: ChainId::NONE, caller: None, deadline, method: String::new(), turn: 0, job: None, message: None }
     }
 }
 
@@ -174,7 +174,7 @@ impl TurnState {
         ensure_journal_loaded(&self.host()?, &self.activation).await?;
         let recorded_at_ms = crate::storage::now_ms();
         let causation_id = format!("{:x}-{:x}", *PROCESS_EPOCH_MS, self.scope.turn);
-        let correlation_id = format!("{:016x}", self.scope.chain);
+        let correlation_id = self.scope.chain.to_string();
         let caller = self.scope.caller.as_ref().map(ToString::to_string);
         let mut state = self.activation.state.lock();
         let visible = state.layers.len().min(self.layer + 1);
