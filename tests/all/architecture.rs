@@ -3,6 +3,16 @@
 //! runtime, wasm engine or database, and the store of the wasm engine.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use quark_host::runtime::router::{LocalRouter, Reply, Router};
+use quark_host::storage::Store;
+use quark_host::storage::sqlite::SqliteStore;
+use quark_host::{ActorError, Host, HostConfig};
+use serde_json::json;
+
+use crate::support::{ask, component, eventually, id, manifest};
 
 /// Every package `package` pulls in through normal (not dev or build)
 /// dependencies, by name, as `cargo tree` resolves them for this machine.
@@ -31,5 +41,60 @@ fn the_crates_depend_one_way() {
     assert!(store.contains("quark-core") && store.contains("sqlx"), "{store:?}");
     for banned in ["wasmtime", "wasmtime-wasi", "axum", "quark-host"] {
         assert!(!store.contains(banned), "quark-store must not depend on {banned}: {store:?}");
+    }
+}
+
+/// A router that records every request it routes, then delivers it here.
+#[derive(Default)]
+struct RecordingRouter {
+    seen: parking_lot::Mutex<Vec<(String, String, &'static str)>>,
+}
+
+impl RecordingRouter {
+    fn record(&self, request: &quark_host::runtime::Request, how: &'static str) {
+        self.seen.lock().push((request.target.to_string(), request.method.clone(), how));
+    }
+
+    fn saw(&self, target: &str, method: &str) -> bool {
+        self.seen.lock().iter().any(|(t, m, _)| t == target && m == method)
+    }
+}
+
+impl Router for RecordingRouter {
+    fn ask<'a>(&'a self, host: &'a Host, request: quark_host::runtime::Request) -> BoxFuture<'a, Result<Vec<u8>, ActorError>> {
+        self.record(&request, "ask");
+        LocalRouter.ask(host, request)
+    }
+
+    fn queue_ask(&self, host: &Host, request: quark_host::runtime::Request) -> Result<Reply, ActorError> {
+        self.record(&request, "queue");
+        LocalRouter.queue_ask(host, request)
+    }
+
+    fn tell(&self, host: &Host, request: quark_host::runtime::Request) -> Result<(), ActorError> {
+        self.record(&request, "tell");
+        LocalRouter.tell(host, request)
+    }
+}
+
+/// The router is the one way to an actor: an outside ask and tell, a
+/// guest's call, a job's turn and an outbox delivery all go through it
+/// (the cluster's router will decide there which host runs them).
+#[tokio::test]
+async fn every_message_goes_through_the_router() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = Arc::new(RecordingRouter::default());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("quark.db")).await.unwrap());
+    let host = Host::start_with_router(HostConfig::new(dir.path()), store, router.clone()).await.unwrap();
+    for name in ["pingpong", "worker", "courier"] {
+        host.deploy(name, component(name), manifest()).await.unwrap();
+    }
+    ask(&host, "pingpong/a", "ping", json!({"peer": "pingpong/b", "depth": 1})).await.unwrap();
+    host.tell(id("pingpong/t"), "pings", b"null".to_vec()).unwrap();
+    ask(&host, "worker/x", "schedule", json!({"target": "worker/b", "method": "work"})).await.unwrap();
+    ask(&host, "courier/a", "send", json!({"to": "courier/b", "payload": 1})).await.unwrap();
+    eventually("the job and the outbox message are delivered", async || (router.saw("worker/b", "work"), router.saw("courier/b", "receive")), |seen| *seen == (true, true)).await;
+    for (target, method) in [("pingpong/a", "ping"), ("pingpong/b", "ping"), ("pingpong/t", "pings"), ("worker/x", "schedule")] {
+        assert!(router.saw(target, method), "{target} {method} went around the router: {:?}", router.seen.lock());
     }
 }

@@ -31,7 +31,7 @@ impl Host for TurnState {
         request.chain = quark_core::ChainId::fresh();
         request.caller = Some(self.actor.clone());
         request.deadline = std::time::Instant::now() + host.config().call_timeout;
-        host.check_request(&request)?;
+        host.check_payload(&request)?;
         host.registry().active(request.target.actor_type())?;
         Ok(self.buffer_tell(request)?)
     }

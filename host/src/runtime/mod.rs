@@ -1,8 +1,8 @@
 //! The actor runtime: engine, component registry, activations and turns.
 //!
 //! [`Host`] is the entry point. It deploys components, routes messages to
-//! activations, and hands each successful turn's writes to the group
-//! committer before the reply goes out.
+//! activations through its [`router::Router`], and hands each successful
+//! turn's writes to the group committer before the reply goes out.
 
 pub mod activation;
 pub mod committer;
@@ -14,6 +14,7 @@ pub(crate) mod instance;
 mod guest_output;
 pub mod limits;
 pub mod registry;
+pub mod router;
 pub mod turn;
 
 use std::collections::HashMap;
@@ -239,6 +240,8 @@ struct HostInner {
     job_runner: Arc<crate::jobs::runner::JobRunner>,
     dispatcher: Arc<crate::outbox::dispatcher::Dispatcher>,
     sinks: crate::outbox::sinks::Sinks,
+    /// Where every request runs (see [`router`]).
+    router: Arc<dyn router::Router>,
 }
 
 /// A running Quark host. Cheap to clone.
@@ -257,8 +260,14 @@ impl WeakHost {
 
 impl Host {
     /// Starts a host on `store`: loads the active version of every deployed
-    /// actor type and starts the committer and the idle sweeper.
+    /// actor type and starts the committer and the idle sweeper. Every
+    /// actor runs here ([`router::LocalRouter`]).
     pub async fn start(config: HostConfig, store: Arc<dyn Store>) -> anyhow::Result<Host> {
+        Host::start_with_router(config, store, Arc::new(router::LocalRouter)).await
+    }
+
+    /// [`Host::start`] with the router every request goes through.
+    pub async fn start_with_router(config: HostConfig, store: Arc<dyn Store>, router: Arc<dyn router::Router>) -> anyhow::Result<Host> {
         let engine = engine::new_engine().map_err(|e| anyhow::anyhow!("creating the wasmtime engine: {e:#}"))?;
         let mut linker = Linker::new(&engine);
         crate::capabilities::add_to_linker(&mut linker).map_err(|e| anyhow::anyhow!("linking capabilities: {e:#}"))?;
@@ -281,6 +290,7 @@ impl Host {
             job_runner: Arc::default(),
             dispatcher: Arc::default(),
             sinks,
+            router,
         }));
         for info in host.0.store.active_versions().await? {
             let (actor_type, version) = (info.actor_type.clone(), info.version);
@@ -545,6 +555,23 @@ impl Host {
 
     /// Routes a request and waits for its reply (or its deadline).
     pub(crate) async fn ask_request(&self, request: Request) -> Result<Vec<u8>, ActorError> {
+        self.0.router.ask(self, request).await
+    }
+
+    /// Routes a request onto its actor's mailbox in order (never inline);
+    /// returns its reply, which waits for the turn's commit.
+    pub(crate) fn queue_ask(&self, request: Request) -> Result<router::Reply, ActorError> {
+        self.0.router.queue_ask(self, request)
+    }
+
+    /// Routes a request without waiting for it.
+    pub(crate) fn tell_request(&self, request: Request) -> Result<(), ActorError> {
+        self.0.router.tell(self, request)
+    }
+
+    /// Runs a request on this host's activation of its actor and waits for
+    /// the reply (or its deadline). For routers: everything else routes.
+    pub async fn ask_here(&self, request: Request) -> Result<Vec<u8>, ActorError> {
         self.check_request(&request)?;
         // Only what a queued message's deadline error needs; the inline
         // path takes the request as it is.
@@ -557,10 +584,11 @@ impl Host {
         }
     }
 
-    /// Queues a request on its actor's mailbox (never run inline, so that
-    /// several can be queued in order before the first has run) and
-    /// returns its reply, which waits for the turn's commit.
-    pub(crate) fn queue_ask(&self, request: Request) -> Result<futures::future::BoxFuture<'static, Result<Vec<u8>, ActorError>>, ActorError> {
+    /// Queues a request on this host's activation's mailbox (never run
+    /// inline, so that several can be queued in order before the first has
+    /// run) and returns its reply, which waits for the turn's commit. For
+    /// routers.
+    pub fn queue_here(&self, request: Request) -> Result<router::Reply, ActorError> {
         self.check_request(&request)?;
         let (target, chain, deadline) = (request.target.clone(), request.chain, request.deadline);
         match self.0.table.dispatch(self, request, true, false)? {
@@ -569,9 +597,9 @@ impl Host {
         }
     }
 
-    /// Routes a request without waiting for it. Tells start their own call
-    /// chain, so they always queue.
-    pub(crate) fn tell_request(&self, request: Request) -> Result<(), ActorError> {
+    /// Queues a request on this host's activation without waiting for it.
+    /// Tells start their own call chain, so they always queue. For routers.
+    pub fn tell_here(&self, request: Request) -> Result<(), ActorError> {
         self.check_request(&request)?;
         match self.0.table.dispatch(self, request, false, false)? {
             Dispatched::Queued(..) => Ok(()),
@@ -583,11 +611,18 @@ impl Host {
         }
     }
 
-    pub(crate) fn check_request(&self, request: &Request) -> Result<(), ActorError> {
+    /// Makes room for an activation if the table is full, and refuses a
+    /// payload over the host's limit.
+    fn check_request(&self, request: &Request) -> Result<(), ActorError> {
         if self.0.table.len() >= self.0.config.max_activations && self.0.table.may_shed() {
             let shed = self.shed_idle_activations();
             tracing::debug!(shed, limit = self.0.config.max_activations, "activation limit reached; shed idle actors");
         }
+        self.check_payload(request)
+    }
+
+    /// Refuses a payload over the host's limit.
+    pub(crate) fn check_payload(&self, request: &Request) -> Result<(), ActorError> {
         if request.payload.len() > self.0.config.max_payload {
             return Err(ActorError::payload_too_large(format!(
                 "payload is {} bytes; this host's limit is {}",
