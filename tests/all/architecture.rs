@@ -5,8 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
-use quark_host::runtime::router::{LocalRouter, Reply, Router};
+use quark_host::runtime::router::{LocalRouter, Route, Router};
 use quark_host::storage::Store;
 use quark_host::storage::sqlite::SqliteStore;
 use quark_host::{ActorError, Host, HostConfig};
@@ -44,36 +43,22 @@ fn the_crates_depend_one_way() {
     }
 }
 
-/// A router that records every request it routes, then delivers it here.
+/// A router that records every request it routes, and runs all here.
 #[derive(Default)]
 struct RecordingRouter {
-    seen: parking_lot::Mutex<Vec<(String, String, &'static str)>>,
+    seen: parking_lot::Mutex<Vec<(String, String)>>,
 }
 
 impl RecordingRouter {
-    fn record(&self, request: &quark_host::runtime::Request, how: &'static str) {
-        self.seen.lock().push((request.target.to_string(), request.method.clone(), how));
-    }
-
     fn saw(&self, target: &str, method: &str) -> bool {
-        self.seen.lock().iter().any(|(t, m, _)| t == target && m == method)
+        self.seen.lock().iter().any(|(t, m)| t == target && m == method)
     }
 }
 
 impl Router for RecordingRouter {
-    fn ask<'a>(&'a self, host: &'a Host, request: quark_host::runtime::Request) -> BoxFuture<'a, Result<Vec<u8>, ActorError>> {
-        self.record(&request, "ask");
-        LocalRouter.ask(host, request)
-    }
-
-    fn queue_ask(&self, host: &Host, request: quark_host::runtime::Request) -> Result<Reply, ActorError> {
-        self.record(&request, "queue");
-        LocalRouter.queue_ask(host, request)
-    }
-
-    fn tell(&self, host: &Host, request: quark_host::runtime::Request) -> Result<(), ActorError> {
-        self.record(&request, "tell");
-        LocalRouter.tell(host, request)
+    fn route(&self, request: &quark_host::runtime::Request) -> Result<Route, ActorError> {
+        self.seen.lock().push((request.target.to_string(), request.method.clone()));
+        LocalRouter.route(request)
     }
 }
 

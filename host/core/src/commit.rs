@@ -57,11 +57,13 @@ impl TurnCommit {
     }
 
     /// True when the turn wrote nothing durable, so it can skip the store.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.state.is_empty() && self.journal.is_none() && self.checkpoint.is_none() && !self.has_job_effects() && self.inbox.is_none() && self.messages.is_empty()
     }
 
     /// True when the turn scheduled, cancelled or completed a job.
+    #[inline]
     pub fn has_job_effects(&self) -> bool {
         !self.jobs.is_empty() || !self.cancels.is_empty() || self.job_done.is_some()
     }

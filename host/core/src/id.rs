@@ -34,16 +34,19 @@ impl ActorId {
     }
 
     /// The actor type, e.g. `counter`.
+    #[inline]
     pub fn actor_type(&self) -> &str {
         &self.0[..self.1]
     }
 
     /// The key within the type, e.g. `alice`.
+    #[inline]
     pub fn key(&self) -> &str {
         &self.0[self.1 + 1..]
     }
 
     /// The whole id, `type/key`.
+    #[inline]
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -80,37 +83,51 @@ pub fn validate_type_name(name: &str) -> Result<(), ActorError> {
 /// carries it, so an actor called back on its own chain re-enters instead
 /// of deadlocking. 128 bits: this process's random 64-bit nonce, then a
 /// counter, so ids from different hosts (and restarts) do not collide.
+/// (Two `u64`s rather than a `u128`, so it keeps every `Request` 8-aligned.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct ChainId(u128);
+pub struct ChainId {
+    nonce: u64,
+    seq: u64,
+}
 
 impl ChainId {
     /// No chain (a turn not started by a request).
-    pub const NONE: ChainId = ChainId(0);
+    pub const NONE: ChainId = ChainId { nonce: 0, seq: 0 };
 
     /// A new chain, unique across hosts.
+    #[inline]
     pub fn fresh() -> ChainId {
         use std::hash::{BuildHasher, RandomState};
         use std::sync::atomic::{AtomicU64, Ordering};
         static NONCE: std::sync::LazyLock<u64> =
             std::sync::LazyLock::new(|| RandomState::new().hash_one((std::process::id(), crate::time::now_ms())) | 1);
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        ChainId((u128::from(*NONCE) << 64) | u128::from(NEXT.fetch_add(1, Ordering::Relaxed)))
+        ChainId { nonce: *NONCE, seq: NEXT.fetch_add(1, Ordering::Relaxed) }
+    }
+
+    /// The counter half: differs between any two chains of one host, so it
+    /// rules out most mismatches with one 64-bit compare.
+    #[inline]
+    pub fn seq(self) -> u64 {
+        self.seq
     }
 
     /// The id as a number (for the wire).
+    #[inline]
     pub fn as_u128(self) -> u128 {
-        self.0
+        (u128::from(self.nonce) << 64) | u128::from(self.seq)
     }
 
     /// The id from [`as_u128`](Self::as_u128).
+    #[inline]
     pub fn from_u128(id: u128) -> ChainId {
-        ChainId(id)
+        ChainId { nonce: (id >> 64) as u64, seq: id as u64 }
     }
 }
 
 impl fmt::Display for ChainId {
     /// 32 hex digits.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:032x}", self.0)
+        write!(f, "{:016x}{:016x}", self.nonce, self.seq)
     }
 }

@@ -3,6 +3,7 @@
 use crate::error::ActorError;
 
 /// Milliseconds since the Unix epoch, now.
+#[inline]
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

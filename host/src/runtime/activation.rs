@@ -119,11 +119,33 @@ pub(crate) struct ActorState {
     pub(crate) discard_instance: bool,
 }
 
+/// The call chain of an actor's running turn (`ChainId::NONE` when idle).
+/// Every message to the actor reads it, so the counter half is an atomic
+/// that rules out other chains without a lock; the full id, under the
+/// lock, confirms a match.
+#[derive(Default)]
+pub(crate) struct BusyChain {
+    seq: AtomicU64,
+    full: parking_lot::Mutex<ChainId>,
+}
+
+impl BusyChain {
+    pub(crate) fn set(&self, chain: ChainId) {
+        let mut full = self.full.lock();
+        *full = chain;
+        self.seq.store(chain.seq(), Ordering::Release);
+    }
+
+    pub(crate) fn is(&self, chain: ChainId) -> bool {
+        self.seq.load(Ordering::Acquire) == chain.seq() && *self.full.lock() == chain
+    }
+}
+
 /// What the table, the inspection API and re-entrant calls see of an activation.
 pub(crate) struct ActivationShared {
     pub(crate) id: ActorId,
     /// The call chain of the running turn, `ChainId::NONE` when idle.
-    pub(crate) busy_chain: parking_lot::Mutex<ChainId>,
+    pub(crate) busy_chain: BusyChain,
     /// Messages queued or running.
     pub(crate) pending: AtomicUsize,
     /// Linear memory of this actor's instances, in bytes.
@@ -153,7 +175,7 @@ impl ActivationShared {
     pub(crate) fn new(id: ActorId) -> Self {
         ActivationShared {
             id,
-            busy_chain: parking_lot::Mutex::new(ChainId::NONE),
+            busy_chain: BusyChain::default(),
             pending: AtomicUsize::new(0),
             memory_bytes: AtomicU64::new(0),
             turns: AtomicU64::new(0),
@@ -304,7 +326,7 @@ impl Drop for InlineTurn {
         if !self.finished {
             // Its effects were only buffered in layers: the cache is intact.
             core.live = None;
-            *self.shared.busy_chain.lock() = ChainId::NONE;
+            self.shared.busy_chain.set(ChainId::NONE);
         }
         *self.shared.core.lock() = Some(core);
         self.shared.pending.fetch_sub(1, Ordering::AcqRel);
@@ -456,7 +478,7 @@ impl Core {
                 }
                 _ => {}
             }
-            *shared.busy_chain.lock() = request.chain;
+            shared.busy_chain.set(request.chain);
         }
         let result = run_handler(live, &request, turn_deadline(&request, &version)).await;
         live.store.data_mut().scope.job = None;
@@ -465,7 +487,7 @@ impl Core {
             // Under the state lock, so a late nested turn either merged
             // before this or sees the chain closed and discards its effects.
             let mut state = shared.state.lock();
-            *shared.busy_chain.lock() = ChainId::NONE;
+            shared.busy_chain.set(ChainId::NONE);
             state.layers.drain(..).next().unwrap_or_default()
         };
         match result {
@@ -741,7 +763,7 @@ async fn run_nested_turn(host: &Host, shared: &Arc<ActivationShared>, request: &
     let version = host.registry().loaded(&version.info.actor_type, shared.version.load(Ordering::Relaxed)).unwrap_or(version);
     let layer = {
         let mut state = shared.state.lock();
-        if state.layers.is_empty() || *shared.busy_chain.lock() != request.chain {
+        if state.layers.is_empty() || !shared.busy_chain.is(request.chain) {
             return Err(ActorError::timeout(format!(
                 "the turn of {} that call chain {} re-entered has already ended",
                 shared.id, request.chain
@@ -764,7 +786,7 @@ async fn run_nested_turn(host: &Host, shared: &Arc<ActivationShared>, request: &
         Err(e) => Err(HandlerFailure::Returned(e)),
     };
     let mut state = shared.state.lock();
-    let still_open = *shared.busy_chain.lock() == request.chain && state.layers.len() == layer + 1;
+    let still_open = shared.busy_chain.is(request.chain) && state.layers.len() == layer + 1;
     match result {
         Ok(reply) if still_open => {
             let mine = state.layers.pop().unwrap_or_default();

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
+use self::router::{Reply, Route};
 use self::table::{ActivationInfo, ActivationTable, Dispatched};
 use self::engine::CompiledCache;
 use self::registry::{ComponentRegistry, content_hash};
@@ -555,18 +556,55 @@ impl Host {
 
     /// Routes a request and waits for its reply (or its deadline).
     pub(crate) async fn ask_request(&self, request: Request) -> Result<Vec<u8>, ActorError> {
-        self.0.router.ask(self, request).await
+        let mut route = self.0.router.route(&request)?;
+        loop {
+            match route {
+                Route::Here => return self.ask_here(request).await,
+                Route::Forward(peer) => return peer.ask(request).await,
+                Route::Lookup(lookup) => route = lookup.await?,
+            }
+        }
     }
 
     /// Routes a request onto its actor's mailbox in order (never inline);
     /// returns its reply, which waits for the turn's commit.
-    pub(crate) fn queue_ask(&self, request: Request) -> Result<router::Reply, ActorError> {
-        self.0.router.queue_ask(self, request)
+    pub(crate) fn queue_ask(&self, request: Request) -> Result<Reply, ActorError> {
+        match self.0.router.route(&request)? {
+            Route::Here => self.queue_here(request),
+            Route::Forward(peer) => peer.queue_ask(request),
+            Route::Lookup(lookup) => {
+                let host = self.clone();
+                Ok(Box::pin(async move {
+                    match lookup.await? {
+                        Route::Forward(peer) => peer.queue_ask(request)?.await,
+                        _ => host.queue_here(request)?.await,
+                    }
+                }))
+            }
+        }
     }
 
     /// Routes a request without waiting for it.
     pub(crate) fn tell_request(&self, request: Request) -> Result<(), ActorError> {
-        self.0.router.tell(self, request)
+        match self.0.router.route(&request)? {
+            Route::Here => self.tell_here(request),
+            Route::Forward(peer) => peer.tell(request),
+            Route::Lookup(lookup) => {
+                let host = self.clone();
+                tokio::spawn(async move {
+                    let target = request.target.clone();
+                    let sent = match lookup.await {
+                        Ok(Route::Forward(peer)) => peer.tell(request),
+                        Ok(_) => host.tell_here(request),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = sent {
+                        tracing::warn!(target = %target, error = %e, "a told message could not be routed");
+                    }
+                });
+                Ok(())
+            }
+        }
     }
 
     /// Runs a request on this host's activation of its actor and waits for
@@ -588,7 +626,7 @@ impl Host {
     /// inline, so that several can be queued in order before the first has
     /// run) and returns its reply, which waits for the turn's commit. For
     /// routers.
-    pub fn queue_here(&self, request: Request) -> Result<router::Reply, ActorError> {
+    pub fn queue_here(&self, request: Request) -> Result<Reply, ActorError> {
         self.check_request(&request)?;
         let (target, chain, deadline) = (request.target.clone(), request.chain, request.deadline);
         match self.0.table.dispatch(self, request, true, false)? {

@@ -100,7 +100,7 @@ impl ActivationTable {
                 e.insert(Activation::spawn(host, request.target.clone()))
             }
         };
-        if request.chain != ChainId::NONE && *handle.shared.busy_chain.lock() == request.chain {
+        if request.chain != ChainId::NONE && handle.shared.busy_chain.is(request.chain) {
             return Ok(Dispatched::Reentrant(handle.shared.clone(), request));
         }
         if wants_reply
