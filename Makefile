@@ -60,16 +60,19 @@ run: guests
 # The tests build in the release profile, like `make run`: after one, the
 # other reuses every compiled dependency instead of building them all again
 # in a second profile (and target/ holds one copy, not two). Every test is
-# in the one `tests/all` binary, so the library is not compiled a second
-# time as a unit-test harness. (CI also builds the benchmark example.)
+# in the one `tests/all` binary (package `quark-tests`, compiled
+# unoptimised: it is glue, and builds in a fraction of the time), so the
+# library is not compiled a second time as a unit-test harness. The CLI
+# tests run the `quark` binary built first. (CI also builds the benchmark.)
 test: guests
 	@echo ">> running the tests (release build shared with make run; integration, storage conformance on SQLite, PostgreSQL and Redis, Python and JavaScript guests)"
-	$(CARGO) test --release -p quark-host --test all
+	$(CARGO) build --release -p quark-host --bin quark
+	$(CARGO) test --release -p quark-tests --test all
 
-# Lints, as CI runs them: clippy on every host crate and target, warnings as errors.
+# Lints, as CI runs them: clippy on every host crate, the tests and the benchmark, warnings as errors.
 check:
-	@echo ">> clippy on quark-core, quark-store and quark-host (all targets, warnings are errors)"
-	$(CARGO) clippy -p quark-core -p quark-store -p quark-host --all-targets -- -D warnings
+	@echo ">> clippy on quark-core, quark-store, quark-host and quark-tests (all targets, warnings are errors)"
+	$(CARGO) clippy -p quark-core -p quark-store -p quark-host -p quark-tests --all-targets -- -D warnings
 
 bench: guests
 	@echo ">> building and running the benchmarks (release)"

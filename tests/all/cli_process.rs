@@ -7,7 +7,14 @@ use std::time::Duration;
 
 use crate::support::*;
 
-const QUARK: &str = env!("CARGO_BIN_EXE_quark");
+/// The `quark` binary of this build profile, beside the test binary's
+/// `deps/` folder (`make test` builds it first).
+static QUARK: std::sync::LazyLock<std::path::PathBuf> = std::sync::LazyLock::new(|| {
+    let exe = std::env::current_exe().unwrap();
+    let quark = exe.parent().and_then(|deps| deps.parent()).unwrap().join("quark");
+    assert!(quark.exists(), "{} is missing: build it first (`cargo build --release -p quark-host`, which `make test` does)", quark.display());
+    quark
+});
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -24,7 +31,7 @@ impl Server {
     }
 
     fn start_with(data_dir: &Path, port: u16, extra: &[&str]) -> Server {
-        let child = Command::new(QUARK)
+        let child = Command::new(&*QUARK)
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -47,7 +54,7 @@ impl Server {
     }
 
     fn quark(&self, args: &[&str]) -> Output {
-        Command::new(QUARK).args(args).env("QUARK_SERVER", &self.url).output().unwrap()
+        Command::new(&*QUARK).args(args).env("QUARK_SERVER", &self.url).output().unwrap()
     }
 
     fn kill9(mut self) {
@@ -199,7 +206,7 @@ fn quark_new_scaffolds_builds_and_deploys_an_actor() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), free_port());
     let crate_dir = dir.path().join("hello");
-    let out = Command::new(QUARK)
+    let out = Command::new(&*QUARK)
         .args(["new", "hello", "--path"])
         .arg(&crate_dir)
         .env("QUARK_SERVER", &server.url)
@@ -213,7 +220,7 @@ fn quark_new_scaffolds_builds_and_deploys_an_actor() {
     let out = server.quark(&["call", "hello/first", "add", r#"{"by": 2}"#]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains(r#""total":2"#), "{}", stdout(&out));
-    let again = Command::new(QUARK).args(["new", "hello", "--path"]).arg(&crate_dir).output().unwrap();
+    let again = Command::new(&*QUARK).args(["new", "hello", "--path"]).arg(&crate_dir).output().unwrap();
     assert!(!again.status.success() && stderr(&again).contains("exists already"), "{}", stderr(&again));
 }
 
@@ -222,7 +229,7 @@ fn quark_new_scaffolds_builds_and_deploys_an_actor() {
 /// file carry no ANSI colour codes.
 #[test]
 fn help_and_logs_read_plainly() {
-    let help = |args: &[&str]| stdout(&Command::new(QUARK).args(args).output().unwrap());
+    let help = |args: &[&str]| stdout(&Command::new(&*QUARK).args(args).output().unwrap());
     let serve = help(&["serve", "--help"]);
     assert!(!serve.contains("--server"), "{serve}");
     assert!(!serve.contains("=]"), "{serve}");
@@ -235,7 +242,7 @@ fn help_and_logs_read_plainly() {
     let dir = tempfile::tempdir().unwrap();
     let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
     let port = free_port();
-    let mut child = Command::new(QUARK)
+    let mut child = Command::new(&*QUARK)
         .args(["serve", "--data-dir"])
         .arg(dir.path().join("data"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -257,7 +264,7 @@ fn help_and_logs_read_plainly() {
 #[test]
 fn serve_refuses_a_public_address_without_a_token() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(QUARK)
+    let out = Command::new(&*QUARK)
         .args(["serve", "--data-dir"])
         .arg(dir.path())
         .args(["--listen", "0.0.0.0:0"])
