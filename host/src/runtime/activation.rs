@@ -66,6 +66,17 @@ pub(crate) struct TurnEffects {
 }
 
 impl TurnEffects {
+    /// Splits the effects into their durable part, the one [`TurnCommit`]
+    /// (`is_empty()` when the turn wrote nothing durable), and the messages
+    /// told, which leave only once that commit is durable. Adding an effect
+    /// is a field here and in `TurnCommit`, and its store code.
+    pub(crate) fn into_commit(self, actor: ActorId, expected_version: u64, inbox: Option<InboxEntry>) -> (TurnCommit, Vec<Request>) {
+        let TurnEffects { writes, tells, events, snapshot_requested: _, checkpoint, jobs, cancels, job_done, messages, bytes: _ } = self;
+        let state = writes.into_iter().map(|(key, value)| StateWrite { key, value }).collect();
+        let journal = (!events.is_empty()).then_some(JournalAppend { expected_version, events });
+        (TurnCommit { actor, state, journal, checkpoint, jobs, cancels, job_done, inbox, messages }, tells)
+    }
+
     /// Adds a later (nested) turn's effects on top of these.
     pub(crate) fn merge(&mut self, later: TurnEffects) {
         self.bytes += later.bytes;
@@ -501,31 +512,30 @@ impl Core {
                         super::turn::MAX_TURN_BYTES
                     )));
                 }
-                let TurnEffects { writes, tells, events, snapshot_requested, checkpoint, jobs, cancels, mut job_done, messages, bytes: _ } = effects;
                 let snapshot = if event_sourced {
-                    let head = shared.state.lock().journal.version + events.len() as u64;
-                    let due = shared.state.lock().journal.since_snapshot + events.len() as u64 >= version.info.manifest.snapshot_every;
-                    if (snapshot_requested || due) && head > 0 { self.take_snapshot(shared, &version, head).await } else { None }
+                    let new_events = effects.events.len() as u64;
+                    let head = shared.state.lock().journal.version + new_events;
+                    let due = shared.state.lock().journal.since_snapshot + new_events >= version.info.manifest.snapshot_every;
+                    if (effects.snapshot_requested || due) && head > 0 { self.take_snapshot(shared, &version, head).await } else { None }
                 } else {
                     None
                 };
-                // A job turn with no effect leaves its completion to the runner.
+                let inbox = inbox.map(|(sender, message_id)| InboxEntry { sender, message_id, reply: reply.clone(), at_ms: crate::storage::now_ms() });
+                let expected_version = shared.state.lock().journal.version;
+                let (mut commit, tells) = effects.into_commit(shared.id.clone(), expected_version, inbox);
+                // A job turn with no other effect leaves its completion to the runner.
                 if let Some(flag) = effect_free_job
-                    && writes.is_empty()
-                    && events.is_empty()
-                    && checkpoint.is_none()
-                    && jobs.is_empty()
-                    && cancels.is_empty()
-                    && messages.is_empty()
                     && tells.is_empty()
                     && snapshot.is_none()
                 {
-                    job_done = None;
-                    flag.store(true, Ordering::Release);
+                    let completion = commit.job_done.take();
+                    if commit.is_empty() {
+                        flag.store(true, Ordering::Release);
+                    } else {
+                        commit.job_done = completion;
+                    }
                 }
-                let inbox = inbox.map(|(sender, message_id)| InboxEntry { sender, message_id, reply: reply.clone(), at_ms: crate::storage::now_ms() });
-                let effects = Committable { writes, events, checkpoint, tells, reply, snapshot, jobs, cancels, job_done, inbox, messages };
-                self.enqueue_commit(host, shared, effects, started).await
+                self.enqueue_commit(host, shared, commit, AfterCommit { reply, tells, snapshot }, started).await
             }
             Err(HandlerFailure::Returned(e)) => {
                 // An SDK actor folds its events as it appends them: after a
@@ -626,21 +636,12 @@ impl Core {
         &mut self,
         host: &Host,
         shared: &Arc<ActivationShared>,
-        effects: Committable,
+        commit: TurnCommit,
+        after: AfterCommit,
         started: Instant,
     ) -> Result<TurnOutput, ActorError> {
-        let Committable { writes, events, checkpoint, tells, reply, snapshot, jobs, cancels, job_done, inbox, messages } = effects;
-        let schedules_jobs = !jobs.is_empty();
-        let sends_messages = !messages.is_empty();
-        let durable = !writes.is_empty()
-            || !events.is_empty()
-            || checkpoint.is_some()
-            || !jobs.is_empty()
-            || !cancels.is_empty()
-            || job_done.is_some()
-            || inbox.is_some()
-            || !messages.is_empty();
-        if !durable && shared.commits_in_flight.load(Ordering::Acquire) == 0 {
+        let AfterCommit { reply, tells, snapshot } = after;
+        if commit.is_empty() && shared.commits_in_flight.load(Ordering::Acquire) == 0 {
             for tell in tells {
                 if let Err(e) = host.tell_request(tell) {
                     tracing::warn!(actor = %shared.id, error = %e, "a message told during a committed turn could not be delivered");
@@ -648,15 +649,12 @@ impl Core {
             }
             return Ok(TurnOutput::Done(reply));
         }
-        let state_writes: Vec<StateWrite> = writes.into_iter().map(|(key, value)| StateWrite { key, value }).collect();
-        let event_count = events.len() as u64;
-        let (flag, expected_version) = {
-            let state = shared.state.lock();
-            (state.commit_flag.clone(), state.journal.version)
-        };
-        let journal = (!events.is_empty()).then_some(JournalAppend { expected_version, events });
-        let commit =
-            TurnCommit { actor: shared.id.clone(), state: state_writes.clone(), journal, checkpoint, jobs, cancels, job_done, inbox, messages };
+        let schedules_jobs = !commit.jobs.is_empty();
+        let sends_messages = !commit.messages.is_empty();
+        let event_count = commit.journal.as_ref().map_or(0, |j| j.events.len() as u64);
+        // The undo needs each written key; the values go to the store.
+        let written: Vec<(String, Option<Vec<u8>>)> = commit.state.iter().map(|w| (w.key.clone(), w.value.clone())).collect();
+        let flag = shared.state.lock().commit_flag.clone();
         let outcome = host.committer().enqueue(commit, Some(flag)).await.map_err(|e| {
             self.live = None;
             ActorError::unavailable(format!("the turn of {} ran but could not be committed, so it did not happen: {e}", shared.id))
@@ -664,14 +662,14 @@ impl Core {
         // Enqueued: from here on, no await until the actor is released, so
         // the cache and the queue cannot disagree.
         let mut state = shared.state.lock();
-        let undo: Vec<(String, Option<Vec<u8>>)> = state_writes
+        let undo: Vec<(String, Option<Vec<u8>>)> = written
             .into_iter()
-            .map(|w| {
-                let previous = match w.value {
-                    Some(v) => state.committed.insert(w.key.clone(), v),
-                    None => state.committed.remove(&w.key),
+            .map(|(key, value)| {
+                let previous = match value {
+                    Some(v) => state.committed.insert(key.clone(), v),
+                    None => state.committed.remove(&key),
                 };
-                (w.key, previous)
+                (key, previous)
             })
             .collect();
         state.journal.version += event_count;
@@ -697,19 +695,12 @@ impl Core {
     }
 }
 
-/// A successful turn's results, on their way to the committer.
-struct Committable {
-    writes: BTreeMap<String, Option<Vec<u8>>>,
-    events: Vec<EventRecord>,
-    checkpoint: Option<CheckpointAdvance>,
-    tells: Vec<Request>,
+/// What waits for a turn's commit: its reply, the messages it told, and a
+/// snapshot taken right after it.
+struct AfterCommit {
     reply: Vec<u8>,
+    tells: Vec<Request>,
     snapshot: Option<(Snapshot, crate::storage::Retention)>,
-    jobs: Vec<JobRecord>,
-    cancels: Vec<String>,
-    job_done: Option<JobCompletion>,
-    inbox: Option<InboxEntry>,
-    messages: Vec<OutboxMessage>,
 }
 
 /// Loads the actor's committed state into memory before its first turn,
