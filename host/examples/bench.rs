@@ -842,9 +842,33 @@ async fn drop_bench_data() {
     }
 }
 
+/// A directory for this run's data, removed when dropped. (Not the
+/// `tempfile` crate: as a dev-dependency of `quark-host` it gave the host's
+/// build a second fingerprint, so building this example and then the
+/// `quark` binary, as CI does, compiled the host twice.)
+struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("quark-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        ScratchDir(dir)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 async fn run_parts() {
     println!("# quark bench — {} — {}", machine(), if quick() { "QUICK" } else { "full" });
-    let dir = tempfile::tempdir().unwrap();
+    let dir = ScratchDir::new();
     let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("bench.db")).await.unwrap());
     let host = host_on(sqlite, dir.path()).await;
 
