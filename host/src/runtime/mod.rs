@@ -196,6 +196,12 @@ pub(crate) struct LaneTurn {
     pub(crate) first: bool,
 }
 
+/// A router's lookup answered with another lookup where the route must be
+/// final (a queued ask or a tell follows one lookup, not a chain of them).
+fn nested_lookup(request: &Request) -> ActorError {
+    ActorError::internal(format!("the router's lookup for {} answered with another lookup", request.target))
+}
+
 /// A queued message's reply, or a timeout at its deadline.
 async fn reply_by_deadline(
     rx: tokio::sync::oneshot::Receiver<Result<Vec<u8>, ActorError>>,
@@ -576,8 +582,9 @@ impl Host {
                 let host = self.clone();
                 Ok(Box::pin(async move {
                     match lookup.await? {
+                        Route::Here => host.queue_here(request)?.await,
                         Route::Forward(peer) => peer.queue_ask(request)?.await,
-                        _ => host.queue_here(request)?.await,
+                        Route::Lookup(_) => Err(nested_lookup(&request)),
                     }
                 }))
             }
@@ -594,8 +601,9 @@ impl Host {
                 tokio::spawn(async move {
                     let target = request.target.clone();
                     let sent = match lookup.await {
+                        Ok(Route::Here) => host.tell_here(request),
                         Ok(Route::Forward(peer)) => peer.tell(request),
-                        Ok(_) => host.tell_here(request),
+                        Ok(Route::Lookup(_)) => Err(nested_lookup(&request)),
                         Err(e) => Err(e),
                     };
                     if let Err(e) = sent {
