@@ -49,7 +49,7 @@ samples: guests
 
 run: guests
 	@echo ">> building the host (release; the first build compiles wasmtime and takes several minutes, later ones seconds)"
-	$(CARGO) build --release -p quark-host
+	$(CARGO) build --release -p quark
 	@echo ">> starting quark serve on $(LISTEN), data in $(DATA_DIR), samples deployed"
 	@echo "   (the first start compiles the Python and JavaScript samples, about half a minute; later starts load them from $(DATA_DIR)/compiled)"
 	./target/release/quark serve --data-dir $(DATA_DIR) --listen $(LISTEN) \
@@ -66,17 +66,17 @@ run: guests
 # tests run the `quark` binary built first. (CI also builds the benchmark.)
 test: guests
 	@echo ">> running the tests (release build shared with make run; integration, storage conformance on SQLite, PostgreSQL and Redis, Python and JavaScript guests)"
-	$(CARGO) build --release -p quark-host --bin quark
+	$(CARGO) build --release -p quark --bin quark
 	$(CARGO) test --release -p quark-tests --test all
 
 # Lints, as CI runs them: clippy on every host crate, the tests and the benchmark, warnings as errors.
 check:
-	@echo ">> clippy on quark-core, quark-store, quark-host and quark-tests (all targets, warnings are errors)"
-	$(CARGO) clippy -p quark-core -p quark-store -p quark-host -p quark-tests --all-targets -- -D warnings
+	@echo ">> clippy on quark-core, quark-store, quark-runtime, quark and quark-tests (all targets, warnings are errors)"
+	$(CARGO) clippy -p quark-core -p quark-store -p quark-runtime -p quark -p quark-tests --all-targets -- -D warnings
 
 bench: guests
 	@echo ">> building and running the benchmarks (release)"
-	$(CARGO) build --release -p quark-host --bins --examples
+	$(CARGO) build --release -p quark --bins --examples
 	./target/release/examples/bench
 	@echo ">> HTTP load with wrk against a release host"
 	bash bench/http.sh

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use quark_host::{ErrorKind, HostConfig};
+use quark::{ErrorKind, NodeConfig};
 use serde_json::json;
 
 use crate::support::*;
@@ -16,7 +16,7 @@ async fn counter_state_survives_deactivation_and_restart() {
         assert_eq!(ask(&host, "counter/alice", "increment", json!({"by": 2})).await.unwrap(), json!(2));
         assert_eq!(ask(&host, "counter/alice", "increment", json!({"by": 3})).await.unwrap(), json!(5));
         assert_eq!(ask(&host, "counter/bob", "get", json!(null)).await.unwrap(), json!(0));
-        host.deactivate_all();
+        host.host().deactivate_all();
         assert_eq!(ask(&host, "counter/alice", "get", json!(null)).await.unwrap(), json!(5));
     }
     // A new host on the same data directory sees the committed state.
@@ -56,17 +56,17 @@ async fn reentrant_call_chain_completes_and_commits() {
     assert_eq!(ask(&host, "pingpong/a", "pings", json!(null)).await.unwrap(), json!(2));
     assert_eq!(ask(&host, "pingpong/b", "pings", json!(null)).await.unwrap(), json!(2));
     // The nested turn's write was committed with the outer turn: it survives deactivation.
-    host.deactivate_all();
+    host.host().deactivate_all();
     assert_eq!(ask(&host, "pingpong/a", "pings", json!(null)).await.unwrap(), json!(2));
 }
 
 #[tokio::test]
 async fn cycle_across_call_chains_times_out_instead_of_hanging() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = HostConfig::new(dir.path());
-    config.call_timeout = Duration::from_secs(2);
+    let mut config = NodeConfig::new(dir.path());
+    config.host.call_timeout = Duration::from_secs(2);
     let host = host_with_config(config).await;
-    host.deploy("pingpong", component("pingpong"), manifest()).await.unwrap();
+    host.host().deploy("pingpong", component("pingpong"), manifest()).await.unwrap();
     // x waits 300 ms then calls y; y does the same towards x; two chains, one cycle.
     let (a, b) = tokio::join!(
         ask(&host, "pingpong/x", "cross", json!({"peer": "pingpong/y", "spin_ms": 300})),
@@ -86,15 +86,15 @@ async fn cycle_across_call_chains_times_out_instead_of_hanging() {
 #[tokio::test]
 async fn idle_actors_are_deactivated_and_come_back() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = HostConfig::new(dir.path());
-    config.idle_timeout = Duration::from_millis(200);
+    let mut config = NodeConfig::new(dir.path());
+    config.host.idle_timeout = Duration::from_millis(200);
     let host = host_with_config(config).await;
-    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     ask(&host, "counter/sleepy", "increment", json!({"by": 7})).await.unwrap();
-    assert_eq!(host.actors().len(), 1);
-    assert!(host.actors()[0].memory_bytes > 0, "the activation reports its linear memory");
+    assert_eq!(host.host().actors().len(), 1);
+    assert!(host.host().actors()[0].memory_bytes > 0, "the activation reports its linear memory");
     let mut waited = Duration::ZERO;
-    while !host.actors().is_empty() {
+    while !host.host().actors().is_empty() {
         assert!(waited < Duration::from_secs(10), "idle actor never deactivated");
         tokio::time::sleep(Duration::from_millis(50)).await;
         waited += Duration::from_millis(50);
@@ -105,16 +105,16 @@ async fn idle_actors_are_deactivated_and_come_back() {
 #[tokio::test]
 async fn past_the_activation_limit_the_oldest_idle_actors_are_shed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = HostConfig::new(dir.path());
-    config.max_activations = 5;
+    let mut config = NodeConfig::new(dir.path());
+    config.host.max_activations = 5;
     let host = host_with_config(config).await;
-    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     for i in 0..12 {
         ask(&host, &format!("counter/n{i}"), "increment", json!({"by": i})).await.unwrap();
-        assert!(host.actors().len() <= 5, "at most the limit is held: {:?}", host.actors());
+        assert!(host.host().actors().len() <= 5, "at most the limit is held: {:?}", host.host().actors());
     }
     // The newest actor is still active; shed ones come back with their state.
-    assert!(host.actors().iter().any(|a| a.id == "counter/n11"));
+    assert!(host.host().actors().iter().any(|a| a.id == "counter/n11"));
     for i in 0..12 {
         assert_eq!(ask(&host, &format!("counter/n{i}"), "get", json!(null)).await.unwrap(), json!(i));
     }
@@ -127,7 +127,7 @@ async fn re_entering_an_actor_twice_on_one_chain_keeps_every_write() {
     // a -> b -> a -> b -> a -> b: a and b are each re-entered twice, nested.
     let chain = ask(&host, "pingpong/a", "ping", json!({"peer": "pingpong/b", "depth": 5})).await.unwrap();
     assert_eq!(chain.as_array().unwrap().len(), 6);
-    host.deactivate_all();
+    host.host().deactivate_all();
     assert_eq!(ask(&host, "pingpong/a", "pings", json!(null)).await.unwrap(), json!(3), "each nested turn saw the one it is nested in");
     assert_eq!(ask(&host, "pingpong/b", "pings", json!(null)).await.unwrap(), json!(3));
 }
@@ -137,27 +137,27 @@ async fn re_entering_an_actor_twice_on_one_chain_keeps_every_write() {
 #[tokio::test]
 async fn a_dropped_host_frees_its_actors_and_its_store() {
     use std::sync::Arc;
-    use quark_host::storage::Store;
-    use quark_host::storage::sqlite::SqliteStore;
+    use quark::storage::Store;
+    use quark::storage::sqlite::SqliteStore;
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("quark.db")).await.unwrap());
-    let host = quark_host::Host::start(HostConfig::new(dir.path()), store.clone()).await.unwrap();
-    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    let host = quark::Node::start(NodeConfig::new(dir.path()), store.clone()).await.unwrap();
+    host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     for i in 0..10 {
         ask(&host, &format!("counter/k{i}"), "increment", json!({"by": 1})).await.unwrap();
     }
-    assert_eq!(host.actors().len(), 10);
+    assert_eq!(host.host().actors().len(), 10);
     drop(host);
     eventually("the host to let go of its store", async || Arc::strong_count(&store), |n| *n == 1).await;
 }
 
 #[test]
 fn actor_ids_parse_type_and_key() {
-    let id = quark_host::ActorId::parse("counter/alice/x").unwrap();
+    let id = quark::ActorId::parse("counter/alice/x").unwrap();
     assert_eq!(id.actor_type(), "counter");
     assert_eq!(id.key(), "alice/x");
     assert_eq!(id.to_string(), "counter/alice/x");
     for bad in ["counter", "Counter/a", "counter/"] {
-        assert!(quark_host::ActorId::parse(bad).is_err(), "{bad}");
+        assert!(quark::ActorId::parse(bad).is_err(), "{bad}");
     }
 }

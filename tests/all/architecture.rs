@@ -5,10 +5,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use quark_host::runtime::router::{LocalRouter, Route, Router};
-use quark_host::storage::Store;
-use quark_host::storage::sqlite::SqliteStore;
-use quark_host::{ActorError, Host, HostConfig};
+use quark::runtime::router::{LocalRouter, Route, Router};
+use quark::storage::Store;
+use quark::storage::sqlite::SqliteStore;
+use quark::{ActorError, Node, NodeConfig};
 use serde_json::json;
 
 use crate::support::{ask, component, eventually, id, manifest};
@@ -33,14 +33,23 @@ fn normal_dependencies(package: &str) -> BTreeSet<String> {
 fn the_crates_depend_one_way() {
     let core = normal_dependencies("quark-core");
     assert!(core.contains("serde"), "the graph was read: {core:?}");
-    for banned in ["tokio", "wasmtime", "sqlx", "redis", "axum", "quark-store", "quark-host"] {
+    for banned in ["tokio", "wasmtime", "sqlx", "redis", "axum", "quark-store", "quark-runtime", "quark"] {
         assert!(!core.contains(banned), "quark-core must not depend on {banned}: {core:?}");
     }
     let store = normal_dependencies("quark-store");
     assert!(store.contains("quark-core") && store.contains("sqlx"), "{store:?}");
-    for banned in ["wasmtime", "wasmtime-wasi", "axum", "quark-host"] {
+    for banned in ["wasmtime", "wasmtime-wasi", "axum", "quark-runtime", "quark"] {
         assert!(!store.contains(banned), "quark-store must not depend on {banned}: {store:?}");
     }
+    // The runtime runs actors; serving HTTP, the CLI and talking to
+    // outbox sinks belong to the server (`quark`).
+    let runtime = normal_dependencies("quark-runtime");
+    assert!(runtime.contains("quark-store") && runtime.contains("wasmtime"), "{runtime:?}");
+    for banned in ["axum", "hyper-util", "clap", "reqwest", "async-nats", "quark"] {
+        assert!(!runtime.contains(banned), "quark-runtime must not depend on {banned}: {runtime:?}");
+    }
+    let server = normal_dependencies("quark");
+    assert!(server.contains("quark-runtime") && server.contains("axum"), "{server:?}");
 }
 
 /// A router that records every request it routes, and runs all here.
@@ -56,7 +65,7 @@ impl RecordingRouter {
 }
 
 impl Router for RecordingRouter {
-    fn route(&self, request: &quark_host::runtime::Request) -> Result<Route, ActorError> {
+    fn route(&self, request: &quark::runtime::Request) -> Result<Route, ActorError> {
         self.seen.lock().push((request.target.to_string(), request.method.clone()));
         LocalRouter.route(request)
     }
@@ -70,12 +79,12 @@ async fn every_message_goes_through_the_router() {
     let dir = tempfile::tempdir().unwrap();
     let router = Arc::new(RecordingRouter::default());
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("quark.db")).await.unwrap());
-    let host = Host::start_with_router(HostConfig::new(dir.path()), store, router.clone()).await.unwrap();
+    let host = Node::start_with_router(NodeConfig::new(dir.path()), store, router.clone()).await.unwrap();
     for name in ["pingpong", "worker", "courier"] {
-        host.deploy(name, component(name), manifest()).await.unwrap();
+        host.host().deploy(name, component(name), manifest()).await.unwrap();
     }
     ask(&host, "pingpong/a", "ping", json!({"peer": "pingpong/b", "depth": 1})).await.unwrap();
-    host.tell(id("pingpong/t"), "pings", b"null".to_vec()).unwrap();
+    host.host().tell(id("pingpong/t"), "pings", b"null".to_vec()).unwrap();
     ask(&host, "worker/x", "schedule", json!({"target": "worker/b", "method": "work"})).await.unwrap();
     ask(&host, "courier/a", "send", json!({"to": "courier/b", "payload": 1})).await.unwrap();
     eventually("the job and the outbox message are delivered", async || (router.saw("worker/b", "work"), router.saw("courier/b", "receive")), |seen| *seen == (true, true)).await;

@@ -12,7 +12,7 @@ use crate::support::*;
 static QUARK: std::sync::LazyLock<std::path::PathBuf> = std::sync::LazyLock::new(|| {
     let exe = std::env::current_exe().unwrap();
     let quark = exe.parent().and_then(|deps| deps.parent()).unwrap().join("quark");
-    assert!(quark.exists(), "{} is missing: build it first (`cargo build --release -p quark-host`, which `make test` does)", quark.display());
+    assert!(quark.exists(), "{} is missing: build it first (`cargo build --release -p quark`, which `make test` does)", quark.display());
     quark
 });
 
@@ -599,12 +599,12 @@ fn transfers_survive_ten_sigkills_exactly_once() {
 
     // Each acknowledged transfer's credit ran: its id is in the receiver's inbox.
     let handled: std::collections::HashSet<(String, String)> = rt.block_on(async {
-        let store = quark_host::storage::sqlite::SqliteStore::open(&dir.path().join("quark.db")).await.unwrap();
+        let store = quark::storage::sqlite::SqliteStore::open(&dir.path().join("quark.db")).await.unwrap();
         let mut handled = std::collections::HashSet::new();
         for (transfer, from, to) in &acknowledged {
             let actor = id(&format!("transfer/a{to}"));
             let sender = format!("transfer/a{from}");
-            if quark_host::storage::InboxStore::inbox_reply(&store, &actor, &sender, transfer).await.unwrap().is_some() {
+            if quark::storage::InboxStore::inbox_reply(&store, &actor, &sender, transfer).await.unwrap().is_some() {
                 handled.insert((transfer.clone(), actor.to_string()));
             }
         }

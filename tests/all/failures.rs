@@ -4,20 +4,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quark_host::storage::sqlite::SqliteStore;
-use quark_host::{ErrorKind, Host, HostConfig};
+use quark::storage::sqlite::SqliteStore;
+use quark::{ErrorKind, Node, NodeConfig};
 use serde_json::json;
 use sqlx::Connection;
 
 use crate::support::*;
 
-async fn misbehave_host(dir: &std::path::Path) -> Host {
+async fn misbehave_host(dir: &std::path::Path) -> Node {
     let host = sqlite_host(dir).await;
-    host.deploy("misbehave", component("misbehave"), manifest_with("16MiB", "1s")).await.unwrap();
+    host.host().deploy("misbehave", component("misbehave"), manifest_with("16MiB", "1s")).await.unwrap();
     host
 }
 
-async fn dump(host: &Host, actor: &str) -> serde_json::Value {
+async fn dump(host: &Node, actor: &str) -> serde_json::Value {
     ask(host, actor, "dump", json!(null)).await.unwrap()
 }
 
@@ -78,14 +78,14 @@ async fn deploys_of_things_that_are_not_actors_are_bad_requests() {
         ("nohandler", component("no-handler"), "quark:actor/handler"),
     ];
     for (actor_type, bytes, expected) in cases {
-        let e = host.deploy(actor_type, bytes, manifest()).await.unwrap_err();
+        let e = host.host().deploy(actor_type, bytes, manifest()).await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::BadRequest, "{actor_type}: {e}");
         assert!(e.message.contains(expected), "{actor_type}: {e}");
-        assert_eq!(host.versions(actor_type).await.unwrap_err().kind, ErrorKind::NotFound, "nothing stored for {actor_type}");
+        assert_eq!(host.host().versions(actor_type).await.unwrap_err().kind, ErrorKind::NotFound, "nothing stored for {actor_type}");
     }
-    assert!(host.actor_types().is_empty());
+    assert!(host.host().actor_types().is_empty());
     // The host still deploys and runs a real actor.
-    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     assert_eq!(ask(&host, "counter/a", "increment", json!({"by": 1})).await.unwrap(), json!(1));
 }
 
@@ -93,7 +93,7 @@ async fn deploys_of_things_that_are_not_actors_are_bad_requests() {
 async fn component_that_cannot_start_within_its_memory_limit_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
-    let e = host.deploy("counter", component("counter"), manifest_with("128KiB", "5s")).await.unwrap_err();
+    let e = host.host().deploy("counter", component("counter"), manifest_with("128KiB", "5s")).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Rejected, "{e}");
     assert!(e.message.contains("memory"), "{e}");
 }
@@ -111,11 +111,11 @@ async fn unknown_type_unknown_method_bad_json_and_oversized_payloads() {
     assert_eq!(e.kind, ErrorKind::NotFound);
     assert!(e.message.contains("unknown method `explode`"), "{e}");
 
-    let e = host.ask(id("counter/a"), "increment", b"{not json".to_vec()).await.unwrap_err();
+    let e = host.host().ask(id("counter/a"), "increment", b"{not json".to_vec()).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::BadRequest);
     assert!(e.message.contains("bad request for `increment`"), "{e}");
 
-    let e = host.ask(id("counter/a"), "increment", vec![b' '; (1 << 20) + 1]).await.unwrap_err();
+    let e = host.host().ask(id("counter/a"), "increment", vec![b' '; (1 << 20) + 1]).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::PayloadTooLarge);
 
     assert_eq!(ask(&host, "counter/a", "increment", json!({"by": 4})).await.unwrap(), json!(4));
@@ -126,8 +126,8 @@ async fn sqlite_locked_by_another_process_fails_durable_turns_only() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("quark.db");
     let store = Arc::new(SqliteStore::open_with_busy_timeout(&db, Duration::from_millis(200)).await.unwrap());
-    let host = Host::start(HostConfig::new(dir.path()), store).await.unwrap();
-    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    let host = Node::start(NodeConfig::new(dir.path()), store).await.unwrap();
+    host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     assert_eq!(ask(&host, "counter/a", "increment", json!({"by": 1})).await.unwrap(), json!(1));
 
     // Another process takes the write lock: the store is unwritable for us.
@@ -152,8 +152,8 @@ async fn pipelined_turns_never_expose_a_write_that_failed_to_commit() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("quark.db");
     let store = Arc::new(SqliteStore::open_with_busy_timeout(&db, Duration::from_millis(300)).await.unwrap());
-    let host = Host::start(HostConfig::new(dir.path()), store).await.unwrap();
-    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    let host = Node::start(NodeConfig::new(dir.path()), store).await.unwrap();
+    host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     assert_eq!(ask(&host, "counter/p", "increment", json!({"by": 1})).await.unwrap(), json!(1));
 
     let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
@@ -193,7 +193,7 @@ async fn pipelined_turns_never_expose_a_write_that_failed_to_commit() {
     }
     replies.sort();
     assert_eq!(replies, (3..=52).collect::<Vec<i64>>(), "every increment once");
-    host.deactivate_all();
+    host.host().deactivate_all();
     assert_eq!(ask(&host, "counter/p", "get", json!(null)).await.unwrap(), json!(52));
 }
 
@@ -248,8 +248,8 @@ async fn postgres_going_down_fails_durable_turns_and_recovers() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(HostConfig::new(dir.path()), Arc::new(store)).await.unwrap();
-    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    let host = Node::start(NodeConfig::new(dir.path()), Arc::new(store)).await.unwrap();
+    host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     assert_eq!(ask(&host, "counter/pg", "increment", json!({"by": 1})).await.unwrap(), json!(1));
 
     relay.down();
@@ -273,7 +273,7 @@ async fn postgres_going_down_fails_durable_turns_and_recovers() {
 async fn a_failed_turn_sends_none_of_its_tells() {
     let dir = tempfile::tempdir().unwrap();
     let host = misbehave_host(dir.path()).await;
-    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     let tell = |fail: bool| json!({"target": "counter/told", "method": "increment", "payload": {"by": 1}, "fail": fail});
 
     let e = ask(&host, "misbehave/t", "tell", tell(true)).await.unwrap_err();
@@ -307,7 +307,7 @@ async fn keys_with_nul_and_limits_out_of_range_are_refused() {
     assert_eq!(dump(&host, "misbehave/k").await, json!({}));
 
     for (memory, timeout) in [(None, Some("300000000000years")), (None, Some("2h")), (None, Some("0s")), (Some("8GiB"), None)] {
-        let e = quark_host::Manifest::parse(memory, timeout).unwrap_err();
+        let e = quark::Manifest::parse(memory, timeout).unwrap_err();
         assert_eq!(e.kind, ErrorKind::BadRequest, "{memory:?} {timeout:?}: {e}");
     }
 }
@@ -322,7 +322,7 @@ async fn a_caller_that_goes_away_mid_turn_leaves_the_actor_serving() {
     assert!(gave_up.is_err(), "the spin is still running when the caller leaves");
     assert_eq!(ask(&host, "misbehave/c", "echo", json!("next")).await.unwrap(), json!("next"));
     assert_eq!(dump(&host, "misbehave/c").await, json!({}), "the abandoned turn committed nothing");
-    assert_eq!(host.actors().iter().find(|a| a.id == "misbehave/c").map(|a| a.pending), Some(0));
+    assert_eq!(host.host().actors().iter().find(|a| a.id == "misbehave/c").map(|a| a.pending), Some(0));
 }
 
 /// A TCP relay to PostgreSQL that, once armed, lets through the COMMIT of
@@ -399,12 +399,12 @@ async fn a_lost_commit_acknowledgement_is_an_unknown_outcome() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(HostConfig::new(dir.path()), Arc::new(store)).await.unwrap();
-    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    let host = Node::start(NodeConfig::new(dir.path()), Arc::new(store)).await.unwrap();
+    host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     assert_eq!(ask(&host, "counter/cut", "increment", json!({"by": 1})).await.unwrap(), json!(1));
 
     relay.arm();
-    let pay = || host.ask_idempotent(id("counter/cut"), "increment", br#"{"by": 10}"#.to_vec(), "pay-7");
+    let pay = || host.host().ask_idempotent(id("counter/cut"), "increment", br#"{"by": 10}"#.to_vec(), "pay-7");
     let e = pay().await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::UnknownOutcome, "{e}");
     assert!(e.message.contains("Idempotency-Key"), "{e}");
@@ -426,14 +426,14 @@ async fn a_lost_commit_acknowledgement_is_an_unknown_outcome() {
 struct PanickingStore;
 
 #[async_trait::async_trait]
-impl quark_host::storage::StateStore for PanickingStore {
-    async fn load_state(&self, _: &quark_host::ActorId) -> Result<Vec<(String, Vec<u8>)>, quark_host::storage::StoreError> {
+impl quark::storage::StateStore for PanickingStore {
+    async fn load_state(&self, _: &quark::ActorId) -> Result<Vec<(String, Vec<u8>)>, quark::storage::StoreError> {
         Ok(Vec::new())
     }
 
-    async fn commit(&self, batch: &[quark_host::storage::TurnCommit]) -> Result<(), quark_host::storage::StoreError> {
+    async fn commit(&self, batch: &[quark::storage::TurnCommit]) -> Result<(), quark::storage::StoreError> {
         if batch.len() > 1 {
-            return Err(quark_host::storage::StoreError::Rejected("one turn of the batch is refused".into()));
+            return Err(quark::storage::StoreError::Rejected("one turn of the batch is refused".into()));
         }
         if batch[0].actor.as_str() == "c/panic" {
             panic!("the backend panics on purpose");
@@ -446,10 +446,10 @@ impl quark_host::storage::StateStore for PanickingStore {
 /// only: its neighbours commit, and so does every later turn.
 #[tokio::test]
 async fn a_panic_while_retrying_turns_one_by_one_fails_only_that_turn() {
-    use quark_host::runtime::committer::Committer;
-    use quark_host::storage::{StateWrite, StoreError, TurnCommit};
+    use quark::runtime::committer::Committer;
+    use quark::storage::{StateWrite, StoreError, TurnCommit};
     let commit = |actor: &str| TurnCommit::state_only(id(actor), vec![StateWrite { key: "k".into(), value: Some(b"1".to_vec()) }]);
-    let committer = Committer::spawn(Arc::new(PanickingStore), Arc::new(quark_host::metrics::Metrics::new()));
+    let committer = Committer::spawn(Arc::new(PanickingStore), Arc::new(quark::runtime::metrics::Metrics::new()));
     // Enqueued together, before the committer runs: one batch.
     let first = committer.enqueue(commit("c/a"), None).await.unwrap();
     let panics = committer.enqueue(commit("c/panic"), None).await.unwrap();

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quark_host::storage::sqlite::SqliteStore;
-use quark_host::{Host, HostConfig};
+use quark::storage::sqlite::SqliteStore;
+use quark::{Node, NodeConfig};
 use serde_json::{Value, json};
 use sqlx::Connection;
 
@@ -20,11 +20,11 @@ async fn a_caller_that_goes_away_during_the_commit_does_not_stop_it() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("quark.db");
     let store = Arc::new(SqliteStore::open_with_busy_timeout(&db, Duration::from_secs(20)).await.unwrap());
-    let mut config = HostConfig::new(dir.path());
-    config.idle_timeout = Duration::from_millis(300);
-    let host = Host::start(config, store).await.unwrap();
-    host.deploy("misbehave", component("misbehave"), manifest()).await.unwrap();
-    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    let mut config = NodeConfig::new(dir.path());
+    config.host.idle_timeout = Duration::from_millis(300);
+    let host = Node::start(config, store).await.unwrap();
+    host.host().deploy("misbehave", component("misbehave"), manifest()).await.unwrap();
+    host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
 
     // Another process holds the write lock: the commit waits for it.
     let mut other = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display())).await.unwrap();
@@ -36,7 +36,7 @@ async fn a_caller_that_goes_away_during_the_commit_does_not_stop_it() {
 
     eventually("the committed turn's tell", async || ask(&host, "counter/told", "get", json!(null)).await.unwrap(), |v| *v == json!(1)).await;
     assert_eq!(ask(&host, "misbehave/c", "dump", json!(null)).await.unwrap(), json!({"told": 1}), "the turn committed once");
-    eventually("misbehave/c deactivated when idle", async || host.actors().iter().any(|a| a.id == "misbehave/c"), |active| !active).await;
+    eventually("misbehave/c deactivated when idle", async || host.host().actors().iter().any(|a| a.id == "misbehave/c"), |active| !active).await;
 }
 
 /// A turn that committed answers as soon as its commit is durable, not
@@ -45,7 +45,7 @@ async fn a_caller_that_goes_away_during_the_commit_does_not_stop_it() {
 async fn a_committed_reply_goes_out_while_the_next_turn_runs() {
     let dir = tempfile::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
-    host.deploy("misbehave", component("misbehave"), manifest_with("64MiB", "2s")).await.unwrap();
+    host.host().deploy("misbehave", component("misbehave"), manifest_with("64MiB", "2s")).await.unwrap();
     let call = |method: &'static str, payload: Value| {
         let host = host.clone();
         tokio::spawn(async move {
@@ -68,11 +68,11 @@ async fn a_committed_reply_goes_out_while_the_next_turn_runs() {
     assert!(ahead > Duration::from_secs(1), "the write's reply came only {ahead:?} before the next turn's end: it waited for it");
 }
 
-async fn serve_api(host: &Host, access: quark_host::api::ApiConfig) -> String {
+async fn serve_api(host: &Node, access: quark::api::ApiConfig) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let host = host.clone();
-    tokio::spawn(async move { quark_host::api::serve_with(host, listener, access).await.unwrap() });
+    tokio::spawn(async move { quark::api::serve_with(host, listener, access).await.unwrap() });
     base
 }
 
@@ -108,7 +108,7 @@ async fn every_error_is_a_json_body() {
     let too_many: Vec<Value> = (0..100_001).map(|_| json!({"target": "counter/x", "method": "get"})).collect();
     let (status, body) = error_of(http.post(format!("{base}/v1/jobs")).json(&too_many).send().await.unwrap()).await;
     assert_eq!((status, body["error"]["kind"].as_str().unwrap()), (507, "limit-exceeded"), "{body}");
-    assert!(host.jobs(None, None, 10).await.unwrap().is_empty(), "nothing of it was stored");
+    assert!(host.jobs().list(None, None, 10).await.unwrap().is_empty(), "nothing of it was stored");
 }
 
 /// A page on another origin, or a request for a name this host does not
@@ -118,7 +118,7 @@ async fn every_error_is_a_json_body() {
 async fn cross_site_and_rebound_requests_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let host = host_with(dir.path(), &[("counter", "counter")]).await;
-    let access = quark_host::api::ApiConfig { allowed_origins: vec!["https://console.example".into()], ..Default::default() };
+    let access = quark::api::ApiConfig { allowed_origins: vec!["https://console.example".into()], ..Default::default() };
     let base = serve_api(&host, access).await;
     let authority = base.trim_start_matches("http://").to_string();
     let http = reqwest::Client::new();
@@ -138,7 +138,7 @@ async fn cross_site_and_rebound_requests_are_refused() {
     )
     .await;
     assert_eq!(status, 403);
-    assert!(host.jobs(None, None, 10).await.unwrap().is_empty(), "no cron job was created");
+    assert!(host.jobs().list(None, None, 10).await.unwrap().is_empty(), "no cron job was created");
     assert_eq!(ask(&host, "counter/csrf", "get", json!(null)).await.unwrap(), json!(0), "no turn ran");
 
     // Same origin, an allowed origin, no origin, `localhost`: served.
@@ -160,7 +160,7 @@ async fn cross_site_and_rebound_requests_are_refused() {
 async fn metrics_need_the_token_and_healthz_does_not() {
     let dir = tempfile::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
-    let base = serve_api(&host, quark_host::api::ApiConfig { token: Some("s3cret".into()), ..Default::default() }).await;
+    let base = serve_api(&host, quark::api::ApiConfig { token: Some("s3cret".into()), ..Default::default() }).await;
     let http = reqwest::Client::new();
     let (status, body) = error_of(http.get(format!("{base}/metrics")).send().await.unwrap()).await;
     assert_eq!((status, body["error"]["kind"].as_str().unwrap()), (401, "unauthorized"));
@@ -181,7 +181,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     let mut slow = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").await.unwrap();
     let mut buffer = [0u8; 256];
-    let closed = tokio::time::timeout(quark_host::api::HEADER_READ_TIMEOUT + Duration::from_secs(5), slow.read(&mut buffer)).await;
+    let closed = tokio::time::timeout(quark::api::HEADER_READ_TIMEOUT + Duration::from_secs(5), slow.read(&mut buffer)).await;
     assert!(closed.is_ok(), "the connection is still open after the header-read timeout");
     // The host still serves.
     assert_eq!(reqwest::get(format!("{base}/healthz")).await.unwrap().status().as_u16(), 200);
@@ -196,7 +196,7 @@ async fn a_method_without_argument_accepts_an_empty_object() {
     for actor_type in counters_in_every_language(&host, "a_method_without_argument_accepts_an_empty_object").await {
         let actor = format!("{actor_type}/empty");
         for payload in [&b"{}"[..], b"null", b""] {
-            let reply = host.ask(id(&actor), "get", payload.to_vec()).await;
+            let reply = host.host().ask(id(&actor), "get", payload.to_vec()).await;
             assert_eq!(reply.map(|r| serde_json::from_slice::<Value>(&r).unwrap()), Ok(json!(0)), "{actor} get {:?}", String::from_utf8_lossy(payload));
         }
     }
@@ -206,7 +206,7 @@ async fn a_method_without_argument_accepts_an_empty_object() {
 #[tokio::test]
 async fn a_redis_that_evicts_keys_is_refused() {
     let Some(server) = RedisServer::start_or_skip("a_redis_that_evicts_keys_is_refused", &["--maxmemory-policy", "allkeys-lru"]).await else { return };
-    let e = quark_host::storage::redis::RedisStore::connect(&server.url, Some("evict")).await.err().expect("refused");
+    let e = quark::storage::redis::RedisStore::connect(&server.url, Some("evict")).await.err().expect("refused");
     let message = e.to_string();
     assert!(message.contains("allkeys-lru") && message.contains("noeviction"), "{message}");
 }
@@ -264,9 +264,9 @@ impl Drop for RedisServer {
 async fn a_turn_cannot_buffer_unbounded_effects() {
     let dir = tempfile::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
-    host.deploy("misbehave", component("misbehave"), manifest()).await.unwrap();
+    host.host().deploy("misbehave", component("misbehave"), manifest()).await.unwrap();
     let e = ask(&host, "misbehave/f", "flood", json!({"count": 40, "bytes": 1_000_000})).await.unwrap_err();
-    assert_eq!(e.kind, quark_host::ErrorKind::LimitExceeded, "{e}");
+    assert_eq!(e.kind, quark::ErrorKind::LimitExceeded, "{e}");
     assert!(e.message.contains("buffer"), "{e}");
     assert_eq!(ask(&host, "misbehave/f", "dump", json!(null)).await.unwrap(), json!({}), "nothing of it was committed");
     let n = ask(&host, "misbehave/f", "flood", json!({"count": 100, "bytes": 1_000_000, "same_key": true})).await.unwrap();
@@ -280,7 +280,7 @@ async fn a_turn_cannot_buffer_unbounded_effects() {
 async fn mailboxes_are_bounded_and_dropped_tells_are_counted() {
     let dir = tempfile::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
-    host.deploy("misbehave", component("misbehave"), manifest_with("64MiB", "2s")).await.unwrap();
+    host.host().deploy("misbehave", component("misbehave"), manifest_with("64MiB", "2s")).await.unwrap();
     let busy = {
         let host = host.clone();
         tokio::spawn(async move { ask(&host, "misbehave/m", "spin", json!(null)).await })
@@ -288,23 +288,23 @@ async fn mailboxes_are_bounded_and_dropped_tells_are_counted() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut refused = None;
     for i in 0..20_000 {
-        if let Err(e) = host.tell(id("misbehave/m"), "echo", b"1".to_vec()) {
+        if let Err(e) = host.host().tell(id("misbehave/m"), "echo", b"1".to_vec()) {
             refused = Some((i, e));
             break;
         }
     }
     let (at, e) = refused.expect("the mailbox was never full");
-    assert_eq!(e.kind, quark_host::ErrorKind::Unavailable, "{e}");
+    assert_eq!(e.kind, quark::ErrorKind::Unavailable, "{e}");
     assert!(e.message.contains("mailbox") && at >= 9_000, "refused at message {at}: {e}");
     assert!(counter(&host, "quark_mailbox_full_total") >= 1, "counted");
     let _ = busy.await;
 
-    host.tell(id("misbehave/d"), "write_then_fail", b"null".to_vec()).unwrap();
+    host.host().tell(id("misbehave/d"), "write_then_fail", b"null".to_vec()).unwrap();
     eventually("the failed tell counted", async || counter(&host, "quark_tells_dropped_total"), |n| *n >= 1).await;
 }
 
 /// A counter's value in the host's metrics text.
-fn counter(host: &Host, name: &str) -> u64 {
+fn counter(host: &Node, name: &str) -> u64 {
     let text = host.metrics_text();
     let line = text.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("no {name} in\n{text}"));
     line.rsplit(' ').next().unwrap().parse().unwrap()
@@ -426,7 +426,7 @@ async fn a_missing_field_is_a_bad_request_alike_in_every_language() {
         let actor = format!("{actor_type}/wrong");
         assert_eq!(ask(&host, &actor, "increment", json!({"by": 5})).await.unwrap(), json!(5), "{actor}");
         let e = ask(&host, &actor, "increment", json!({"amount": 2})).await.unwrap_err();
-        assert_eq!(e.kind, quark_host::ErrorKind::BadRequest, "{actor}: {e}");
+        assert_eq!(e.kind, quark::ErrorKind::BadRequest, "{actor}: {e}");
         assert_eq!(e.message, "bad request for `increment`: missing field `by`", "{actor}: the same words in every language");
         assert_eq!(ask(&host, &actor, "get", json!(null)).await.unwrap(), json!(5), "{actor}: nothing committed");
     }
@@ -434,12 +434,12 @@ async fn a_missing_field_is_a_bad_request_alike_in_every_language() {
 
 /// Deploys the counter sample in Rust, Python and JavaScript (the last two
 /// where their toolchains could be installed); returns the types deployed.
-async fn counters_in_every_language(host: &Host, test: &str) -> Vec<&'static str> {
+async fn counters_in_every_language(host: &Node, test: &str) -> Vec<&'static str> {
     let mut types = vec!["counter"];
-    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     for name in ["counter-py", "counter-js"] {
         if let Some(bytes) = guest_in_other_language(name, test) {
-            host.deploy(name, bytes, manifest()).await.unwrap();
+            host.host().deploy(name, bytes, manifest()).await.unwrap();
             types.push(name);
         }
     }
@@ -453,12 +453,12 @@ async fn counters_in_every_language(host: &Host, test: &str) -> Vec<&'static str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_commit_past_its_timeout_is_an_unknown_outcome() {
     let Some(server) = RedisServer::start_or_skip("a_redis_commit_past_its_timeout_is_an_unknown_outcome", &[]).await else { return };
-    let store = quark_host::storage::redis::RedisStore::connect(&server.url, Some("stop")).await.unwrap();
+    let store = quark::storage::redis::RedisStore::connect(&server.url, Some("stop")).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut config = HostConfig::new(dir.path());
-    config.call_timeout = Duration::from_secs(60);
-    let host = Host::start(config, Arc::new(store)).await.unwrap();
-    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    let mut config = NodeConfig::new(dir.path());
+    config.host.call_timeout = Duration::from_secs(60);
+    let host = Node::start(config, Arc::new(store)).await.unwrap();
+    host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     assert_eq!(ask(&host, "counter/r", "increment", json!({"by": 1})).await.unwrap(), json!(1));
 
     let signal = |sig: &str| {
@@ -470,7 +470,7 @@ async fn a_redis_commit_past_its_timeout_is_an_unknown_outcome() {
     signal("-STOP");
     let e = ask(&host, "counter/r", "increment", json!({"by": 10})).await.unwrap_err();
     signal("-CONT");
-    assert_eq!(e.kind, quark_host::ErrorKind::UnknownOutcome, "{e}");
+    assert_eq!(e.kind, quark::ErrorKind::UnknownOutcome, "{e}");
     assert!(e.message.contains("Idempotency-Key"), "{e}");
     let value = eventually("the state readable again", async || ask(&host, "counter/r", "get", json!(null)).await.ok(), Option::is_some).await;
     assert_eq!(value, Some(json!(11)), "the script ran after all: the outcome was indeed unknown, not a failure");

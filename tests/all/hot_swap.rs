@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use quark_host::ErrorKind;
+use quark::ErrorKind;
 use serde_json::json;
 
 use crate::support::*;
@@ -16,29 +16,29 @@ async fn versions_rollback_and_restart_keep_the_active_version() {
         assert_eq!(ask(&host, "counter/v", "increment", json!({"by": 5})).await.unwrap(), json!(5));
         assert_eq!(ask(&host, "counter/v", "version", json!(null)).await.unwrap_err().kind, ErrorKind::NotFound);
 
-        let v2 = host.deploy("counter", component("counter-v2"), manifest()).await.unwrap();
+        let v2 = host.host().deploy("counter", component("counter-v2"), manifest()).await.unwrap();
         assert!(v2.created);
         assert_eq!(v2.version.version, 2);
         assert_eq!(ask(&host, "counter/v", "version", json!(null)).await.unwrap(), json!(2));
         assert_eq!(ask(&host, "counter/v", "get", json!(null)).await.unwrap(), json!(5), "same state on the new code");
 
         // Deploying the same bytes again is a no-op.
-        let again = host.deploy("counter", component("counter-v2"), manifest()).await.unwrap();
+        let again = host.host().deploy("counter", component("counter-v2"), manifest()).await.unwrap();
         assert!(!again.created);
         assert_eq!(again.version.version, 2);
 
-        let (versions, active) = host.versions("counter").await.unwrap();
+        let (versions, active) = host.host().versions("counter").await.unwrap();
         assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(active, 2);
 
-        assert_eq!(host.rollback("counter").await.unwrap().version, 1);
+        assert_eq!(host.host().rollback("counter").await.unwrap().version, 1);
         assert_eq!(ask(&host, "counter/v", "version", json!(null)).await.unwrap_err().kind, ErrorKind::NotFound);
         assert_eq!(ask(&host, "counter/v", "increment", json!({"by": 1})).await.unwrap(), json!(6));
-        let e = host.rollback("counter").await.unwrap_err();
+        let e = host.host().rollback("counter").await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Rejected);
         assert!(e.message.contains("first version"), "{e}");
 
-        host.deploy("counter", component("counter-v2"), manifest()).await.unwrap();
+        host.host().deploy("counter", component("counter-v2"), manifest()).await.unwrap();
     }
     // After a restart the host runs the version that was active, loaded
     // from the on-disk compiled cache rather than recompiled.
@@ -73,7 +73,7 @@ async fn swap_under_load_loses_and_duplicates_nothing() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(30)).await;
-    host.deploy("counter", component("counter-v2"), manifest()).await.unwrap();
+    host.host().deploy("counter", component("counter-v2"), manifest()).await.unwrap();
 
     let mut per_actor: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
     let mut longest = Duration::ZERO;
@@ -99,20 +99,20 @@ async fn swap_under_load_loses_and_duplicates_nothing() {
 /// still rolls back (loaded again on demand).
 #[tokio::test]
 async fn old_versions_are_evicted_from_memory_and_disk() {
-    use quark_host::HostConfig;
+    use quark::NodeConfig;
     let dir = tempfile::tempdir().unwrap();
-    let host = host_with_config(HostConfig::new(dir.path())).await;
+    let host = host_with_config(NodeConfig::new(dir.path())).await;
     for mib in 16..24 {
-        host.deploy("counter", component("counter"), manifest_with(&format!("{mib}MiB"), "5s")).await.unwrap();
+        host.host().deploy("counter", component("counter"), manifest_with(&format!("{mib}MiB"), "5s")).await.unwrap();
         ask(&host, "counter/v", "increment", json!({"by": 1})).await.unwrap();
     }
-    let loaded = host.loaded_versions("counter");
-    assert!(loaded.len() <= quark_host::runtime::registry::KEEP_LOADED_VERSIONS + 1 && loaded.contains(&8), "{loaded:?}");
+    let loaded = host.host().loaded_versions("counter");
+    assert!(loaded.len() <= quark::runtime::registry::KEEP_LOADED_VERSIONS + 1 && loaded.contains(&8), "{loaded:?}");
     assert!(!loaded.contains(&1), "{loaded:?}");
     for _ in 0..7 {
-        host.rollback("counter").await.unwrap();
+        host.host().rollback("counter").await.unwrap();
     }
-    assert_eq!(host.active_version("counter").unwrap().version, 1, "rolled back to an evicted version");
+    assert_eq!(host.host().active_version("counter").unwrap().version, 1, "rolled back to an evicted version");
     assert_eq!(ask(&host, "counter/v", "get", json!(null)).await.unwrap(), json!(8));
 
     // A compiled file no version uses, last used two hours ago, goes at the next deploy.
@@ -123,7 +123,7 @@ async fn old_versions_are_evicted_from_memory_and_disk() {
     std::fs::File::options().write(true).open(&stale).unwrap().set_modified(two_hours_ago).unwrap();
     let fresh = compiled.join("1111111111111111111111111111111111111111111111111111111111111111-0000000000000000.cwasm");
     std::fs::write(&fresh, b"recent").unwrap();
-    host.deploy("counter", component("counter-v2"), manifest()).await.unwrap();
+    host.host().deploy("counter", component("counter-v2"), manifest()).await.unwrap();
     eventually("the stale file pruned", async || stale.exists(), |exists| !exists).await;
     assert!(fresh.exists(), "a recently used file stays (another host may use it)");
     assert!(std::fs::read_dir(&compiled).unwrap().count() >= 2, "the versions in use keep theirs");

@@ -4,12 +4,12 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-async fn serve(token: Option<&str>) -> (String, tempfile::TempDir, quark_host::Host) {
+async fn serve(token: Option<&str>) -> (String, tempfile::TempDir, quark::Node) {
     let dir = tempfile::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let router = quark_host::api::router(host.clone(), token.map(str::to_string));
+    let router = quark::api::router(host.clone(), token.map(str::to_string));
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     (base, dir, host)
 }
@@ -86,7 +86,7 @@ async fn deploy_call_and_errors_over_http() {
 #[tokio::test]
 async fn inspection_health_and_metrics() {
     let (base, _dir, host) = serve(None).await;
-    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     let http = reqwest::Client::new();
     assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
     http.post(format!("{base}/v1/actors/counter/m/increment")).body(r#"{"by":1}"#).send().await.unwrap();
@@ -130,7 +130,7 @@ async fn token_guards_the_api_and_public_addresses_need_one() {
     let dir = tempfile::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
     let public = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let e = quark_host::api::serve(host, public, None).await.unwrap_err();
+    let e = quark::api::serve(host, public, None).await.unwrap_err();
     assert!(e.to_string().contains("without a token"), "{e}");
 }
 
@@ -201,7 +201,7 @@ async fn journal_replay_snapshot_and_projections_over_http() {
 #[tokio::test]
 async fn an_idempotency_key_runs_a_call_once() {
     let (base, _dir, host) = serve(None).await;
-    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     let http = reqwest::Client::new();
     let call = |key: &'static str| {
         http.post(format!("{base}/v1/actors/counter/bob/increment")).header("Idempotency-Key", key).body(r#"{"by": 3}"#).send()
@@ -219,17 +219,17 @@ async fn an_idempotency_key_runs_a_call_once() {
 #[tokio::test]
 async fn inbox_entries_expire_after_the_retention() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = quark_host::HostConfig::new(dir.path());
+    let mut config = quark::NodeConfig::new(dir.path());
     config.inbox_retention = std::time::Duration::from_secs(2);
     let host = host_with_config(config).await;
-    host.deploy("counter", component("counter"), manifest()).await.unwrap();
-    let inc = || host.ask_idempotent(id("counter/e"), "increment", br#"{"by": 1}"#.to_vec(), "once");
+    host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
+    let inc = || host.host().ask_idempotent(id("counter/e"), "increment", br#"{"by": 1}"#.to_vec(), "once");
     assert_eq!(inc().await.unwrap(), b"1");
     assert_eq!(inc().await.unwrap(), b"1");
     // The expiry task forgets it (every 200 ms here); then the key runs again.
     let mut forgotten = false;
     for _ in 0..500 {
-        if host.store().inbox_reply(&id("counter/e"), "", "once").await.unwrap().is_none() {
+        if host.host().store().inbox_reply(&id("counter/e"), "", "once").await.unwrap().is_none() {
             forgotten = true;
             break;
         }

@@ -3,18 +3,18 @@
 
 use std::sync::Arc;
 
-use quark_host::journal::ReplayTarget;
-use quark_host::storage::sqlite::SqliteStore;
-use quark_host::storage::{Retention, Snapshot, StateWrite, Store, TurnCommit};
-use quark_host::{ErrorKind, Host, HostConfig};
+use quark::runtime::journal::ReplayTarget;
+use quark::storage::sqlite::SqliteStore;
+use quark::storage::{Retention, Snapshot, StateWrite, Store, TurnCommit};
+use quark::{ErrorKind, Node, NodeConfig};
 use serde_json::{Value, json};
 
 use crate::support::*;
 
-async fn ledger_host(dir: &std::path::Path, snapshot_every: &str) -> Host {
+async fn ledger_host(dir: &std::path::Path, snapshot_every: &str) -> Node {
     let host = sqlite_host(dir).await;
     let manifest = manifest().with_journal(Some(snapshot_every), None).unwrap();
-    host.deploy("ledger", component("ledger"), manifest).await.unwrap();
+    host.host().deploy("ledger", component("ledger"), manifest).await.unwrap();
     host
 }
 
@@ -31,7 +31,7 @@ async fn bank_commands_append_events_and_fold_them() {
     assert_eq!(e.kind, ErrorKind::Rejected, "{e}");
 
     // Only accepted commands left events, with their audit fields.
-    let page = host.journal(&id("bank/alice"), 1, None, 100).await.unwrap();
+    let page = host.host().journal(&id("bank/alice"), 1, None, 100).await.unwrap();
     assert_eq!(page.version, 2);
     let types: Vec<&str> = page.events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(types, ["deposited", "withdrawn"]);
@@ -45,7 +45,7 @@ async fn bank_commands_append_events_and_fold_them() {
     assert_ne!(first.causation_id, page.events[1].causation_id, "each turn is its own cause");
 
     // The state is the fold of the events: it survives deactivation.
-    host.deactivate_all();
+    host.host().deactivate_all();
     assert_eq!(ask(&host, "bank/alice", "balance", json!(null)).await.unwrap(), json!({"balance": 70}));
     assert_eq!(ask(&host, "bank/bob", "balance", json!(null)).await.unwrap(), json!({"balance": 0}));
 }
@@ -58,7 +58,7 @@ async fn a_plain_actor_keeps_an_audit_trail_with_its_state() {
     let e = ask(&host, "misbehave/audit", "audit", json!({"note": "lost", "fail": true})).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Rejected, "{e}");
     assert_eq!(ask(&host, "misbehave/audit", "audit", json!({"note": "second", "fail": false})).await.unwrap(), json!(2));
-    let page = host.journal(&id("misbehave/audit"), 1, None, 10).await.unwrap();
+    let page = host.host().journal(&id("misbehave/audit"), 1, None, 10).await.unwrap();
     let notes: Vec<Value> = page.events.iter().map(|e| serde_json::from_slice(&e.data).unwrap()).collect();
     assert_eq!(notes, [json!("first"), json!("second")]);
     assert!(page.events.iter().all(|e| e.event_type == "noted" && e.schema_version == 2 && e.method == "audit"));
@@ -66,9 +66,9 @@ async fn a_plain_actor_keeps_an_audit_trail_with_its_state() {
     ask(&host, "misbehave/other", "forward", json!({"target": "misbehave/audit", "method": "audit", "payload": {"note": "relayed", "fail": false}}))
         .await
         .unwrap();
-    let page = host.journal(&id("misbehave/audit"), 3, None, 10).await.unwrap();
+    let page = host.host().journal(&id("misbehave/audit"), 3, None, 10).await.unwrap();
     assert_eq!(page.events[0].caller.as_deref(), Some("misbehave/other"));
-    let e = host.replay(&id("misbehave/audit"), ReplayTarget::Version(1), None).await.unwrap_err();
+    let e = host.host().replay(&id("misbehave/audit"), ReplayTarget::Version(1), None).await.unwrap_err();
     assert!(e.message.contains("not event-sourced"), "{e}");
 }
 
@@ -78,7 +78,7 @@ async fn a_plain_actor_keeps_an_audit_trail_with_its_state() {
 async fn events_of_an_older_schema_are_upcast_on_rebuild() {
     let dir = tempfile::tempdir().unwrap();
     let host = ledger_host(dir.path(), "1000").await;
-    let old = quark_host::storage::EventRecord {
+    let old = quark::storage::EventRecord {
         version: 1,
         event_type: "recorded".into(),
         schema_version: 1,
@@ -89,15 +89,15 @@ async fn events_of_an_older_schema_are_upcast_on_rebuild() {
         caller: None,
         method: "record".into(),
     };
-    let append = quark_host::storage::JournalAppend { expected_version: 0, events: vec![old] };
-    host.store()
+    let append = quark::storage::JournalAppend { expected_version: 0, events: vec![old] };
+    host.host().store()
         .commit(&[TurnCommit { journal: Some(append), ..TurnCommit::state_only(id("ledger/old"), vec![]) }])
         .await
         .unwrap();
     ask(&host, "ledger/old", "record", json!({"note": "from schema 2"})).await.unwrap();
-    host.deactivate_all();
+    host.host().deactivate_all();
     assert_eq!(ask(&host, "ledger/old", "notes", json!(null)).await.unwrap(), json!(["from schema 1", "from schema 2"]));
-    let page = host.journal(&id("ledger/old"), 1, None, 10).await.unwrap();
+    let page = host.host().journal(&id("ledger/old"), 1, None, 10).await.unwrap();
     assert_eq!(page.events.iter().map(|e| e.schema_version).collect::<Vec<_>>(), [1, 2], "stored events keep their schema");
 }
 
@@ -108,7 +108,7 @@ async fn rebuild_starts_from_the_latest_snapshot() {
     for i in 1..=25 {
         ask(&host, "ledger/a", "record", json!({"note": format!("n{i}")})).await.unwrap();
     }
-    let store = host.store().clone();
+    let store = host.host().store().clone();
     eventually(
         "a snapshot at version 20",
         async || store.latest_snapshot(&id("ledger/a"), u64::MAX).await.unwrap().map(|s| s.version),
@@ -119,15 +119,15 @@ async fn rebuild_starts_from_the_latest_snapshot() {
     let state: Value = serde_json::from_slice(&snapshot.data).unwrap();
     assert_eq!(state["notes"].as_array().unwrap().len(), 20);
 
-    host.deactivate_all();
+    host.host().deactivate_all();
     let notes = ask(&host, "ledger/a", "notes", json!(null)).await.unwrap();
     let expected: Vec<String> = (1..=25).map(|i| format!("n{i}")).collect();
     assert_eq!(notes, json!(expected));
     assert_eq!(ask(&host, "ledger/a", "version", json!(null)).await.unwrap(), json!(25));
     // On demand, through the API and from inside a turn.
-    assert_eq!(host.snapshot(&id("ledger/a")).await.unwrap(), 25);
+    assert_eq!(host.host().snapshot(&id("ledger/a")).await.unwrap(), 25);
     assert_eq!(store.latest_snapshot(&id("ledger/a"), u64::MAX).await.unwrap().unwrap().version, 25);
-    let e = host.snapshot(&id("bank/x")).await.unwrap_err();
+    let e = host.host().snapshot(&id("bank/x")).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
 }
 
@@ -140,12 +140,12 @@ async fn corrupt_or_missing_snapshot_falls_back_to_full_replay() {
     }
     // A snapshot that `restore` cannot read, claiming to cover everything.
     let corrupt = Snapshot { version: 5, component_version: 1, taken_at_ms: 0, data: b"\x00not json".to_vec() };
-    host.store().save_snapshot(&id("ledger/c"), &corrupt, Retention::Keep).await.unwrap();
-    host.deactivate_all();
+    host.host().store().save_snapshot(&id("ledger/c"), &corrupt, Retention::Keep).await.unwrap();
+    host.host().deactivate_all();
     let notes = ask(&host, "ledger/c", "notes", json!(null)).await.unwrap();
     assert_eq!(notes.as_array().unwrap().len(), 5, "{notes}");
     // Missing: no snapshot at all also rebuilds from the events.
-    host.deactivate_all();
+    host.host().deactivate_all();
     assert_eq!(ask(&host, "ledger/d", "notes", json!(null)).await.unwrap(), json!([]));
 }
 
@@ -156,7 +156,7 @@ async fn apply_that_traps_during_rebuild_leaves_the_actor_inactive_and_the_journ
     ask(&host, "ledger/p", "record", json!({"note": "poison-1"})).await.unwrap();
     ask(&host, "ledger/p", "record", json!({"note": "fine"})).await.unwrap();
     ask(&host, "ledger/p", "arm_poison", json!(null)).await.unwrap();
-    host.deactivate_all();
+    host.host().deactivate_all();
 
     let e = ask(&host, "ledger/p", "notes", json!(null)).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Internal, "{e}");
@@ -164,15 +164,15 @@ async fn apply_that_traps_during_rebuild_leaves_the_actor_inactive_and_the_journ
     // Again: still not activated, still the same clear error.
     let e = ask(&host, "ledger/p", "record", json!({"note": "more"})).await.unwrap_err();
     assert!(e.message.contains("cannot be activated"), "{e}");
-    let page = host.journal(&id("ledger/p"), 1, None, 100).await.unwrap();
+    let page = host.host().journal(&id("ledger/p"), 1, None, 100).await.unwrap();
     assert_eq!(page.version, 2);
     assert_eq!(page.events.len(), 2);
     // The host serves others meanwhile.
     ask(&host, "ledger/q", "record", json!({"note": "other"})).await.unwrap();
 
     // Fix the cause (here: disarm), and the same journal rebuilds.
-    host.store().commit(&[TurnCommit::state_only(id("ledger/p"), vec![StateWrite { key: "poison".into(), value: None }])]).await.unwrap();
-    host.deactivate_all();
+    host.host().store().commit(&[TurnCommit::state_only(id("ledger/p"), vec![StateWrite { key: "poison".into(), value: None }])]).await.unwrap();
+    host.host().deactivate_all();
     assert_eq!(ask(&host, "ledger/p", "notes", json!(null)).await.unwrap(), json!(["poison-1", "fine"]));
 }
 
@@ -188,7 +188,7 @@ async fn a_failed_turn_appends_nothing_and_leaves_the_fold_clean() {
     // The in-memory state did not keep the uncommitted events.
     assert_eq!(ask(&host, "ledger/f", "notes", json!(null)).await.unwrap(), json!(["kept"]));
     assert_eq!(ask(&host, "ledger/f", "version", json!(null)).await.unwrap(), json!(1));
-    let page = host.journal(&id("ledger/f"), 1, None, 100).await.unwrap();
+    let page = host.host().journal(&id("ledger/f"), 1, None, 100).await.unwrap();
     assert_eq!(page.events.len(), 1);
     // Event-sourced actors are not re-entrant: a clear error, not a hang.
     let e = ask(&host, "ledger/f", "call_self", json!(null)).await.unwrap_err();
@@ -201,9 +201,9 @@ async fn conflicting_appends_from_two_hosts_fail_instead_of_overwriting() {
     let db = dir.path().join("quark.db");
     let store_a: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).await.unwrap());
     let store_b: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).await.unwrap());
-    let host_a = Host::start(HostConfig::new(dir.path()), store_a).await.unwrap();
-    host_a.deploy("ledger", component("ledger"), manifest()).await.unwrap();
-    let host_b = Host::start(HostConfig::new(dir.path()), store_b).await.unwrap();
+    let host_a = Node::start(NodeConfig::new(dir.path()), store_a).await.unwrap();
+    host_a.host().deploy("ledger", component("ledger"), manifest()).await.unwrap();
+    let host_b = Node::start(NodeConfig::new(dir.path()), store_b).await.unwrap();
     // Both hosts activate the same actor at version 1 (the cluster
     // directory prevents this; the version check is the safety net).
     ask(&host_a, "ledger/x", "record", json!({"note": "a1"})).await.unwrap();
@@ -215,7 +215,7 @@ async fn conflicting_appends_from_two_hosts_fail_instead_of_overwriting() {
     assert!(e.message.contains("no longer at version 1"), "{e}");
     // Host B rebuilt from the store and goes on from the real head.
     assert_eq!(ask(&host_b, "ledger/x", "record", json!({"note": "b3"})).await.unwrap(), json!(3));
-    let page = host_a.journal(&id("ledger/x"), 1, None, 100).await.unwrap();
+    let page = host_a.host().journal(&id("ledger/x"), 1, None, 100).await.unwrap();
     let notes: Vec<Value> = page.events.iter().map(|e| serde_json::from_slice::<Value>(&e.data).unwrap()["recorded"]["note"].clone()).collect();
     assert_eq!(notes, [json!("a1"), json!("a2"), json!("b3")]);
 }
@@ -224,37 +224,37 @@ async fn conflicting_appends_from_two_hosts_fail_instead_of_overwriting() {
 async fn replay_to_a_version_or_time_in_a_sandbox() {
     let dir = tempfile::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
-    host.deploy("bank", component("bank"), manifest().with_journal(Some("2"), None).unwrap()).await.unwrap();
+    host.host().deploy("bank", component("bank"), manifest().with_journal(Some("2"), None).unwrap()).await.unwrap();
     for amount in [10, 20, 40] {
         ask(&host, "bank/r", "deposit", json!({"amount": amount})).await.unwrap();
     }
-    let page = host.journal(&id("bank/r"), 1, None, 10).await.unwrap();
+    let page = host.host().journal(&id("bank/r"), 1, None, 10).await.unwrap();
     ask(&host, "bank/r", "withdraw", json!({"amount": 5})).await.unwrap();
 
-    let at2 = host.replay(&id("bank/r"), ReplayTarget::Version(2), None).await.unwrap();
+    let at2 = host.host().replay(&id("bank/r"), ReplayTarget::Version(2), None).await.unwrap();
     assert_eq!((at2.version, serde_json::from_slice::<Value>(&at2.state).unwrap()), (2, json!({"balance": 30})));
-    let at4 = host.replay(&id("bank/r"), ReplayTarget::Version(4), None).await.unwrap();
+    let at4 = host.host().replay(&id("bank/r"), ReplayTarget::Version(4), None).await.unwrap();
     assert_eq!(serde_json::from_slice::<Value>(&at4.state).unwrap(), json!({"balance": 65}));
-    let by_time = host.replay(&id("bank/r"), ReplayTarget::At(page.events[0].recorded_at_ms), None).await.unwrap();
+    let by_time = host.host().replay(&id("bank/r"), ReplayTarget::At(page.events[0].recorded_at_ms), None).await.unwrap();
     assert!(by_time.version >= 1 && by_time.version <= 3);
-    let e = host.replay(&id("bank/r"), ReplayTarget::Version(9), None).await.unwrap_err();
+    let e = host.host().replay(&id("bank/r"), ReplayTarget::Version(9), None).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::BadRequest, "{e}");
 
     // Against an older component version, from events only.
-    host.deploy("bank", component("bank"), manifest().with_journal(Some("3"), None).unwrap()).await.unwrap();
-    let old = host.replay(&id("bank/r"), ReplayTarget::Version(3), Some(1)).await.unwrap();
+    host.host().deploy("bank", component("bank"), manifest().with_journal(Some("3"), None).unwrap()).await.unwrap();
+    let old = host.host().replay(&id("bank/r"), ReplayTarget::Version(3), Some(1)).await.unwrap();
     assert_eq!((old.component_version, serde_json::from_slice::<Value>(&old.state).unwrap()), (1, json!({"balance": 70})));
     // The live actor did not move.
     assert_eq!(ask(&host, "bank/r", "balance", json!(null)).await.unwrap(), json!({"balance": 65}));
-    assert_eq!(host.journal(&id("bank/r"), 1, None, 10).await.unwrap().version, 4);
-    let e = host.replay(&id("ledger/none"), ReplayTarget::Version(1), None).await.unwrap_err();
+    assert_eq!(host.host().journal(&id("bank/r"), 1, None, 10).await.unwrap().version, 4);
+    let e = host.host().replay(&id("ledger/none"), ReplayTarget::Version(1), None).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
 }
 
-async fn wait_caught_up(host: &Host, name: &str) {
+async fn wait_caught_up(host: &Node, name: &str) {
     eventually(
         &format!("projection {name} catches up"),
-        async || host.projections().await.unwrap().iter().any(|p| p.def.name == name && p.lag == 0),
+        async || host.projections().list().await.unwrap().iter().any(|p| p.def.name == name && p.lag == 0),
         |caught_up| *caught_up,
     )
     .await;
@@ -268,13 +268,13 @@ async fn projection_sees_every_event_once_and_catches_up_after_restart() {
         ask(&host, &format!("bank/{account}"), "deposit", json!({"amount": amount})).await.unwrap();
     }
     // A new projection catches up from the first event.
-    let def = quark_host::storage::ProjectionDef {
+    let def = quark::storage::ProjectionDef {
         name: "accounts-summary".into(),
         source_type: "bank".into(),
         target: "accounts-summary/all".into(),
         method: "project".into(),
     };
-    host.create_projection(def.clone()).await.unwrap();
+    host.projections().create(def.clone()).await.unwrap();
     wait_caught_up(&host, "accounts-summary").await;
     assert_eq!(ask(&host, "accounts-summary/all", "total", json!(null)).await.unwrap(), json!(165));
     ask(&host, "bank/b", "withdraw", json!({"amount": 15})).await.unwrap();
@@ -292,18 +292,18 @@ async fn projection_sees_every_event_once_and_catches_up_after_restart() {
     }
     wait_caught_up(&host, "accounts-summary").await;
     assert_eq!(ask(&host, "accounts-summary/all", "total", json!(null)).await.unwrap(), json!(152));
-    let listed = host.projections().await.unwrap();
+    let listed = host.projections().list().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert!(listed[0].last_error.is_none());
     // Declaring it again is a no-op; a bad target is refused.
-    host.create_projection(def).await.unwrap();
-    let bad = quark_host::storage::ProjectionDef {
+    host.projections().create(def).await.unwrap();
+    let bad = quark::storage::ProjectionDef {
         name: "bad".into(),
         source_type: "bank".into(),
         target: "nosuchtype/x".into(),
         method: "project".into(),
     };
-    assert_eq!(host.create_projection(bad).await.unwrap_err().kind, ErrorKind::NotFound);
+    assert_eq!(host.projections().create(bad).await.unwrap_err().kind, ErrorKind::NotFound);
 }
 
 /// Pins the persisted event format and the projection payload: a change
@@ -315,7 +315,7 @@ async fn golden_event_format() {
     let host = host_with(dir.path(), &[("bank", "bank")]).await;
     ask(&host, "bank/golden", "deposit", json!({"amount": 100})).await.unwrap();
     ask(&host, "bank/golden", "withdraw", json!({"amount": 40})).await.unwrap();
-    let mut events = host.journal(&id("bank/golden"), 1, None, 10).await.unwrap().events;
+    let mut events = host.host().journal(&id("bank/golden"), 1, None, 10).await.unwrap().events;
     for (i, e) in events.iter_mut().enumerate() {
         // Times and ids differ per run; their shape is what is pinned.
         assert!(e.recorded_at_ms > 1_700_000_000_000);
@@ -328,9 +328,9 @@ async fn golden_event_format() {
     let positioned: Vec<_> = events
         .iter()
         .enumerate()
-        .map(|(i, e)| quark_host::storage::PositionedEvent { position: i as u64 + 7, actor: "bank/golden".into(), event: e.clone() })
+        .map(|(i, e)| quark::storage::PositionedEvent { position: i as u64 + 7, actor: "bank/golden".into(), event: e.clone() })
         .collect();
-    let delivered: Value = serde_json::from_slice(&quark_host::journal::projection::projection_payload("summary", &positioned)).unwrap();
+    let delivered: Value = serde_json::from_slice(&quark::projections::projection_payload("summary", &positioned)).unwrap();
     // The table as SQLite holds it: columns, and the body bytes of event 1.
     let db = format!("sqlite://{}", dir.path().join("quark.db").display());
     let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&db).await.unwrap();
@@ -350,7 +350,7 @@ async fn golden_event_format() {
     let golden: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("tests/goldenfiles/journal_events.json")).unwrap();
     assert_eq!(actual, golden, "the persisted event format changed; see tests/goldenfiles/README.md");
     // And the stored format reads back into the same events.
-    let back: Vec<quark_host::storage::EventRecord> = serde_json::from_value(golden["stored_events"].clone()).unwrap();
+    let back: Vec<quark::storage::EventRecord> = serde_json::from_value(golden["stored_events"].clone()).unwrap();
     assert_eq!(back, events);
 }
 
@@ -362,12 +362,12 @@ async fn an_actor_with_large_events_reactivates_within_its_memory_limit() {
     let dir = tempfile::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
     let manifest = manifest_with("8MiB", "10s").with_journal(Some("100000"), None).unwrap();
-    host.deploy("ledger", component("ledger"), manifest).await.unwrap();
+    host.host().deploy("ledger", component("ledger"), manifest).await.unwrap();
     // 40 events of 256 KiB: 10 MiB of journal, more than the memory limit.
     for _ in 0..10 {
         ask(&host, "ledger/big", "record_big", json!({"bytes": 256 << 10, "count": 4})).await.unwrap();
     }
-    host.deactivate_all();
+    host.host().deactivate_all();
     assert_eq!(ask(&host, "ledger/big", "big", json!(null)).await.unwrap(), json!(40), "rebuilt from its 40 events");
 }
 
@@ -376,23 +376,23 @@ async fn an_actor_with_large_events_reactivates_within_its_memory_limit() {
 /// with an error that says so, instead of failing the same way for ever.
 #[tokio::test]
 async fn a_projection_of_large_events_does_not_stall() {
-    use quark_host::storage::ProjectionDef;
+    use quark::storage::ProjectionDef;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = HostConfig::new(dir.path());
-    config.max_payload = 256 << 10;
+    let mut config = NodeConfig::new(dir.path());
+    config.host.max_payload = 256 << 10;
     let host = host_with_config(config).await;
     let manifest = manifest().with_journal(Some("100000"), None).unwrap();
-    host.deploy("ledger", component("ledger"), manifest).await.unwrap();
-    host.deploy("misbehave", component("misbehave"), crate::support::manifest()).await.unwrap();
+    host.host().deploy("ledger", component("ledger"), manifest).await.unwrap();
+    host.host().deploy("misbehave", component("misbehave"), crate::support::manifest()).await.unwrap();
     // 300 events of 8 KiB: a batch of 256 would be 2 MiB, over the limit.
     for _ in 0..30 {
         ask(&host, "ledger/p", "record_big", json!({"bytes": 8 << 10, "count": 10})).await.unwrap();
     }
     let def = |name: &str| ProjectionDef { name: name.into(), source_type: "ledger".into(), target: "misbehave/proj".into(), method: "echo".into() };
-    host.create_projection(def("big")).await.unwrap();
+    host.projections().create(def("big")).await.unwrap();
     let caught_up = eventually(
         "the projection caught up",
-        async || host.projections().await.unwrap().into_iter().find(|p| p.def.name == "big").unwrap(),
+        async || host.projections().list().await.unwrap().into_iter().find(|p| p.def.name == "big").unwrap(),
         |p| p.lag == 0 && p.checkpoint > 0,
     )
     .await;
@@ -402,7 +402,7 @@ async fn a_projection_of_large_events_does_not_stall() {
     ask(&host, "ledger/p", "record_big", json!({"bytes": 300 << 10, "count": 1})).await.unwrap();
     let stopped = eventually(
         "the projection reports the event",
-        async || host.projections().await.unwrap().into_iter().find(|p| p.def.name == "big").unwrap(),
+        async || host.projections().list().await.unwrap().into_iter().find(|p| p.def.name == "big").unwrap(),
         |p| p.last_error.is_some(),
     )
     .await;

@@ -4,8 +4,8 @@
 //! `make test` with componentize-py and componentize-js; where those cannot
 //! be installed the tests print SKIP (and fail under QUARK_REQUIRE_BACKENDS=1).
 
-use quark_host::runtime::DeployOutcome;
-use quark_host::{ActorError, ErrorKind, Host, Manifest};
+use quark::runtime::DeployOutcome;
+use quark::{ActorError, ErrorKind, Node, Manifest};
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -13,10 +13,10 @@ use crate::support::*;
 /// Deploys one at a time across these tests: the first deploy of a
 /// component compiles it (seconds for a Python one) into the shared cache,
 /// and the others then load it instead of compiling it in parallel.
-async fn deploy(host: &Host, actor_type: &str, bytes: Vec<u8>, manifest: Manifest) -> Result<DeployOutcome, ActorError> {
+async fn deploy(host: &Node, actor_type: &str, bytes: Vec<u8>, manifest: Manifest) -> Result<DeployOutcome, ActorError> {
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _turn = ONE_AT_A_TIME.lock().await;
-    host.deploy(actor_type, bytes, manifest).await
+    host.host().deploy(actor_type, bytes, manifest).await
 }
 
 /// `name`'s bytes for each of `names`, or `None` when one is not built.
@@ -48,7 +48,7 @@ async fn python_and_javascript_counters_behave_like_the_rust_one() {
         assert!(e.message.contains("get") && e.message.contains("increment"), "{actor_type}: lists the methods: {e}");
     }
     // The state is durable: a new activation of each reads it back.
-    host.deactivate_all();
+    host.host().deactivate_all();
     for actor_type in ["counter", "counter-py", "counter-js"] {
         assert_eq!(ask(&host, &format!("{actor_type}/a"), "get", json!(null)).await.unwrap(), json!(3), "{actor_type}");
     }
@@ -89,7 +89,7 @@ async fn a_call_chain_through_rust_python_and_javascript_and_back() {
     let languages: Vec<_> = visits.as_array().unwrap().iter().map(|v| v["language"].clone()).collect();
     assert_eq!(languages, vec![json!("javascript"), json!("python"), json!("rust")]);
 
-    host.deactivate_all();
+    host.host().deactivate_all();
     for (actor, hops) in [("polyglot/a", 4), ("polyglot-py/b", 2), ("polyglot-js/c", 2), ("polyglot-js/x", 1), ("polyglot/z", 1)] {
         assert_eq!(ask(&host, actor, "hops", json!(null)).await.unwrap(), json!(hops), "{actor}");
     }
@@ -114,7 +114,7 @@ async fn hot_swap_from_rust_to_python_to_javascript_keeps_the_state() {
         assert_eq!(ask(&host, "counter/s", "increment", json!({"by": 10})).await.unwrap(), json!(expected));
     }
     // And back to Rust (a rollback to Python first), still the same state.
-    assert_eq!(host.rollback("counter").await.unwrap().version, 2);
+    assert_eq!(host.host().rollback("counter").await.unwrap().version, 2);
     assert_eq!(ask(&host, "counter/s", "increment", json!({"by": 1})).await.unwrap(), json!(expected + 1));
     deploy(&host, "counter", component("counter"), manifest()).await.unwrap();
     assert_eq!(ask(&host, "counter/s", "get", json!(null)).await.unwrap(), json!(expected + 1));
@@ -148,7 +148,7 @@ async fn python_and_javascript_errors_answer_with_their_kind_and_commit_nothing(
         assert!(reply.as_str().unwrap().starts_with("not-found: "), "{name}: {reply}");
 
         // A request that is not JSON is refused before the method runs.
-        let e = host.ask(id(&actor), "hop", b"{not json".to_vec()).await.unwrap_err();
+        let e = host.host().ask(id(&actor), "hop", b"{not json".to_vec()).await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::BadRequest, "{name}: {e}");
 
         // The actor still serves.
@@ -188,7 +188,7 @@ async fn memory_limits_hold_for_python_and_javascript() {
         let e = ask(&host, &actor, "grow", json!({"mb": limit + 8})).await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::LimitExceeded, "{name}: {e}");
         assert_eq!(ask(&host, &actor, "hop", json!({"path": []})).await.unwrap()[0]["hops"], json!(2), "{name}");
-        let info = host.actors().into_iter().find(|a| a.id == actor).expect("active");
+        let info = host.host().actors().into_iter().find(|a| a.id == actor).expect("active");
         assert!(info.memory_bytes <= limit << 20, "{name}: {} bytes over a {limit} MiB limit", info.memory_bytes);
     }
 }
@@ -197,7 +197,7 @@ async fn memory_limits_hold_for_python_and_javascript() {
 /// each commits with its turn, and a failed turn sends nothing.
 #[tokio::test]
 async fn python_and_javascript_actors_use_the_journal_jobs_and_outbox() {
-    use quark_host::storage::jobs::JobStatus;
+    use quark::storage::jobs::JobStatus;
     let Some(components) = guests(&["polyglot-py", "polyglot-js"], "python_and_javascript_actors_use_the_journal_jobs_and_outbox") else {
         return;
     };
@@ -215,7 +215,7 @@ async fn python_and_javascript_actors_use_the_journal_jobs_and_outbox() {
         let events: Vec<(&Value, &Value, &Value)> =
             history.as_array().unwrap().iter().map(|e| (&e["version"], &e[event_type_key], &e["data"])).collect();
         assert_eq!(events, [(&json!(1), &json!("noted"), &json!({"n": 1})), (&json!(2), &json!("noted"), &json!({"n": 2}))], "{name}");
-        assert_eq!(host.journal(&id(&a), 1, None, 10).await.unwrap().version, 2, "{name}: in the host's journal");
+        assert_eq!(host.host().journal(&id(&a), 1, None, 10).await.unwrap().version, 2, "{name}: in the host's journal");
 
         // Outbox: a failed turn's message never goes; the next one arrives
         // alone (the lane keeps order, so the failed one would come first),
@@ -231,14 +231,14 @@ async fn python_and_javascript_actors_use_the_journal_jobs_and_outbox() {
         // attempt; another, far off, is cancelled by a turn.
         let job = ask(&host, &a, "schedule", json!({"target": worker, "payload": {"k": 1}, "key": format!("{name}-job")})).await.unwrap();
         let job = job.as_str().unwrap().to_string();
-        let done = eventually("the job", async || host.job(&job).await.unwrap(), |j| j.status == JobStatus::Succeeded).await;
+        let done = eventually("the job", async || host.jobs().get(&job).await.unwrap(), |j| j.status == JobStatus::Succeeded).await;
         assert_eq!((done.progress, done.progress_note.as_deref()), (Some(50), Some("halfway")), "{name}");
         assert_eq!(ask(&host, &worker, "seen", json!(null)).await.unwrap(), json!({"id": job, "attempt": 1, "payload": {"k": 1}}), "{name}");
         let later = ask(&host, &a, "schedule", json!({"target": worker, "after_ms": 3_600_000})).await.unwrap();
         let later = later.as_str().unwrap();
-        assert_eq!(host.job(later).await.unwrap().status, JobStatus::Scheduled, "{name}");
+        assert_eq!(host.jobs().get(later).await.unwrap().status, JobStatus::Scheduled, "{name}");
         assert_eq!(ask(&host, &a, "cancel", json!({"id": later})).await.unwrap(), json!(true), "{name}");
-        assert_eq!(host.job(later).await.unwrap().status, JobStatus::Cancelled, "{name}");
+        assert_eq!(host.jobs().get(later).await.unwrap().status, JobStatus::Cancelled, "{name}");
     }
 }
 
@@ -247,8 +247,8 @@ async fn python_and_javascript_actors_use_the_journal_jobs_and_outbox() {
 /// rebuilds the state from the journal, from a snapshot, and at a past version.
 #[tokio::test]
 async fn python_and_javascript_event_sourced_actors_fold_their_events() {
-    use quark_host::journal::ReplayTarget;
-    use quark_host::storage::Retention;
+    use quark::runtime::journal::ReplayTarget;
+    use quark::storage::Retention;
     let Some(components) = guests(&["account-py", "account-js"], "python_and_javascript_event_sourced_actors_fold_their_events") else {
         return;
     };
@@ -265,27 +265,27 @@ async fn python_and_javascript_event_sourced_actors_fold_their_events() {
         assert_eq!(e.kind, ErrorKind::Internal, "{name}: {e}");
         let expected = json!({"balance": 70, "operations": 2, "version": 2});
         assert_eq!(ask(&host, &actor, "balance_of", json!(null)).await.unwrap(), expected, "{name}: the failed turn's event is gone");
-        let page = host.journal(&id(&actor), 1, None, 10).await.unwrap();
+        let page = host.host().journal(&id(&actor), 1, None, 10).await.unwrap();
         let types: Vec<&str> = page.events.iter().map(|e| e.event_type.as_str()).collect();
         assert_eq!(types, ["deposited", "withdrawn"], "{name}");
 
         // Rebuilt from the journal by a new activation; then from a snapshot.
-        host.deactivate_all();
+        host.host().deactivate_all();
         assert_eq!(ask(&host, &actor, "balance_of", json!(null)).await.unwrap(), expected, "{name}: replayed");
-        assert_eq!(host.snapshot(&id(&actor)).await.unwrap(), 2, "{name}");
-        let mut snapshot = host.store().latest_snapshot(&id(&actor), u64::MAX).await.unwrap().unwrap();
+        assert_eq!(host.host().snapshot(&id(&actor)).await.unwrap(), 2, "{name}");
+        let mut snapshot = host.host().store().latest_snapshot(&id(&actor), u64::MAX).await.unwrap().unwrap();
         let taken: Value = serde_json::from_slice(&snapshot.data).unwrap();
         assert_eq!(taken, json!({"balance": 70, "operations": 2}), "{name}: the snapshot is the state as JSON");
         // Mark the stored snapshot, to see that the next activation restores it.
         snapshot.data = serde_json::to_vec(&json!({"balance": 70, "operations": 40})).unwrap();
-        host.store().save_snapshot(&id(&actor), &snapshot, Retention::Keep).await.unwrap();
-        host.deactivate_all();
+        host.host().store().save_snapshot(&id(&actor), &snapshot, Retention::Keep).await.unwrap();
+        host.host().deactivate_all();
         let restored = ask(&host, &actor, "balance_of", json!(null)).await.unwrap();
         assert_eq!(restored, json!({"balance": 70, "operations": 40, "version": 2}), "{name}: restored from the snapshot");
         assert_eq!(ask(&host, &actor, "deposit", json!({"amount": 5})).await.unwrap(), json!({"balance": 75}), "{name}");
 
         // The state at version 1, computed in a sandbox.
-        let past = host.replay(&id(&actor), ReplayTarget::Version(1), None).await.unwrap();
+        let past = host.host().replay(&id(&actor), ReplayTarget::Version(1), None).await.unwrap();
         let state: Value = serde_json::from_slice(&past.state).unwrap();
         assert_eq!((state["balance"].clone(), state["operations"].clone()), (json!(100), json!(1)), "{name}: {state}");
     }

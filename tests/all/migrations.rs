@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use quark_host::storage::outbox::{Destination, OutboxMessage};
-use quark_host::storage::{Store, TurnCommit};
+use quark::storage::outbox::{Destination, OutboxMessage};
+use quark::storage::{Store, TurnCommit};
 
 use crate::support::*;
 
@@ -69,7 +69,7 @@ async fn sqlite_rows_of_layout_1_are_migrated() {
         sqlx::query(sql).execute(&mut conn).await.unwrap();
     }
     conn.close().await.unwrap();
-    let store = quark_host::storage::sqlite::SqliteStore::open(&db).await.unwrap();
+    let store = quark::storage::sqlite::SqliteStore::open(&db).await.unwrap();
     legacy_rows_are_per_sender(Arc::new(store)).await;
 }
 
@@ -95,7 +95,7 @@ async fn postgres_rows_of_layout_1_are_migrated() {
         sqlx::query(&sql.replace("'{}'", "'{}'::bytea").replace("'r1'", "'r1'::bytea").replace("'r2'", "'r2'::bytea")).execute(&mut conn).await.unwrap();
     }
     conn.close().await.unwrap();
-    let store = quark_host::storage::postgres::PostgresStore::connect(&url, Some(&schema)).await.unwrap();
+    let store = quark::storage::postgres::PostgresStore::connect(&url, Some(&schema)).await.unwrap();
     legacy_rows_are_per_sender(Arc::new(store)).await;
 }
 
@@ -140,9 +140,9 @@ async fn redis_keys_of_layout_1_are_migrated() {
         .cmd("ZADD").arg(format!("{p}:ibt")).arg(1).arg("c/r\nm1")
         .cmd("ZADD").arg(format!("{p}:ibt")).arg(1).arg("c/r\nk1");
     let _: () = pipe.query_async(&mut conn).await.unwrap();
-    let store = quark_host::storage::redis::RedisStore::connect(&url, Some(&p)).await.unwrap();
+    let store = quark::storage::redis::RedisStore::connect(&url, Some(&p)).await.unwrap();
     legacy_rows_are_per_sender(Arc::new(store)).await;
     // Connecting again migrates nothing twice.
-    let again = quark_host::storage::redis::RedisStore::connect(&url, Some(&p)).await.unwrap();
-    assert_eq!(quark_host::storage::InboxStore::inbox_reply(&again, &id("c/r"), "", "k1").await.unwrap(), Some(b"r2".to_vec()));
+    let again = quark::storage::redis::RedisStore::connect(&url, Some(&p)).await.unwrap();
+    assert_eq!(quark::storage::InboxStore::inbox_reply(&again, &id("c/r"), "", "k1").await.unwrap(), Some(b"r2".to_vec()));
 }

@@ -4,22 +4,22 @@
 
 use std::time::Duration;
 
-use quark_host::storage::postgres::PostgresStore;
-use quark_host::storage::redis::RedisStore;
-use quark_host::{ErrorKind, Host, HostConfig};
+use quark::storage::postgres::PostgresStore;
+use quark::storage::redis::RedisStore;
+use quark::{ErrorKind, Node, NodeConfig};
 use serde_json::{Value, json};
 
 use crate::support::*;
 
-async fn courier_host(dir: &std::path::Path, configure: impl FnOnce(&mut HostConfig)) -> Host {
-    let mut config = HostConfig::new(dir);
+async fn courier_host(dir: &std::path::Path, configure: impl FnOnce(&mut NodeConfig)) -> Node {
+    let mut config = NodeConfig::new(dir);
     configure(&mut config);
     let host = host_with_config(config).await;
-    host.deploy("courier", component("courier"), manifest()).await.unwrap();
+    host.host().deploy("courier", component("courier"), manifest()).await.unwrap();
     host
 }
 
-async fn received(host: &Host, actor: &str) -> Vec<Value> {
+async fn received(host: &Node, actor: &str) -> Vec<Value> {
     ask(host, actor, "received", json!(null)).await.unwrap().as_array().cloned().unwrap_or_default()
 }
 
@@ -29,7 +29,7 @@ async fn a_failed_turn_sends_nothing_and_an_oversized_message_is_refused() {
     let host = courier_host(dir.path(), |_| {}).await;
     let e = ask(&host, "courier/a", "send", json!({"to": "courier/b", "payload": 1, "fail": true})).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Rejected);
-    assert!(host.outbox_messages(None, 10).await.unwrap().is_empty(), "the failed turn's message was never committed");
+    assert!(host.outbox().messages(None, 10).await.unwrap().is_empty(), "the failed turn's message was never committed");
     assert_eq!(ask(&host, "courier/a", "send", json!({"to": "courier/b", "bytes": 2 << 20})).await.unwrap_err().kind, ErrorKind::LimitExceeded);
     let e = ask(&host, "courier/a", "send", json!({"to": "nosuch/b", "payload": 1})).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
@@ -42,15 +42,15 @@ async fn a_failed_turn_sends_nothing_and_an_oversized_message_is_refused() {
 async fn a_failing_receiver_is_retried_then_dead_lettered_and_the_sender_is_unaffected() {
     let dir = tempfile::tempdir().unwrap();
     let host = courier_host(dir.path(), |c| {
-        c.message_max_attempts = 3;
-        c.message_backoff = Duration::from_millis(10);
+        c.outbox.max_attempts = 3;
+        c.outbox.backoff = Duration::from_millis(10);
     })
     .await;
     // One receiver traps, another returns an error: both are retried, then dead.
     let trapping = ask(&host, "courier/a", "send", json!({"to": "courier/t", "payload": {"trap": true}})).await.unwrap();
     let ids = ask(&host, "courier/a", "send", json!({"to": "courier/b", "payload": {"fail": true}})).await.unwrap();
     let id = ids[0].as_str().unwrap().to_string();
-    let dead = eventually("dead-lettering", async || host.outbox_messages(Some("dead"), 10).await.unwrap(), |d| d.len() == 2).await;
+    let dead = eventually("dead-lettering", async || host.outbox().messages(Some("dead"), 10).await.unwrap(), |d| d.len() == 2).await;
     let trapped = dead.iter().find(|m| m.message.id == trapping[0].as_str().unwrap()).unwrap();
     assert_eq!(trapped.attempts, 3);
     assert!(trapped.last_error.as_deref().is_some_and(|e| e.contains("trapped")), "{:?}", trapped.last_error);
@@ -63,18 +63,18 @@ async fn a_failing_receiver_is_retried_then_dead_lettered_and_the_sender_is_unaf
     // A later message of the same pair is not held up by the dead one.
     ask(&host, "courier/a", "send", json!({"to": "courier/b", "payload": "next"})).await.unwrap();
     eventually("the next deliveries", async || received(&host, "courier/b").await, |r| r.len() == 2).await;
-    assert_eq!(host.retry_message(&id, Some("courier/other")).await.unwrap_err().kind, ErrorKind::NotFound, "ids are per sender");
-    assert_eq!(host.retry_message(&id, Some("courier/a")).await.unwrap(), 1);
-    assert_eq!(host.retry_message("nosuch", None).await.unwrap_err().kind, ErrorKind::NotFound);
-    eventually("dead again", async || host.outbox_messages(Some("dead"), 10).await.unwrap(), |d| d.len() == 2 && d.iter().all(|m| m.attempts == 3)).await;
-    assert_eq!(host.purge_dead_messages().await.unwrap(), 2);
-    assert!(host.outbox_messages(None, 10).await.unwrap().is_empty());
+    assert_eq!(host.outbox().retry_message(&id, Some("courier/other")).await.unwrap_err().kind, ErrorKind::NotFound, "ids are per sender");
+    assert_eq!(host.outbox().retry_message(&id, Some("courier/a")).await.unwrap(), 1);
+    assert_eq!(host.outbox().retry_message("nosuch", None).await.unwrap_err().kind, ErrorKind::NotFound);
+    eventually("dead again", async || host.outbox().messages(Some("dead"), 10).await.unwrap(), |d| d.len() == 2 && d.iter().all(|m| m.attempts == 3)).await;
+    assert_eq!(host.outbox().purge_dead_messages().await.unwrap(), 2);
+    assert!(host.outbox().messages(None, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lanes_opened_at_commit_wait_for_a_free_delivery_slot() {
     let dir = tempfile::tempdir().unwrap();
-    let host = courier_host(dir.path(), |c| c.message_concurrency = 3).await;
+    let host = courier_host(dir.path(), |c| c.outbox.concurrency = 3).await;
     // Twelve senders at once (their commits share batches), each opening a
     // lane to a receiver that takes 100 ms: at most three are delivered at
     // a time, and all of them arrive.
@@ -91,9 +91,9 @@ async fn lanes_opened_at_commit_wait_for_a_free_delivery_slot() {
     let give_up = std::time::Instant::now() + Duration::from_secs(60);
     while receivers_done < 12 {
         assert!(std::time::Instant::now() < give_up, "only {receivers_done} of 12 messages delivered in 60 s");
-        most = most.max(host.message_lanes_in_flight());
+        most = most.max(host.outbox().lanes_in_flight());
         tokio::time::sleep(Duration::from_millis(2)).await;
-        if sends.iter().all(|s| s.is_finished()) && host.message_lanes_in_flight() == 0 {
+        if sends.iter().all(|s| s.is_finished()) && host.outbox().lanes_in_flight() == 0 {
             receivers_done = 0;
             for i in 0..12 {
                 receivers_done += received(&host, &format!("courier/r{i}")).await.len();
@@ -107,7 +107,7 @@ async fn lanes_opened_at_commit_wait_for_a_free_delivery_slot() {
 #[tokio::test]
 async fn a_failed_message_holds_back_the_messages_queued_behind_it() {
     let dir = tempfile::tempdir().unwrap();
-    let host = courier_host(dir.path(), |c| c.message_backoff = Duration::from_millis(10)).await;
+    let host = courier_host(dir.path(), |c| c.outbox.backoff = Duration::from_millis(10)).await;
     // Six messages in one lane, queued on the receiver together; the third
     // fails once. The ones behind it must not run before its retry.
     let ids = ask(&host, "courier/a", "send", json!({"to": "courier/b", "count": 6, "payload": {"fail_n": 2}})).await.unwrap();
@@ -117,7 +117,7 @@ async fn a_failed_message_holds_back_the_messages_queued_behind_it() {
     let got_ids: Vec<&str> = got.iter().map(|m| m["id"].as_str().unwrap()).collect();
     let sent_ids: Vec<&str> = ids.as_array().unwrap().iter().map(|i| i.as_str().unwrap()).collect();
     assert_eq!(got_ids, sent_ids);
-    eventually("the lane emptied", async || host.outbox_messages(None, 10).await.unwrap(), |m| m.is_empty()).await;
+    eventually("the lane emptied", async || host.outbox().messages(None, 10).await.unwrap(), |m| m.is_empty()).await;
 }
 
 #[tokio::test]
@@ -127,7 +127,7 @@ async fn messages_sent_while_their_lane_is_delivered_follow_it_without_a_claim()
     // The first message opens the lane and takes 2 s to handle; two
     // more, each its own turn, are committed meanwhile into that lane.
     ask(&host, "courier/a", "send", json!({"to": "courier/b", "payload": {"sleep_ms": 2000}})).await.unwrap();
-    eventually("the first delivery under way", async || host.message_lanes_in_flight(), |n| *n == 1).await;
+    eventually("the first delivery under way", async || host.outbox().lanes_in_flight(), |n| *n == 1).await;
     for k in [2, 3] {
         ask(&host, "courier/a", "send", json!({"to": "courier/b", "payload": {"k": k}})).await.unwrap();
     }
@@ -136,11 +136,11 @@ async fn messages_sent_while_their_lane_is_delivered_follow_it_without_a_claim()
     assert_eq!(payloads, [&json!({"sleep_ms": 2000}), &json!({"k": 2}), &json!({"k": 3})], "in order, each once");
     let claimed = host.metrics_text().lines().find_map(|l| l.strip_prefix("quark_message_lanes_claimed_total ").map(str::to_string));
     assert_eq!(claimed.as_deref(), Some("0"), "the two later messages followed the running delivery; no lane was claimed");
-    eventually("the lane emptied", async || host.outbox_messages(None, 10).await.unwrap(), |m| m.is_empty()).await;
+    eventually("the lane emptied", async || host.outbox().messages(None, 10).await.unwrap(), |m| m.is_empty()).await;
 }
 
 /// Sends `payload` from courier/a to sink `sink`; returns the message id.
-async fn send_to_sink(host: &Host, sink: &str, payload: Value) -> String {
+async fn send_to_sink(host: &Node, sink: &str, payload: Value) -> String {
     let ids = ask(host, "courier/a", "send", json!({"sink": sink, "payload": payload})).await.unwrap();
     ids[0].as_str().unwrap().to_string()
 }
@@ -160,15 +160,15 @@ async fn a_webhook_that_is_down_gets_the_event_once_it_is_up() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
     let host = courier_host(dir.path(), |c| {
-        c.message_backoff = Duration::from_millis(20);
-        c.message_max_attempts = 1000;
-        c.sinks.insert("hooks".into(), format!("webhook:http://127.0.0.1:{port}/hook").parse().unwrap());
+        c.outbox.backoff = Duration::from_millis(20);
+        c.outbox.max_attempts = 1000;
+        c.outbox.sinks.insert("hooks".into(), format!("webhook:http://127.0.0.1:{port}/hook").parse().unwrap());
     })
     .await;
     assert_eq!(ask(&host, "courier/a", "send", json!({"sink": "nosuch", "payload": 1})).await.unwrap_err().kind, ErrorKind::NotFound);
     let id = send_to_sink(&host, "hooks", json!({"order": 17})).await;
     // Down: the delivery fails and is retried, with the error recorded.
-    let failing = eventually("a failed delivery", async || host.outbox_messages(None, 10).await.unwrap(), |m| {
+    let failing = eventually("a failed delivery", async || host.outbox().messages(None, 10).await.unwrap(), |m| {
         m.first().is_some_and(|m| m.attempts >= 1 && m.last_error.as_deref().is_some_and(|e| e.contains("webhook")))
     })
     .await;
@@ -195,7 +195,7 @@ async fn a_webhook_that_is_down_gets_the_event_once_it_is_up() {
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    eventually("the delivery", async || host.outbox_messages(None, 10).await.unwrap(), |m| m.is_empty()).await;
+    eventually("the delivery", async || host.outbox().messages(None, 10).await.unwrap(), |m| m.is_empty()).await;
     let seen = seen.lock().clone();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].0, id, "the Idempotency-Key header is the message id");
@@ -211,11 +211,11 @@ async fn redis_stream_and_nats_sinks_get_cloud_events_and_an_unreachable_one_is_
     nats.flush().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let host = courier_host(dir.path(), |c| {
-        c.message_backoff = Duration::from_millis(20);
-        c.message_max_attempts = 2;
-        c.sinks.insert("audit".into(), format!("redis:{}#{stream}", redis_url()).parse().unwrap());
-        c.sinks.insert("events".into(), format!("nats:{nats_url}#{subject}").parse().unwrap());
-        c.sinks.insert("nowhere".into(), "redis:redis://127.0.0.1:1#s".parse().unwrap());
+        c.outbox.backoff = Duration::from_millis(20);
+        c.outbox.max_attempts = 2;
+        c.outbox.sinks.insert("audit".into(), format!("redis:{}#{stream}", redis_url()).parse().unwrap());
+        c.outbox.sinks.insert("events".into(), format!("nats:{nats_url}#{subject}").parse().unwrap());
+        c.outbox.sinks.insert("nowhere".into(), "redis:redis://127.0.0.1:1#s".parse().unwrap());
     })
     .await;
     let to_redis = send_to_sink(&host, "audit", json!({"n": 1})).await;
@@ -227,10 +227,10 @@ async fn redis_stream_and_nats_sinks_get_cloud_events_and_an_unreachable_one_is_
     assert_cloud_event(&serde_json::from_slice(&message.payload).unwrap(), &to_nats, &json!({"n": 2}));
 
     // The unreachable sink's message is retried, then dead, with its error.
-    let dead = eventually("the dead letter", async || host.outbox_messages(Some("dead"), 10).await.unwrap(), |d| !d.is_empty()).await;
+    let dead = eventually("the dead letter", async || host.outbox().messages(Some("dead"), 10).await.unwrap(), |d| !d.is_empty()).await;
     assert_eq!((dead[0].message.id.as_str(), dead[0].attempts), (lost.as_str(), 2));
     assert!(dead[0].last_error.as_deref().is_some_and(|e| e.contains("redis sink")), "{:?}", dead[0].last_error);
-    eventually("the deliveries", async || host.outbox_messages(Some("pending"), 10).await.unwrap(), |m| m.is_empty()).await;
+    eventually("the deliveries", async || host.outbox().messages(Some("pending"), 10).await.unwrap(), |m| m.is_empty()).await;
 
     let client = redis::Client::open(redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -250,24 +250,24 @@ async fn redis_stream_and_nats_sinks_get_cloud_events_and_an_unreachable_one_is_
 /// once a minute: the message is delivered by the second host at once.
 /// `store` is the host's; `elsewhere` is another connection to the same
 /// data, as another host has.
-async fn other_hosts_dispatchers_wake(store: std::sync::Arc<dyn quark_host::storage::Store>, elsewhere: std::sync::Arc<dyn quark_host::storage::Store>) {
+async fn other_hosts_dispatchers_wake(store: std::sync::Arc<dyn quark::storage::Store>, elsewhere: std::sync::Arc<dyn quark::storage::Store>) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = HostConfig::new(dir.path());
-    config.message_poll = Duration::from_secs(60);
-    let host = Host::start(config, store.clone()).await.unwrap();
-    host.deploy("courier", component("courier"), manifest()).await.unwrap();
+    let mut config = NodeConfig::new(dir.path());
+    config.outbox.poll = Duration::from_secs(60);
+    let host = Node::start(config, store.clone()).await.unwrap();
+    host.host().deploy("courier", component("courier"), manifest()).await.unwrap();
     // Let the dispatcher go idle on its one-minute poll.
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Another writer of the store (no host, so no local wake-up) sends one.
-    let message = quark_host::storage::outbox::OutboxMessage {
+    let message = quark::storage::outbox::OutboxMessage {
         id: "from-elsewhere".into(),
         sender: "courier/far".into(),
-        destination: quark_host::storage::outbox::Destination::Actor { actor: "courier/near".into(), method: "receive".into() },
+        destination: quark::storage::outbox::Destination::Actor { actor: "courier/near".into(), method: "receive".into() },
         payload: br#""hi""#.to_vec(),
         event_type: None,
-        created_at_ms: quark_host::storage::now_ms(),
+        created_at_ms: quark::storage::now_ms(),
     };
-    let commit = quark_host::storage::TurnCommit { messages: vec![message], ..quark_host::storage::TurnCommit::state_only(id("courier/far"), vec![]) };
+    let commit = quark::storage::TurnCommit { messages: vec![message], ..quark::storage::TurnCommit::state_only(id("courier/far"), vec![]) };
     elsewhere.commit(&[commit]).await.unwrap();
     let got = eventually("the delivery", async || received(&host, "courier/near").await, |r| r.len() == 1).await;
     assert_eq!(got[0]["id"], json!("from-elsewhere"));
@@ -308,13 +308,13 @@ async fn bank_transfers_move_money_between_event_sourced_accounts_by_outbox() {
     let balance = async |account: &str| ask(&host, &format!("bank/{account}"), "balance", json!(null)).await.unwrap()["balance"].as_i64().unwrap();
     eventually("both credits", async || (balance("bob").await, balance("carol").await), |b| *b == (30, 50)).await;
     assert_eq!(balance("alice").await, 20, "the sum is still 100");
-    eventually("the outbox emptied", async || host.outbox_messages(None, 10).await.unwrap(), Vec::is_empty).await;
+    eventually("the outbox emptied", async || host.outbox().messages(None, 10).await.unwrap(), Vec::is_empty).await;
 
     // A client that retries a transfer sends it with an idempotency key:
     // the repeat gets the first reply, and nothing moves twice.
     let transfer = serde_json::to_vec(&json!({"to": "bob", "amount": 5, "id": "t-2"})).unwrap();
     for _ in 0..3 {
-        let reply = host.ask_idempotent(id("bank/alice"), "transfer", transfer.clone(), "client-retry-1").await.unwrap();
+        let reply = host.host().ask_idempotent(id("bank/alice"), "transfer", transfer.clone(), "client-retry-1").await.unwrap();
         assert_eq!(serde_json::from_slice::<Value>(&reply).unwrap(), json!({"balance": 15}));
     }
     eventually("the retried transfer", async || (balance("alice").await, balance("bob").await), |b| *b == (15, 35)).await;
@@ -322,17 +322,17 @@ async fn bank_transfers_move_money_between_event_sourced_accounts_by_outbox() {
 
     // Both sides are in the journals: alice's withdrawal and, caused by her
     // message, bob's deposit.
-    let bob = host.journal(&id("bank/bob"), 1, None, 10).await.unwrap();
+    let bob = host.host().journal(&id("bank/bob"), 1, None, 10).await.unwrap();
     let deposits: Vec<_> = bob.events.iter().map(|e| (e.event_type.as_str(), e.caller.as_deref())).collect();
     assert_eq!(deposits, [("deposited", Some("bank/alice")), ("deposited", Some("bank/alice"))]);
-    let alice = host.journal(&id("bank/alice"), 1, None, 10).await.unwrap();
+    let alice = host.host().journal(&id("bank/alice"), 1, None, 10).await.unwrap();
     let types: Vec<&str> = alice.events.iter().map(|e| e.event_type.as_str()).collect();
     assert_eq!(types, ["deposited", "withdrawn", "withdrawn", "withdrawn"]);
 }
 
 #[test]
 fn sink_specs_parse_or_say_what_is_wrong() {
-    use quark_host::outbox::sinks::SinkConfig;
+    use quark::outbox::sinks::SinkConfig;
     assert_eq!("webhook:http://127.0.0.1:9000/hook".parse(), Ok(SinkConfig::Webhook { url: "http://127.0.0.1:9000/hook".into() }));
     assert_eq!(
         "redis:redis://127.0.0.1:6379#orders".parse(),

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use quark_host::storage::sqlite::SqliteStore;
-use quark_host::storage::{
+use quark::storage::sqlite::SqliteStore;
+use quark::storage::{
     CheckpointAdvance, EventRecord, JournalAppend, ProjectionDef, Retention, Snapshot, StateWrite, Store, StoreError, TurnCommit,
 };
-use quark_host::{Host, HostConfig};
+use quark::{Node, NodeConfig};
 use serde_json::json;
 
 use crate::support::*;
@@ -61,8 +61,8 @@ async fn component_versions(store: Arc<dyn Store>) {
 
 async fn host_turns_commit_and_reload(store: Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(HostConfig::new(dir.path()), store.clone()).await.unwrap();
-    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    let host = Node::start(NodeConfig::new(dir.path()), store.clone()).await.unwrap();
+    host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     let names: Vec<String> = (0..50).map(|i| format!("counter/c{}", i % 10)).collect();
     let calls = names.iter().map(|name| ask(&host, name, "increment", json!({"by": 1})));
     for r in futures::future::join_all(calls).await {
@@ -70,7 +70,7 @@ async fn host_turns_commit_and_reload(store: Arc<dyn Store>) {
     }
     drop(host);
     // A second host on the same store: deployed component and state are there.
-    let host = Host::start(HostConfig::new(dir.path()), store).await.unwrap();
+    let host = Node::start(NodeConfig::new(dir.path()), store).await.unwrap();
     for i in 0..10 {
         assert_eq!(ask(&host, &format!("counter/c{i}"), "get", json!(null)).await.unwrap(), json!(5));
     }
@@ -199,28 +199,28 @@ async fn projections_and_checkpoints(store: Arc<dyn Store>) {
 /// snapshot after a restart, replay, and a projection that catches up.
 async fn host_event_sourcing(store: Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(HostConfig::new(dir.path()), store.clone()).await.unwrap();
-    host.deploy("bank", component("bank"), manifest().with_journal(Some("3"), Some("archive")).unwrap()).await.unwrap();
-    host.deploy("accounts-summary", component("accounts-summary"), manifest()).await.unwrap();
+    let host = Node::start(NodeConfig::new(dir.path()), store.clone()).await.unwrap();
+    host.host().deploy("bank", component("bank"), manifest().with_journal(Some("3"), Some("archive")).unwrap()).await.unwrap();
+    host.host().deploy("accounts-summary", component("accounts-summary"), manifest()).await.unwrap();
     for (account, amount) in [("a", 10), ("a", 20), ("b", 5), ("a", 30), ("a", 40)] {
         ask(&host, &format!("bank/{account}"), "deposit", json!({"amount": amount})).await.unwrap();
     }
     let def = ProjectionDef { name: "sum".into(), source_type: "bank".into(), target: "accounts-summary/all".into(), method: "project".into() };
-    host.create_projection(def).await.unwrap();
+    host.projections().create(def).await.unwrap();
     eventually("the projection's total", async || ask(&host, "accounts-summary/all", "total", json!(null)).await.unwrap(), |t| *t == json!(105)).await;
     drop(host);
-    let host = Host::start(HostConfig::new(dir.path()), store.clone()).await.unwrap();
+    let host = Node::start(NodeConfig::new(dir.path()), store.clone()).await.unwrap();
     assert_eq!(ask(&host, "bank/a", "balance", json!(null)).await.unwrap(), json!({"balance": 100}));
     // Automatic snapshots are stored in the background once their turn is durable.
     let snapshot = eventually("a snapshot", async || store.latest_snapshot(&id("bank/a"), u64::MAX).await.unwrap(), Option::is_some).await;
     assert_eq!(snapshot.map(|s| s.version), Some(3));
-    assert_eq!(host.journal(&id("bank/a"), 1, None, 100).await.unwrap().events.len(), 4, "archived events stay in the audit trail");
-    let replayed = host.replay(&id("bank/a"), quark_host::journal::ReplayTarget::Version(2), None).await.unwrap();
+    assert_eq!(host.host().journal(&id("bank/a"), 1, None, 100).await.unwrap().events.len(), 4, "archived events stay in the audit trail");
+    let replayed = host.host().replay(&id("bank/a"), quark::runtime::journal::ReplayTarget::Version(2), None).await.unwrap();
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&replayed.state).unwrap(), json!({"balance": 30}));
 }
 
-fn job(id: &str, run_at_ms: i64, priority: i32) -> quark_host::storage::jobs::JobRecord {
-    let request = quark_host::jobs::JobSpec {
+fn job(id: &str, run_at_ms: i64, priority: i32) -> quark::storage::jobs::JobRecord {
+    let request = quark::jobs::JobSpec {
         target: "w/a".into(),
         method: "work".into(),
         payload: json!({"n": 1}),
@@ -239,7 +239,7 @@ fn job(id: &str, run_at_ms: i64, priority: i32) -> quark_host::storage::jobs::Jo
     }
     .into_request()
     .unwrap();
-    let mut job = quark_host::jobs::plan(request, quark_host::storage::now_ms()).unwrap();
+    let mut job = quark::jobs::plan(request, quark::storage::now_ms()).unwrap();
     job.id = id.into();
     job
 }
@@ -247,12 +247,12 @@ fn job(id: &str, run_at_ms: i64, priority: i32) -> quark_host::storage::jobs::Jo
 /// Claims, leases, completion in the turn's commit, failures, cancel,
 /// retry, purge. Backends without a job store say so and pass.
 async fn jobs_claim_lease_and_complete(store: Arc<dyn Store>) {
-    use quark_host::storage::jobs::{ClaimFilter, JobCompletion, JobFailure, JobStatus};
+    use quark::storage::jobs::{ClaimFilter, JobCompletion, JobFailure, JobStatus};
     let Some(jobs) = store.job_store() else {
         eprintln!("note: the {} store has no durable jobs yet", store.backend_name());
         return;
     };
-    let now = quark_host::storage::now_ms();
+    let now = quark::storage::now_ms();
     assert_eq!(jobs.add_jobs(&[job("low", now - 10, 0), job("high", now - 5, 5), job("later", now + 3_600_000, 9)]).await.unwrap(), 3);
     assert_eq!(jobs.add_jobs(&[job("low", now, 0)]).await.unwrap(), 0, "an existing id is left as it is");
     assert_eq!(jobs.next_job_due().await.unwrap(), Some(now - 10));
@@ -319,7 +319,7 @@ async fn jobs_claim_lease_and_complete(store: Arc<dyn Store>) {
     assert_eq!((total, claimed.len()), (200, 200), "every due job claimed once");
 
     // Runs without effects end in the next claim's write, under their lease.
-    let done = |c: &quark_host::storage::jobs::JobClaim, lease: &str| JobCompletion { id: c.job.id.clone(), lease: lease.into(), next_run_at_ms: None };
+    let done = |c: &quark::storage::jobs::JobClaim, lease: &str| JobCompletion { id: c.job.id.clone(), lease: lease.into(), next_run_at_ms: None };
     let completed = [done(&a[0], &a[0].lease), done(&a[1], &a[1].lease), done(&a[2], "a lapsed lease")];
     assert!(jobs.claim_jobs(now, 10, 60_000, &no_filter, &completed).await.unwrap().is_empty());
     let status = |id: String| async move { jobs.job(&id).await.unwrap().unwrap().status };
@@ -332,29 +332,29 @@ async fn jobs_claim_lease_and_complete(store: Arc<dyn Store>) {
 /// retried after a failed attempt, completed in the turn's commit, and
 /// cancelled from a turn.
 async fn host_jobs(store: Arc<dyn Store>) {
-    use quark_host::storage::jobs::JobStatus;
+    use quark::storage::jobs::JobStatus;
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(HostConfig::new(dir.path()), store.clone()).await.unwrap();
-    host.deploy("worker", component("worker"), manifest()).await.unwrap();
+    let host = Node::start(NodeConfig::new(dir.path()), store.clone()).await.unwrap();
+    host.host().deploy("worker", component("worker"), manifest()).await.unwrap();
     let schedule = json!({"target": "worker/s", "method": "work", "key": "k", "payload": {"fail_until": 2}, "max_attempts": 3});
     let first = ask(&host, "worker/x", "schedule", schedule.clone()).await.unwrap();
     assert_eq!(ask(&host, "worker/x", "schedule", schedule).await.unwrap(), first, "one job per key");
     let id = first.as_str().unwrap().to_string();
-    let job = eventually("the job's success", async || host.job(&id).await.unwrap(), |j| j.status == JobStatus::Succeeded).await;
+    let job = eventually("the job's success", async || host.jobs().get(&id).await.unwrap(), |j| j.status == JobStatus::Succeeded).await;
     assert_eq!((job.status, job.attempts, job.errors.len()), (JobStatus::Succeeded, 2, 1), "{job:?}");
     assert_eq!(ask(&host, "worker/s", "runs", json!(null)).await.unwrap(), json!({"runs": 1, "attempts": [2]}));
 
     let later = json!({"target": "worker/c", "method": "work", "key": "later", "delay_ms": 3_600_000});
     let later = ask(&host, "worker/x", "schedule", later).await.unwrap();
     let later = later.as_str().unwrap();
-    assert_eq!(host.job(later).await.unwrap().status, JobStatus::Scheduled);
+    assert_eq!(host.jobs().get(later).await.unwrap().status, JobStatus::Scheduled);
     assert_eq!(ask(&host, "worker/x", "cancel", json!({"id": later})).await.unwrap(), json!(true));
-    assert_eq!(host.job(later).await.unwrap().status, JobStatus::Cancelled);
-    assert_eq!(host.jobs(None, Some("worker/s"), 10).await.unwrap().len(), 1);
+    assert_eq!(host.jobs().get(later).await.unwrap().status, JobStatus::Cancelled);
+    assert_eq!(host.jobs().list(None, Some("worker/s"), 10).await.unwrap().len(), 1);
 
     // A job whose turn has no effect (a read) is completed by the runner's
     // next write, not by a turn commit; it still ends exactly as succeeded.
-    let read = quark_host::jobs::JobSpec {
+    let read = quark::jobs::JobSpec {
         target: "worker/s".into(),
         method: "runs".into(),
         payload: json!(null),
@@ -371,8 +371,8 @@ async fn host_jobs(store: Arc<dyn Store>) {
         idempotency_key: None,
         catch_up: None,
     };
-    let mut starts = host.job_starts();
-    let read = host.add_jobs(vec![read.into_request().unwrap()]).await.unwrap().remove(0);
+    let mut starts = host.jobs().starts();
+    let read = host.jobs().add(vec![read.into_request().unwrap()]).await.unwrap().remove(0);
     let started = loop {
         let started = starts.recv().await.unwrap();
         if started.id == read.id {
@@ -380,7 +380,7 @@ async fn host_jobs(store: Arc<dyn Store>) {
         }
     };
     assert_eq!(started.attempt, 1);
-    eventually("the job's success", async || host.job(&read.id).await.unwrap().status, |s| *s == JobStatus::Succeeded).await;
+    eventually("the job's success", async || host.jobs().get(&read.id).await.unwrap().status, |s| *s == JobStatus::Succeeded).await;
     assert!(host.metrics_text().contains("quark_job_start_delay_seconds_count"), "the scheduling lag is exported");
 }
 
@@ -388,9 +388,9 @@ async fn host_jobs(store: Arc<dyn Store>) {
 /// one job does not pass because another job of the batch holds the lease
 /// that job has now (ids and leases are matched in pairs).
 async fn job_completions_match_each_lease(store: Arc<dyn Store>) {
-    use quark_host::storage::jobs::{ClaimFilter, JobCompletion, JobStatus};
+    use quark::storage::jobs::{ClaimFilter, JobCompletion, JobStatus};
     let Some(jobs) = store.job_store() else { return };
-    let now = quark_host::storage::now_ms();
+    let now = quark::storage::now_ms();
     jobs.add_jobs(&[job("p1", now - 10, 0), job("p2", now - 10, 0)]).await.unwrap();
     let claims = jobs.claim_jobs(now, 10, 60_000, &ClaimFilter::default(), &[]).await.unwrap();
     assert_eq!(claims.len(), 2);
@@ -412,7 +412,7 @@ async fn job_completions_match_each_lease(store: Arc<dyn Store>) {
 /// The inbox: an entry commits with its turn, a second one for the same
 /// message fails the commit (nothing of it lands), and entries expire.
 async fn inbox_dedup_and_expiry(store: Arc<dyn Store>) {
-    use quark_host::storage::InboxEntry;
+    use quark::storage::InboxEntry;
     let handled = |key: &str, value: &str, at_ms: i64| TurnCommit {
         inbox: Some(InboxEntry { sender: "c/s".into(), message_id: "m1".into(), reply: value.as_bytes().to_vec(), at_ms }),
         ..TurnCommit::state_only(id("c/a"), vec![write(key, Some(value))])
@@ -440,7 +440,7 @@ async fn inbox_dedup_and_expiry(store: Arc<dyn Store>) {
 
     // An entry whose message is still in the outbox outlives the window.
     if store.outbox_store().is_some() {
-        use quark_host::storage::outbox::{Destination, OutboxMessage};
+        use quark::storage::outbox::{Destination, OutboxMessage};
         let in_flight = OutboxMessage {
             id: "m2".into(),
             sender: "c/z".into(),
@@ -464,11 +464,11 @@ async fn inbox_dedup_and_expiry(store: Arc<dyn Store>) {
 /// reply for a repeat (also one sent while the first is committing).
 async fn host_idempotent_asks(store: Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(HostConfig::new(dir.path()), store.clone()).await.unwrap();
-    host.deploy("counter", component("counter"), manifest()).await.unwrap();
+    let host = Node::start(NodeConfig::new(dir.path()), store.clone()).await.unwrap();
+    host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     let inc = |key: &'static str| {
         let host = host.clone();
-        async move { host.ask_idempotent(id("counter/k"), "increment", br#"{"by": 5}"#.to_vec(), key).await.unwrap() }
+        async move { host.host().ask_idempotent(id("counter/k"), "increment", br#"{"by": 5}"#.to_vec(), key).await.unwrap() }
     };
     let (a, b) = tokio::join!(inc("pay-1"), inc("pay-1"));
     assert_eq!(a, b, "both callers get the first reply");
@@ -476,8 +476,8 @@ async fn host_idempotent_asks(store: Arc<dyn Store>) {
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&a).unwrap(), json!(5));
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&inc("pay-2").await).unwrap(), json!(10), "another key runs");
     assert_eq!(ask(&host, "counter/k", "get", json!(null)).await.unwrap(), json!(10));
-    let e = host.ask_idempotent(id("counter/k"), "get", b"null".to_vec(), "").await.unwrap_err();
-    assert_eq!(e.kind, quark_host::ErrorKind::BadRequest);
+    let e = host.host().ask_idempotent(id("counter/k"), "get", b"null".to_vec(), "").await.unwrap_err();
+    assert_eq!(e.kind, quark::ErrorKind::BadRequest);
 }
 
 /// The outbox end to end on the backend: a message commits with its
@@ -489,8 +489,8 @@ async fn host_outbox_delivery(store: Arc<dyn Store>) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(HostConfig::new(dir.path()), store.clone()).await.unwrap();
-    host.deploy("courier", component("courier"), manifest()).await.unwrap();
+    let host = Node::start(NodeConfig::new(dir.path()), store.clone()).await.unwrap();
+    host.host().deploy("courier", component("courier"), manifest()).await.unwrap();
     let received = async |actor: &str| ask(&host, actor, "received", json!(null)).await.unwrap().as_array().cloned().unwrap_or_default();
     let wait_for = async |actor: &str, n: usize| eventually(&format!("{n} messages to {actor}"), async || received(actor).await, |got| got.len() >= n).await;
     let ids = ask(&host, "courier/a", "send", json!({"to": "courier/b", "payload": {"hello": 1}, "id": "dup-1"})).await.unwrap();
@@ -523,10 +523,10 @@ async fn host_message_ids_are_per_sender(store: Arc<dyn Store>) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let host = Host::start(HostConfig::new(dir.path()), store.clone()).await.unwrap();
-    host.deploy("courier", component("courier"), manifest()).await.unwrap();
+    let host = Node::start(NodeConfig::new(dir.path()), store.clone()).await.unwrap();
+    host.host().deploy("courier", component("courier"), manifest()).await.unwrap();
     // An HTTP call with `Idempotency-Key: pay-1` on the receiver first.
-    host.ask_idempotent(id("courier/bank"), "received", b"null".to_vec(), "pay-1").await.unwrap();
+    host.host().ask_idempotent(id("courier/bank"), "received", b"null".to_vec(), "pay-1").await.unwrap();
     for sender in ["courier/alice", "courier/bob"] {
         let sent = ask(&host, sender, "send", json!({"to": "courier/bank", "payload": {"from": sender}, "id": "pay-1"})).await.unwrap();
         assert_eq!(sent, json!(["pay-1"]));
@@ -553,7 +553,7 @@ async fn host_message_ids_are_per_sender(store: Arc<dyn Store>) {
 /// holds its lane until its retry, a dead message lets it move on, and an
 /// expired lease hands the lane to the next claim as taken over.
 async fn outbox_lanes_claim_fail_retry(store: Arc<dyn Store>) {
-    use quark_host::storage::outbox::{Destination, LaneRelease, OutboxMessage};
+    use quark::storage::outbox::{Destination, LaneRelease, OutboxMessage};
     let Some(outbox) = store.outbox_store() else {
         eprintln!("note: the {} store has no outbox yet", store.backend_name());
         return;
@@ -574,7 +574,7 @@ async fn outbox_lanes_claim_fail_retry(store: Arc<dyn Store>) {
     store.commit(&[sent]).await.unwrap(); // the same ids again: not sent twice
     assert_eq!(outbox.next_message_due().await.unwrap(), Some(1_000));
     let lanes = outbox.claim_lanes(2_000, 10, 2, 60_000, &[], &[]).await.unwrap();
-    let ids = |l: &quark_host::storage::outbox::LaneClaim| l.messages.iter().map(|m| m.message.id.clone()).collect::<Vec<_>>();
+    let ids = |l: &quark::storage::outbox::LaneClaim| l.messages.iter().map(|m| m.message.id.clone()).collect::<Vec<_>>();
     let mut got: Vec<Vec<String>> = lanes.iter().map(ids).collect();
     got.sort();
     assert_eq!(got, [vec!["m1".to_string(), "m2".into()], vec!["n1".into()]], "whole lanes, in order, at most 2 each");
@@ -585,7 +585,7 @@ async fn outbox_lanes_claim_fail_retry(store: Arc<dyn Store>) {
     let b = lanes.iter().find(|l| l.messages.len() == 2).unwrap().clone();
     let c = lanes.iter().find(|l| l.messages.len() == 1).unwrap().clone();
     outbox.fail_message("c/a\nm1", "boom", Some(5_000)).await.unwrap();
-    let release = |l: &quark_host::storage::outbox::LaneClaim, next| LaneRelease { lane: l.lane.clone(), lease: l.lease.clone(), next_at_ms: next };
+    let release = |l: &quark::storage::outbox::LaneClaim, next| LaneRelease { lane: l.lane.clone(), lease: l.lease.clone(), next_at_ms: next };
     let none = outbox.claim_lanes(3_000, 10, 2, 60_000, &["c/a\nn1".into()], &[release(&b, Some(5_000)), release(&c, None)]).await.unwrap();
     assert!(none.is_empty(), "the failed lane waits, the delivered one is empty");
     let again = outbox.claim_lanes(5_000, 10, 2, 60_000, &[], &[]).await.unwrap();
@@ -655,7 +655,7 @@ macro_rules! conformance {
 /// delivery to take, if it runs on this host), and stay in the store, in
 /// order behind it, for a claim otherwise.
 async fn outbox_new_lanes_skip_the_claim(store: Arc<dyn Store>) {
-    use quark_host::storage::outbox::{Destination, LaneRelease, OutboxMessage};
+    use quark::storage::outbox::{Destination, LaneRelease, OutboxMessage};
     let Some(outbox) = store.outbox_store() else { return };
     if !outbox.deliver_new_lanes_here() {
         eprintln!("note: the {} store claims every lane", store.backend_name());
@@ -670,13 +670,13 @@ async fn outbox_new_lanes_skip_the_claim(store: Arc<dyn Store>) {
                 destination: Destination::Actor { actor: "c/b".into(), method: "m".into() },
                 payload: b"{}".to_vec(),
                 event_type: None,
-                created_at_ms: quark_host::storage::now_ms(),
+                created_at_ms: quark::storage::now_ms(),
             })
             .collect();
         store.commit(&[TurnCommit { messages, ..TurnCommit::state_only(id("c/n"), vec![]) }]).await.unwrap();
     };
-    let ids = |l: &quark_host::storage::outbox::LaneClaim| l.messages.iter().map(|m| m.message.id.clone()).collect::<Vec<_>>();
-    let now = quark_host::storage::now_ms;
+    let ids = |l: &quark::storage::outbox::LaneClaim| l.messages.iter().map(|m| m.message.id.clone()).collect::<Vec<_>>();
+    let now = quark::storage::now_ms;
 
     send(&["x1", "x2"]).await;
     let (lanes, added) = outbox.take_new_lanes();
@@ -692,7 +692,7 @@ async fn outbox_new_lanes_skip_the_claim(store: Arc<dyn Store>) {
     assert!(more.is_empty());
     assert_eq!(added.len(), 1);
     assert_eq!((added[0].lane.as_str(), added[0].lease.as_str(), ids(&added[0])), (lanes[0].lane.as_str(), lanes[0].lease.as_str(), vec!["x3".to_string()]));
-    let release = |l: &quark_host::storage::outbox::LaneClaim| LaneRelease { lane: l.lane.clone(), lease: l.lease.clone(), next_at_ms: None };
+    let release = |l: &quark::storage::outbox::LaneClaim| LaneRelease { lane: l.lane.clone(), lease: l.lease.clone(), next_at_ms: None };
     let next = outbox.claim_lanes(now(), 10, 10, 60_000, &["c/n\nx1".into(), "c/n\nx2".into()], &[release(&lanes[0])]).await.unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(ids(&next[0]), ["x3"], "behind the first two; x1 was not sent again while pending");

@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use quark_host::storage::postgres::PostgresStore;
-use quark_host::storage::redis::RedisStore;
-use quark_host::storage::sqlite::SqliteStore;
-use quark_host::storage::{Manifest, Store};
-use quark_host::{ActorId, Host, HostConfig};
+use quark::storage::postgres::PostgresStore;
+use quark::storage::redis::RedisStore;
+use quark::storage::sqlite::SqliteStore;
+use quark::storage::{Manifest, Store};
+use quark::{ActorId, Node, NodeConfig};
 
 /// The workspace root.
 pub(crate) fn root() -> PathBuf {
@@ -47,9 +47,9 @@ pub(crate) fn guest_in_other_language(name: &str, test: &str) -> Option<Vec<u8>>
 /// A host on a fresh SQLite store whose compiled components are cached in
 /// `target/test-compiled`, shared by every test: a Python or JavaScript
 /// component compiles once per build, not once per test.
-pub(crate) async fn host_with_shared_compiled_cache(dir: &std::path::Path) -> Host {
-    let mut config = HostConfig::new(dir);
-    config.compiled_dir = root().join("target/test-compiled");
+pub(crate) async fn host_with_shared_compiled_cache(dir: &std::path::Path) -> Node {
+    let mut config = NodeConfig::new(dir);
+    config.host.compiled_dir = root().join("target/test-compiled");
     host_with_config(config).await
 }
 
@@ -83,29 +83,29 @@ pub(crate) fn id(s: &str) -> ActorId {
 }
 
 /// A host on a SQLite store in `dir`.
-pub(crate) async fn sqlite_host(dir: &std::path::Path) -> Host {
+pub(crate) async fn sqlite_host(dir: &std::path::Path) -> Node {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("quark.db")).await.unwrap());
-    Host::start(HostConfig::new(dir), store).await.unwrap()
+    Node::start(NodeConfig::new(dir), store).await.unwrap()
 }
 
 /// A host with `config` on a SQLite store in its data directory.
-pub(crate) async fn host_with_config(config: HostConfig) -> Host {
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.data_dir.join("quark.db")).await.unwrap());
-    Host::start(config, store).await.unwrap()
+pub(crate) async fn host_with_config(config: NodeConfig) -> Node {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&config.host.data_dir.join("quark.db")).await.unwrap());
+    Node::start(config, store).await.unwrap()
 }
 
 /// A host on a fresh SQLite store with the given components deployed.
-pub(crate) async fn host_with(dir: &std::path::Path, components: &[(&str, &str)]) -> Host {
+pub(crate) async fn host_with(dir: &std::path::Path, components: &[(&str, &str)]) -> Node {
     let host = sqlite_host(dir).await;
     for (actor_type, name) in components {
-        host.deploy(actor_type, component(name), manifest()).await.unwrap();
+        host.host().deploy(actor_type, component(name), manifest()).await.unwrap();
     }
     host
 }
 
 /// Calls and decodes the JSON reply.
-pub(crate) async fn ask(host: &Host, actor: &str, method: &str, json: serde_json::Value) -> Result<serde_json::Value, quark_host::ActorError> {
-    let reply = host.ask(id(actor), method, serde_json::to_vec(&json).unwrap()).await?;
+pub(crate) async fn ask(host: &Node, actor: &str, method: &str, json: serde_json::Value) -> Result<serde_json::Value, quark::ActorError> {
+    let reply = host.host().ask(id(actor), method, serde_json::to_vec(&json).unwrap()).await?;
     Ok(serde_json::from_slice(&reply).unwrap())
 }
 

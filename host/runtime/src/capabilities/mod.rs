@@ -1,0 +1,137 @@
+//! The host side of each WIT interface in `wit/`, one file per interface.
+//!
+//! Every import is implemented on [`TurnState`], the data of one actor's
+//! wasmtime store. Backend failures never trap a guest: they come back as the
+//! WIT `error` variant.
+
+pub(crate) mod jobs;
+mod journal;
+mod log;
+mod outbox;
+mod runtime;
+mod state;
+
+use crate::error::{ActorError, ErrorKind};
+use crate::turn::TurnState;
+
+/// Bindings generated from `wit/` for the `event-sourced` world: the
+/// `actor` world's imports and both exports. A plain actor lacks the
+/// `aggregate` export, so the exports are looked up one interface at a
+/// time (see [`ActorPre`]).
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "event-sourced",
+        imports: {
+            "quark:actor/runtime.call": async,
+            "quark:actor/journal.append": async,
+            "quark:actor/journal.version": async,
+            "quark:actor/journal.read": async,
+            "quark:actor/jobs.cancel": async,
+        },
+        exports: { default: async },
+    });
+}
+
+pub(crate) use bindings::exports::quark::actor::aggregate::Guest as AggregateExport;
+pub(crate) use bindings::exports::quark::actor::handler::Guest as HandlerExport;
+pub(crate) use bindings::quark::actor::journal::{Event as GuestEvent, RecordedEvent as GuestRecordedEvent};
+pub(crate) use bindings::quark::actor::types::Error as GuestError;
+use bindings::exports::quark::actor::{aggregate, handler};
+pub(crate) use journal::to_guest as to_guest_event;
+
+impl bindings::quark::actor::types::Host for TurnState {}
+
+/// The export an event-sourced actor adds.
+pub const AGGREGATE_EXPORT: &str = "quark:actor/aggregate@0.1.0";
+
+/// Adds every Quark capability, and the WASI interfaces Rust's standard
+/// library expects, to `linker`.
+pub(crate) fn add_to_linker(linker: &mut wasmtime::component::Linker<TurnState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    bindings::EventSourced::add_to_linker::<TurnState, wasmtime::component::HasSelf<TurnState>>(linker, |state| state)?;
+    Ok(())
+}
+
+/// A component linked and checked, ready to instantiate: its `handler`
+/// export, and its `aggregate` export if it is event-sourced.
+#[derive(Clone)]
+pub(crate) struct ActorPre {
+    pre: wasmtime::component::InstancePre<TurnState>,
+    handler: handler::GuestIndices,
+    aggregate: Option<aggregate::GuestIndices>,
+}
+
+/// A live instance's exports.
+pub(crate) struct ActorInstance {
+    pub(crate) handler: HandlerExport,
+    pub(crate) aggregate: Option<AggregateExport>,
+}
+
+impl ActorPre {
+    /// Finds the exports; fails when `handler` is missing or has the wrong
+    /// shape, or when `aggregate` is there with the wrong shape.
+    pub(crate) fn new(pre: wasmtime::component::InstancePre<TurnState>) -> wasmtime::Result<Self> {
+        let handler = handler::GuestIndices::new(&pre)?;
+        let aggregate = match pre.component().get_export_index(None, AGGREGATE_EXPORT) {
+            None => None,
+            Some(_) => Some(aggregate::GuestIndices::new(&pre)?),
+        };
+        Ok(ActorPre { pre, handler, aggregate })
+    }
+
+    /// True when the component exports `aggregate`.
+    pub(crate) fn is_event_sourced(&self) -> bool {
+        self.aggregate.is_some()
+    }
+
+    /// Instantiates it in `store`.
+    pub(crate) async fn instantiate_async(
+        &self,
+        mut store: impl wasmtime::AsContextMut<Data = TurnState>,
+    ) -> wasmtime::Result<ActorInstance> {
+        let instance = self.pre.instantiate_async(&mut store).await?;
+        let handler = self.handler.load(&mut store, &instance)?;
+        let aggregate = self.aggregate.as_ref().map(|a| a.load(&mut store, &instance)).transpose()?;
+        Ok(ActorInstance { handler, aggregate })
+    }
+}
+
+/// How a guest says "the caller sent something wrong": the WIT `error`
+/// variant has no case of its own for it (adding one would break every
+/// deployed component), so a `rejected` whose message starts with these words
+/// is the caller's mistake, `bad-request` to the host and its callers. The
+/// SDKs' payload decoding and their `bad_request`/`BadRequest` helpers write
+/// it; a host `bad-request` handed to a guest keeps it.
+pub const BAD_REQUEST_PREFIX: &str = "bad request";
+
+impl From<ActorError> for GuestError {
+    fn from(e: ActorError) -> Self {
+        let ActorError { kind, message } = e;
+        match kind {
+            ErrorKind::NotFound => GuestError::NotFound(message),
+            ErrorKind::BadRequest if !message.starts_with(BAD_REQUEST_PREFIX) => GuestError::Rejected(format!("{BAD_REQUEST_PREFIX}: {message}")),
+            ErrorKind::Rejected | ErrorKind::Conflict | ErrorKind::BadRequest | ErrorKind::Unauthorized | ErrorKind::Forbidden => {
+                GuestError::Rejected(message)
+            }
+            ErrorKind::Timeout => GuestError::Timeout(message),
+            ErrorKind::Unavailable | ErrorKind::UnknownOutcome => GuestError::Unavailable(message),
+            ErrorKind::LimitExceeded | ErrorKind::PayloadTooLarge => GuestError::LimitExceeded(message),
+            ErrorKind::Internal => GuestError::Internal(message),
+        }
+    }
+}
+
+impl From<GuestError> for ActorError {
+    fn from(e: GuestError) -> Self {
+        match e {
+            GuestError::NotFound(m) => ActorError::not_found(m),
+            GuestError::Rejected(m) if m.starts_with(BAD_REQUEST_PREFIX) => ActorError::bad_request(m),
+            GuestError::Rejected(m) => ActorError::rejected(m),
+            GuestError::Timeout(m) => ActorError::timeout(m),
+            GuestError::Unavailable(m) => ActorError::unavailable(m),
+            GuestError::LimitExceeded(m) => ActorError::limit_exceeded(m),
+            GuestError::Internal(m) => ActorError::internal(m),
+        }
+    }
+}

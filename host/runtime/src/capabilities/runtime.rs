@@ -1,0 +1,51 @@
+//! `quark:actor/runtime`: identity, time, and messages to other actors.
+
+use super::GuestError;
+use super::bindings::quark::actor::runtime::Host;
+use crate::id::ActorId;
+use crate::turn::TurnState;
+
+impl Host for TurnState {
+    fn self_id(&mut self) -> String {
+        self.actor.to_string()
+    }
+
+    fn caller(&mut self) -> Option<String> {
+        self.scope.caller.as_ref().map(ToString::to_string)
+    }
+
+    async fn call(&mut self, target: String, method: String, payload: Vec<u8>) -> Result<Vec<u8>, GuestError> {
+        self.refuse_in_sandbox()?;
+        let target = ActorId::parse(&target)?;
+        let request = self.outgoing(target, method, payload)?;
+        Ok(self.host()?.ask_request(request).await?)
+    }
+
+    fn tell(&mut self, target: String, method: String, payload: Vec<u8>) -> Result<(), GuestError> {
+        self.refuse_in_sandbox()?;
+        let target = ActorId::parse(&target)?;
+        let mut request = self.outgoing(target, method, payload)?;
+        let host = self.host()?;
+        // A tell starts its own chain: the sender does not wait for it. It
+        // is sent when this turn commits, and never if the turn fails.
+        request.chain = quark_core::ChainId::fresh();
+        request.caller = Some(self.actor.clone());
+        request.deadline = std::time::Instant::now() + host.config().call_timeout;
+        host.check_payload(&request)?;
+        host.registry().active(request.target.actor_type())?;
+        Ok(self.buffer_tell(request)?)
+    }
+
+    fn now(&mut self) -> u64 {
+        crate::storage::now_ms() as u64
+    }
+}
+
+impl TurnState {
+    fn refuse_in_sandbox(&self) -> Result<(), GuestError> {
+        if self.sandbox {
+            return Err(GuestError::Rejected(format!("{} is replaying in a sandbox: it cannot message other actors", self.actor)));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,640 @@
+//! The `quark` command: `serve` runs a host; every other command is a thin
+//! client of a running host's HTTP API.
+
+mod client;
+mod scaffold;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::{Host, Manifest, Node, NodeConfig};
+
+/// Quark: durable WebAssembly actors.
+#[derive(Debug, Parser)]
+#[command(name = "quark", version, about)]
+pub struct Cli {
+    /// Bearer token for the host's API (required when it listens beyond loopback).
+    #[arg(long, global = true, env = "QUARK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where a client command sends its requests (not an option of `serve`).
+#[derive(Debug, clap::Args)]
+struct Remote {
+    /// The host that client commands talk to.
+    #[arg(long, global = true, env = "QUARK_SERVER", hide_env_values = true, default_value = DEFAULT_SERVER)]
+    server: String,
+}
+
+/// The host client commands talk to unless told otherwise.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:7878";
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a host: the HTTP API on --listen, state in --data-dir (SQLite) or --store.
+    Serve(ServeArgs),
+    /// Create a new Rust actor crate (from a template), build it for
+    /// wasm32-wasip2 and deploy it to the host.
+    New {
+        #[command(flatten)]
+        remote: Remote,
+        /// Actor type name, e.g. `hello`: lowercase letters, digits, `-`, `_`.
+        name: String,
+        /// Where to create the crate (default: ./NAME).
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// Only create the crate; do not build or deploy it.
+        #[arg(long)]
+        no_build: bool,
+    },
+    /// Deploy a component as the new version of an actor type.
+    Deploy {
+        #[command(flatten)]
+        remote: Remote,
+        /// Actor type name, e.g. `counter`.
+        actor_type: String,
+        /// The component (`.wasm`, built for wasm32-wasip2).
+        file: PathBuf,
+        /// Most linear memory one activation may use, e.g. `16MiB`.
+        #[arg(long)]
+        memory_limit: Option<String>,
+        /// Longest one turn may run, e.g. `5s`.
+        #[arg(long)]
+        turn_timeout: Option<String>,
+        /// Event-sourced actors: snapshot after this many events (default 1000).
+        #[arg(long)]
+        snapshot_every: Option<String>,
+        /// What happens to events a snapshot covers: keep, archive or delete.
+        #[arg(long)]
+        retention: Option<String>,
+    },
+    /// Call a method of an actor and print its JSON reply.
+    Call {
+        #[command(flatten)]
+        remote: Remote,
+        /// `type/key`, e.g. `counter/alice`.
+        actor: String,
+        /// Method name, e.g. `increment`.
+        method: String,
+        /// JSON request body (default: none).
+        json: Option<String>,
+    },
+    /// List the actors active on the host, with their memory use.
+    Actors {
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List the versions of an actor type.
+    Versions {
+        #[command(flatten)]
+        remote: Remote,
+        /// Actor type name.
+        actor_type: String,
+    },
+    /// Make the previous version of an actor type active again.
+    Rollback {
+        #[command(flatten)]
+        remote: Remote,
+        /// Actor type name.
+        actor_type: String,
+    },
+    /// Show an actor's journal: the audit trail of its events.
+    Journal {
+        #[command(flatten)]
+        remote: Remote,
+        /// `type/key`, e.g. `bank/alice`.
+        actor: String,
+        /// First version to show.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Last version to show.
+        #[arg(long)]
+        to: Option<u64>,
+        /// Most events to show.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print the raw JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an event-sourced actor's state at a past version or time,
+    /// computed in a sandbox that cannot touch the live actor.
+    Replay {
+        #[command(flatten)]
+        remote: Remote,
+        /// `type/key`, e.g. `bank/alice`.
+        actor: String,
+        /// Replay up to this event version.
+        #[arg(long, conflicts_with = "at", required_unless_present = "at")]
+        to_version: Option<u64>,
+        /// Replay up to this time (RFC 3339, e.g. 2026-11-01T12:00:00Z).
+        #[arg(long)]
+        at: Option<String>,
+        /// Fold the events with this component version (default: the active one).
+        #[arg(long)]
+        component_version: Option<u64>,
+    },
+    /// Snapshot an event-sourced actor now.
+    Snapshot {
+        #[command(flatten)]
+        remote: Remote,
+        /// `type/key`, e.g. `bank/alice`.
+        actor: String,
+    },
+    /// List durable jobs, or add, show, cancel, retry or purge them.
+    Jobs {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        action: Option<JobCommand>,
+        /// Only jobs with this status: scheduled, running, failed, succeeded, dead, cancelled.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only jobs for this actor (`type/key`).
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// List outbox messages (pending, in flight, dead), or retry or purge them.
+    Outbox {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        action: Option<OutboxCommand>,
+        /// Only messages with this status: pending (includes in flight) or dead.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// List projections with their checkpoint and lag, or add or remove one.
+    Projections {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        action: Option<ProjectionCommand>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Make a dead message due now, with fresh attempts.
+    Retry {
+        /// The message id.
+        id: String,
+        /// The sending actor (`type/key`): ids are unique per sender;
+        /// without it, every dead message with the id is retried.
+        #[arg(long)]
+        sender: Option<String>,
+    },
+    /// Delete every dead message.
+    Purge,
+}
+
+// Parsed once per process: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+enum JobCommand {
+    /// Schedule a job: a turn of TARGET's METHOD, now, later or on a cron schedule.
+    Add {
+        /// The actor that runs it, e.g. `counter/alice`.
+        target: String,
+        /// The method its turn calls.
+        method: String,
+        /// The JSON payload.
+        json: Option<String>,
+        /// Run at this time (RFC 3339).
+        #[arg(long, conflicts_with_all = ["in", "cron"])]
+        at: Option<String>,
+        /// Run after this long, e.g. `10m`.
+        #[arg(long = "in", conflicts_with = "cron")]
+        r#in: Option<humantime::Duration>,
+        /// Run on every tick of a cron expression, e.g. `*/5 * * * *`.
+        #[arg(long)]
+        cron: Option<String>,
+        /// The cron expression's time zone (IANA name; UTC by default).
+        #[arg(long)]
+        tz: Option<String>,
+        /// Attempts before the dead-letter list (default 5).
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Idempotency key: adding the same key twice yields one job.
+        #[arg(long)]
+        key: Option<String>,
+        /// Higher runs first.
+        #[arg(long)]
+        priority: Option<i32>,
+        /// Queue for concurrency limits.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Missed ticks of a cron job: once (default), all, skip.
+        #[arg(long)]
+        catch_up: Option<String>,
+        /// Longest one attempt may run, e.g. `30s`.
+        #[arg(long)]
+        timeout: Option<humantime::Duration>,
+    },
+    /// Show one job: attempts, errors, progress.
+    Show {
+        /// The job id.
+        id: String,
+    },
+    /// Cancel a job (a running attempt finishes; no further one starts).
+    Cancel {
+        /// The job id.
+        id: String,
+    },
+    /// Run a dead or failed job again now.
+    Retry {
+        /// The job id.
+        id: String,
+    },
+    /// Delete finished jobs: the dead-letter list (the default), or the
+    /// succeeded or cancelled ones.
+    Purge {
+        /// Delete the dead-letter list (the default when nothing is named).
+        #[arg(long)]
+        dead: bool,
+        /// Delete succeeded jobs.
+        #[arg(long)]
+        succeeded: bool,
+        /// Delete cancelled jobs.
+        #[arg(long)]
+        cancelled: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ProjectionCommand {
+    /// Send every event of an actor type, in order and exactly once, to one actor.
+    Add {
+        /// Projection name, e.g. `accounts-summary`.
+        name: String,
+        /// The actor type whose events it reads, e.g. `bank`.
+        #[arg(long)]
+        source: String,
+        /// The actor that receives them, e.g. `accounts-summary/all`.
+        #[arg(long)]
+        target: String,
+        /// The method that receives them.
+        #[arg(long, default_value = crate::projections::DEFAULT_METHOD)]
+        method: String,
+    },
+    /// Stop and remove a projection (its actor's state stays).
+    Remove {
+        /// Projection name.
+        name: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Directory for the SQLite database and the compiled-component cache.
+    #[arg(long, env = "QUARK_DATA_DIR", hide_env_values = true, default_value = "./quark-data")]
+    data_dir: PathBuf,
+    /// Address for the HTTP API.
+    #[arg(long, env = "QUARK_LISTEN", hide_env_values = true, default_value = "127.0.0.1:7878")]
+    listen: String,
+    /// Shared store: `postgres://user@host/db[?options]` or
+    /// `redis://host:6379[#prefix]`; SQLite in --data-dir when absent.
+    #[arg(long, env = "QUARK_STORE", hide_env_values = true)]
+    store: Option<String>,
+    /// Deactivate an actor after this long without messages.
+    #[arg(long, default_value = "5m")]
+    idle_timeout: humantime::Duration,
+    /// Longest a call waits for its reply.
+    #[arg(long, default_value = "30s")]
+    call_timeout: humantime::Duration,
+    /// Largest request payload.
+    #[arg(long, default_value = "1MiB")]
+    max_payload: bytesize::ByteSize,
+    /// Most activations in memory at once (default: what vm.max_map_count allows).
+    #[arg(long)]
+    max_activations: Option<usize>,
+    /// Deploy `TYPE=FILE.wasm` at start; repeatable. Never replaces what
+    /// you deployed or rolled back to: a missing type is deployed with
+    /// default settings; bytes stored already (as any version) change
+    /// nothing; new bytes become a new version with the active version's
+    /// settings, unless the type was rolled back (then it is left alone).
+    #[arg(long = "deploy", value_name = "TYPE=FILE")]
+    deploys: Vec<String>,
+    /// Declare projection `NAME=SOURCE_TYPE:TARGET_ACTOR` at start (method
+    /// `project`), e.g. `accounts-summary=bank:accounts-summary/all`; repeatable.
+    #[arg(long = "projection", value_name = "NAME=SOURCE:TARGET")]
+    projections: Vec<String>,
+    /// Most jobs running at once on this host.
+    #[arg(long, default_value_t = crate::jobs::DEFAULT_CONCURRENCY)]
+    job_concurrency: usize,
+    /// How long a claimed job is this host's before another may take it over.
+    #[arg(long, default_value = "60s")]
+    job_lease: humantime::Duration,
+    /// An external sink for outbox messages: `NAME=webhook:http://…`,
+    /// `NAME=redis:redis://host:6379#stream` or `NAME=nats:nats://host:4222#subject`; repeatable.
+    #[arg(long = "sink", value_name = "NAME=KIND:TARGET")]
+    sinks: Vec<String>,
+    /// How long an actor remembers a handled message id or `Idempotency-Key`.
+    #[arg(long, default_value = "24h")]
+    inbox_retention: humantime::Duration,
+    /// How long succeeded and cancelled jobs are kept (dead ones stay
+    /// until retried or purged).
+    #[arg(long, default_value = "24h")]
+    job_retention: humantime::Duration,
+    /// Most outbox lanes (one sender's messages to one destination)
+    /// delivered at once on this host.
+    #[arg(long, default_value_t = crate::outbox::dispatcher::DEFAULT_CONCURRENCY)]
+    message_concurrency: usize,
+    /// Most jobs running at once in queue NAME: `NAME=N`; repeatable.
+    #[arg(long = "queue-limit", value_name = "NAME=N")]
+    queue_limits: Vec<String>,
+    /// Most jobs running at once per actor type: `TYPE=N`; repeatable.
+    #[arg(long = "type-limit", value_name = "TYPE=N")]
+    type_limits: Vec<String>,
+    /// A host name that requests may carry in `Host`, besides loopback
+    /// names and the listen address (a DNS-rebinding guard); repeat it.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    allow_hosts: Vec<String>,
+    /// A web origin (`https://console.example.com`) whose pages may call
+    /// this host, besides its own; cross-site requests are refused. Repeat it.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    allow_origins: Vec<String>,
+}
+
+/// Runs the command line; the binary's `main`.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let server = cli.command.remote().map_or(DEFAULT_SERVER, |r| r.server.as_str()).to_string();
+    let client = client::Client::new(&server, cli.token.clone());
+    match cli.command {
+        Command::Serve(args) => serve(args, cli.token).await,
+        Command::Deploy { actor_type, file, memory_limit, turn_timeout, snapshot_every, retention, .. } => {
+            let options = [
+                ("memory_limit", memory_limit),
+                ("turn_timeout", turn_timeout),
+                ("snapshot_every", snapshot_every),
+                ("retention", retention),
+            ];
+            let query: Vec<(&str, String)> = options.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect();
+            client.deploy(&actor_type, &file, &query).await
+        }
+        Command::Call { actor, method, json, .. } => client.call(&actor, &method, json.as_deref()).await,
+        Command::New { name, path, no_build, .. } => {
+            let dir = path.unwrap_or_else(|| PathBuf::from(&name));
+            let component = scaffold::create(&name, &dir)?;
+            println!("created {} (edit src/lib.rs)", dir.display());
+            if no_build {
+                println!("build:   (cd {} && cargo build --release --target wasm32-wasip2)", dir.display());
+                println!("deploy:  quark deploy {name} {}", component.display());
+                return Ok(());
+            }
+            let dir2 = dir.clone();
+            tokio::task::spawn_blocking(move || scaffold::build(&dir2)).await??;
+            println!("built {}", component.display());
+            match client.deploy(&name, &component, &[]).await {
+                Ok(()) => println!("try:     quark call {name}/first add '{{\"by\": 2}}'"),
+                Err(e) => println!("not deployed ({e:#}); start a host (`make run`), then: quark deploy {name} {}", component.display()),
+            }
+            Ok(())
+        }
+        Command::Actors { .. } => client.actors().await,
+        Command::Versions { actor_type, .. } => client.versions(&actor_type).await,
+        Command::Rollback { actor_type, .. } => client.rollback(&actor_type).await,
+        Command::Journal { actor, from, to, limit, json, .. } => client.journal(&actor, from, to, limit, json).await,
+        Command::Replay { actor, to_version, at, component_version, .. } => {
+            client.replay(&actor, to_version, at.as_deref(), component_version).await
+        }
+        Command::Snapshot { actor, .. } => client.snapshot(&actor).await,
+        Command::Jobs { action: None, status, target, .. } => client.jobs(status.as_deref(), target.as_deref()).await,
+        Command::Jobs { action: Some(action), .. } => jobs_command(&client, action).await,
+        Command::Outbox { action: None, status, .. } => client.outbox(status.as_deref()).await,
+        Command::Outbox { action: Some(OutboxCommand::Retry { id, sender }), .. } => client.retry_message(&id, sender.as_deref()).await,
+        Command::Outbox { action: Some(OutboxCommand::Purge), .. } => client.purge_messages().await,
+        Command::Projections { action: None, .. } => client.projections().await,
+        Command::Projections { action: Some(ProjectionCommand::Add { name, source, target, method }), .. } => {
+            client.add_projection(&name, &source, &target, &method).await
+        }
+        Command::Projections { action: Some(ProjectionCommand::Remove { name }), .. } => client.remove_projection(&name).await,
+    }
+}
+
+async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("QUARK_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal: not in a log file, not
+        // when NO_COLOR is set (https://no-color.org).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()))
+        .init();
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    if !crate::api::is_loopback(&addr) && token.as_deref().is_none_or(str::is_empty) {
+        anyhow::bail!("refusing to listen on {addr} without --token (or QUARK_TOKEN): the admin API would be open to the network");
+    }
+    let store = crate::storage::open(args.store.as_deref(), &args.data_dir)
+        .await
+        .context("opening the store")?;
+    let mut config = NodeConfig::new(&args.data_dir);
+    config.host.idle_timeout = Duration::from(args.idle_timeout);
+    config.host.call_timeout = Duration::from(args.call_timeout);
+    config.host.max_payload = usize::try_from(args.max_payload.as_u64()).unwrap_or(usize::MAX);
+    if let Some(max) = args.max_activations {
+        config.host.max_activations = max.max(1);
+    }
+    config.jobs.concurrency = args.job_concurrency.max(1);
+    config.jobs.lease = Duration::from(args.job_lease);
+    config.jobs.retention = Duration::from(args.job_retention);
+    config.jobs.queue_limits = parse_limits("--queue-limit", &args.queue_limits)?;
+    config.jobs.type_limits = parse_limits("--type-limit", &args.type_limits)?;
+    config.inbox_retention = Duration::from(args.inbox_retention);
+    config.outbox.concurrency = args.message_concurrency.max(1);
+    for sink in &args.sinks {
+        let (name, spec) = sink.split_once('=').with_context(|| format!("--sink {sink:?}: expected NAME=KIND:TARGET"))?;
+        let parsed = spec.parse().map_err(|e: String| anyhow::anyhow!("--sink {name}: {e}"))?;
+        config.outbox.sinks.insert(name.to_string(), parsed);
+    }
+    let store_name = store.backend_name();
+    let node = Node::start(config, store).await.context("starting the host")?;
+    let host = node.host();
+    for spec in &args.deploys {
+        let (actor_type, file) =
+            spec.split_once('=').with_context(|| format!("--deploy {spec:?}: expected TYPE=FILE.wasm"))?;
+        let bytes = std::fs::read(file).with_context(|| format!("reading {file}"))?;
+        match deploy_at_start(host, actor_type, bytes).await.with_context(|| format!("deploying {file} as `{actor_type}`"))? {
+            StartDeploy::Deployed(version) => println!("deployed {actor_type} v{version} from {file}"),
+            StartDeploy::Known(version) => println!("{actor_type}: {file} is v{version}, already deployed; v{} stays active", host.active_version(actor_type)?.version),
+            StartDeploy::RolledBack { active, newest } => println!(
+                "{actor_type}: left at v{active}, which you rolled back to (v{newest} is newer); {file} is not deployed (`quark deploy` does)"
+            ),
+        }
+    }
+    for spec in &args.projections {
+        let def = parse_projection_spec(spec)?;
+        let name = def.name.clone();
+        node.projections().create(def).await.with_context(|| format!("declaring projection {name}"))?;
+        println!("projection {spec}");
+    }
+    let where_ = match store_name {
+        "sqlite" => format!("sqlite at {}", args.data_dir.join("quark.db").display()),
+        other => other.to_string(),
+    };
+    println!("quark serving on http://{addr} (store: {where_})");
+    if host.actor_types().iter().any(|t| t == "counter") {
+        let quark = std::env::args().next().unwrap_or_else(|| "quark".into());
+        println!("try:  {quark} call counter/alice increment '{{\"by\": 2}}'");
+        println!("      curl -X POST http://{addr}/v1/actors/counter/alice/get");
+    }
+    let access = crate::api::ApiConfig { token, allowed_hosts: args.allow_hosts.clone(), allowed_origins: args.allow_origins.clone(), listen: None };
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        println!("\nquark: shutting down (state is already committed)");
+    };
+    tokio::select! {
+        served = crate::api::serve_with(node.clone(), listener, access) => served,
+        () = shutdown => Ok(()),
+    }
+}
+
+impl Command {
+    /// The host a client command talks to; none for `serve`.
+    fn remote(&self) -> Option<&Remote> {
+        match self {
+            Command::Serve(_) => None,
+            Command::New { remote, .. }
+            | Command::Deploy { remote, .. }
+            | Command::Call { remote, .. }
+            | Command::Actors { remote }
+            | Command::Versions { remote, .. }
+            | Command::Rollback { remote, .. }
+            | Command::Journal { remote, .. }
+            | Command::Replay { remote, .. }
+            | Command::Snapshot { remote, .. }
+            | Command::Jobs { remote, .. }
+            | Command::Outbox { remote, .. }
+            | Command::Projections { remote, .. } => Some(remote),
+        }
+    }
+}
+
+/// What `serve --deploy` did with one file.
+enum StartDeploy {
+    /// A new version (the type was missing, or the file is new).
+    Deployed(u64),
+    /// These bytes are stored already, as this version: nothing changed.
+    Known(u64),
+    /// The file is new, but the type was rolled back: left as it is.
+    RolledBack { active: u64, newest: u64 },
+}
+
+/// `serve --deploy TYPE=FILE`: never replaces what a person deployed or
+/// rolled back to. A missing type is deployed with default settings; bytes
+/// already stored (as any version) change nothing; new bytes become a new
+/// version with the active version's settings (`--memory-limit`,
+/// `--snapshot-every`… carry over), unless the type was rolled back.
+async fn deploy_at_start(host: &Host, actor_type: &str, bytes: Vec<u8>) -> anyhow::Result<StartDeploy> {
+    let Ok((versions, active)) = host.versions(actor_type).await else {
+        let outcome = host.deploy(actor_type, bytes, Manifest::parse(None, None)?).await?;
+        return Ok(StartDeploy::Deployed(outcome.version.version));
+    };
+    let hash = crate::runtime::registry::content_hash(&bytes);
+    if let Some(known) = versions.iter().rev().find(|v| v.hash == hash) {
+        return Ok(StartDeploy::Known(known.version));
+    }
+    let newest = versions.iter().map(|v| v.version).max().unwrap_or(active);
+    if active < newest {
+        return Ok(StartDeploy::RolledBack { active, newest });
+    }
+    let manifest = versions.iter().find(|v| v.version == active).map(|v| v.manifest.clone()).unwrap_or(Manifest::parse(None, None)?);
+    let outcome = host.deploy(actor_type, bytes, manifest).await?;
+    Ok(StartDeploy::Deployed(outcome.version.version))
+}
+
+/// Parses `NAME=SOURCE:TARGET` (see `quark serve --projection`).
+fn parse_projection_spec(spec: &str) -> anyhow::Result<crate::storage::ProjectionDef> {
+    let (name, rest) = spec.split_once('=').with_context(|| format!("--projection {spec:?}: expected NAME=SOURCE:TARGET"))?;
+    let (source, target) = rest.split_once(':').with_context(|| format!("--projection {spec:?}: expected NAME=SOURCE:TARGET"))?;
+    Ok(crate::storage::ProjectionDef {
+        name: name.to_string(),
+        source_type: source.to_string(),
+        target: target.to_string(),
+        method: crate::projections::DEFAULT_METHOD.to_string(),
+    })
+}
+
+async fn jobs_command(client: &client::Client, action: JobCommand) -> anyhow::Result<()> {
+    match action {
+        JobCommand::Add { target, method, json, at, r#in, cron, tz, max_attempts, key, priority, queue, catch_up, timeout } => {
+            let payload: serde_json::Value = match json {
+                Some(j) => serde_json::from_str(&j).with_context(|| format!("the payload {j:?} is not valid JSON"))?,
+                None => serde_json::Value::Null,
+            };
+            let mut body = serde_json::json!({ "target": target, "method": method, "payload": payload });
+            let fields = [
+                ("run_at", at.map(serde_json::Value::from)),
+                ("delay_ms", r#in.map(|d| serde_json::Value::from(Duration::from(d).as_millis() as u64))),
+                ("cron", cron.map(serde_json::Value::from)),
+                ("time_zone", tz.map(serde_json::Value::from)),
+                ("max_attempts", max_attempts.map(serde_json::Value::from)),
+                ("idempotency_key", key.map(serde_json::Value::from)),
+                ("priority", priority.map(serde_json::Value::from)),
+                ("queue", queue.map(serde_json::Value::from)),
+                ("catch_up", catch_up.map(serde_json::Value::from)),
+                ("timeout_ms", timeout.map(|d| serde_json::Value::from(Duration::from(d).as_millis() as u64))),
+            ];
+            for (name, value) in fields {
+                if let Some(v) = value {
+                    body[name] = v;
+                }
+            }
+            client.add_job(&body).await
+        }
+        JobCommand::Show { id } => client.show_job(&id).await,
+        JobCommand::Cancel { id } => client.job_action(&id, "cancel").await,
+        JobCommand::Retry { id } => client.job_action(&id, "retry").await,
+        JobCommand::Purge { dead, succeeded, cancelled } => {
+            let statuses: Vec<&str> = [(dead, "dead"), (succeeded, "succeeded"), (cancelled, "cancelled")]
+                .into_iter()
+                .filter_map(|(on, s)| on.then_some(s))
+                .collect();
+            // Like `quark outbox purge`: the dead-letter list unless told otherwise.
+            let statuses = if statuses.is_empty() { vec!["dead"] } else { statuses };
+            for status in statuses {
+                client.purge_jobs(status).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Parses repeated `NAME=N` limits.
+fn parse_limits(flag: &str, specs: &[String]) -> anyhow::Result<std::collections::HashMap<String, usize>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let (name, n) = spec.split_once('=').with_context(|| format!("{flag} {spec:?}: expected NAME=N"))?;
+            let n: usize = n.parse().with_context(|| format!("{flag} {spec:?}: {n:?} is not a number"))?;
+            Ok((name.to_string(), n.max(1)))
+        })
+        .collect()
+}

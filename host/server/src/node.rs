@@ -1,0 +1,158 @@
+//! A Quark node: the actor runtime and the services that run beside it.
+//!
+//! [`Node::start`] starts the runtime ([`Host`]) on a store, then the
+//! services, each owning its state and settings and reaching actors only
+//! through the runtime's router: the job runner ([`Jobs`]), the outbox
+//! dispatcher and sinks ([`Outbox`]), the projection runners
+//! ([`Projections`]) and the inbox expiry. They learn of commits on this
+//! host through commit listeners, and of commits on other hosts through
+//! the store's announcements or by polling.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quark_runtime::router::{LocalRouter, Router};
+use quark_runtime::{Host, HostConfig};
+
+use crate::jobs::{Jobs, JobsConfig};
+use crate::outbox::{Outbox, OutboxConfig};
+use crate::projections::Projections;
+use crate::storage::Store;
+
+/// How long an inbox entry is kept unless configured (`--inbox-retention`).
+pub const DEFAULT_INBOX_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// A node's settings: the runtime's and each service's.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The runtime's settings.
+    pub host: HostConfig,
+    /// The job runner's settings.
+    pub jobs: JobsConfig,
+    /// The outbox dispatcher's settings.
+    pub outbox: OutboxConfig,
+    /// How long an actor's inbox remembers a message id or idempotency key
+    /// (a repeat within it gets the first reply without a turn).
+    pub inbox_retention: Duration,
+}
+
+impl NodeConfig {
+    /// Defaults with the given data directory.
+    pub fn new(data_dir: impl Into<std::path::PathBuf>) -> Self {
+        NodeConfig {
+            host: HostConfig::new(data_dir),
+            jobs: JobsConfig::default(),
+            outbox: OutboxConfig::default(),
+            inbox_retention: DEFAULT_INBOX_RETENTION,
+        }
+    }
+}
+
+/// A running Quark node. Cheap to clone; the services stop when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct Node {
+    host: Host,
+    jobs: Jobs,
+    outbox: Outbox,
+    projections: Projections,
+}
+
+impl Node {
+    /// Starts the runtime on `store`, every actor running here
+    /// ([`LocalRouter`]), and the services beside it.
+    pub async fn start(config: NodeConfig, store: Arc<dyn Store>) -> anyhow::Result<Node> {
+        Node::start_with_router(config, store, Arc::new(LocalRouter)).await
+    }
+
+    /// [`Node::start`] with the router every request goes through.
+    pub async fn start_with_router(mut config: NodeConfig, store: Arc<dyn Store>, router: Arc<dyn Router>) -> anyhow::Result<Node> {
+        config.host.sink_names = config.outbox.sinks.keys().cloned().collect();
+        let host = Host::start_with_router(config.host, store, router).await?;
+        spawn_inbox_expiry(&host, config.inbox_retention);
+        let projections = Projections::start(host.clone()).await?;
+        let jobs = Jobs::start(host.clone(), config.jobs).await;
+        let outbox = Outbox::start(host.clone(), config.outbox).await;
+        Ok(Node { host, jobs, outbox, projections })
+    }
+
+    /// The actor runtime: deploys, calls, activations, journals.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// Durable jobs.
+    pub fn jobs(&self) -> &Jobs {
+        &self.jobs
+    }
+
+    /// The outbox: pending and dead messages.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    /// Projections (CQRS read models).
+    pub fn projections(&self) -> &Projections {
+        &self.projections
+    }
+
+    /// Prometheus text for `GET /metrics`.
+    pub fn metrics_text(&self) -> String {
+        self.host.metrics().set_message_lanes_in_flight(self.outbox.lanes_in_flight());
+        self.host.metrics_text()
+    }
+}
+
+/// Forgets inbox entries past the retention, every tenth of it (at most
+/// once a minute), for as long as the host lives.
+fn spawn_inbox_expiry(host: &Host, retention: Duration) {
+    spawn_sweep(host, retention, Duration::from_secs(60), move |host: Host| async move {
+        let before = crate::storage::now_ms() - retention.as_millis() as i64;
+        match host.store().expire_inbox(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(expired = n, "forgot inbox entries past their retention"),
+            Err(e) => tracing::warn!(error = %e, "expiring inbox entries failed; retrying later"),
+        }
+    });
+}
+
+/// Runs `sweep` every tenth of `retention` (at least every 50 ms, at most
+/// every `longest`), first after one period, for as long as the host lives.
+pub(crate) fn spawn_sweep<F, Fut>(host: &Host, retention: Duration, longest: Duration, sweep: F)
+where
+    F: Fn(Host) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let weak = host.downgrade();
+    let period = (retention / 10).clamp(Duration::from_millis(50), longest.max(Duration::from_millis(50)));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(host) = weak.upgrade() else { break };
+            sweep(host).await;
+        }
+    });
+}
+
+/// Calls `wake` on `target` whenever another host announces work (a
+/// LISTEN or SUBSCRIBE stream). Ends, closing the stream's connection,
+/// once the target is gone with its service (checked at least every 5 s).
+pub(crate) fn spawn_wakeups<T: Send + Sync + 'static>(
+    mut announcements: futures::stream::BoxStream<'static, ()>,
+    target: std::sync::Weak<T>,
+    wake: fn(&T),
+) {
+    tokio::spawn(async move {
+        loop {
+            let announced = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut announcements)).await;
+            let Some(target) = target.upgrade() else { break };
+            match announced {
+                Ok(Some(())) => wake(&target),
+                Ok(None) => break,
+                Err(_idle) => {}
+            }
+        }
+    });
+}

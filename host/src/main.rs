@@ -1,1 +1,0 @@
-fn main() -> std::process::ExitCode { quark_host::cli::main() }
