@@ -23,6 +23,17 @@ pub enum Retention {
     Delete,
 }
 
+impl Retention {
+    /// `keep`, `archive` or `delete`, as written in the API and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Retention::Keep => "keep",
+            Retention::Archive => "archive",
+            Retention::Delete => "delete",
+        }
+    }
+}
+
 impl std::str::FromStr for Retention {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -135,7 +146,7 @@ mod duration_ms {
 }
 
 /// A stored component version, without its bytes.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ComponentVersion {
     /// The actor type.
     pub actor_type: String,

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::ActorError;
 use crate::id::ActorId;
@@ -21,7 +21,7 @@ use crate::storage::EventRecord;
 pub const MAX_LISTING: usize = 10_000;
 
 /// One page of an actor's journal, as `quark journal` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JournalPage {
     /// The actor.
     pub actor: String,
@@ -41,7 +41,7 @@ pub enum ReplayTarget {
 }
 
 /// An actor's state at a point of its history.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReplayOutcome {
     /// The actor.
     pub actor: String,

@@ -219,7 +219,7 @@ async fn reply_by_deadline(
 
 
 /// What a deploy did.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DeployOutcome {
     /// The version now active.
     #[serde(flatten)]

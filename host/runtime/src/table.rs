@@ -34,7 +34,7 @@ pub(super) struct Handle {
 }
 
 /// A snapshot of one activation, for `quark actors`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ActivationInfo {
     /// `type/key`.
     pub id: String,

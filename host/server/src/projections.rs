@@ -48,7 +48,7 @@ pub(crate) struct ProjectionRunner {
 }
 
 /// A projection as `quark projections` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ProjectionInfo {
     /// What it is.
     #[serde(flatten)]

@@ -1,8 +1,11 @@
-//! The HTTP API: deploy components, call actors, inspect the host.
+//! The HTTP API: deploy components, call actors, inspect the host. Its
+//! bodies are the structs of [`types`], which the CLI reads back.
 //!
 //! Every error is a JSON body `{"error": {"kind": ..., "message": ...}}`
 //! with a 4xx status when the caller can fix it and a 5xx when the host or
 //! its store failed.
+
+pub mod types;
 
 use std::net::SocketAddr;
 
@@ -19,6 +22,10 @@ use serde_json::json;
 use crate::error::{ActorError, ErrorKind};
 use crate::id::ActorId;
 use crate::runtime::MAX_COMPONENT_BYTES;
+use self::types::{
+    ActorList, ComponentList, ComponentSummary, JobAdded, JobList, JobsAdded, MessageList, MessageRetried, NewProjection, ProjectionList,
+    Purged, RolledBack, SnapshotTaken, VersionList,
+};
 use crate::{Manifest, Node};
 
 /// An [`ActorError`] as an HTTP response.
@@ -372,27 +379,27 @@ async fn deploy(
     Ok((status, Json(outcome)).into_response())
 }
 
-async fn list_components(State(state): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
-    let mut types = Vec::new();
-    for name in state.node.host().actor_types() {
-        let active = state.node.host().active_version(&name)?;
-        types.push(json!({ "type": name, "active_version": active.version, "hash": active.hash }));
+async fn list_components(State(state): State<ApiState>) -> ApiResult<Json<ComponentList>> {
+    let mut components = Vec::new();
+    for actor_type in state.node.host().actor_types() {
+        let active = state.node.host().active_version(&actor_type)?;
+        components.push(ComponentSummary { actor_type, active_version: active.version, hash: active.hash });
     }
-    Ok(Json(json!({ "components": types })))
+    Ok(Json(ComponentList { components }))
 }
 
-async fn versions(State(state): State<ApiState>, Path(actor_type): Path<String>) -> ApiResult<Json<serde_json::Value>> {
-    let (versions, active) = state.node.host().versions(&actor_type).await?;
-    Ok(Json(json!({ "type": actor_type, "active_version": active, "versions": versions })))
+async fn versions(State(state): State<ApiState>, Path(actor_type): Path<String>) -> ApiResult<Json<VersionList>> {
+    let (versions, active_version) = state.node.host().versions(&actor_type).await?;
+    Ok(Json(VersionList { actor_type, active_version, versions }))
 }
 
-async fn rollback(State(state): State<ApiState>, Path(actor_type): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn rollback(State(state): State<ApiState>, Path(actor_type): Path<String>) -> ApiResult<Json<RolledBack>> {
     let version = state.node.host().rollback(&actor_type).await?;
-    Ok(Json(json!({ "type": actor_type, "active_version": version.version, "version": version })))
+    Ok(Json(RolledBack { actor_type, active_version: version.version, version }))
 }
 
-async fn actors(State(state): State<ApiState>) -> Json<serde_json::Value> {
-    Json(json!({ "actors": state.node.host().actors() }))
+async fn actors(State(state): State<ApiState>) -> Json<ActorList> {
+    Json(ActorList { actors: state.node.host().actors() })
 }
 
 async fn call(
@@ -463,22 +470,14 @@ async fn inspect_actor(
     }
 }
 
-async fn take_snapshot(State(state): State<ApiState>, Path((actor_type, key)): Path<(String, String)>) -> ApiResult<Json<serde_json::Value>> {
+async fn take_snapshot(State(state): State<ApiState>, Path((actor_type, key)): Path<(String, String)>) -> ApiResult<Json<SnapshotTaken>> {
     let id = ActorId::new(&actor_type, &key)?;
     let version = state.node.host().snapshot(&id).await?;
-    Ok(Json(json!({ "actor": id.to_string(), "version": version })))
+    Ok(Json(SnapshotTaken { actor: id.to_string(), version }))
 }
 
-async fn list_projections(State(state): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
-    Ok(Json(json!({ "projections": state.node.projections().list().await? })))
-}
-
-#[derive(Deserialize)]
-struct NewProjection {
-    name: String,
-    source: String,
-    target: String,
-    method: Option<String>,
+async fn list_projections(State(state): State<ApiState>) -> ApiResult<Json<ProjectionList>> {
+    Ok(Json(ProjectionList { projections: state.node.projections().list().await? }))
 }
 
 async fn create_projection(State(state): State<ApiState>, body: Bytes) -> ApiResult<Response> {
@@ -527,14 +526,13 @@ async fn add_jobs(State(state): State<ApiState>, body: Bytes) -> ApiResult<Respo
     let count = requests.len();
     let (jobs, added) = state.node.jobs().add_counted(requests).await?;
     Ok(if bulk {
-        let body = json!({ "count": count, "added": added, "ids": jobs.iter().map(|j| &j.id).collect::<Vec<_>>() });
+        let body = JobsAdded { count, added, ids: jobs.into_iter().map(|j| j.id).collect() };
         (StatusCode::CREATED, Json(body)).into_response()
     } else {
         // An idempotency key that names a stored job: that job, 200, `created: false`.
         let created = added > 0;
-        let mut body = serde_json::to_value(&jobs[0]).map_err(|e| ActorError::internal(e.to_string()))?;
-        body["created"] = json!(created);
-        (if created { StatusCode::CREATED } else { StatusCode::OK }, Json(body)).into_response()
+        let job = jobs.into_iter().next().ok_or_else(|| ActorError::internal("adding one job returned none"))?;
+        (if created { StatusCode::CREATED } else { StatusCode::OK }, Json(JobAdded { job, created })).into_response()
     })
 }
 
@@ -549,10 +547,10 @@ fn parse_status(status: Option<&str>) -> Result<Option<crate::storage::jobs::Job
     status.map(|s| s.parse().map_err(ActorError::bad_request)).transpose()
 }
 
-async fn list_jobs(State(state): State<ApiState>, Query(q): Query<JobQuery>) -> ApiResult<Json<serde_json::Value>> {
+async fn list_jobs(State(state): State<ApiState>, Query(q): Query<JobQuery>) -> ApiResult<Json<JobList>> {
     let status = parse_status(q.status.as_deref())?;
     let jobs = state.node.jobs().list(status, q.target.as_deref(), q.limit.unwrap_or(1000)).await?;
-    Ok(Json(json!({ "jobs": jobs })))
+    Ok(Json(JobList { jobs }))
 }
 
 async fn show_job(State(state): State<ApiState>, Path(id): Path<String>) -> ApiResult<Response> {
@@ -567,11 +565,11 @@ async fn retry_job(State(state): State<ApiState>, Path(id): Path<String>) -> Api
     Ok(Json(state.node.jobs().retry(&id).await?).into_response())
 }
 
-async fn purge_jobs(State(state): State<ApiState>, Query(q): Query<JobQuery>) -> ApiResult<Json<serde_json::Value>> {
+async fn purge_jobs(State(state): State<ApiState>, Query(q): Query<JobQuery>) -> ApiResult<Json<Purged>> {
     let Some(status) = parse_status(q.status.as_deref())? else {
         return Err(ApiError(ActorError::bad_request("purging needs `?status=dead` (or succeeded, cancelled)")));
     };
-    Ok(Json(json!({ "purged": state.node.jobs().purge(status).await? })))
+    Ok(Json(Purged { purged: state.node.jobs().purge(status).await? }))
 }
 
 #[derive(Deserialize)]
@@ -582,9 +580,9 @@ struct OutboxQuery {
 
 /// `GET /v1/outbox?status=pending|dead`: messages waiting, in flight
 /// (`lease_until_ms` set) and dead, with their last error.
-async fn list_messages(State(state): State<ApiState>, Query(q): Query<OutboxQuery>) -> ApiResult<Json<serde_json::Value>> {
+async fn list_messages(State(state): State<ApiState>, Query(q): Query<OutboxQuery>) -> ApiResult<Json<MessageList>> {
     let messages = state.node.outbox().messages(q.status.as_deref(), q.limit.unwrap_or(1000)).await?;
-    Ok(Json(json!({ "messages": messages })))
+    Ok(Json(MessageList { messages }))
 }
 
 /// Query of `POST /v1/outbox/{id}/retry`.
@@ -600,17 +598,17 @@ async fn retry_message(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     Query(q): Query<RetryMessageQuery>,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<MessageRetried>> {
     let retried = state.node.outbox().retry_message(&id, q.sender.as_deref()).await?;
-    Ok(Json(json!({ "id": id, "status": "pending", "retried": retried })))
+    Ok(Json(MessageRetried { id, status: "pending".into(), retried }))
 }
 
 /// `DELETE /v1/outbox?status=dead`: purges the dead-letter list.
-async fn purge_messages(State(state): State<ApiState>, Query(q): Query<OutboxQuery>) -> ApiResult<Json<serde_json::Value>> {
+async fn purge_messages(State(state): State<ApiState>, Query(q): Query<OutboxQuery>) -> ApiResult<Json<Purged>> {
     if q.status.as_deref() != Some("dead") {
         return Err(ApiError(ActorError::bad_request("purging needs `?status=dead`: only dead messages can be purged")));
     }
-    Ok(Json(json!({ "purged": state.node.outbox().purge_dead_messages().await? })))
+    Ok(Json(Purged { purged: state.node.outbox().purge_dead_messages().await? }))
 }
 
 async fn metrics(State(state): State<ApiState>) -> Response {

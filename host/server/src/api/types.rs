@@ -1,0 +1,145 @@
+//! The API's request and response bodies. The handlers serialize them and
+//! the `quark` CLI deserializes them, so the two cannot drift apart.
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::projections::ProjectionInfo;
+pub use crate::runtime::DeployOutcome;
+pub use crate::runtime::journal::{JournalPage, ReplayOutcome};
+pub use crate::runtime::table::ActivationInfo;
+use crate::storage::ComponentVersion;
+use crate::storage::jobs::JobRecord;
+use crate::storage::outbox::OutboxRecord;
+
+/// `GET /v1/components`: every deployed type.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComponentList {
+    /// One entry per actor type.
+    pub components: Vec<ComponentSummary>,
+}
+
+/// One deployed type in a [`ComponentList`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComponentSummary {
+    /// The actor type.
+    #[serde(rename = "type")]
+    pub actor_type: String,
+    /// Its active version.
+    pub active_version: u64,
+    /// SHA-256 of the active version's bytes.
+    pub hash: String,
+}
+
+/// `GET /v1/components/{type}/versions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionList {
+    /// The actor type.
+    #[serde(rename = "type")]
+    pub actor_type: String,
+    /// The version that runs.
+    pub active_version: u64,
+    /// Every stored version, oldest first.
+    pub versions: Vec<ComponentVersion>,
+}
+
+/// `POST /v1/components/{type}/rollback`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolledBack {
+    /// The actor type.
+    #[serde(rename = "type")]
+    pub actor_type: String,
+    /// The version that runs now.
+    pub active_version: u64,
+    /// That version.
+    pub version: ComponentVersion,
+}
+
+/// `GET /v1/actors`: this host's activations.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ActorList {
+    /// One entry per activation.
+    pub actors: Vec<ActivationInfo>,
+}
+
+/// `POST /v1/snapshots/{type}/{key}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotTaken {
+    /// The actor.
+    pub actor: String,
+    /// The journal version the snapshot covers.
+    pub version: u64,
+}
+
+/// `GET /v1/projections`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProjectionList {
+    /// Every projection with its checkpoint and lag.
+    pub projections: Vec<ProjectionInfo>,
+}
+
+/// The body of `POST /v1/projections`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewProjection {
+    /// Its name.
+    pub name: String,
+    /// The actor type whose events it reads.
+    pub source: String,
+    /// The actor that receives them (`type/key`).
+    pub target: String,
+    /// The method that receives them (default `project`).
+    pub method: Option<String>,
+}
+
+/// `POST /v1/jobs` with one job: the job, and whether it is new (`false`
+/// when its idempotency key named a stored job).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobAdded {
+    /// The job as stored.
+    #[serde(flatten)]
+    pub job: JobRecord,
+    /// False when the job existed already.
+    pub created: bool,
+}
+
+/// `POST /v1/jobs` with an array of jobs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobsAdded {
+    /// Jobs in the request.
+    pub count: usize,
+    /// Of them, new (the others' idempotency keys named stored jobs).
+    pub added: u64,
+    /// Their ids, in the request's order.
+    pub ids: Vec<String>,
+}
+
+/// `GET /v1/jobs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobList {
+    /// Newest first.
+    pub jobs: Vec<JobRecord>,
+}
+
+/// `DELETE /v1/jobs`, `DELETE /v1/outbox`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Purged {
+    /// How many were deleted.
+    pub purged: u64,
+}
+
+/// `GET /v1/outbox`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageList {
+    /// Oldest first.
+    pub messages: Vec<OutboxRecord>,
+}
+
+/// `POST /v1/outbox/{id}/retry`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageRetried {
+    /// The message id.
+    pub id: String,
+    /// Always `pending`: the message is due again.
+    pub status: String,
+    /// How many messages had that id (one per sender).
+    pub retried: u64,
+}
