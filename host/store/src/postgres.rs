@@ -13,7 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Row};
 
 use super::outbox::OutboxMessage;
-use super::sql::{LaneKey, journal_batch, journal_conflict};
+use super::sql::{Arg, Dialect, LaneKey, SqlStore, bind_args, journal_batch, journal_conflict};
 use super::{InboxEntry, StateStore, Store, StoreError, TurnCommit, flatten_batch};
 use quark_core::id::ActorId;
 
@@ -145,7 +145,7 @@ impl StateStore for PostgresStore {
             .execute(&mut *tx)
             .await?;
         }
-        Self::commit_checkpoints(&mut tx, batch).await?;
+        super::sql::commit_checkpoints::<sqlx::Postgres>(&mut tx, batch).await?;
         if !upserts.is_empty() {
             let actors: Vec<&str> = upserts.iter().map(|u| u.0).collect();
             let keys: Vec<&str> = upserts.iter().map(|u| u.1).collect();
@@ -170,7 +170,7 @@ impl StateStore for PostgresStore {
                 .await?;
         }
         if batch.iter().any(|c| c.inbox.is_some()) {
-            Self::commit_inbox(&mut tx, batch).await?;
+            super::sql::commit_inbox::<sqlx::Postgres>(&mut tx, batch).await?;
         }
         let mut opened = (Vec::new(), Vec::new());
         if batch.iter().any(|c| !c.messages.is_empty()) {
@@ -269,26 +269,8 @@ impl PostgresStore {
         }
         Ok(query.fetch_all(&mut *conn).await?)
     }
-
-    /// Inserts inbox entries, skipping ones there already; the number inserted.
-    async fn insert_inbox(conn: &mut sqlx::PgConnection, entries: &[(&str, &InboxEntry)]) -> Result<u64, StoreError> {
-        Ok(sqlx::query(
-            "INSERT INTO inbox (actor, sender, message_id, reply, at_ms) \
-             SELECT * FROM UNNEST($1::text[], $5::text[], $2::text[], $3::bytea[], $4::bigint[]) \
-             ON CONFLICT (actor, sender, message_id) DO NOTHING",
-        )
-        .bind(entries.iter().map(|e| e.0).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.1.message_id.as_str()).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.1.reply.as_slice()).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.1.at_ms).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.1.sender.as_str()).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?
-        .rows_affected())
-    }
 }
 
-super::sql::sql_component_store!(PostgresStore, writer: pool, reader: pool);
 super::sql::sql_outbox_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool, lock: " FOR UPDATE SKIP LOCKED",
     lock_lanes: "SELECT id FROM outbox_lanes WHERE id IN ({}) ORDER BY sender, kind COLLATE \"C\", target FOR UPDATE",
     claim_begin: "BEGIN; SET LOCAL synchronous_commit = off", relaxed_claims: ("", ""),
@@ -297,8 +279,6 @@ super::sql::sql_outbox_store!(PostgresStore, ::sqlx::Postgres, writer: pool, rea
         self.listen(&self.outbox_channel, "new outbox messages", Some(self.instance.clone())).await
     }
 });
-super::sql::sql_inbox_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool);
-super::sql::sql_journal_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool);
 super::sql::sql_job_store!(PostgresStore, ::sqlx::Postgres, writer: pool, reader: pool, index_hint: false, lock: " FOR UPDATE SKIP LOCKED",
     // A claim lost in a crash of PostgreSQL leaves its jobs due (and a turn
     // commit under a lost lease fails), and the completions it carries are
@@ -352,5 +332,70 @@ impl PostgresStore {
                 })
                 .boxed(),
         )
+    }
+}
+
+/// How the shared SQL code runs on Postgres.
+#[async_trait]
+impl Dialect for sqlx::Postgres {
+    async fn execute(conn: &mut sqlx::PgConnection, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
+        Ok(bind_args(sqlx::query(sql), args).execute(conn).await?.rows_affected())
+    }
+
+    async fn fetch_all(conn: &mut sqlx::PgConnection, sql: &str, args: &[Arg<'_>]) -> Result<Vec<PgRow>, StoreError> {
+        Ok(bind_args(sqlx::query(sql), args).fetch_all(conn).await?)
+    }
+
+    async fn fetch_optional(conn: &mut sqlx::PgConnection, sql: &str, args: &[Arg<'_>]) -> Result<Option<PgRow>, StoreError> {
+        Ok(bind_args(sqlx::query(sql), args).fetch_optional(conn).await?)
+    }
+
+    fn text(row: &PgRow, column: &str) -> Result<String, StoreError> {
+        Ok(row.try_get(column)?)
+    }
+
+    fn opt_text(row: &PgRow, column: &str) -> Result<Option<String>, StoreError> {
+        Ok(row.try_get(column)?)
+    }
+
+    fn int(row: &PgRow, column: &str) -> Result<i64, StoreError> {
+        Ok(row.try_get(column)?)
+    }
+
+    fn opt_int(row: &PgRow, column: &str) -> Result<Option<i64>, StoreError> {
+        Ok(row.try_get(column)?)
+    }
+
+    fn bytes(row: &PgRow, column: &str) -> Result<Vec<u8>, StoreError> {
+        Ok(row.try_get(column)?)
+    }
+
+    /// Inserts inbox entries, skipping ones there already; the number inserted.
+    async fn insert_inbox(conn: &mut sqlx::PgConnection, entries: &[(&str, &InboxEntry)]) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "INSERT INTO inbox (actor, sender, message_id, reply, at_ms) \
+             SELECT * FROM UNNEST($1::text[], $5::text[], $2::text[], $3::bytea[], $4::bigint[]) \
+             ON CONFLICT (actor, sender, message_id) DO NOTHING",
+        )
+        .bind(entries.iter().map(|e| e.0).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.1.message_id.as_str()).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.1.reply.as_slice()).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.1.at_ms).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.1.sender.as_str()).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected())
+    }
+}
+
+impl SqlStore for PostgresStore {
+    type Db = sqlx::Postgres;
+
+    fn writer(&self) -> &sqlx::Pool<sqlx::Postgres> {
+        &self.pool
+    }
+
+    fn reader(&self) -> &sqlx::Pool<sqlx::Postgres> {
+        &self.pool
     }
 }

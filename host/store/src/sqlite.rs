@@ -17,7 +17,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::outbox::OutboxMessage;
-use super::sql::{LaneKey, journal_batch, journal_conflict, pow2_chunks};
+use super::sql::{Arg, Dialect, LaneKey, SqlStore, bind_args, journal_batch, journal_conflict, pow2_chunks};
 use super::{InboxEntry, StateStore, Store, StoreError, TurnCommit, flatten_batch};
 use quark_core::id::ActorId;
 
@@ -152,7 +152,7 @@ impl StateStore for SqliteStore {
             });
             q.build().execute(&mut *tx).await?;
         }
-        Self::commit_checkpoints(&mut tx, batch).await?;
+        super::sql::commit_checkpoints::<sqlx::Sqlite>(&mut tx, batch).await?;
         for chunk in pow2_chunks(&upserts, ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO actor_state (actor, key, value) ");
             q.push_values(chunk, |mut row, (actor, key, value)| {
@@ -171,7 +171,7 @@ impl StateStore for SqliteStore {
             q.build().execute(&mut *tx).await?;
         }
         if batch.iter().any(|c| c.inbox.is_some()) {
-            Self::commit_inbox(&mut tx, batch).await?;
+            super::sql::commit_inbox::<sqlx::Sqlite>(&mut tx, batch).await?;
         }
         let mut opened = (Vec::new(), Vec::new());
         if batch.iter().any(|c| !c.messages.is_empty()) {
@@ -257,6 +257,46 @@ impl SqliteStore {
         }
         Ok(rows)
     }
+}
+
+super::sql::sql_outbox_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader, lock: "", lock_lanes: "", claim_begin: "BEGIN",
+    relaxed_claims: ("PRAGMA synchronous = NORMAL", "PRAGMA synchronous = FULL"), announce: {});
+super::sql::sql_job_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader, index_hint: true, lock: "");
+
+/// How the shared SQL code runs on Sqlite.
+#[async_trait]
+impl Dialect for sqlx::Sqlite {
+    async fn execute(conn: &mut sqlx::SqliteConnection, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
+        Ok(bind_args(sqlx::query(sql), args).execute(conn).await?.rows_affected())
+    }
+
+    async fn fetch_all(conn: &mut sqlx::SqliteConnection, sql: &str, args: &[Arg<'_>]) -> Result<Vec<SqliteRow>, StoreError> {
+        Ok(bind_args(sqlx::query(sql), args).fetch_all(conn).await?)
+    }
+
+    async fn fetch_optional(conn: &mut sqlx::SqliteConnection, sql: &str, args: &[Arg<'_>]) -> Result<Option<SqliteRow>, StoreError> {
+        Ok(bind_args(sqlx::query(sql), args).fetch_optional(conn).await?)
+    }
+
+    fn text(row: &SqliteRow, column: &str) -> Result<String, StoreError> {
+        Ok(row.try_get(column)?)
+    }
+
+    fn opt_text(row: &SqliteRow, column: &str) -> Result<Option<String>, StoreError> {
+        Ok(row.try_get(column)?)
+    }
+
+    fn int(row: &SqliteRow, column: &str) -> Result<i64, StoreError> {
+        Ok(row.try_get(column)?)
+    }
+
+    fn opt_int(row: &SqliteRow, column: &str) -> Result<Option<i64>, StoreError> {
+        Ok(row.try_get(column)?)
+    }
+
+    fn bytes(row: &SqliteRow, column: &str) -> Result<Vec<u8>, StoreError> {
+        Ok(row.try_get(column)?)
+    }
 
     /// Inserts inbox entries, skipping ones there already; the number inserted.
     async fn insert_inbox(conn: &mut sqlx::SqliteConnection, entries: &[(&str, &InboxEntry)]) -> Result<u64, StoreError> {
@@ -273,9 +313,14 @@ impl SqliteStore {
     }
 }
 
-super::sql::sql_component_store!(SqliteStore, writer: writer, reader: reader);
-super::sql::sql_outbox_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader, lock: "", lock_lanes: "", claim_begin: "BEGIN",
-    relaxed_claims: ("PRAGMA synchronous = NORMAL", "PRAGMA synchronous = FULL"), announce: {});
-super::sql::sql_inbox_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader);
-super::sql::sql_journal_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader);
-super::sql::sql_job_store!(SqliteStore, ::sqlx::Sqlite, writer: writer, reader: reader, index_hint: true, lock: "");
+impl SqlStore for SqliteStore {
+    type Db = sqlx::Sqlite;
+
+    fn writer(&self) -> &sqlx::Pool<sqlx::Sqlite> {
+        &self.writer
+    }
+
+    fn reader(&self) -> &sqlx::Pool<sqlx::Sqlite> {
+        &self.reader
+    }
+}

@@ -1,62 +1,44 @@
 //! The inbox and the outbox in SQL: inbox entries written with the turn,
 //! messages in lanes, claims, failures and retries.
 
-use crate::StoreError;
+use async_trait::async_trait;
+use quark_core::id::ActorId;
 
-/// Implements `InboxStore` for a SQL store of database `$db`, plus
-/// `commit_inbox`, which writes a batch's inbox entries inside the batch's
-/// transaction (with the backend's `insert_inbox`): an entry that exists
-/// already (the message was handled) fails the batch with a conflict
-/// instead of running twice.
-macro_rules! sql_inbox_store {
-    ($store:ty, $db:ty, writer: $writer:ident, reader: $reader:ident) => {
-        impl $store {
-            async fn commit_inbox(
-                tx: &mut ::sqlx::Transaction<'_, $db>,
-                batch: &[$crate::TurnCommit],
-            ) -> Result<(), $crate::StoreError> {
-                let entries: Vec<(&str, &$crate::InboxEntry)> =
-                    batch.iter().filter_map(|c| c.inbox.as_ref().map(|e| (c.actor.as_str(), e))).collect();
-                if Self::insert_inbox(&mut **tx, &entries).await? != entries.len() as u64 {
-                    return Err($crate::StoreError::Conflict(match entries[..] {
-                        [(actor, e)] => format!("{actor} has already handled message {:?} of {}", e.message_id, e.sender_name()),
-                        _ => "a message in this batch was already handled by its receiver".into(),
-                    }));
-                }
-                Ok(())
-            }
-        }
+use super::{Conn, Dialect, SqlStore};
+use crate::{InboxEntry, InboxStore, StoreError, TurnCommit};
 
-        #[async_trait::async_trait]
-        impl $crate::InboxStore for $store {
-            async fn inbox_reply(
-                &self,
-                actor: &::quark_core::id::ActorId,
-                sender: &str,
-                message_id: &str,
-            ) -> Result<Option<Vec<u8>>, $crate::StoreError> {
-                Ok(::sqlx::query_scalar("SELECT reply FROM inbox WHERE actor = $1 AND sender = $2 AND message_id = $3")
-                    .bind(actor.as_str())
-                    .bind(sender)
-                    .bind(message_id)
-                    .fetch_optional(&self.$reader)
-                    .await?)
-            }
-
-            async fn expire_inbox(&self, before_ms: i64) -> Result<u64, $crate::StoreError> {
-                // An entry whose message is still in the outbox (handled, not
-                // yet deleted, e.g. its host died) stays: it may be redelivered.
-                Ok(::sqlx::query("DELETE FROM inbox WHERE at_ms < $1 AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.sender = inbox.sender AND o.id = inbox.message_id)")
-                    .bind(before_ms)
-                    .execute(&self.$writer)
-                    .await?
-                    .rows_affected())
-            }
-        }
-    };
+/// Writes a batch's inbox entries inside the batch's transaction (with the
+/// dialect's batched insert): an entry that exists already (the message
+/// was handled) fails the batch with a conflict instead of running twice.
+pub(crate) async fn commit_inbox<D: Dialect>(tx: &mut Conn<D>, batch: &[TurnCommit]) -> Result<(), StoreError> {
+    let entries: Vec<(&str, &InboxEntry)> = batch.iter().filter_map(|c| c.inbox.as_ref().map(|e| (c.actor.as_str(), e))).collect();
+    if D::insert_inbox(tx, &entries).await? != entries.len() as u64 {
+        return Err(StoreError::Conflict(match entries[..] {
+            [(actor, e)] => format!("{actor} has already handled message {:?} of {}", e.message_id, e.sender_name()),
+            _ => "a message in this batch was already handled by its receiver".into(),
+        }));
+    }
+    Ok(())
 }
 
-pub(crate) use sql_inbox_store;
+#[async_trait]
+impl<S: SqlStore> InboxStore for S {
+    async fn inbox_reply(&self, actor: &ActorId, sender: &str, message_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut conn = self.reader().acquire().await?;
+        let sql = "SELECT reply FROM inbox WHERE actor = $1 AND sender = $2 AND message_id = $3";
+        let row = S::Db::fetch_optional(&mut conn, sql, &[actor.as_str().into(), sender.into(), message_id.into()]).await?;
+        row.map(|r| S::Db::bytes(&r, "reply")).transpose()
+    }
+
+    async fn expire_inbox(&self, before_ms: i64) -> Result<u64, StoreError> {
+        // An entry whose message is still in the outbox (handled, not
+        // yet deleted, e.g. its host died) stays: it may be redelivered.
+        let mut conn = self.writer().acquire().await?;
+        let sql = "DELETE FROM inbox WHERE at_ms < $1 \
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.sender = inbox.sender AND o.id = inbox.message_id)";
+        S::Db::execute(&mut conn, sql, &[before_ms.into()]).await
+    }
+}
 
 /// The columns of an outbox row (`o`, with its lane `l`), as
 /// [`outbox_from_row`] reads them.
