@@ -34,7 +34,7 @@ fn scale(n: usize) -> usize {
 }
 
 fn component(name: &str) -> Vec<u8> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     ["target/samples", "target/test-actors"]
         .iter()
         .find_map(|dir| std::fs::read(root.join(dir).join(format!("{name}.wasm"))).ok())
@@ -721,7 +721,7 @@ async fn outbox_bench(store: Arc<dyn Store>, dir: &std::path::Path, backend: &st
 /// compile time cold and from the on-disk cache, activation, ask latency
 /// and memory per activation.
 async fn languages_bench(dir: &std::path::Path, name: &str) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let Ok(bytes) = std::fs::read(root.join("target/samples").join(format!("{name}.wasm"))) else {
         println!("SKIP languages {name}: not built (make samples builds it when its toolchain installs)");
         return;
