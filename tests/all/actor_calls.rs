@@ -10,7 +10,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn counter_state_survives_deactivation_and_restart() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     {
         let host = host_with(dir.path(), &[("counter", "counter")]).await;
         assert_eq!(ask(&host, "counter/alice", "increment", json!({"by": 2})).await.unwrap(), json!(2));
@@ -26,7 +26,7 @@ async fn counter_state_survives_deactivation_and_restart() {
 
 #[tokio::test]
 async fn greeter_calls_counter() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with(dir.path(), &[("counter", "counter"), ("greeter", "greeter")]).await;
     let first = ask(&host, "greeter/ada", "greet", json!({"name": "Ada"})).await.unwrap();
     assert_eq!(first, json!({"message": "Hello, Ada!", "visits": 1}));
@@ -38,7 +38,7 @@ async fn greeter_calls_counter() {
 
 #[tokio::test]
 async fn turns_of_one_actor_run_in_arrival_order() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with(dir.path(), &[("counter", "counter")]).await;
     let calls = (0..200).map(|_| ask(&host, "counter/ordered", "increment", json!({"by": 1})));
     let replies = futures::future::join_all(calls).await;
@@ -48,7 +48,7 @@ async fn turns_of_one_actor_run_in_arrival_order() {
 
 #[tokio::test]
 async fn reentrant_call_chain_completes_and_commits() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with(dir.path(), &[("pingpong", "pingpong")]).await;
     // a -> b -> a -> b: a is re-entered while its first turn waits on b.
     let chain = ask(&host, "pingpong/a", "ping", json!({"peer": "pingpong/b", "depth": 3})).await.unwrap();
@@ -62,7 +62,7 @@ async fn reentrant_call_chain_completes_and_commits() {
 
 #[tokio::test]
 async fn cycle_across_call_chains_times_out_instead_of_hanging() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let mut config = NodeConfig::new(dir.path());
     config.host.call_timeout = Duration::from_secs(2);
     let host = host_with_config(config).await;
@@ -85,7 +85,7 @@ async fn cycle_across_call_chains_times_out_instead_of_hanging() {
 
 #[tokio::test]
 async fn idle_actors_are_deactivated_and_come_back() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let mut config = NodeConfig::new(dir.path());
     config.host.idle_timeout = Duration::from_millis(200);
     let host = host_with_config(config).await;
@@ -104,7 +104,7 @@ async fn idle_actors_are_deactivated_and_come_back() {
 
 #[tokio::test]
 async fn past_the_activation_limit_the_oldest_idle_actors_are_shed() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let mut config = NodeConfig::new(dir.path());
     config.host.max_activations = 5;
     let host = host_with_config(config).await;
@@ -122,7 +122,7 @@ async fn past_the_activation_limit_the_oldest_idle_actors_are_shed() {
 
 #[tokio::test]
 async fn re_entering_an_actor_twice_on_one_chain_keeps_every_write() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with(dir.path(), &[("pingpong", "pingpong")]).await;
     // a -> b -> a -> b -> a -> b: a and b are each re-entered twice, nested.
     let chain = ask(&host, "pingpong/a", "ping", json!({"peer": "pingpong/b", "depth": 5})).await.unwrap();
@@ -139,7 +139,7 @@ async fn a_dropped_host_frees_its_actors_and_its_store() {
     use std::sync::Arc;
     use quark::storage::Store;
     use quark::storage::sqlite::SqliteStore;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("quark.db")).await.unwrap());
     let host = quark::Node::start(NodeConfig::new(dir.path()), store.clone()).await.unwrap();
     host.host().deploy("counter", component("counter"), manifest()).await.unwrap();

@@ -76,7 +76,7 @@ impl Router for RecordingRouter {
 /// (the cluster's router will decide there which host runs them).
 #[tokio::test]
 async fn every_message_goes_through_the_router() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let router = Arc::new(RecordingRouter::default());
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.path().join("quark.db")).await.unwrap());
     let host = Node::start_with_router(NodeConfig::new(dir.path()), store, router.clone()).await.unwrap();

@@ -95,7 +95,7 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn cli_deploy_call_versions_actors_rollback() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let server = Server::start(dir.path(), free_port());
     let counter = root().join("target/samples/counter.wasm");
     let v2 = root().join("target/test-actors/counter-v2.wasm");
@@ -141,7 +141,7 @@ fn cli_deploy_call_versions_actors_rollback() {
 /// stay, and so does a rollback; a type that is missing is deployed.
 #[test]
 fn serve_deploy_at_start_keeps_your_deploys_and_rollbacks() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let port = free_port();
     let counter = root().join("target/samples/counter.wasm");
     let v2 = root().join("target/test-actors/counter-v2.wasm");
@@ -180,7 +180,7 @@ fn serve_deploy_at_start_keeps_your_deploys_and_rollbacks() {
 /// flag purges the dead-letter list, like `quark outbox purge`.
 #[test]
 fn cli_jobs_show_times_and_repeated_keys_plainly() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let counter = format!("counter={}", root().join("target/samples/counter.wasm").display());
     component("counter");
     let server = Server::start_with(dir.path(), free_port(), &["--deploy", &counter]);
@@ -203,7 +203,7 @@ fn cli_jobs_show_times_and_repeated_keys_plainly() {
 /// wasm32-wasip2 and deploys it: a first actor of one's own in one command.
 #[test]
 fn quark_new_scaffolds_builds_and_deploys_an_actor() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let server = Server::start(dir.path(), free_port());
     let crate_dir = dir.path().join("hello");
     let out = Command::new(&*QUARK)
@@ -239,7 +239,7 @@ fn help_and_logs_read_plainly() {
         assert!(text.contains("--server") && text.contains("[env: QUARK_SERVER]"), "{command:?}: {text}");
     }
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
     let port = free_port();
     let mut child = Command::new(&*QUARK)
@@ -263,7 +263,7 @@ fn help_and_logs_read_plainly() {
 
 #[test]
 fn serve_refuses_a_public_address_without_a_token() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let out = Command::new(&*QUARK)
         .args(["serve", "--data-dir"])
         .arg(dir.path())
@@ -314,7 +314,7 @@ fn load_then_kill9(server: Server, path: &str, body: &'static str) -> i64 {
 
 #[test]
 fn acknowledged_writes_survive_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let port = free_port();
     let server = Server::start(dir.path(), port);
     let counter = root().join("target/samples/counter.wasm");
@@ -333,7 +333,7 @@ fn acknowledged_writes_survive_sigkill() {
 
 #[test]
 fn sigkill_mid_append_leaves_no_partial_stream() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let port = free_port();
     let server = Server::start(dir.path(), port);
     let bank = root().join("target/samples/bank.wasm");
@@ -362,7 +362,7 @@ fn sigkill_mid_append_leaves_no_partial_stream() {
 
 #[test]
 fn cli_journal_replay_snapshot_and_projections() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let server = Server::start(dir.path(), free_port());
     for name in ["bank", "accounts-summary"] {
         let path = root().join(format!("target/samples/{name}.wasm"));
@@ -419,7 +419,7 @@ fn cli_journal_replay_snapshot_and_projections() {
 /// the restarted host runs it again; its effect lands once.
 #[test]
 fn a_job_whose_host_dies_runs_again_after_its_lease_expires() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let port = free_port();
     // Long enough that the first host, busy with attempt 1, does not take
     // the job again itself before it is killed.
@@ -460,7 +460,7 @@ fn a_job_whose_host_dies_runs_again_after_its_lease_expires() {
 
 #[test]
 fn cli_jobs_add_list_show_cancel_retry_purge() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let server = Server::start(dir.path(), free_port());
     let worker = root().join("target/test-actors/worker.wasm");
     assert!(server.quark(&["deploy", "worker", worker.to_str().unwrap()]).status.success());
@@ -512,7 +512,7 @@ fn cli_jobs_add_list_show_cancel_retry_purge() {
 fn transfers_survive_ten_sigkills_exactly_once() {
     const ACCOUNTS: usize = 100;
     const OPENING: i64 = 1_000;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let port = free_port();
     let server = Server::start(dir.path(), port);
     let wasm = root().join("target/samples/transfer.wasm");

@@ -23,7 +23,7 @@ async fn dump(host: &Node, actor: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn guest_panic_fails_the_turn_and_commits_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = misbehave_host(dir.path()).await;
     ask(&host, "misbehave/p", "put", json!({"key": "kept", "value": 1})).await.unwrap();
     let e = ask(&host, "misbehave/p", "panic", json!(null)).await.unwrap_err();
@@ -36,7 +36,7 @@ async fn guest_panic_fails_the_turn_and_commits_nothing() {
 
 #[tokio::test]
 async fn infinite_loop_is_stopped_by_the_turn_time_limit() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = misbehave_host(dir.path()).await;
     let e = ask(&host, "misbehave/loop", "spin", json!(null)).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
@@ -49,7 +49,7 @@ async fn infinite_loop_is_stopped_by_the_turn_time_limit() {
 
 #[tokio::test]
 async fn growing_memory_past_the_limit_fails_only_that_turn() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = misbehave_host(dir.path()).await;
     let e = ask(&host, "misbehave/hog", "alloc", json!({"mib": 64})).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::LimitExceeded, "{e}");
@@ -60,7 +60,7 @@ async fn growing_memory_past_the_limit_fails_only_that_turn() {
 
 #[tokio::test]
 async fn handler_error_commits_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = misbehave_host(dir.path()).await;
     let e = ask(&host, "misbehave/e", "write_then_fail", json!(null)).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Rejected);
@@ -70,7 +70,7 @@ async fn handler_error_commits_nothing() {
 
 #[tokio::test]
 async fn deploys_of_things_that_are_not_actors_are_bad_requests() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
     let cases: [(&str, Vec<u8>, &str); 3] = [
         ("random", (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect(), "not WebAssembly"),
@@ -91,7 +91,7 @@ async fn deploys_of_things_that_are_not_actors_are_bad_requests() {
 
 #[tokio::test]
 async fn component_that_cannot_start_within_its_memory_limit_is_rejected() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
     let e = host.host().deploy("counter", component("counter"), manifest_with("128KiB", "5s")).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Rejected, "{e}");
@@ -100,7 +100,7 @@ async fn component_that_cannot_start_within_its_memory_limit_is_rejected() {
 
 #[tokio::test]
 async fn unknown_type_unknown_method_bad_json_and_oversized_payloads() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with(dir.path(), &[("counter", "counter")]).await;
 
     let e = ask(&host, "nosuch/a", "get", json!(null)).await.unwrap_err();
@@ -123,7 +123,7 @@ async fn unknown_type_unknown_method_bad_json_and_oversized_payloads() {
 
 #[tokio::test]
 async fn sqlite_locked_by_another_process_fails_durable_turns_only() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let db = dir.path().join("quark.db");
     let store = Arc::new(SqliteStore::open_with_busy_timeout(&db, Duration::from_millis(200)).await.unwrap());
     let host = Node::start(NodeConfig::new(dir.path()), store).await.unwrap();
@@ -149,7 +149,7 @@ async fn sqlite_locked_by_another_process_fails_durable_turns_only() {
 /// read a write whose commit then fails must not show it to anyone.
 #[tokio::test]
 async fn pipelined_turns_never_expose_a_write_that_failed_to_commit() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let db = dir.path().join("quark.db");
     let store = Arc::new(SqliteStore::open_with_busy_timeout(&db, Duration::from_millis(300)).await.unwrap());
     let host = Node::start(NodeConfig::new(dir.path()), store).await.unwrap();
@@ -247,7 +247,7 @@ async fn postgres_going_down_fails_durable_turns_and_recovers() {
     let Some(store) = postgres_store_at(&url, "postgres_going_down_fails_durable_turns_and_recovers").await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = Node::start(NodeConfig::new(dir.path()), Arc::new(store)).await.unwrap();
     host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     assert_eq!(ask(&host, "counter/pg", "increment", json!({"by": 1})).await.unwrap(), json!(1));
@@ -271,7 +271,7 @@ async fn postgres_going_down_fails_durable_turns_and_recovers() {
 
 #[tokio::test]
 async fn a_failed_turn_sends_none_of_its_tells() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = misbehave_host(dir.path()).await;
     host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     let tell = |fail: bool| json!({"target": "counter/told", "method": "increment", "payload": {"by": 1}, "fail": fail});
@@ -300,7 +300,7 @@ async fn a_failed_turn_sends_none_of_its_tells() {
 
 #[tokio::test]
 async fn keys_with_nul_and_limits_out_of_range_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = misbehave_host(dir.path()).await;
     let e = ask(&host, "misbehave/k", "put", json!({"key": "a\0b", "value": 1})).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Rejected, "{e}");
@@ -314,7 +314,7 @@ async fn keys_with_nul_and_limits_out_of_range_are_refused() {
 
 #[tokio::test]
 async fn a_caller_that_goes_away_mid_turn_leaves_the_actor_serving() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = misbehave_host(dir.path()).await;
     // The actor is idle, so this turn runs in the caller's own task; the
     // caller then gives up (as an HTTP client that disconnects does).
@@ -398,7 +398,7 @@ async fn a_lost_commit_acknowledgement_is_an_unknown_outcome() {
     let Some(store) = postgres_store_at(&url, "a_lost_commit_acknowledgement_is_an_unknown_outcome").await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = Node::start(NodeConfig::new(dir.path()), Arc::new(store)).await.unwrap();
     host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     assert_eq!(ask(&host, "counter/cut", "increment", json!({"by": 1})).await.unwrap(), json!(1));

@@ -17,7 +17,7 @@ use crate::support::*;
 /// own, its tells go out, and the actor is deactivated when idle.
 #[tokio::test]
 async fn a_caller_that_goes_away_during_the_commit_does_not_stop_it() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let db = dir.path().join("quark.db");
     let store = Arc::new(SqliteStore::open_with_busy_timeout(&db, Duration::from_secs(20)).await.unwrap());
     let mut config = NodeConfig::new(dir.path());
@@ -43,7 +43,7 @@ async fn a_caller_that_goes_away_during_the_commit_does_not_stop_it() {
 /// when the actor's next (long) turn ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_committed_reply_goes_out_while_the_next_turn_runs() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
     host.host().deploy("misbehave", component("misbehave"), manifest_with("64MiB", "2s")).await.unwrap();
     let call = |method: &'static str, payload: Value| {
@@ -87,7 +87,7 @@ async fn error_of(r: reqwest::Response) -> (u16, Value) {
 /// included; bodies and bulk requests are bounded.
 #[tokio::test]
 async fn every_error_is_a_json_body() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with(dir.path(), &[("counter", "counter")]).await;
     let base = serve_api(&host, Default::default()).await;
     let http = reqwest::Client::new();
@@ -116,7 +116,7 @@ async fn every_error_is_a_json_body() {
 /// host's own origin, and clients that send no `Origin`, are served.
 #[tokio::test]
 async fn cross_site_and_rebound_requests_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with(dir.path(), &[("counter", "counter")]).await;
     let access = quark::api::ApiConfig { allowed_origins: vec!["https://console.example".into()], ..Default::default() };
     let base = serve_api(&host, access).await;
@@ -158,7 +158,7 @@ async fn cross_site_and_rebound_requests_are_refused() {
 /// sinks); `/healthz` stays open for probes.
 #[tokio::test]
 async fn metrics_need_the_token_and_healthz_does_not() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
     let base = serve_api(&host, quark::api::ApiConfig { token: Some("s3cret".into()), ..Default::default() }).await;
     let http = reqwest::Client::new();
@@ -175,7 +175,7 @@ async fn metrics_need_the_token_and_healthz_does_not() {
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
     let base = serve_api(&host, Default::default()).await;
     let mut slow = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
@@ -191,7 +191,7 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 /// every language: `quark call counter/alice get '{}'` is what people type.
 #[tokio::test]
 async fn a_method_without_argument_accepts_an_empty_object() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with_shared_compiled_cache(dir.path()).await;
     for actor_type in counters_in_every_language(&host, "a_method_without_argument_accepts_an_empty_object").await {
         let actor = format!("{actor_type}/empty");
@@ -262,7 +262,7 @@ impl Drop for RedisServer {
 /// key again and again does not add up.
 #[tokio::test]
 async fn a_turn_cannot_buffer_unbounded_effects() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
     host.host().deploy("misbehave", component("misbehave"), manifest()).await.unwrap();
     let e = ask(&host, "misbehave/f", "flood", json!({"count": 40, "bytes": 1_000_000})).await.unwrap_err();
@@ -278,7 +278,7 @@ async fn a_turn_cannot_buffer_unbounded_effects() {
 /// message that fails is logged and counted, not lost silently.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mailboxes_are_bounded_and_dropped_tells_are_counted() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
     host.host().deploy("misbehave", component("misbehave"), manifest_with("64MiB", "2s")).await.unwrap();
     let busy = {
@@ -318,7 +318,7 @@ fn counter(host: &Node, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuzzing_the_http_api_finds_no_server_error() {
     const CASES: usize = 10_000;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with(dir.path(), &[("counter", "counter"), ("bank", "bank")]).await;
     let base = serve_api(&host, Default::default()).await;
     let authority = base.trim_start_matches("http://").to_string();
@@ -420,7 +420,7 @@ async fn fuzzing_the_http_api_finds_no_server_error() {
 /// answer `internal` with a KeyError).
 #[tokio::test]
 async fn a_missing_field_is_a_bad_request_alike_in_every_language() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with_shared_compiled_cache(dir.path()).await;
     for actor_type in counters_in_every_language(&host, "a_missing_field_is_a_bad_request_alike_in_every_language").await {
         let actor = format!("{actor_type}/wrong");
@@ -454,7 +454,7 @@ async fn counters_in_every_language(host: &Node, test: &str) -> Vec<&'static str
 async fn a_redis_commit_past_its_timeout_is_an_unknown_outcome() {
     let Some(server) = RedisServer::start_or_skip("a_redis_commit_past_its_timeout_is_an_unknown_outcome", &[]).await else { return };
     let store = quark::storage::redis::RedisStore::connect(&server.url, Some("stop")).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let mut config = NodeConfig::new(dir.path());
     config.host.call_timeout = Duration::from_secs(60);
     let host = Node::start(config, Arc::new(store)).await.unwrap();

@@ -10,7 +10,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn versions_rollback_and_restart_keep_the_active_version() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     {
         let host = host_with(dir.path(), &[("counter", "counter")]).await;
         assert_eq!(ask(&host, "counter/v", "increment", json!({"by": 5})).await.unwrap(), json!(5));
@@ -52,7 +52,7 @@ async fn versions_rollback_and_restart_keep_the_active_version() {
 
 #[tokio::test]
 async fn swap_under_load_loses_and_duplicates_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with(dir.path(), &[("counter", "counter")]).await;
     const CLIENTS: usize = 8;
     const CALLS: i64 = 150;
@@ -100,7 +100,7 @@ async fn swap_under_load_loses_and_duplicates_nothing() {
 #[tokio::test]
 async fn old_versions_are_evicted_from_memory_and_disk() {
     use quark::NodeConfig;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with_config(NodeConfig::new(dir.path())).await;
     for mib in 16..24 {
         host.host().deploy("counter", component("counter"), manifest_with(&format!("{mib}MiB"), "5s")).await.unwrap();

@@ -4,8 +4,8 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-async fn serve(token: Option<&str>) -> (String, tempfile::TempDir, quark::Node) {
-    let dir = tempfile::tempdir().unwrap();
+async fn serve(token: Option<&str>) -> (String, crate::support::TempDir, quark::Node) {
+    let dir = crate::support::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -127,7 +127,7 @@ async fn token_guards_the_api_and_public_addresses_need_one() {
     assert_eq!(ok.status(), 200);
     assert_eq!(http.get(format!("{base}/healthz")).send().await.unwrap().status(), 200);
 
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
     let public = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let e = quark::api::serve(host, public, None).await.unwrap_err();
@@ -218,7 +218,7 @@ async fn an_idempotency_key_runs_a_call_once() {
 
 #[tokio::test]
 async fn inbox_entries_expire_after_the_retention() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let mut config = quark::NodeConfig::new(dir.path());
     config.inbox_retention = std::time::Duration::from_secs(2);
     let host = host_with_config(config).await;

@@ -47,7 +47,7 @@ async fn runs(host: &Node, actor: &str) -> Value {
 
 #[tokio::test]
 async fn a_job_runs_as_a_turn_and_its_completion_commits_with_it() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = worker_host(dir.path()).await;
     let job = host.jobs().add(vec![request("worker/a", "work", json!({}))]).await.unwrap().remove(0);
     assert_eq!(job.status, JobStatus::Scheduled);
@@ -59,7 +59,7 @@ async fn a_job_runs_as_a_turn_and_its_completion_commits_with_it() {
 
 #[tokio::test]
 async fn failed_attempts_are_retried_and_commit_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = worker_host(dir.path()).await;
     let job = host.jobs().add(vec![request("worker/r", "work", json!({"fail_until": 3}))]).await.unwrap().remove(0);
     let done = wait_job(&host, &job.id, "succeeded", |j| j.status == JobStatus::Succeeded).await;
@@ -73,7 +73,7 @@ async fn failed_attempts_are_retried_and_commit_nothing() {
 
 #[tokio::test]
 async fn a_job_that_always_traps_is_dead_lettered_with_its_errors() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = worker_host(dir.path()).await;
     let mut trap = request("worker/t", "trap", json!(null));
     trap.max_attempts = Some(3);
@@ -92,7 +92,7 @@ async fn a_job_that_always_traps_is_dead_lettered_with_its_errors() {
 
 #[tokio::test]
 async fn finished_jobs_are_deleted_after_the_retention_and_dead_ones_kept() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let mut config = NodeConfig::new(dir.path());
     config.jobs.retention = Duration::from_secs(2);
     let host = host_with_config(config).await;
@@ -111,7 +111,7 @@ async fn finished_jobs_are_deleted_after_the_retention_and_dead_ones_kept() {
 
 #[tokio::test]
 async fn jobs_scheduled_in_a_turn_commit_with_it_once_per_key() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = worker_host(dir.path()).await;
     let schedule = |key: &str, fail: bool| json!({"target": "worker/s", "method": "work", "key": key, "fail": fail});
     let e = ask(&host, "worker/x", "schedule", schedule("lost", true)).await.unwrap_err();
@@ -152,7 +152,7 @@ fn id_of(actor: &str) -> quark::ActorId {
 // Multi-threaded: the job's turn spins in wasm while the test polls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_jobs_do_not_run_and_a_running_one_stops_retrying() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = worker_host(dir.path()).await;
     let mut later = request("worker/c", "work", json!({}));
     later.when = When::Delay(3_600_000);
@@ -179,7 +179,7 @@ async fn cancelled_jobs_do_not_run_and_a_running_one_stops_retrying() {
 
 #[tokio::test]
 async fn invalid_jobs_are_refused_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = worker_host(dir.path()).await;
     let mut bad_cron = request("worker/b", "work", json!({}));
     bad_cron.when = When::Cron("every tuesday".into());
@@ -219,7 +219,7 @@ async fn invalid_jobs_are_refused_with_a_clear_error() {
 /// hours ago (hourly, so no tick falls due while the test runs).
 #[tokio::test]
 async fn missed_cron_ticks_follow_the_catch_up_policy() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = worker_host(dir.path()).await;
     let store = host.host().store().clone();
     let jobs = store.job_store().unwrap();
@@ -253,7 +253,7 @@ async fn missed_cron_ticks_follow_the_catch_up_policy() {
 
 #[tokio::test]
 async fn a_recurring_job_runs_on_every_tick() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = worker_host(dir.path()).await;
     let mut every_second = request("worker/tick", "work", json!({}));
     every_second.when = When::Cron("* * * * * *".into());
@@ -277,7 +277,7 @@ async fn a_recurring_job_runs_on_every_tick() {
 async fn postgres_wakes_idle_runners_on_other_hosts() {
     let Some(store) = postgres_store("jobs::postgres_wakes_idle_runners_on_other_hosts").await else { return };
     let store: std::sync::Arc<dyn quark::storage::Store> = std::sync::Arc::new(store);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let mut config_a = quark::NodeConfig::new(dir.path());
     config_a.jobs.type_limits.insert("worker".into(), 0);
     let host_a = Node::start(config_a, store.clone()).await.unwrap();
@@ -296,7 +296,7 @@ async fn postgres_wakes_idle_runners_on_other_hosts() {
 /// often `setup` runs), each night a flaky step retried until it succeeds.
 #[tokio::test]
 async fn the_reports_sample_schedules_nightly_jobs_and_retries_its_flaky_step() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with(dir.path(), &[("reports", "reports")]).await;
     let first = ask(&host, "reports/acme", "setup", json!({"cron": "0 2 * * *", "time_zone": "Europe/Paris", "flaky_attempts": 2}))
         .await

@@ -20,7 +20,7 @@ async fn ledger_host(dir: &std::path::Path, snapshot_every: &str) -> Node {
 
 #[tokio::test]
 async fn bank_commands_append_events_and_fold_them() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with(dir.path(), &[("bank", "bank")]).await;
     assert_eq!(ask(&host, "bank/alice", "deposit", json!({"amount": 100})).await.unwrap(), json!({"balance": 100}));
     assert_eq!(ask(&host, "bank/alice", "withdraw", json!({"amount": 30})).await.unwrap(), json!({"balance": 70}));
@@ -52,7 +52,7 @@ async fn bank_commands_append_events_and_fold_them() {
 
 #[tokio::test]
 async fn a_plain_actor_keeps_an_audit_trail_with_its_state() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with(dir.path(), &[("misbehave", "misbehave")]).await;
     assert_eq!(ask(&host, "misbehave/audit", "audit", json!({"note": "first", "fail": false})).await.unwrap(), json!(1));
     let e = ask(&host, "misbehave/audit", "audit", json!({"note": "lost", "fail": true})).await.unwrap_err();
@@ -76,7 +76,7 @@ async fn a_plain_actor_keeps_an_audit_trail_with_its_state() {
 /// rebuild (the ledger's schema 1 called the note `text`).
 #[tokio::test]
 async fn events_of_an_older_schema_are_upcast_on_rebuild() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = ledger_host(dir.path(), "1000").await;
     let old = quark::storage::EventRecord {
         version: 1,
@@ -103,7 +103,7 @@ async fn events_of_an_older_schema_are_upcast_on_rebuild() {
 
 #[tokio::test]
 async fn rebuild_starts_from_the_latest_snapshot() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = ledger_host(dir.path(), "10").await;
     for i in 1..=25 {
         ask(&host, "ledger/a", "record", json!({"note": format!("n{i}")})).await.unwrap();
@@ -133,7 +133,7 @@ async fn rebuild_starts_from_the_latest_snapshot() {
 
 #[tokio::test]
 async fn corrupt_or_missing_snapshot_falls_back_to_full_replay() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = ledger_host(dir.path(), "1000").await;
     for i in 1..=5 {
         ask(&host, "ledger/c", "record", json!({"note": format!("n{i}")})).await.unwrap();
@@ -151,7 +151,7 @@ async fn corrupt_or_missing_snapshot_falls_back_to_full_replay() {
 
 #[tokio::test]
 async fn apply_that_traps_during_rebuild_leaves_the_actor_inactive_and_the_journal_untouched() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = ledger_host(dir.path(), "1000").await;
     ask(&host, "ledger/p", "record", json!({"note": "poison-1"})).await.unwrap();
     ask(&host, "ledger/p", "record", json!({"note": "fine"})).await.unwrap();
@@ -178,7 +178,7 @@ async fn apply_that_traps_during_rebuild_leaves_the_actor_inactive_and_the_journ
 
 #[tokio::test]
 async fn a_failed_turn_appends_nothing_and_leaves_the_fold_clean() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = ledger_host(dir.path(), "1000").await;
     ask(&host, "ledger/f", "record", json!({"note": "kept"})).await.unwrap();
     let e = ask(&host, "ledger/f", "fail_after_record", json!({"note": "refused"})).await.unwrap_err();
@@ -197,7 +197,7 @@ async fn a_failed_turn_appends_nothing_and_leaves_the_fold_clean() {
 
 #[tokio::test]
 async fn conflicting_appends_from_two_hosts_fail_instead_of_overwriting() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let db = dir.path().join("quark.db");
     let store_a: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).await.unwrap());
     let store_b: Arc<dyn Store> = Arc::new(SqliteStore::open(&db).await.unwrap());
@@ -222,7 +222,7 @@ async fn conflicting_appends_from_two_hosts_fail_instead_of_overwriting() {
 
 #[tokio::test]
 async fn replay_to_a_version_or_time_in_a_sandbox() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
     host.host().deploy("bank", component("bank"), manifest().with_journal(Some("2"), None).unwrap()).await.unwrap();
     for amount in [10, 20, 40] {
@@ -262,7 +262,7 @@ async fn wait_caught_up(host: &Node, name: &str) {
 
 #[tokio::test]
 async fn projection_sees_every_event_once_and_catches_up_after_restart() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with(dir.path(), &[("bank", "bank"), ("accounts-summary", "accounts-summary")]).await;
     for (account, amount) in [("a", 50), ("b", 20), ("c", 90), ("a", 5)] {
         ask(&host, &format!("bank/{account}"), "deposit", json!({"amount": amount})).await.unwrap();
@@ -311,7 +311,7 @@ async fn projection_sees_every_event_once_and_catches_up_after_restart() {
 /// `QUARK_UPDATE_GOLDEN=1`.
 #[tokio::test]
 async fn golden_event_format() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with(dir.path(), &[("bank", "bank")]).await;
     ask(&host, "bank/golden", "deposit", json!({"amount": 100})).await.unwrap();
     ask(&host, "bank/golden", "withdraw", json!({"amount": 40})).await.unwrap();
@@ -359,7 +359,7 @@ async fn golden_event_format() {
 /// thousand events at once.
 #[tokio::test]
 async fn an_actor_with_large_events_reactivates_within_its_memory_limit() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = sqlite_host(dir.path()).await;
     let manifest = manifest_with("8MiB", "10s").with_journal(Some("100000"), None).unwrap();
     host.host().deploy("ledger", component("ledger"), manifest).await.unwrap();
@@ -377,7 +377,7 @@ async fn an_actor_with_large_events_reactivates_within_its_memory_limit() {
 #[tokio::test]
 async fn a_projection_of_large_events_does_not_stall() {
     use quark::storage::ProjectionDef;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let mut config = NodeConfig::new(dir.path());
     config.host.max_payload = 256 << 10;
     let host = host_with_config(config).await;

@@ -29,7 +29,7 @@ async fn python_and_javascript_counters_behave_like_the_rust_one() {
     let Some(components) = guests(&["counter-py", "counter-js"], "python_and_javascript_counters_behave_like_the_rust_one") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with_shared_compiled_cache(dir.path()).await;
     deploy(&host, "counter", component("counter"), manifest()).await.unwrap();
     for (name, bytes) in ["counter-py", "counter-js"].into_iter().zip(components) {
@@ -59,7 +59,7 @@ async fn a_call_chain_through_rust_python_and_javascript_and_back() {
     let Some(components) = guests(&["polyglot-py", "polyglot-js"], "a_call_chain_through_rust_python_and_javascript_and_back") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with_shared_compiled_cache(dir.path()).await;
     deploy(&host, "polyglot", component("polyglot"), manifest()).await.unwrap();
     for (name, bytes) in ["polyglot-py", "polyglot-js"].into_iter().zip(components) {
@@ -100,7 +100,7 @@ async fn hot_swap_from_rust_to_python_to_javascript_keeps_the_state() {
     let Some(components) = guests(&["counter-py", "counter-js"], "hot_swap_from_rust_to_python_to_javascript_keeps_the_state") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with_shared_compiled_cache(dir.path()).await;
     deploy(&host, "counter", component("counter"), manifest()).await.unwrap();
     assert_eq!(ask(&host, "counter/s", "increment", json!({"by": 5})).await.unwrap(), json!(5));
@@ -125,7 +125,7 @@ async fn python_and_javascript_errors_answer_with_their_kind_and_commit_nothing(
     let Some(components) = guests(&["polyglot-py", "polyglot-js"], "python_and_javascript_errors_answer_with_their_kind_and_commit_nothing") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with_shared_compiled_cache(dir.path()).await;
     for ((name, exception), bytes) in [("polyglot-py", "ValueError"), ("polyglot-js", "TypeError")].into_iter().zip(components) {
         deploy(&host, name, bytes, manifest()).await.unwrap();
@@ -162,7 +162,7 @@ async fn memory_limits_hold_for_python_and_javascript() {
     let Some(components) = guests(&["polyglot-py", "polyglot-js"], "memory_limits_hold_for_python_and_javascript") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with_shared_compiled_cache(dir.path()).await;
     for (name, bytes) in ["polyglot-py", "polyglot-js"].into_iter().zip(components) {
         // Too small to start: the deploy says what the minimum is.
@@ -201,7 +201,7 @@ async fn python_and_javascript_actors_use_the_journal_jobs_and_outbox() {
     let Some(components) = guests(&["polyglot-py", "polyglot-js"], "python_and_javascript_actors_use_the_journal_jobs_and_outbox") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with_shared_compiled_cache(dir.path()).await;
     for ((name, event_type_key), bytes) in [("polyglot-py", "event_type"), ("polyglot-js", "eventType")].into_iter().zip(components) {
         deploy(&host, name, bytes, manifest()).await.unwrap();
@@ -252,7 +252,7 @@ async fn python_and_javascript_event_sourced_actors_fold_their_events() {
     let Some(components) = guests(&["account-py", "account-js"], "python_and_javascript_event_sourced_actors_fold_their_events") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with_shared_compiled_cache(dir.path()).await;
     for (name, bytes) in ["account-py", "account-js"].into_iter().zip(components) {
         deploy(&host, name, bytes, manifest()).await.unwrap();

@@ -61,7 +61,7 @@ async fn legacy_rows_are_per_sender(store: Arc<dyn Store>) {
 #[tokio::test]
 async fn sqlite_rows_of_layout_1_are_migrated() {
     use sqlx::Connection;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let db = dir.path().join("quark.db");
     let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", db.display())).await.unwrap();
     migrations_up_to("sqlite", 6).await.run(&mut conn).await.unwrap();

@@ -25,7 +25,7 @@ async fn received(host: &Node, actor: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn a_failed_turn_sends_nothing_and_an_oversized_message_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = courier_host(dir.path(), |_| {}).await;
     let e = ask(&host, "courier/a", "send", json!({"to": "courier/b", "payload": 1, "fail": true})).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Rejected);
@@ -40,7 +40,7 @@ async fn a_failed_turn_sends_nothing_and_an_oversized_message_is_refused() {
 
 #[tokio::test]
 async fn a_failing_receiver_is_retried_then_dead_lettered_and_the_sender_is_unaffected() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = courier_host(dir.path(), |c| {
         c.outbox.max_attempts = 3;
         c.outbox.backoff = Duration::from_millis(10);
@@ -73,7 +73,7 @@ async fn a_failing_receiver_is_retried_then_dead_lettered_and_the_sender_is_unaf
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lanes_opened_at_commit_wait_for_a_free_delivery_slot() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = courier_host(dir.path(), |c| c.outbox.concurrency = 3).await;
     // Twelve senders at once (their commits share batches), each opening a
     // lane to a receiver that takes 100 ms: at most three are delivered at
@@ -106,7 +106,7 @@ async fn lanes_opened_at_commit_wait_for_a_free_delivery_slot() {
 
 #[tokio::test]
 async fn a_failed_message_holds_back_the_messages_queued_behind_it() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = courier_host(dir.path(), |c| c.outbox.backoff = Duration::from_millis(10)).await;
     // Six messages in one lane, queued on the receiver together; the third
     // fails once. The ones behind it must not run before its retry.
@@ -122,7 +122,7 @@ async fn a_failed_message_holds_back_the_messages_queued_behind_it() {
 
 #[tokio::test]
 async fn messages_sent_while_their_lane_is_delivered_follow_it_without_a_claim() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = courier_host(dir.path(), |_| {}).await;
     // The first message opens the lane and takes 2 s to handle; two
     // more, each its own turn, are committed meanwhile into that lane.
@@ -158,7 +158,7 @@ fn assert_cloud_event(event: &Value, id: &str, data: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_that_is_down_gets_the_event_once_it_is_up() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = courier_host(dir.path(), |c| {
         c.outbox.backoff = Duration::from_millis(20);
         c.outbox.max_attempts = 1000;
@@ -209,7 +209,7 @@ async fn redis_stream_and_nats_sinks_get_cloud_events_and_an_unreachable_one_is_
     let (stream, subject) = (unique("quark_test_stream"), unique("quark.test.subject"));
     let mut subscriber = nats.subscribe(subject.clone()).await.unwrap();
     nats.flush().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = courier_host(dir.path(), |c| {
         c.outbox.backoff = Duration::from_millis(20);
         c.outbox.max_attempts = 2;
@@ -251,7 +251,7 @@ async fn redis_stream_and_nats_sinks_get_cloud_events_and_an_unreachable_one_is_
 /// `store` is the host's; `elsewhere` is another connection to the same
 /// data, as another host has.
 async fn other_hosts_dispatchers_wake(store: std::sync::Arc<dyn quark::storage::Store>, elsewhere: std::sync::Arc<dyn quark::storage::Store>) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let mut config = NodeConfig::new(dir.path());
     config.outbox.poll = Duration::from_secs(60);
     let host = Node::start(config, store.clone()).await.unwrap();
@@ -295,7 +295,7 @@ async fn redis_wakes_idle_dispatchers_on_other_hosts() {
 
 #[tokio::test]
 async fn bank_transfers_move_money_between_event_sourced_accounts_by_outbox() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = host_with(dir.path(), &[("bank", "bank")]).await;
     ask(&host, "bank/alice", "deposit", json!({"amount": 100})).await.unwrap();
     assert_eq!(ask(&host, "bank/alice", "transfer", json!({"to": "bob", "amount": 30, "id": "t-1"})).await.unwrap(), json!({"balance": 70}));

@@ -60,7 +60,7 @@ async fn component_versions(store: Arc<dyn Store>) {
 }
 
 async fn host_turns_commit_and_reload(store: Arc<dyn Store>) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = Node::start(NodeConfig::new(dir.path()), store.clone()).await.unwrap();
     host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     let names: Vec<String> = (0..50).map(|i| format!("counter/c{}", i % 10)).collect();
@@ -198,7 +198,7 @@ async fn projections_and_checkpoints(store: Arc<dyn Store>) {
 /// Event sourcing end to end on the backend: appends, rebuild from a
 /// snapshot after a restart, replay, and a projection that catches up.
 async fn host_event_sourcing(store: Arc<dyn Store>) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = Node::start(NodeConfig::new(dir.path()), store.clone()).await.unwrap();
     host.host().deploy("bank", component("bank"), manifest().with_journal(Some("3"), Some("archive")).unwrap()).await.unwrap();
     host.host().deploy("accounts-summary", component("accounts-summary"), manifest()).await.unwrap();
@@ -333,7 +333,7 @@ async fn jobs_claim_lease_and_complete(store: Arc<dyn Store>) {
 /// cancelled from a turn.
 async fn host_jobs(store: Arc<dyn Store>) {
     use quark::storage::jobs::JobStatus;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = Node::start(NodeConfig::new(dir.path()), store.clone()).await.unwrap();
     host.host().deploy("worker", component("worker"), manifest()).await.unwrap();
     let schedule = json!({"target": "worker/s", "method": "work", "key": "k", "payload": {"fail_until": 2}, "max_attempts": 3});
@@ -463,7 +463,7 @@ async fn inbox_dedup_and_expiry(store: Arc<dyn Store>) {
 /// `Idempotency-Key` semantics through the host: once per key, the first
 /// reply for a repeat (also one sent while the first is committing).
 async fn host_idempotent_asks(store: Arc<dyn Store>) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = Node::start(NodeConfig::new(dir.path()), store.clone()).await.unwrap();
     host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     let inc = |key: &'static str| {
@@ -488,7 +488,7 @@ async fn host_outbox_delivery(store: Arc<dyn Store>) {
         eprintln!("note: the {} store has no outbox yet", store.backend_name());
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = Node::start(NodeConfig::new(dir.path()), store.clone()).await.unwrap();
     host.host().deploy("courier", component("courier"), manifest()).await.unwrap();
     let received = async |actor: &str| ask(&host, actor, "received", json!(null)).await.unwrap().as_array().cloned().unwrap_or_default();
@@ -522,7 +522,7 @@ async fn host_message_ids_are_per_sender(store: Arc<dyn Store>) {
     if store.outbox_store().is_none() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::support::tempdir().unwrap();
     let host = Node::start(NodeConfig::new(dir.path()), store.clone()).await.unwrap();
     host.host().deploy("courier", component("courier"), manifest()).await.unwrap();
     // An HTTP call with `Idempotency-Key: pay-1` on the receiver first.
@@ -622,7 +622,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    let dir = tempfile::tempdir().unwrap();
+                    let dir = crate::support::tempdir().unwrap();
                     let store = super::SqliteStore::open(&dir.path().join("quark.db")).await.unwrap();
                     super::$case(super::Arc::new(store)).await;
                 }

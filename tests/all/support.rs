@@ -9,6 +9,36 @@ use quark::storage::sqlite::SqliteStore;
 use quark::storage::{Manifest, Store};
 use quark::{ActorId, Node, NodeConfig};
 
+/// A fresh directory under the system's temp directory, removed when
+/// dropped. Not the `tempfile` crate: as a dependency of the tests it
+/// turned on `fastrand`'s `std` feature, which the `quark` binary's build
+/// does not, so `make test` compiled redis, the store, the runtime and the
+/// server a second time.
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Creates a [`TempDir`] (named after this process and a counter, so
+/// parallel tests never share one).
+pub(crate) fn tempdir() -> std::io::Result<TempDir> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("quark-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(TempDir(dir))
+}
+
 /// The workspace root.
 pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
