@@ -38,6 +38,11 @@ pub struct TurnCommit {
     pub inbox: Option<InboxEntry>,
     /// Messages the turn sent (the outbox), delivered after this commit.
     pub messages: Vec<outbox::OutboxMessage>,
+    /// In a cluster, the epoch under which this host owns the actor: the
+    /// commit is refused once the directory holds another (the actor moved
+    /// to another host). `None` on a single host. Not an effect: a commit
+    /// with only a fence is empty.
+    pub fence: Option<u64>,
 }
 
 impl TurnCommit {
@@ -53,6 +58,7 @@ impl TurnCommit {
             job_done: None,
             inbox: None,
             messages: Vec::new(),
+            fence: None,
         }
     }
 

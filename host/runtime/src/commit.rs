@@ -28,6 +28,13 @@ pub(crate) enum TurnOutput {
     Pending(PendingCommit),
 }
 
+/// A snapshot taken right after a turn, to store (under its type's
+/// retention) once the turn is durable.
+pub(crate) struct SnapshotToSave {
+    pub(crate) snapshot: Snapshot,
+    pub(crate) retention: Retention,
+}
+
 /// A committed-to-be turn whose outcome is not known yet.
 pub(crate) struct PendingCommit {
     pub(crate) outcome: CommitOutcome,
@@ -43,7 +50,7 @@ pub(crate) struct PendingCommit {
     /// The cache generation it was applied to.
     pub(crate) generation: u64,
     /// A snapshot taken right after the turn, stored once the turn is durable.
-    pub(crate) snapshot: Option<(Snapshot, Retention)>,
+    pub(crate) snapshot: Option<SnapshotToSave>,
     /// The turn scheduled jobs: wake the runner once they are durable.
     pub(crate) schedules_jobs: bool,
     /// The turn sent messages: wake the dispatcher once they are durable.
@@ -111,7 +118,7 @@ impl PendingCommit {
                         tracing::warn!(actor = %shared.id, error = %e, "a message told during a committed turn could not be delivered");
                     }
                 }
-                if let Some((snapshot, retention)) = self.snapshot {
+                if let Some(SnapshotToSave { snapshot, retention }) = self.snapshot {
                     let (store, actor) = (host.store().clone(), shared.id.clone());
                     host.metrics().record_snapshot();
                     tokio::spawn(async move {

@@ -123,7 +123,7 @@ async fn run(store: Arc<dyn StateStore>, metrics: Arc<Metrics>, mut rx: mpsc::Re
             // commit the turns one by one so only the offending turn fails,
             // and a conflict names its stream. A conflict is retried the
             // same way.
-            Err(e) if matches!(*e, StoreError::Rejected(_) | StoreError::Conflict(_)) && commits.len() > 1 => {
+            Err(e) if matches!(*e, StoreError::Rejected(_) | StoreError::Conflict(_) | StoreError::Fenced(_)) && commits.len() > 1 => {
                 tracing::warn!(turns = commits.len(), error = %e, "group commit refused; retrying its turns one by one");
                 for (commit, (flag, done)) in commits.drain(..).zip(waiters.drain(..)) {
                     let single = if failed(&flag) {

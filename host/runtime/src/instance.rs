@@ -10,7 +10,7 @@ use wasmtime::{Store, UpdateDeadline};
 use super::Request;
 use super::activation::{ActivationShared, Live};
 use super::registry::LoadedVersion;
-use super::turn::TurnState;
+use super::turn::InstanceState;
 use crate::Host;
 use crate::capabilities::{ActorInstance, ActorPre, GuestError};
 use crate::id::ChainId;
@@ -63,7 +63,7 @@ pub(crate) fn prepare_guest_call(live: &mut Live) {
 /// limit hit does not.
 pub(crate) fn classify_guest_call<T>(
     outcome: Result<wasmtime::Result<Result<T, GuestError>>, tokio::time::error::Elapsed>,
-    data: &TurnState,
+    data: &InstanceState,
     what: &str,
     chain: ChainId,
 ) -> Result<T, HandlerFailure> {
@@ -118,9 +118,9 @@ pub(crate) async fn instantiate_pre(
     pre: &ActorPre,
     manifest: &Manifest,
     layer: usize,
-) -> Result<(Store<TurnState>, ActorInstance), ActorError> {
+) -> Result<(Store<InstanceState>, ActorInstance), ActorError> {
     let memory_limit = manifest.memory_limit;
-    let mut store = Store::new(host.engine(), TurnState::new(host, shared.clone(), memory_limit, layer));
+    let mut store = Store::new(host.engine(), InstanceState::new(host, shared.clone(), memory_limit, layer));
     store.limiter(|s| &mut s.limiter);
     store.epoch_deadline_callback(|mut ctx| {
         if Instant::now() >= ctx.data().scope.deadline {

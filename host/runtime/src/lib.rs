@@ -7,6 +7,8 @@
 //! runs beside it (the job runner, the outbox dispatcher, projections) lives
 //! in the `quark` crate and learns of commits through [`CommitListener`]s.
 
+#![warn(missing_docs)]
+
 pub mod activation;
 pub(crate) mod aggregate;
 pub mod capabilities;
@@ -113,6 +115,16 @@ pub struct Request {
     pub deadline: Instant,
     /// Host work riding on this message instead of (or with) a handler call.
     pub control: Option<Box<Control>>,
+}
+
+impl Request {
+    /// How long the caller still waits. Between hosts a deadline travels
+    /// as this duration, never as a clock reading (hosts' clocks differ;
+    /// an `Instant` means nothing in another process), and becomes
+    /// [`Request::deadline`] again on arrival: `Instant::now() + remaining`.
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
 }
 
 /// Host work a message carries, run in the actor's turn order.

@@ -10,7 +10,7 @@ use wasmtime::Engine;
 use wasmtime::component::Linker;
 
 use super::engine::CompiledCache;
-use super::turn::TurnState;
+use super::turn::InstanceState;
 use crate::capabilities::ActorPre;
 use crate::error::ActorError;
 use crate::storage::{ComponentVersion, Manifest};
@@ -48,10 +48,17 @@ impl TypeEntry {
     }
 }
 
+/// The active version of an actor's type as of a registry generation
+/// (see [`ComponentRegistry::active_cached`]).
+pub(crate) struct CachedVersion {
+    generation: u64,
+    version: Arc<LoadedVersion>,
+}
+
 /// Every actor type's loaded versions and its active one.
 pub struct ComponentRegistry {
     engine: Engine,
-    linker: Linker<TurnState>,
+    linker: Linker<InstanceState>,
     cache: CompiledCache,
     types: RwLock<HashMap<String, TypeEntry>>,
     /// Bumped whenever any type's active version changes.
@@ -64,7 +71,7 @@ pub fn content_hash(bytes: &[u8]) -> String {
 }
 
 impl ComponentRegistry {
-    pub(crate) fn new(engine: Engine, linker: Linker<TurnState>, cache: CompiledCache) -> Self {
+    pub(crate) fn new(engine: Engine, linker: Linker<InstanceState>, cache: CompiledCache) -> Self {
         ComponentRegistry { engine, linker, cache, types: RwLock::new(HashMap::new()), generation: Default::default() }
     }
 
@@ -175,14 +182,14 @@ impl ComponentRegistry {
     pub(crate) fn active_cached(
         &self,
         actor_type: &str,
-        cache: &mut Option<(u64, Arc<LoadedVersion>)>,
+        cache: &mut Option<CachedVersion>,
     ) -> Result<Arc<LoadedVersion>, ActorError> {
         let generation = self.generation.load(std::sync::atomic::Ordering::Acquire);
         match cache {
-            Some((g, version)) if *g == generation => Ok(version.clone()),
+            Some(cached) if cached.generation == generation => Ok(cached.version.clone()),
             _ => {
                 let version = self.active(actor_type)?;
-                *cache = Some((generation, version.clone()));
+                *cache = Some(CachedVersion { generation, version: version.clone() });
                 Ok(version)
             }
         }

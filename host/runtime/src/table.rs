@@ -109,7 +109,7 @@ impl ActivationTable {
             && let Some(core) = handle.shared.core.lock().take()
         {
             handle.shared.pending.fetch_add(1, Ordering::AcqRel);
-            let turn = InlineTurn { host: host.clone(), shared: handle.shared.clone(), core: Some(core), finished: false };
+            let turn = InlineTurn::new(host.clone(), handle.shared.clone(), core);
             return Ok(Dispatched::Inline(turn, request));
         }
         let (reply, receiver) = if wants_reply {

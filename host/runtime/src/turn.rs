@@ -16,6 +16,17 @@ use crate::Host;
 use crate::error::ActorError;
 use crate::id::{ActorId, ChainId};
 
+/// The job a turn runs.
+#[derive(Debug, Clone)]
+pub struct JobScope {
+    /// The job's id.
+    pub id: String,
+    /// Which attempt this is (1, 2, …).
+    pub attempt: u32,
+    /// The run's lease: its progress reports and completion must hold it.
+    pub lease: String,
+}
+
 /// What the running turn is: its call chain, who called, and its deadline.
 #[derive(Debug, Clone)]
 pub struct TurnScope {
@@ -29,8 +40,8 @@ pub struct TurnScope {
     pub method: String,
     /// This turn's number in this process (the causation id of its events).
     pub turn: u64,
-    /// The job this turn runs: its id, attempt and lease.
-    pub job: Option<(String, u32, String)>,
+    /// The job this turn runs.
+    pub job: Option<JobScope>,
     /// The message id (or idempotency key) this turn handles.
     pub message: Option<String>,
 }
@@ -53,8 +64,10 @@ pub(crate) fn next_turn_number() -> u64 {
 /// that stays unique across restarts.
 static PROCESS_EPOCH_MS: std::sync::LazyLock<i64> = std::sync::LazyLock::new(crate::storage::now_ms);
 
-/// The data of one actor instance's store: the capabilities' host state.
-pub struct TurnState {
+/// The data of one actor instance's wasmtime store, the capabilities' host
+/// state. It lives as long as the instance, across its turns; what belongs
+/// to the running turn is in `scope`.
+pub struct InstanceState {
     pub(crate) actor: ActorId,
     /// Weak: the host owns its activations (and so this state), not the
     /// other way round, so that a dropped host frees them.
@@ -62,7 +75,7 @@ pub struct TurnState {
     pub(crate) scope: TurnScope,
     pub(crate) activation: Arc<ActivationShared>,
     /// Which of the actor's effect layers this turn writes: 0 for a turn
-    /// from the mailbox, higher for re-entrant turns (see `ActorState`).
+    /// from the mailbox, higher for re-entrant turns (see `StateCache`).
     layer: usize,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) timed_out: bool,
@@ -76,14 +89,14 @@ pub struct TurnState {
     table: ResourceTable,
 }
 
-impl TurnState {
+impl InstanceState {
     pub(crate) fn new(host: &Host, activation: Arc<ActivationShared>, memory_limit: u64, layer: usize) -> Self {
         let stderr = GuestOutput::new(activation.id.clone(), "stderr");
         let wasi = WasiCtx::builder()
             .stdout(GuestOutput::new(activation.id.clone(), "stdout"))
             .stderr(stderr.clone())
             .build();
-        TurnState {
+        InstanceState {
             actor: activation.id.clone(),
             host: host.downgrade(),
             scope: TurnScope::system(Instant::now()),
@@ -437,7 +450,7 @@ fn push_tell(tells: &mut Vec<Request>, request: Request) -> Result<(), ActorErro
     Ok(())
 }
 
-impl WasiView for TurnState {
+impl WasiView for InstanceState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }

@@ -15,6 +15,8 @@
 //! The runtime itself (engine, activations, turns, capabilities, journal
 //! replay) is the [`runtime`] crate; the stores are [`storage`].
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod cli;
 pub mod jobs;

@@ -18,6 +18,8 @@ pub use quark_core::journal::{CheckpointAdvance, EventRecord, JournalAppend, Pos
 pub use quark_core::manifest::{ComponentVersion, Manifest, Retention};
 pub use quark_core::now_ms;
 
+pub mod cluster;
+pub mod conformance;
 pub mod jobs;
 pub mod outbox;
 pub mod postgres;
@@ -43,6 +45,10 @@ pub enum StoreError {
     /// journal or a projection checkpoint first. Nothing was written.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// A turn's fence did not hold: another host owns the actor now
+    /// ([`cluster`]). Nothing was written; this host must drop the actor.
+    #[error("fenced: {0}")]
+    Fenced(String),
     /// The write was sent but its acknowledgement was lost (the connection
     /// broke at COMMIT, or the Redis script outlived the response
     /// timeout): it may or may not have been committed.
@@ -109,6 +115,12 @@ pub trait Store: StateStore + ComponentStore + JournalStore + InboxStore + Send 
 
     /// The outbox, where the backend has one (SQLite, PostgreSQL and Redis do).
     fn outbox_store(&self) -> Option<&dyn outbox::OutboxStore> {
+        None
+    }
+
+    /// Membership and the actor directory, where several hosts can share
+    /// the backend (PostgreSQL and Redis; SQLite is single-host).
+    fn cluster_store(&self) -> Option<&dyn cluster::ClusterStore> {
         None
     }
 }
@@ -198,34 +210,6 @@ pub trait JournalStore: Send + Sync {
     /// How many events of `actor_type` lie after global position `after`.
     async fn count_type_events(&self, actor_type: &str, after: u64) -> Result<u64, StoreError>;
 }
-
-/// One `(actor, key, value)` row to write.
-pub(crate) type Upsert<'a> = (&'a str, &'a str, &'a [u8]);
-
-/// One `(actor, key)` row to delete.
-pub(crate) type Delete<'a> = (&'a str, &'a str);
-
-/// Merges a batch of turns into final per-key writes (the last write of a
-/// key wins), split into upserts and deletes, so each backend runs two
-/// bulk statements instead of one per write.
-pub(crate) fn flatten_batch(batch: &[TurnCommit]) -> (Vec<Upsert<'_>>, Vec<Delete<'_>>) {
-    let mut last: std::collections::HashMap<(&str, &str), Option<&[u8]>> = std::collections::HashMap::new();
-    for commit in batch {
-        for write in &commit.state {
-            last.insert((commit.actor.as_str(), write.key.as_str()), write.value.as_deref());
-        }
-    }
-    let mut upserts = Vec::new();
-    let mut deletes = Vec::new();
-    for ((actor, key), value) in last {
-        match value {
-            Some(v) => upserts.push((actor, key, v)),
-            None => deletes.push((actor, key)),
-        }
-    }
-    (upserts, deletes)
-}
-
 
 /// Opens the store named by `url`: `postgres://…`, `redis://…[#prefix]`, or a SQLite database in
 /// the data directory `data_dir` when `url` is `None`.

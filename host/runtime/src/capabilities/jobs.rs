@@ -4,10 +4,10 @@ use super::GuestError;
 use super::bindings::quark::actor::jobs::{CatchUp as GuestCatchUp, Host, Job, When as GuestWhen};
 use crate::id::ActorId;
 use quark_core::jobs::{JobRequest, When};
-use crate::turn::TurnState;
+use crate::turn::InstanceState;
 use crate::storage::jobs::CatchUp;
 
-impl Host for TurnState {
+impl Host for InstanceState {
     fn schedule(&mut self, job: Job) -> Result<String, GuestError> {
         let request = JobRequest {
             target: ActorId::parse(&job.target)?,
@@ -40,11 +40,11 @@ impl Host for TurnState {
     }
 
     fn current(&mut self) -> Option<(String, u32)> {
-        self.scope.job.as_ref().map(|(id, attempt, _)| (id.clone(), *attempt))
+        self.scope.job.as_ref().map(|job| (job.id.clone(), job.attempt))
     }
 
     fn progress(&mut self, percent: u8, note: String) {
-        let Some((id, _, lease)) = self.scope.job.clone() else { return };
+        let Some(crate::turn::JobScope { id, lease, .. }) = self.scope.job.clone() else { return };
         let Ok(host) = self.host() else { return };
         // Progress is a report, not an effect: visible at once, not rolled
         // back. Reports coalesce: at most one write in flight per

@@ -3,13 +3,13 @@
 
 use super::bindings::quark::actor::journal::Host;
 use super::{GuestError, GuestEvent, GuestRecordedEvent};
-use crate::turn::TurnState;
+use crate::turn::InstanceState;
 use crate::storage::EventRecord;
 
 /// Most events one `read` returns: a bigger history is read in pages.
 const MAX_READ: u32 = 1000;
 
-impl Host for TurnState {
+impl Host for InstanceState {
     async fn append(&mut self, events: Vec<GuestEvent>) -> Result<u64, GuestError> {
         Ok(self.journal_append(events).await?)
     }

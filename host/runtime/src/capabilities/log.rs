@@ -1,12 +1,12 @@
 //! `quark:actor/log`: guest log lines into the host's `tracing` output.
 
 use super::bindings::quark::actor::log::{Host, Level};
-use crate::turn::TurnState;
+use crate::turn::InstanceState;
 
 /// Longest log line kept; the rest is cut so a guest cannot flood the log.
 const MAX_LOG_LINE: usize = 4096;
 
-impl Host for TurnState {
+impl Host for InstanceState {
     fn log(&mut self, level: Level, message: String) {
         let mut end = message.len().min(MAX_LOG_LINE);
         while !message.is_char_boundary(end) {

@@ -1,6 +1,6 @@
 //! The host side of each WIT interface in `wit/`, one file per interface.
 //!
-//! Every import is implemented on [`TurnState`], the data of one actor's
+//! Every import is implemented on [`InstanceState`], the data of one actor's
 //! wasmtime store. Backend failures never trap a guest: they come back as the
 //! WIT `error` variant.
 
@@ -12,7 +12,7 @@ mod runtime;
 mod state;
 
 use crate::error::{ActorError, ErrorKind};
-use crate::turn::TurnState;
+use crate::turn::InstanceState;
 
 /// Bindings generated from `wit/` for the `event-sourced` world: the
 /// `actor` world's imports and both exports. A plain actor lacks the
@@ -40,16 +40,16 @@ pub(crate) use bindings::quark::actor::types::Error as GuestError;
 use bindings::exports::quark::actor::{aggregate, handler};
 pub(crate) use journal::to_guest as to_guest_event;
 
-impl bindings::quark::actor::types::Host for TurnState {}
+impl bindings::quark::actor::types::Host for InstanceState {}
 
 /// The export an event-sourced actor adds.
 pub const AGGREGATE_EXPORT: &str = "quark:actor/aggregate@0.1.0";
 
 /// Adds every Quark capability, and the WASI interfaces Rust's standard
 /// library expects, to `linker`.
-pub(crate) fn add_to_linker(linker: &mut wasmtime::component::Linker<TurnState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut wasmtime::component::Linker<InstanceState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
-    bindings::EventSourced::add_to_linker::<TurnState, wasmtime::component::HasSelf<TurnState>>(linker, |state| state)?;
+    bindings::EventSourced::add_to_linker::<InstanceState, wasmtime::component::HasSelf<InstanceState>>(linker, |state| state)?;
     Ok(())
 }
 
@@ -57,7 +57,7 @@ pub(crate) fn add_to_linker(linker: &mut wasmtime::component::Linker<TurnState>)
 /// export, and its `aggregate` export if it is event-sourced.
 #[derive(Clone)]
 pub(crate) struct ActorPre {
-    pre: wasmtime::component::InstancePre<TurnState>,
+    pre: wasmtime::component::InstancePre<InstanceState>,
     handler: handler::GuestIndices,
     aggregate: Option<aggregate::GuestIndices>,
 }
@@ -71,7 +71,7 @@ pub(crate) struct ActorInstance {
 impl ActorPre {
     /// Finds the exports; fails when `handler` is missing or has the wrong
     /// shape, or when `aggregate` is there with the wrong shape.
-    pub(crate) fn new(pre: wasmtime::component::InstancePre<TurnState>) -> wasmtime::Result<Self> {
+    pub(crate) fn new(pre: wasmtime::component::InstancePre<InstanceState>) -> wasmtime::Result<Self> {
         let handler = handler::GuestIndices::new(&pre)?;
         let aggregate = match pre.component().get_export_index(None, AGGREGATE_EXPORT) {
             None => None,
@@ -88,7 +88,7 @@ impl ActorPre {
     /// Instantiates it in `store`.
     pub(crate) async fn instantiate_async(
         &self,
-        mut store: impl wasmtime::AsContextMut<Data = TurnState>,
+        mut store: impl wasmtime::AsContextMut<Data = InstanceState>,
     ) -> wasmtime::Result<ActorInstance> {
         let instance = self.pre.instantiate_async(&mut store).await?;
         let handler = self.handler.load(&mut store, &instance)?;

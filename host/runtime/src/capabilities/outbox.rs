@@ -2,10 +2,10 @@
 
 use super::GuestError;
 use super::bindings::quark::actor::outbox::{Destination as GuestDestination, Host, Message};
-use crate::turn::TurnState;
+use crate::turn::InstanceState;
 use crate::storage::outbox::Destination;
 
-impl Host for TurnState {
+impl Host for InstanceState {
     fn send(&mut self, message: Message) -> Result<String, GuestError> {
         let destination = match message.destination {
             GuestDestination::Actor(to) => Destination::Actor { actor: to.actor, method: to.method },

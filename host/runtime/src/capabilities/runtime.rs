@@ -3,9 +3,9 @@
 use super::GuestError;
 use super::bindings::quark::actor::runtime::Host;
 use crate::id::ActorId;
-use crate::turn::TurnState;
+use crate::turn::InstanceState;
 
-impl Host for TurnState {
+impl Host for InstanceState {
     fn self_id(&mut self) -> String {
         self.actor.to_string()
     }
@@ -41,7 +41,7 @@ impl Host for TurnState {
     }
 }
 
-impl TurnState {
+impl InstanceState {
     fn refuse_in_sandbox(&self) -> Result<(), GuestError> {
         if self.sandbox {
             return Err(GuestError::Rejected(format!("{} is replaying in a sandbox: it cannot message other actors", self.actor)));

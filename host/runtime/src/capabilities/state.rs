@@ -3,7 +3,7 @@
 
 use super::GuestError;
 use super::bindings::quark::actor::state::Host;
-use crate::turn::TurnState;
+use crate::turn::InstanceState;
 
 /// Largest value one key may hold. Values travel through every commit and
 /// sit in the activation's memory, so large blobs belong elsewhere.
@@ -22,7 +22,7 @@ fn check_key(key: &str) -> Result<(), GuestError> {
     Ok(())
 }
 
-impl Host for TurnState {
+impl Host for InstanceState {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, GuestError> {
         Ok(self.state_get(&key))
     }

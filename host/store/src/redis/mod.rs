@@ -19,7 +19,8 @@
 //! | `P:ib:{actor}`, `P:ibt` | hash, sorted set | inbox: `sender\n id` → reply (sender `''` for HTTP keys); `actor\n sender\n id` scored by time (expiry) |
 //! | `P:schema` | string | the layout's version ([`SCHEMA_VERSION`]); older data is migrated at connect |
 //!
-//! Durable jobs and the outbox have their own keys; see [`jobs`] and [`outbox`].
+//! Durable jobs, the outbox and the cluster have their own keys; see
+//! [`jobs`], [`outbox`] and [`cluster`].
 //!
 //! Durability is Redis's own: with `appendonly yes` and `appendfsync
 //! always` an acknowledged turn survives a crash of Redis; with Redis's
@@ -37,6 +38,7 @@ use super::{
 use quark_core::id::ActorId;
 use crate::outbox::message_key;
 
+mod cluster;
 mod jobs;
 mod outbox;
 
@@ -60,21 +62,34 @@ pub struct RedisStore {
     jobs: jobs::JobScripts,
     outbox: outbox::OutboxScripts,
     expire_inbox_script: redis::Script,
+    cluster: cluster::ClusterScripts,
 }
 
 /// Commits a batch (after [`jobs::JOB_FUNCTIONS_LUA`]). ARGV: prefix, now,
-/// then nine sections, each a count and fixed-size records: heads (actor,
+/// then ten sections, each a count and fixed-size records: fences (actor,
+/// epoch), heads (actor,
 /// expected, new), checkpoints (name, from, to), job completions (id,
 /// lease, next run or ''), inbox entries (actor, sender\n message id, reply, at), state ops (actor, key, 'S' value | 'D' ''),
 /// events (actor, type, version, event type, schema, data, at,
 /// correlation, causation, caller or '', has-caller, method), new jobs
 /// (`JOB_ARGS` each), cancelled job ids, outbox messages (`MESSAGE_ARGS`
-/// each). Returns '' or a conflict message.
+/// each). Returns '', a conflict message, or `fenced:` and a message.
 const COMMIT_LUA: &str = r#"
 local p, now = ARGV[1], ARGV[2]
 local i = 3
--- Checks first, against what earlier turns of this batch moved to
--- (pipelined turns of one actor follow each other in a batch).
+-- Checks first. Fences: each fenced turn's actor is still owned at its
+-- epoch (see cluster.rs).
+local nf = tonumber(ARGV[i]); i = i + 1
+for _ = 1, nf do
+  local entry = redis.call('HGET', p .. ':dir', ARGV[i])
+  local epoch = entry and string.match(entry, '\n([^\n]*)$')
+  if epoch ~= ARGV[i + 1] then
+    return 'fenced:this host no longer owns ' .. ARGV[i] .. ' (its claim, epoch ' .. ARGV[i + 1] .. ', was taken over by another host): the turn did not happen'
+  end
+  i = i + 2
+end
+-- Journal heads and checkpoints, against what earlier turns of this batch
+-- moved to (pipelined turns of one actor follow each other in a batch).
 local nh = tonumber(ARGV[i]); i = i + 1
 local heads = {}
 for _ = 1, nh do
@@ -353,6 +368,7 @@ impl RedisStore {
             jobs: jobs::JobScripts::new(),
             outbox: outbox::OutboxScripts::new(),
             expire_inbox_script: redis::Script::new(EXPIRE_INBOX_LUA),
+            cluster: cluster::ClusterScripts::new(),
         })
     }
 
@@ -445,6 +461,10 @@ impl Store for RedisStore {
     fn outbox_store(&self) -> Option<&dyn super::outbox::OutboxStore> {
         Some(self)
     }
+
+    fn cluster_store(&self) -> Option<&dyn super::cluster::ClusterStore> {
+        Some(self)
+    }
 }
 
 #[async_trait]
@@ -458,6 +478,11 @@ impl StateStore for RedisStore {
     async fn commit(&self, batch: &[TurnCommit]) -> Result<(), StoreError> {
         let mut invocation = self.commit_script.prepare_invoke();
         invocation.arg(&self.prefix).arg(super::now_ms());
+        let fences: Vec<_> = batch.iter().filter_map(|c| Some((c.actor.as_str(), c.fence?))).collect();
+        invocation.arg(fences.len());
+        for (actor, epoch) in &fences {
+            invocation.arg(*actor).arg(*epoch);
+        }
         let appends: Vec<_> = batch.iter().filter_map(|c| c.journal.as_ref().filter(|j| !j.events.is_empty()).map(|j| (c, j))).collect();
         invocation.arg(appends.len());
         for (commit, journal) in &appends {
@@ -523,7 +548,11 @@ impl StateStore for RedisStore {
             let lost = (e.is_timeout() || e.is_connection_dropped() || e.is_io_error()) && !e.is_connection_refusal();
             StoreError::from(e).at_commit(lost)
         })?;
-        if conflict.is_empty() { Ok(()) } else { Err(StoreError::Conflict(conflict)) }
+        match conflict.strip_prefix("fenced:") {
+            _ if conflict.is_empty() => Ok(()),
+            Some(message) => Err(StoreError::Fenced(message.to_string())),
+            None => Err(StoreError::Conflict(conflict)),
+        }
     }
 }
 

@@ -28,16 +28,36 @@ pub(crate) fn event_from_row<D: Dialect>(row: &SqlRow<D>) -> Result<EventRecord,
     })
 }
 
-/// One event row to insert: `(actor, actor_type, event)`.
-pub(crate) type EventRow<'a> = (&'a str, &'a str, &'a EventRecord);
+/// One event row to insert.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EventRow<'a> {
+    pub(crate) actor: &'a str,
+    pub(crate) actor_type: &'a str,
+    pub(crate) event: &'a EventRecord,
+}
 
-/// The journal work of a batch: event rows in commit order, new streams
-/// `(actor, new_version)` and moved streams `(actor, expected, new_version)`.
+/// A stream a batch creates: its head starts at `version`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewHead<'a> {
+    pub(crate) actor: &'a str,
+    pub(crate) version: i64,
+}
+
+/// A stream a batch appends to: its head moves from `expected` to `new`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadMove<'a> {
+    pub(crate) actor: &'a str,
+    pub(crate) expected: i64,
+    pub(crate) new: i64,
+}
+
+/// The journal work of a batch: event rows in commit order, the streams
+/// it creates and the streams it moves.
 #[derive(Default)]
 pub(crate) struct JournalBatch<'a> {
     pub(crate) events: Vec<EventRow<'a>>,
-    pub(crate) created: Vec<(&'a str, i64)>,
-    pub(crate) moved: Vec<(&'a str, i64, i64)>,
+    pub(crate) created: Vec<NewHead<'a>>,
+    pub(crate) moved: Vec<HeadMove<'a>>,
 }
 
 /// Splits a batch's journal appends into rows and head moves. Successive
@@ -60,13 +80,13 @@ pub(crate) fn journal_batch(batch: &[TurnCommit]) -> Result<JournalBatch<'_>, St
                 heads.push((actor, *expected_version, last.version));
             }
         }
-        out.events.extend(events.iter().map(|e| (actor, commit.actor.actor_type(), e)));
+        out.events.extend(events.iter().map(|event| EventRow { actor, actor_type: commit.actor.actor_type(), event }));
     }
     for (actor, expected, new) in heads {
         if expected == 0 {
-            out.created.push((actor, new as i64));
+            out.created.push(NewHead { actor, version: new as i64 });
         } else {
-            out.moved.push((actor, expected as i64, new as i64));
+            out.moved.push(HeadMove { actor, expected: expected as i64, new: new as i64 });
         }
     }
     Ok(out)

@@ -12,14 +12,19 @@ mod components;
 mod jobs;
 mod journal;
 mod outbox;
+mod state;
 
-pub(crate) use jobs::{JOB_COLUMNS, job_from_row, sql_job_store};
-pub(crate) use journal::{commit_checkpoints, journal_batch, journal_conflict};
-pub(crate) use outbox::{OUTBOX_COLUMNS, commit_inbox, lane_pairs, outbox_from_row, sql_outbox_store};
+pub(crate) use journal::{EventRow, HeadMove, NewHead};
+pub(crate) use outbox::Lane;
+pub(crate) use state::{StateDelete, StateUpsert};
+
+use std::collections::HashSet;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 
-use crate::{InboxEntry, StoreError};
+use crate::outbox::{NewLanes, OutboxMessage};
+use crate::{InboxEntry, StoreError, TurnCommit};
 
 /// One statement parameter.
 #[derive(Debug, Clone, Copy)]
@@ -74,10 +79,37 @@ pub(crate) type Conn<D> = <D as sqlx::Database>::Connection;
 pub(crate) type SqlRow<D> = <D as sqlx::Database>::Row;
 
 /// How a SQL backend runs statements and reads columns, and where its SQL
-/// differs from the other's. Implemented by `sqlx::Sqlite` and
-/// `sqlx::Postgres` (in `sqlite.rs` and `postgres.rs`).
+/// differs from the other's: a few constants and the batched writes of a
+/// group commit (multi-row `VALUES` on SQLite, `UNNEST` arrays on
+/// PostgreSQL). Implemented by `sqlx::Sqlite` and `sqlx::Postgres` (in
+/// `sqlite.rs` and `postgres.rs`).
 #[async_trait]
 pub(crate) trait Dialect: sqlx::Database {
+    /// Whether claims name the index of each job status (`INDEXED BY`):
+    /// SQLite's planner, without statistics, sorts every due job otherwise.
+    const CLAIM_INDEX_HINTS: bool;
+
+    /// Ends a claim's inner select: `FOR UPDATE SKIP LOCKED` where writers
+    /// run concurrently, empty for a single-writer store.
+    const SKIP_LOCKED: &'static str;
+
+    /// Starts a claim's transaction. A claim only moves delivery
+    /// bookkeeping and need not wait for the disk: a claim lost in a crash
+    /// leaves its jobs due and its messages to be redelivered (the inbox
+    /// recognises them), and a later durable commit flushes it anyway.
+    const CLAIM_BEGIN: &'static str;
+
+    /// Statements run on the writer before and after an outbox claim, for
+    /// a backend that relaxes durability per connection rather than in
+    /// [`Dialect::CLAIM_BEGIN`] (SQLite: `synchronous = NORMAL`, then
+    /// `FULL` again); empty when not needed.
+    const RELAXED_CLAIMS: (&'static str, &'static str);
+
+    /// Locks the lanes a claim releases (`{}`: their ids' placeholders), in
+    /// the order a commit upserts them, so the two never deadlock; empty
+    /// for a single-writer store.
+    const LOCK_LANES: &'static str;
+
     /// Runs `sql` with `args`; the number of rows it changed.
     async fn execute(conn: &mut Conn<Self>, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError>;
 
@@ -102,13 +134,52 @@ pub(crate) trait Dialect: sqlx::Database {
     /// A blob column.
     fn bytes(row: &SqlRow<Self>, column: &str) -> Result<Vec<u8>, StoreError>;
 
+    /// The error for a failed `COMMIT`. Default: the database's error, as is.
+    fn commit_failed(error: sqlx::Error) -> StoreError {
+        error.into()
+    }
+
+    /// Creates journal heads, skipping streams that exist; the number created.
+    async fn insert_heads(conn: &mut Conn<Self>, heads: &[NewHead<'_>]) -> Result<u64, StoreError>;
+
+    /// Moves journal heads still at their expected version; the number moved.
+    async fn move_heads(conn: &mut Conn<Self>, moves: &[HeadMove<'_>]) -> Result<u64, StoreError>;
+
+    /// Appends journal events.
+    async fn insert_events(conn: &mut Conn<Self>, events: &[EventRow<'_>]) -> Result<(), StoreError>;
+
+    /// Writes state rows, replacing the values of keys that exist.
+    async fn upsert_state(conn: &mut Conn<Self>, rows: &[StateUpsert<'_>]) -> Result<(), StoreError>;
+
+    /// Deletes state rows.
+    async fn delete_state(conn: &mut Conn<Self>, rows: &[StateDelete<'_>]) -> Result<(), StoreError>;
+
     /// Inserts inbox entries (receiver, entry), skipping ones there
     /// already; the number inserted.
     async fn insert_inbox(conn: &mut Conn<Self>, entries: &[(&str, &InboxEntry)]) -> Result<u64, StoreError>;
+
+    /// Inserts messages, in order, skipping (sender, id) pairs already
+    /// there; with `returning`, the keys ([`OutboxMessage::key`]) inserted.
+    async fn insert_messages(conn: &mut Conn<Self>, messages: &[&OutboxMessage], returning: bool) -> Result<HashSet<String>, StoreError>;
+
+    /// Upserts `lanes` (sorted, each once), new ones under `lease` (token,
+    /// expiry); with a lease, each lane's row after it: `id, sender, kind,
+    /// target, lease`.
+    async fn upsert_lanes(conn: &mut Conn<Self>, lanes: &[Lane<'_>], lease: Option<&(String, i64)>) -> Result<Vec<SqlRow<Self>>, StoreError>;
 }
 
-/// A SQL store: its dialect and its pools. The shared store code is
-/// implemented for every `SqlStore`.
+/// What a commit tells other hosts about, where the store can push news.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum News {
+    /// Jobs were added.
+    Jobs,
+    /// Outbox messages were sent.
+    Messages,
+}
+
+/// A SQL store: its dialect, its pools and its announcements. The shared
+/// store code is implemented for every `SqlStore`.
+#[async_trait]
 pub(crate) trait SqlStore: Send + Sync + 'static {
     /// The backend.
     type Db: Dialect;
@@ -118,6 +189,40 @@ pub(crate) trait SqlStore: Send + Sync + 'static {
 
     /// The pool for reads.
     fn reader(&self) -> &sqlx::Pool<Self::Db>;
+
+    /// Lanes this host's commits opened, for its own dispatcher.
+    fn new_lanes(&self) -> &NewLanes;
+
+    /// Inside a commit, before any write: the fenced turns of `batch`
+    /// ([`TurnCommit::fence`]) must still own their actors. Default (a
+    /// single-host store, which has no directory): a fenced turn is refused.
+    async fn check_fences(&self, _tx: &mut Conn<Self::Db>, batch: &[TurnCommit]) -> Result<(), StoreError> {
+        match batch.iter().find(|c| c.fence.is_some()) {
+            Some(c) => Err(StoreError::Fenced(format!("{}: this store is single-host and has no actor directory", c.actor))),
+            None => Ok(()),
+        }
+    }
+
+    /// Announces `news` inside a commit's transaction (delivered if it
+    /// commits). Default: nothing to announce to.
+    async fn announce_in(&self, _tx: &mut Conn<Self::Db>, _news: News) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Announces jobs added outside a turn. Default: nothing.
+    async fn announce_jobs(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Yields whenever any host announces jobs; `None` (the default): poll.
+    async fn job_announcements(&self) -> Option<BoxStream<'static, ()>> {
+        None
+    }
+
+    /// Yields whenever another host sends messages; `None` (the default): poll.
+    async fn message_announcements(&self) -> Option<BoxStream<'static, ()>> {
+        None
+    }
 }
 
 /// A backend's query with `args` bound, in order (both backends take
@@ -146,9 +251,6 @@ where
     query
 }
 
-/// A lane as a commit upserts it: sender, kind, target, due at (ms).
-pub(crate) type LaneKey<'a> = (&'a str, &'a str, &'a str, i64);
-
 /// Prepared statements each connection keeps: every shape of a group
 /// commit's batched statements ([`pow2_chunks`]) fits, so commits do not
 /// parse again once warm.
@@ -173,4 +275,10 @@ pub(crate) fn pow2_chunks<T>(mut rows: &[T], max: usize) -> impl Iterator<Item =
         rows = rest;
         Some(chunk)
     })
+}
+
+/// `(a, b)` row values (`(id, lease)`, `(sender, id)`) for `count` pairs,
+/// placeholders from `first`.
+pub(crate) fn pairs(first: usize, count: usize) -> String {
+    (0..count).map(|i| format!("(${}, ${})", first + 2 * i, first + 2 * i + 1)).collect::<Vec<_>>().join(", ")
 }

@@ -23,11 +23,24 @@ use crate::storage::outbox::OutboxMessage;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkConfig {
     /// POST to this URL.
-    Webhook { url: String },
+    Webhook {
+        /// The endpoint.
+        url: String,
+    },
     /// XADD to this stream of the Redis server at `url`.
-    RedisStream { url: String, stream: String },
+    RedisStream {
+        /// The Redis server.
+        url: String,
+        /// The stream's key.
+        stream: String,
+    },
     /// Publish on this subject of the NATS server at `url`.
-    Nats { url: String, subject: String },
+    Nats {
+        /// The NATS server.
+        url: String,
+        /// The subject.
+        subject: String,
+    },
 }
 
 impl std::str::FromStr for SinkConfig {
