@@ -261,6 +261,38 @@ fn help_and_logs_read_plainly() {
     assert!(!written.contains('\x1b'), "ANSI codes in a log file: {written:?}");
 }
 
+/// SQLite is single-host: a second `quark serve` on the same data
+/// directory is refused at start with a message that says so, and the
+/// first one keeps serving.
+#[test]
+fn a_second_host_on_one_sqlite_data_dir_is_refused() {
+    let dir = crate::support::tempdir().unwrap();
+    let first = Server::start(dir.path(), free_port());
+    let mut second = Command::new(&*QUARK)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = (0..200).find_map(|_| {
+        let status = second.try_wait().unwrap();
+        if status.is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        status
+    });
+    if exited.is_none() {
+        second.kill().unwrap();
+    }
+    let out = second.wait_with_output().unwrap();
+    assert!(exited.is_some_and(|s| !s.success()), "the second host kept running on the same SQLite store");
+    let message = stderr(&out);
+    assert!(message.contains("single-host") && message.contains("--store"), "{message}");
+    assert!(reqwest::blocking_get_ok(&format!("{}/healthz", first.url)), "the first host still serves");
+}
+
 #[test]
 fn serve_refuses_a_public_address_without_a_token() {
     let dir = crate::support::tempdir().unwrap();

@@ -100,6 +100,10 @@ impl Dialect for Sqlite {
     const RELAXED_CLAIMS: (&'static str, &'static str) = ("PRAGMA synchronous = NORMAL", "PRAGMA synchronous = FULL");
     const LOCK_LANES: &'static str = "";
 
+    fn param(_: usize) -> String {
+        "?".into()
+    }
+
     async fn execute(conn: &mut SqliteConnection, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError> {
         Ok(bind_args(sqlx::query(sql), args).execute(conn).await?.rows_affected())
     }

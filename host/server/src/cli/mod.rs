@@ -452,6 +452,11 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     if !crate::api::is_loopback(&addr) && token.as_deref().is_none_or(str::is_empty) {
         anyhow::bail!("refusing to listen on {addr} without --token (or QUARK_TOKEN): the admin API would be open to the network");
     }
+    // Held until the process ends: the embedded store is single-host.
+    let _data_dir_lock = match args.store {
+        None => Some(lock_sqlite_data_dir(&args.data_dir)?),
+        Some(_) => None,
+    };
     let store = crate::storage::open(args.store.as_deref(), &args.data_dir)
         .await
         .context("opening the store")?;
@@ -637,4 +642,28 @@ fn parse_limits(flag: &str, specs: &[String]) -> anyhow::Result<std::collections
             Ok((name.to_string(), n.max(1)))
         })
         .collect()
+}
+
+/// Locks `data_dir` for this process: SQLite is single-host, so a second
+/// `quark serve` on the same directory is refused (it would activate the
+/// same actors and overwrite this host's commits). The OS releases the
+/// lock when the process ends, even on `kill -9`.
+fn lock_sqlite_data_dir(data_dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let path = data_dir.join("quark.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another `quark serve` is using the SQLite store in {}: the embedded store is single-host. Stop that host, \
+             give this one its own --data-dir, or run several hosts on one shared store with --store postgres://… or redis://…",
+            data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
 }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use super::{Arg, Conn, Dialect, SqlRow, SqlStore, pairs, placeholders, pow2_chunks};
+use super::{Arg, Conn, Dialect, SqlRow, SqlStore, param_pairs, params, placeholders, pow2_chunks};
 use crate::jobs::{CatchUp, ClaimFilter, JobClaim, JobCompletion, JobFailure, JobRecord, JobStatus, JobStore};
 use crate::{StoreError, TurnCommit};
 
@@ -80,10 +80,11 @@ async fn complete_runs<D: Dialect>(tx: &mut Conn<D>, done: &[&JobCompletion]) ->
         // must not pass because another job of the batch holds the lease it
         // has now. `id IN` keeps the primary key driving the update.
         let sql = format!(
-            "UPDATE jobs SET status = 'succeeded', lease = NULL, lease_until_ms = NULL, updated_at_ms = $1 \
+            "UPDATE jobs SET status = 'succeeded', lease = NULL, lease_until_ms = NULL, updated_at_ms = {} \
              WHERE status = 'running' AND id IN ({}) AND (id, lease) IN (VALUES {})",
-            placeholders(2, chunk.len()),
-            pairs(2 + chunk.len(), chunk.len())
+            D::param(1),
+            params::<D>(2, chunk.len()),
+            param_pairs::<D>(2 + chunk.len(), chunk.len())
         );
         let mut args: Vec<Arg> = Vec::with_capacity(1 + 3 * chunk.len());
         args.push(now.into());
@@ -114,7 +115,7 @@ async fn insert_jobs<D: Dialect>(conn: &mut Conn<D>, jobs: &[&JobRecord]) -> Res
     let width = INSERT_JOB_COLUMNS.len();
     let mut inserted = 0;
     for chunk in pow2_chunks(jobs, 512) {
-        let rows: Vec<String> = (0..chunk.len()).map(|i| format!("({})", placeholders(1 + i * width, width))).collect();
+        let rows: Vec<String> = (0..chunk.len()).map(|i| format!("({})", params::<D>(1 + i * width, width))).collect();
         let sql = format!("INSERT INTO jobs ({}) VALUES {} ON CONFLICT (id) DO NOTHING", INSERT_JOB_COLUMNS.join(", "), rows.join(", "));
         let mut args: Vec<Arg> = Vec::with_capacity(chunk.len() * width);
         for j in chunk {

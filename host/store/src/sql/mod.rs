@@ -110,6 +110,15 @@ pub(crate) trait Dialect: sqlx::Database {
     /// for a single-writer store.
     const LOCK_LANES: &'static str;
 
+    /// The placeholder of parameter `i` (from 1) in a statement whose
+    /// parameters appear in order, each once: `$i` by default. SQLite
+    /// looks a numbered parameter's name up with a linear search at every
+    /// bind (quadratic in a multi-row insert of thousands of parameters),
+    /// so it takes plain `?`s, bound in order.
+    fn param(i: usize) -> String {
+        format!("${i}")
+    }
+
     /// Runs `sql` with `args`; the number of rows it changed.
     async fn execute(conn: &mut Conn<Self>, sql: &str, args: &[Arg<'_>]) -> Result<u64, StoreError>;
 
@@ -261,6 +270,12 @@ pub(crate) fn placeholders(first: usize, count: usize) -> String {
     (first..first + count).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
+/// [`Dialect::param`] placeholders `first, first+1, …` for `count`
+/// parameters, in a statement whose parameters all appear in order.
+pub(crate) fn params<D: Dialect>(first: usize, count: usize) -> String {
+    (first..first + count).map(D::param).collect::<Vec<_>>().join(", ")
+}
+
 /// Cuts `rows` into chunks of at most `max` rows, each a power of two, so
 /// a multi-row statement has only a few shapes: each is prepared once and
 /// then reused from sqlx's statement cache (preparing a new shape for every
@@ -278,7 +293,8 @@ pub(crate) fn pow2_chunks<T>(mut rows: &[T], max: usize) -> impl Iterator<Item =
 }
 
 /// `(a, b)` row values (`(id, lease)`, `(sender, id)`) for `count` pairs,
-/// placeholders from `first`.
-pub(crate) fn pairs(first: usize, count: usize) -> String {
-    (0..count).map(|i| format!("(${}, ${})", first + 2 * i, first + 2 * i + 1)).collect::<Vec<_>>().join(", ")
+/// [`Dialect::param`] placeholders from `first`, in a statement whose
+/// parameters all appear in order.
+pub(crate) fn param_pairs<D: Dialect>(first: usize, count: usize) -> String {
+    (0..count).map(|i| format!("({}, {})", D::param(first + 2 * i), D::param(first + 2 * i + 1))).collect::<Vec<_>>().join(", ")
 }

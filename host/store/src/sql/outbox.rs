@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use quark_core::id::ActorId;
 
-use super::{Arg, Conn, Dialect, SqlRow, SqlStore, pairs, placeholders, pow2_chunks};
+use super::{Arg, Conn, Dialect, SqlRow, SqlStore, param_pairs, params, placeholders, pow2_chunks};
 use crate::outbox::{Destination, LaneClaim, LaneRelease, OutboxMessage, OutboxRecord, OutboxStore, split_message_key};
 use crate::{InboxEntry, InboxStore, StoreError, TurnCommit};
 
@@ -174,7 +174,7 @@ pub(crate) async fn commit_outbox<D: Dialect>(
 /// those left empty.
 async fn settle_lanes<D: Dialect>(tx: &mut Conn<D>, now_ms: i64, delivered: &[String], released: &[LaneRelease]) -> Result<(), StoreError> {
     for chunk in pow2_chunks(delivered, 256) {
-        let sql = format!("DELETE FROM outbox WHERE (sender, id) IN (VALUES {})", pairs(1, chunk.len()));
+        let sql = format!("DELETE FROM outbox WHERE (sender, id) IN (VALUES {})", param_pairs::<D>(1, chunk.len()));
         let args: Vec<Arg> = chunk.iter().flat_map(|key| {
             let (sender, id) = split_message_key(key);
             [Arg::from(sender), Arg::from(id)]
@@ -197,8 +197,9 @@ async fn settle_lanes<D: Dialect>(tx: &mut Conn<D>, now_ms: i64, delivered: &[St
     let (now_due, later): (Vec<_>, Vec<_>) = released.iter().zip(&lane_ids).partition(|(r, _)| r.next_at_ms.is_none());
     for chunk in pow2_chunks(&now_due, 128) {
         let sql = format!(
-            "UPDATE outbox_lanes SET lease = NULL, lease_until_ms = NULL, taken_over = 0, next_at_ms = $1 WHERE (id, lease) IN (VALUES {})",
-            pairs(2, chunk.len())
+            "UPDATE outbox_lanes SET lease = NULL, lease_until_ms = NULL, taken_over = 0, next_at_ms = {} WHERE (id, lease) IN (VALUES {})",
+            D::param(1),
+            param_pairs::<D>(2, chunk.len())
         );
         let mut args: Vec<Arg> = vec![now_ms.into()];
         for (r, id) in chunk {
@@ -215,7 +216,7 @@ async fn settle_lanes<D: Dialect>(tx: &mut Conn<D>, now_ms: i64, delivered: &[St
             "DELETE FROM outbox_lanes WHERE id IN ({}) AND lease IS NULL AND NOT EXISTS (SELECT 1 FROM outbox o \
              WHERE o.status = 'pending' AND o.sender = outbox_lanes.sender AND o.kind = outbox_lanes.kind \
              AND o.target = outbox_lanes.target)",
-            placeholders(1, chunk.len())
+            params::<D>(1, chunk.len())
         );
         let args: Vec<Arg> = chunk.iter().map(|id| Arg::from(*id)).collect();
         D::execute(tx, &sql, &args).await?;
