@@ -9,28 +9,29 @@ use crate::support::*;
 
 /// The `quark` binary of this build profile, beside the test binary's
 /// `deps/` folder (`make test` builds it first).
-static QUARK: std::sync::LazyLock<std::path::PathBuf> = std::sync::LazyLock::new(|| {
+pub(crate) static QUARK: std::sync::LazyLock<std::path::PathBuf> = std::sync::LazyLock::new(|| {
     let exe = std::env::current_exe().unwrap();
     let quark = exe.parent().and_then(|deps| deps.parent()).unwrap().join("quark");
     assert!(quark.exists(), "{} is missing: build it first (`cargo build --release -p quark`, which `make test` does)", quark.display());
     quark
 });
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-struct Server {
-    child: Child,
-    url: String,
+/// A `quark serve` process, killed when dropped.
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) url: String,
 }
 
 impl Server {
-    fn start(data_dir: &Path, port: u16) -> Server {
+    pub(crate) fn start(data_dir: &Path, port: u16) -> Server {
         Self::start_with(data_dir, port, &[])
     }
 
-    fn start_with(data_dir: &Path, port: u16, extra: &[&str]) -> Server {
+    pub(crate) fn start_with(data_dir: &Path, port: u16, extra: &[&str]) -> Server {
         let child = Command::new(&*QUARK)
             .args(["serve", "--data-dir"])
             .arg(data_dir)
@@ -53,11 +54,11 @@ impl Server {
         Server { child, url }
     }
 
-    fn quark(&self, args: &[&str]) -> Output {
+    pub(crate) fn quark(&self, args: &[&str]) -> Output {
         Command::new(&*QUARK).args(args).env("QUARK_SERVER", &self.url).output().unwrap()
     }
 
-    fn kill9(mut self) {
+    pub(crate) fn kill9(mut self) {
         // Child::kill sends SIGKILL on Unix: no shutdown code runs.
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -71,25 +72,33 @@ impl Drop for Server {
     }
 }
 
-mod reqwest {
+pub(crate) mod reqwest {
     /// A tiny blocking GET over std's TcpStream, so the poll loop needs no runtime.
-    pub(super) fn blocking_get_ok(url: &str) -> bool {
+    pub(crate) fn blocking_get_ok(url: &str) -> bool {
+        blocking_get(url).is_some()
+    }
+
+    /// The body of a `200 OK` answer to a GET of `url`, if that is what came.
+    pub(crate) fn blocking_get(url: &str) -> Option<String> {
         use std::io::{Read, Write};
         let addr = url.trim_start_matches("http://").split('/').next().unwrap().to_string();
         let path = format!("/{}", url.trim_start_matches("http://").split_once('/').map(|x| x.1).unwrap_or(""));
-        let Ok(mut s) = std::net::TcpStream::connect(&addr) else { return false };
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
         let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
-        out.starts_with("HTTP/1.1 200")
+        if !out.starts_with("HTTP/1.1 200") {
+            return None;
+        }
+        Some(out.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
     }
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 

@@ -8,6 +8,7 @@ mod support;
 mod actor_calls;
 mod architecture;
 mod cli_process;
+mod cluster;
 mod failures;
 mod hardening;
 mod hot_swap;

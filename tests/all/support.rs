@@ -269,3 +269,34 @@ pub(crate) async fn nats_client(test: &str) -> Option<(String, async_nats::Clien
         Err(e) => panic!("{test}: NATS is required (QUARK_REQUIRE_BACKENDS=1) but not reachable at {url}: {e}"),
     }
 }
+
+/// A store URL for `quark serve --store` on `backend` (`postgres` or
+/// `redis`), under a fresh schema or key prefix (`#name`), or `None` (after
+/// printing SKIP) when the server does not answer and backends are not
+/// required.
+pub(crate) async fn shared_store_url(backend: &str, test: &str) -> Option<String> {
+    let name = unique("quark_test");
+    let (url, reached) = match backend {
+        "postgres" => {
+            let url = postgres_url();
+            drop_left_over_schemas(&url).await;
+            let reached = PostgresStore::connect(&url, Some(&name)).await.map(drop);
+            (url, reached)
+        }
+        "redis" => {
+            let url = redis_url();
+            delete_left_over_keys(&url).await;
+            let reached = RedisStore::connect(&url, Some(&name)).await.map(drop);
+            (url, reached)
+        }
+        other => panic!("no shared store {other:?}"),
+    };
+    match reached {
+        Ok(()) => Some(format!("{url}#{name}")),
+        Err(e) if !backends_required() => {
+            eprintln!("SKIP {test}: {backend} is not reachable at {url} ({e}); set QUARK_REQUIRE_BACKENDS=1 to fail instead");
+            None
+        }
+        Err(e) => panic!("{test}: {backend} is required (QUARK_REQUIRE_BACKENDS=1) but not reachable at {url}: {e}"),
+    }
+}

@@ -519,6 +519,96 @@ fn commits_since(host: &Node, before: (f64, f64, f64), elapsed: Duration) -> Str
     )
 }
 
+/// Runs `op` on each of `0..n` from `callers` concurrent tasks; ops per second.
+async fn ops_per_second<F, Fut>(n: usize, callers: usize, op: F) -> f64
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..callers)
+        .map(|k| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                for i in (k..n).step_by(callers) {
+                    op(i).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The cluster's actor directory on a shared store: claims of actors no
+/// host owns yet (one per activation in a cluster), claims of actors this
+/// host owns already, lookups, and what the fence costs a group commit
+/// (batches of 64 one-write turns, written one after another, with and
+/// without a fence each).
+async fn directory_bench(store: Arc<dyn Store>, name: &str) {
+    use quark::storage::cluster::HostInfo;
+    let cluster = store.cluster_store().expect("a shared store");
+    let me = HostInfo { id: "bench".into(), api: "127.0.0.1:1".into(), peer: String::new() };
+    let incarnation = cluster.join(&me, 600_000).await.unwrap();
+    let n = scale(20_000);
+    let callers = 64;
+    let actors: Arc<Vec<ActorId>> = Arc::new((0..n).map(|i| id(format!("dir/a{i}"))).collect());
+    let epochs: Arc<parking_lot::Mutex<Vec<u64>>> = Arc::new(parking_lot::Mutex::new(vec![0; n]));
+    let claim = |record: bool| {
+        let (store, actors, epochs) = (store.clone(), actors.clone(), epochs.clone());
+        move |i: usize| {
+            let (store, actors, epochs) = (store.clone(), actors.clone(), epochs.clone());
+            async move {
+                let owner = store.cluster_store().unwrap().claim(&actors[i], "bench", incarnation).await.unwrap();
+                if record {
+                    epochs.lock()[i] = owner.epoch;
+                }
+            }
+        }
+    };
+    let new = ops_per_second(n, callers, claim(true)).await;
+    let again = ops_per_second(n, callers, claim(false)).await;
+    let lookups = {
+        let (store, actors) = (store.clone(), actors.clone());
+        ops_per_second(n, callers, move |i| {
+            let (store, actors) = (store.clone(), actors.clone());
+            async move {
+                store.cluster_store().unwrap().owner(&actors[i]).await.unwrap().unwrap();
+            }
+        })
+        .await
+    };
+    println!(
+        "directory on {name}: {new:.0} claims/s of new actors, {again:.0} claims/s of actors owned already, {lookups:.0} lookups/s ({callers} callers, {n} actors)"
+    );
+    let batches = scale(300);
+    let epochs = epochs.lock().clone();
+    let mut rates = Vec::new();
+    for fenced in [false, true, false, true] {
+        let start = Instant::now();
+        for b in 0..batches {
+            let batch: Vec<TurnCommit> = (0..64)
+                .map(|j| {
+                    let i = (b * 64 + j) % n;
+                    let write = quark::storage::StateWrite { key: "v".into(), value: Some(b.to_le_bytes().to_vec()) };
+                    TurnCommit { fence: fenced.then_some(epochs[i]), ..TurnCommit::state_only(actors[i].clone(), vec![write]) }
+                })
+                .collect();
+            store.commit(&batch).await.unwrap();
+        }
+        rates.push((batches * 64) as f64 / start.elapsed().as_secs_f64());
+    }
+    let (plain, fenced) = ((rates[0] + rates[2]) / 2.0, (rates[1] + rates[3]) / 2.0);
+    println!(
+        "directory on {name}: batches of 64 one-write turns, one writer: {plain:.0} turns/s unfenced, {fenced:.0} turns/s fenced (ratio {:.2}; alternated, 2 runs each)",
+        fenced / plain
+    );
+    cluster.leave("bench", incarnation).await.unwrap();
+}
+
 /// Outbox delivery to a Redis stream sink: 100 senders x 100 messages.
 async fn sink_bench(dir: &std::path::Path) {
     let redis_url = std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
@@ -1020,6 +1110,18 @@ async fn run_parts() {
         }
         if on("sink") {
             sink_bench(&sub).await;
+        }
+    }
+    if wanted("directory") {
+        let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        match PostgresStore::connect(&pg_url, Some(&format!("quark_bench_directory_{}", std::process::id()))).await {
+            Ok(pg) => directory_bench(Arc::new(pg), "PostgreSQL").await,
+            Err(e) => println!("SKIP directory on PostgreSQL: {e}"),
+        }
+        let redis_url = std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        match RedisStore::connect(&redis_url, Some(&format!("quark_bench_directory_{}", std::process::id()))).await {
+            Ok(redis) => directory_bench(Arc::new(redis), "Redis").await,
+            Err(e) => println!("SKIP directory on Redis: {e}"),
         }
     }
     if wanted("languages") {

@@ -7,6 +7,7 @@
 //!
 //! This crate is the `quark` binary and what runs beside the runtime:
 //! - [`node`]: a [`Node`], the runtime and its services wired together;
+//! - [`cluster`]: membership of a host on a shared store;
 //! - [`jobs`]: durable jobs and their runner;
 //! - [`outbox`]: the outbox dispatcher and its sinks;
 //! - [`projections`]: CQRS read models fed from the journal;
@@ -19,6 +20,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod cluster;
 pub mod jobs;
 pub mod node;
 pub mod outbox;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use quark_runtime::router::{LocalRouter, Router};
 use quark_runtime::{Host, HostConfig};
 
+use crate::cluster::{ClusterConfig, Membership};
 use crate::jobs::{Jobs, JobsConfig};
 use crate::outbox::{Outbox, OutboxConfig};
 use crate::projections::Projections;
@@ -34,6 +35,8 @@ pub struct NodeConfig {
     /// How long an actor's inbox remembers a message id or idempotency key
     /// (a repeat within it gets the first reply without a turn).
     pub inbox_retention: Duration,
+    /// Cluster membership, on a shared store; `None`: a host on its own.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl NodeConfig {
@@ -44,6 +47,7 @@ impl NodeConfig {
             jobs: JobsConfig::default(),
             outbox: OutboxConfig::default(),
             inbox_retention: DEFAULT_INBOX_RETENTION,
+            cluster: None,
         }
     }
 }
@@ -56,6 +60,8 @@ pub struct Node {
     jobs: Jobs,
     outbox: Outbox,
     projections: Projections,
+    membership: Option<Membership>,
+    started_at_ms: i64,
 }
 
 impl Node {
@@ -73,7 +79,11 @@ impl Node {
         let projections = Projections::start(host.clone()).await?;
         let jobs = Jobs::start(host.clone(), config.jobs).await;
         let outbox = Outbox::start(host.clone(), config.outbox).await;
-        Ok(Node { host, jobs, outbox, projections })
+        let membership = match config.cluster {
+            Some(cluster) => Some(Membership::join(&host, cluster).await?),
+            None => None,
+        };
+        Ok(Node { host, jobs, outbox, projections, membership, started_at_ms: crate::storage::now_ms() })
     }
 
     /// The actor runtime: deploys, calls, activations, journals.
@@ -94,6 +104,16 @@ impl Node {
     /// Projections (CQRS read models).
     pub fn projections(&self) -> &Projections {
         &self.projections
+    }
+
+    /// When this node started (ms since the epoch).
+    pub fn started_at_ms(&self) -> i64 {
+        self.started_at_ms
+    }
+
+    /// This host's cluster membership, when it is a member.
+    pub fn membership(&self) -> Option<&Membership> {
+        self.membership.as_ref()
     }
 
     /// Prometheus text for `GET /metrics`.

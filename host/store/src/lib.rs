@@ -211,12 +211,17 @@ pub trait JournalStore: Send + Sync {
     async fn count_type_events(&self, actor_type: &str, after: u64) -> Result<u64, StoreError>;
 }
 
-/// Opens the store named by `url`: `postgres://…`, `redis://…[#prefix]`, or a SQLite database in
+/// Opens the store named by `url`: `postgres://…[#schema]`, `redis://…[#prefix]`, or a SQLite database in
 /// the data directory `data_dir` when `url` is `None`.
 pub async fn open(url: Option<&str>, data_dir: &std::path::Path) -> Result<std::sync::Arc<dyn Store>, StoreError> {
     match url {
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            Ok(std::sync::Arc::new(postgres::PostgresStore::connect(url, None).await?))
+            // `#schema`: everything in that schema (created if missing).
+            let (url, schema) = match url.split_once('#') {
+                Some((url, schema)) => (url, Some(schema)),
+                None => (url, None),
+            };
+            Ok(std::sync::Arc::new(postgres::PostgresStore::connect(url, schema).await?))
         }
         Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
             Ok(std::sync::Arc::new(self::redis::RedisStore::connect(url, None).await?))

@@ -23,7 +23,7 @@ use crate::error::{ActorError, ErrorKind};
 use crate::id::ActorId;
 use crate::runtime::MAX_COMPONENT_BYTES;
 use self::types::{
-    ActorList, ComponentList, ComponentSummary, JobAdded, JobList, JobsAdded, MessageList, MessageRetried, NewProjection, ProjectionList,
+    ActorList, ClusterView, ComponentList, ComponentSummary, HostView, JobAdded, JobList, JobsAdded, MessageList, MessageRetried, NewProjection, ProjectionList,
     Purged, RolledBack, SnapshotTaken, VersionList,
 };
 use crate::{Manifest, Node};
@@ -123,6 +123,7 @@ pub fn router(node: Node, token: Option<String>) -> Router {
 pub fn router_with(node: Node, access: ApiConfig) -> Router {
     let state = ApiState { node, access: std::sync::Arc::new(access) };
     let v1 = Router::new()
+        .route("/cluster", get(cluster))
         .route("/components", get(list_components))
         .route("/components/{actor_type}", put(deploy))
         .route("/components/{actor_type}/versions", get(versions))
@@ -396,6 +397,27 @@ async fn versions(State(state): State<ApiState>, Path(actor_type): Path<String>)
 async fn rollback(State(state): State<ApiState>, Path(actor_type): Path<String>) -> ApiResult<Json<RolledBack>> {
     let version = state.node.host().rollback(&actor_type).await?;
     Ok(Json(RolledBack { actor_type, active_version: version.version, version }))
+}
+
+async fn cluster(State(state): State<ApiState>) -> ApiResult<Json<ClusterView>> {
+    let Some(membership) = state.node.membership() else {
+        // A host on its own: itself, from what it knows.
+        let now = crate::storage::now_ms();
+        let this = HostView {
+            id: "local".into(),
+            api: state.access.listen.map(|a| a.to_string()).unwrap_or_default(),
+            peer: String::new(),
+            state: crate::storage::cluster::MemberState::Active,
+            incarnation: 0,
+            started_at_ms: state.node.started_at_ms(),
+            last_heartbeat_ms: now,
+            heartbeat_age_ms: 0,
+            activations: state.node.host().actors().len() as u64,
+        };
+        return Ok(Json(ClusterView { mode: "single-host".into(), this: this.id.clone(), hosts: vec![this] }));
+    };
+    let members = membership.members().await.map_err(ActorError::from)?;
+    Ok(Json(ClusterView { mode: "cluster".into(), this: membership.id().to_string(), hosts: members.iter().map(HostView::from).collect() }))
 }
 
 async fn actors(State(state): State<ApiState>) -> Json<ActorList> {

@@ -61,6 +61,56 @@ pub struct ActorList {
     pub actors: Vec<ActivationInfo>,
 }
 
+/// `GET /v1/cluster`: every host, as any host sees them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterView {
+    /// `cluster` on a shared store, `single-host` on SQLite.
+    pub mode: String,
+    /// The id of the host that answered.
+    pub this: String,
+    /// Every member, by id.
+    pub hosts: Vec<HostView>,
+}
+
+/// One host of [`ClusterView`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostView {
+    /// Its id.
+    pub id: String,
+    /// Where its API listens.
+    pub api: String,
+    /// Where other hosts reach it (empty until hosts call each other).
+    pub peer: String,
+    /// `joining`, `active`, `suspect`, `dead` or `leaving`.
+    pub state: crate::storage::cluster::MemberState,
+    /// Which start of this id it is.
+    pub incarnation: i64,
+    /// When it joined (ms since the epoch, the store's clock).
+    pub started_at_ms: i64,
+    /// Its last heartbeat (ms since the epoch, the store's clock).
+    pub last_heartbeat_ms: i64,
+    /// How long ago that was, by the store's clock.
+    pub heartbeat_age_ms: i64,
+    /// Activations it reported with its last heartbeat.
+    pub activations: u64,
+}
+
+impl From<&crate::storage::cluster::Member> for HostView {
+    fn from(m: &crate::storage::cluster::Member) -> Self {
+        HostView {
+            id: m.host.id.clone(),
+            api: m.host.api.clone(),
+            peer: m.host.peer.clone(),
+            state: m.effective_state(),
+            incarnation: m.incarnation,
+            started_at_ms: m.started_at_ms,
+            last_heartbeat_ms: m.heartbeat_ms,
+            heartbeat_age_ms: (m.read_at_ms - m.heartbeat_ms).max(0),
+            activations: m.activations,
+        }
+    }
+}
+
 /// `POST /v1/snapshots/{type}/{key}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotTaken {

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::api::types::{
-    ActorList, DeployOutcome, JobAdded, JobList, JournalPage, MessageList, MessageRetried, NewProjection, ProjectionInfo, ProjectionList,
+    ActorList, ClusterView, DeployOutcome, JobAdded, JobList, JournalPage, MessageList, MessageRetried, NewProjection, ProjectionInfo, ProjectionList,
     Purged, ReplayOutcome, RolledBack, SnapshotTaken, VersionList,
 };
 use crate::storage::jobs::JobRecord;
@@ -91,6 +91,25 @@ impl Client {
             );
         }
         println!("{} active", actors.len());
+        Ok(())
+    }
+
+    pub(super) async fn cluster(&self) -> anyhow::Result<()> {
+        let view: ClusterView = self.send_as(self.http.get(format!("{}/v1/cluster", self.base))).await?;
+        println!("{:<24} {:<8} {:<22} {:>11} {:>11} {:>12}", "HOST", "STATE", "API", "INCARNATION", "ACTIVATIONS", "HEARTBEAT");
+        for h in &view.hosts {
+            let this = if h.id == view.this { " (this host)" } else { "" };
+            println!(
+                "{:<24} {:<8} {:<22} {:>11} {:>11} {:>10.1}s ago{this}",
+                h.id,
+                h.state.as_str(),
+                h.api,
+                h.incarnation,
+                h.activations,
+                h.heartbeat_age_ms as f64 / 1000.0
+            );
+        }
+        println!("{} host(s), {}", view.hosts.len(), view.mode);
         Ok(())
     }
 

@@ -89,6 +89,11 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// List the hosts of the cluster (any host answers for all of them).
+    Cluster {
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// List the versions of an actor type.
     Versions {
         #[command(flatten)]
@@ -297,10 +302,19 @@ struct ServeArgs {
     /// Address for the HTTP API.
     #[arg(long, env = "QUARK_LISTEN", hide_env_values = true, default_value = "127.0.0.1:7878")]
     listen: String,
-    /// Shared store: `postgres://user@host/db[?options]` or
+    /// Shared store: `postgres://user@host/db[?options][#schema]` or
     /// `redis://host:6379[#prefix]`; SQLite in --data-dir when absent.
+    /// Hosts on one shared store form a cluster (`quark cluster`).
     #[arg(long, env = "QUARK_STORE", hide_env_values = true)]
     store: Option<String>,
+    /// This host's id in the cluster (unique; default: a fresh one per start).
+    #[arg(long, env = "QUARK_HOST_ID", hide_env_values = true)]
+    host_id: Option<String>,
+    /// How long a cluster member holds its actors without a heartbeat
+    /// (heartbeats go every tenth of it); a member silent for twice this
+    /// long is declared dead.
+    #[arg(long, default_value = "10s")]
+    lease: humantime::Duration,
     /// Deactivate an actor after this long without messages.
     #[arg(long, default_value = "5m")]
     idle_timeout: humantime::Duration,
@@ -415,6 +429,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Actors { .. } => client.actors().await,
+        Command::Cluster { .. } => client.cluster().await,
         Command::Versions { actor_type, .. } => client.versions(&actor_type).await,
         Command::Rollback { actor_type, .. } => client.rollback(&actor_type).await,
         Command::Journal { actor, from, to, limit, json, .. } => client.journal(&actor, from, to, limit, json).await,
@@ -479,6 +494,12 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
         let parsed = spec.parse().map_err(|e: String| anyhow::anyhow!("--sink {name}: {e}"))?;
         config.outbox.sinks.insert(name.to_string(), parsed);
     }
+    if store.cluster_store().is_some() {
+        let lease = Duration::from(args.lease).max(Duration::from_millis(100));
+        config.cluster = Some(crate::cluster::ClusterConfig { host_id: args.host_id.clone(), api: addr.to_string(), lease, heartbeat: lease / 10 });
+    } else if args.host_id.is_some() {
+        anyhow::bail!("--host-id names a host in a cluster, and the SQLite store is single-host: pass --store postgres://… or redis://… too");
+    }
     let store_name = store.backend_name();
     let node = Node::start(config, store).await.context("starting the host")?;
     let host = node.host();
@@ -510,15 +531,29 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
         println!("try:  {quark} call counter/alice increment '{{\"by\": 2}}'");
         println!("      curl -X POST http://{addr}/v1/actors/counter/alice/get");
     }
+    if let Some(membership) = node.membership() {
+        membership.set_active().await.context("joining the cluster")?;
+        println!("cluster member {} (store: {where_}); `quark cluster` lists the hosts", membership.id());
+    }
     let access = crate::api::ApiConfig { token, allowed_hosts: args.allow_hosts.clone(), allowed_origins: args.allow_origins.clone(), listen: None };
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("watching for SIGTERM")?;
     let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
         println!("\nquark: shutting down (state is already committed)");
     };
-    tokio::select! {
+    let outcome = tokio::select! {
         served = crate::api::serve_with(node.clone(), listener, access) => served,
         () = shutdown => Ok(()),
+    };
+    if let Some(membership) = node.membership()
+        && let Err(e) = membership.leave().await
+    {
+        tracing::warn!(error = %e, "leaving the cluster failed: the other hosts declare this one dead when its lease lapses");
     }
+    outcome
 }
 
 impl Command {
@@ -530,6 +565,7 @@ impl Command {
             | Command::Deploy { remote, .. }
             | Command::Call { remote, .. }
             | Command::Actors { remote }
+            | Command::Cluster { remote }
             | Command::Versions { remote, .. }
             | Command::Rollback { remote, .. }
             | Command::Journal { remote, .. }
