@@ -144,8 +144,8 @@ pub trait ClusterStore: Send + Sync {
     async fn suspect(&self, id: &str, incarnation: i64) -> Result<(), StoreError>;
 
     /// Declares dead the members whose lease lapsed more than `grace_ms`
-    /// ago, drops their directory entries, and forgets dead members after
-    /// `forget_ms`. Returns the ids it declared dead.
+    /// ago, drops the directory entries of every dead member, and forgets
+    /// dead members after `forget_ms`. Returns the ids it declared dead.
     async fn reap(&self, grace_ms: i64, forget_ms: i64) -> Result<Vec<String>, StoreError>;
 
     /// Leaves: the member's row and directory entries go.
@@ -156,7 +156,10 @@ pub trait ClusterStore: Send + Sync {
 
     /// Claims `actor` for `(id, incarnation)` unless another live member
     /// owns it. Returns the owner after the call: this host with a new
-    /// epoch (or the one it holds already), or the live owner.
+    /// epoch (or the one it holds already), or the live owner. An owner
+    /// whose lease lapsed is declared dead by the takeover (on PostgreSQL
+    /// that waits for its commit in flight), so none of its commits lands
+    /// after the actor moved.
     async fn claim(&self, actor: &ActorId, id: &str, incarnation: i64) -> Result<Ownership, StoreError>;
 
     /// Gives `actor` up if it is still held at `epoch`; false otherwise.

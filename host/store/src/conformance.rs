@@ -559,15 +559,23 @@ pub async fn cluster_membership_and_directory(store: Arc<dyn Store>) {
     store.commit(&[other, fenced(second.epoch, "2")]).await.unwrap();
     assert_eq!(store.load_state(&a).await.unwrap(), vec![("v".into(), b"2".to_vec())]);
 
-    // Reaping: host 1 is declared dead; its heartbeat is refused, and it
+    // The takeover declared host 1 dead: its heartbeat is refused, and it
     // joins again as a new incarnation. Suspicion is shown, not fatal.
     cluster.suspect("2", i2).await.unwrap();
-    assert_eq!(cluster.reap(0, 3_600_000).await.unwrap(), ["1"]);
     assert!(matches!(cluster.heartbeat("1", i1, MemberState::Active, 60_000, 0).await, Err(StoreError::Fenced(_))));
     let states: Vec<_> = cluster.members().await.unwrap().iter().map(|m| m.effective_state()).collect();
     assert_eq!(states, [MemberState::Dead, MemberState::Suspect]);
+    // Reaping declares dead a member silent past the grace, and drops its entries.
+    let h3 = host("3");
+    let i3 = cluster.join(&h3, 60_000).await.unwrap();
+    let d = id("reg/d");
+    assert_eq!(cluster.claim(&d, "3", i3).await.unwrap().host, "3");
+    cluster.heartbeat("3", i3, MemberState::Active, -1, 0).await.unwrap();
+    assert_eq!(cluster.reap(0, 3_600_000).await.unwrap(), ["3"]);
+    assert_eq!(cluster.owner(&d).await.unwrap(), None);
+    assert_eq!(cluster.members().await.unwrap().iter().find(|m| m.host.id == "3").map(|m| m.state), Some(MemberState::Dead));
     let i1b = cluster.join(&h1, 60_000).await.unwrap();
-    assert!(i1b > i2);
+    assert!(i1b > i3);
 
     // A new incarnation of a host takes over its old claims with a new epoch.
     let c = id("reg/c");

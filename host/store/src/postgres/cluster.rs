@@ -22,8 +22,9 @@ fn owner_alive() -> String {
     )
 }
 
-/// How long a claim waits for a commit that holds the actor's directory
-/// row (a paused owner's commit is cut off by the server's idle timeout).
+/// How long a claim waits for a commit of the actor's old owner, which
+/// holds that owner's membership row (a paused owner's open transaction is
+/// cut off by the server's idle timeout).
 const CLAIM_LOCK_TIMEOUT: &str = "2s";
 
 fn ownership(row: &PgRow) -> Result<Ownership, StoreError> {
@@ -45,15 +46,24 @@ fn member(row: &PgRow) -> Result<Member, StoreError> {
 
 impl PostgresStore {
     /// Inside a commit: the fenced turns of `batch` must still own their
-    /// actors at their epoch. The rows stay share-locked until the commit
-    /// ends, so no claim can move an actor under it.
+    /// actors at their epoch, under a member that is not dead. Only the
+    /// owners' membership rows are share-locked until the commit ends (one
+    /// row for a host's batch, not one per actor): a claim that takes an
+    /// actor from a host that is no longer alive first marks that host
+    /// dead, which waits for its commit in flight and fails every later one.
     pub(super) async fn check_fences(tx: &mut sqlx::PgConnection, batch: &[TurnCommit]) -> Result<(), StoreError> {
         let (actors, epochs): (Vec<&str>, Vec<i64>) = batch.iter().filter_map(|c| Some((c.actor.as_str(), c.fence? as i64))).unzip();
         if actors.is_empty() {
             return Ok(());
         }
+        // Driven by the batch's rows (a nested loop on the primary keys),
+        // not by the directory: an `IN (SELECT … UNNEST)` made PostgreSQL
+        // scan every entry.
         let held = sqlx::query(
-            "SELECT actor FROM actor_directory WHERE (actor, epoch) IN (SELECT * FROM UNNEST($1::text[], $2::bigint[])) FOR SHARE",
+            "SELECT d.actor FROM UNNEST($1::text[], $2::bigint[]) AS f(actor, epoch) \
+             JOIN actor_directory d ON d.actor = f.actor AND d.epoch = f.epoch \
+             JOIN cluster_members m ON m.id = d.host AND m.incarnation = d.incarnation \
+             WHERE m.state <> 'dead' FOR SHARE OF m",
         )
         .bind(&actors)
         .bind(&epochs)
@@ -128,21 +138,17 @@ impl ClusterStore for PostgresStore {
 
     async fn reap(&self, grace_ms: i64, forget_ms: i64) -> Result<Vec<String>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let sql = format!("UPDATE cluster_members SET state = 'dead' WHERE state <> 'dead' AND lease_until_ms < {NOW_MS} - $1 RETURNING id, incarnation");
+        let sql = format!("UPDATE cluster_members SET state = 'dead' WHERE state <> 'dead' AND lease_until_ms < {NOW_MS} - $1 RETURNING id");
         let dead = sqlx::query(&sql).bind(grace_ms).fetch_all(&mut *tx).await?;
-        let mut ids: Vec<String> = Vec::with_capacity(dead.len());
-        let mut incarnations: Vec<i64> = Vec::with_capacity(dead.len());
-        for row in &dead {
-            ids.push(row.try_get("id")?);
-            incarnations.push(row.try_get("incarnation")?);
-        }
-        if !ids.is_empty() {
-            sqlx::query("DELETE FROM actor_directory WHERE (host, incarnation) IN (SELECT * FROM UNNEST($1::text[], $2::bigint[]))")
-                .bind(&ids)
-                .bind(&incarnations)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let ids = dead.iter().map(|r| r.try_get("id")).collect::<Result<Vec<String>, _>>()?;
+        // The entries of every dead member go: those declared dead now,
+        // and those a takeover declared dead.
+        sqlx::query(
+            "DELETE FROM actor_directory d USING cluster_members m \
+             WHERE m.state = 'dead' AND d.host = m.id AND d.incarnation = m.incarnation",
+        )
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(&format!("DELETE FROM cluster_members WHERE state = 'dead' AND lease_until_ms < {NOW_MS} - $1"))
             .bind(forget_ms)
             .execute(&mut *tx)
@@ -168,10 +174,25 @@ impl ClusterStore for PostgresStore {
     }
 
     async fn claim(&self, actor: &ActorId, id: &str, incarnation: i64) -> Result<Ownership, StoreError> {
+        // Already this incarnation's (a reactivation): one read, no write.
+        if let Some(owner) = self.owner(actor).await?
+            && owner.host == id
+            && owner.incarnation == incarnation
+        {
+            return Ok(owner);
+        }
+        // An owner that is not alive is marked dead first: that waits for
+        // its commit in flight (which holds its membership row) and fails
+        // its later ones (see `check_fences`).
+        let bury = format!(
+            "UPDATE cluster_members m SET state = 'dead' FROM actor_directory d \
+             WHERE d.actor = $1 AND m.id = d.host AND m.incarnation = d.incarnation AND m.state <> 'dead' \
+             AND m.lease_until_ms < {NOW_MS}"
+        );
         // New owner: no row, a row of an earlier incarnation of this host,
         // or a row whose owner is not alive. Otherwise the row stays and
         // is read back (this host's own claim, or the live owner's).
-        let sql = format!(
+        let take = format!(
             "INSERT INTO actor_directory AS d (actor, host, incarnation, epoch) VALUES ($1, $2, $3, nextval('cluster_epochs')) \
              ON CONFLICT (actor) DO UPDATE SET host = excluded.host, incarnation = excluded.incarnation, epoch = excluded.epoch \
              WHERE (d.host = excluded.host AND d.incarnation <> excluded.incarnation) OR NOT {} \
@@ -182,7 +203,8 @@ impl ClusterStore for PostgresStore {
             let mut conn = self.pool.acquire().await?;
             let mut tx = conn.begin().await?;
             sqlx::query(&format!("SET LOCAL lock_timeout = '{CLAIM_LOCK_TIMEOUT}'")).execute(&mut *tx).await?;
-            let claimed = sqlx::query(&sql).bind(actor.as_str()).bind(id).bind(incarnation).fetch_optional(&mut *tx).await?;
+            sqlx::query(&bury).bind(actor.as_str()).execute(&mut *tx).await?;
+            let claimed = sqlx::query(&take).bind(actor.as_str()).bind(id).bind(incarnation).fetch_optional(&mut *tx).await?;
             let row = match claimed {
                 Some(row) => Some(row),
                 None => {

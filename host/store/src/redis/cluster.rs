@@ -105,9 +105,13 @@ for _, id in ipairs(redis.call('SMEMBERS', p .. ':members')) do
     redis.call('HSET', key, 'state', 'dead')
     drop_entries(p, id, m[1])
     table.insert(dead, id)
-  elseif m[2] == 'dead' and tonumber(m[3]) < now - tonumber(ARGV[3]) then
-    redis.call('DEL', key)
-    redis.call('SREM', p .. ':members', id)
+  elseif m[2] == 'dead' then
+    -- Declared dead by a takeover: its other entries go now.
+    drop_entries(p, id, m[1])
+    if tonumber(m[3]) < now - tonumber(ARGV[3]) then
+      redis.call('DEL', key)
+      redis.call('SREM', p .. ':members', id)
+    end
   end
 end
 return dead
@@ -132,6 +136,9 @@ if entry then
   local host, held = split_entry(entry)
   local take = (host == id and held ~= inc) or not owner_alive(p, host, held, now_ms())
   if not take then return entry end
+  -- An owner that is not alive is declared dead (as on PostgreSQL).
+  local key = p .. ':member:' .. host
+  if host ~= id and redis.call('HGET', key, 'incarnation') == held then redis.call('HSET', key, 'state', 'dead') end
   redis.call('SREM', p .. ':dirh:' .. host, actor)
 end
 local epoch = redis.call('INCR', p .. ':epochs')
