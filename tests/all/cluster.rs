@@ -114,3 +114,76 @@ fn a_single_host_lists_itself_and_refuses_a_host_id() {
     assert!(!refused.status.success());
     assert!(stderr(&refused).contains("single-host"), "{}", stderr(&refused));
 }
+
+/// `quark call` through `host`: (succeeded, stdout, stderr).
+fn call(host: &Server, actor: &str, method: &str, body: &str) -> (bool, String, String) {
+    let out = host.quark(&["call", actor, method, body]);
+    (out.status.success(), stdout(&out).trim().to_string(), stderr(&out))
+}
+
+fn signal(host: &Server, sig: &str) {
+    assert!(Command::new("kill").args([sig, &host.child.id().to_string()]).status().unwrap().success());
+}
+
+/// One actor, two hosts: the host that activated it first serves it and
+/// the other names that host; a paused owner (SIGSTOP past its lease)
+/// loses the actor to the other host, which goes on from the committed
+/// state; resumed, the paused host neither writes nor reads its stale
+/// copy; and after kill -9 of the new owner the first host takes it back,
+/// with every acknowledged increment there.
+fn one_owner_across_pause_and_kill(store: &str) {
+    let dirs: Vec<_> = (0..2).map(|_| tempdir().unwrap()).collect();
+    let start = |i: usize| Server::start_with(dirs[i].path(), free_port(), &["--store", store, "--host-id", &format!("h{i}"), "--lease", "1s"]);
+    let h0 = start(0);
+    let counter = root().join("target/samples/counter.wasm");
+    let out = h0.quark(&["deploy", "counter", counter.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let h1 = start(1);
+    wait_for_states(&h0, Duration::from_secs(10), |s| s.len() == 2 && s.values().all(|v| v == "active"));
+
+    assert_eq!(call(&h0, "counter/a", "increment", r#"{"by": 1}"#).1, "1");
+    let (ok, _, err) = call(&h1, "counter/a", "increment", r#"{"by": 1}"#);
+    assert!(!ok && err.contains("served by host h0"), "{err}");
+
+    // h0 pauses past its lease: h1 takes the actor and goes on from 1.
+    signal(&h0, "-STOP");
+    std::thread::sleep(Duration::from_millis(2500));
+    let (ok, value, err) = call(&h1, "counter/a", "increment", r#"{"by": 1}"#);
+    assert!(ok, "{err}");
+    assert_eq!(value, "2");
+    signal(&h0, "-CONT");
+    // Resumed, h0 serves neither its stale copy (1) nor a write.
+    for method in ["get", "increment"] {
+        let (ok, value, err) = call(&h0, "counter/a", method, r#"{"by": 1}"#);
+        assert!(!ok, "h0 answered {method} with {value} after losing the actor");
+        assert!(err.contains("served by host h1") || err.contains("lease has lapsed"), "{err}");
+    }
+    assert_eq!(call(&h1, "counter/a", "get", "null").1, "2");
+
+    // h1 is killed: h0 (a new incarnation by now) takes the actor back.
+    h1.kill9();
+    let started = Instant::now();
+    let value = loop {
+        let (ok, value, err) = call(&h0, "counter/a", "get", "null");
+        if ok {
+            break value;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "h0 did not take the actor back: {err}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("the actor served again {:?} after kill -9 of its owner (lease 1 s)", started.elapsed());
+    assert_eq!(value, "2", "every acknowledged increment, once");
+    assert_eq!(call(&h0, "counter/a", "increment", r#"{"by": 1}"#).1, "3");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_owner_across_pause_and_kill_on_postgres() {
+    let Some(store) = shared_store_url("postgres", "one_owner_across_pause_and_kill_on_postgres").await else { return };
+    tokio::task::spawn_blocking(move || one_owner_across_pause_and_kill(&store)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_owner_across_pause_and_kill_on_redis() {
+    let Some(store) = shared_store_url("redis", "one_owner_across_pause_and_kill_on_redis").await else { return };
+    tokio::task::spawn_blocking(move || one_owner_across_pause_and_kill(&store)).await.unwrap();
+}

@@ -153,6 +153,12 @@ impl PendingCommit {
                 if matches!(*e, StoreError::UnknownOutcome(_)) {
                     state.dirty = true;
                 }
+                if matches!(*e, StoreError::Fenced(_)) {
+                    // Another host serves the actor now: claim it again
+                    // (which answers with that host) before anything else.
+                    state.claim = None;
+                    state.dirty = true;
+                }
                 state.journal.loaded = false;
                 state.discard_instance = true;
                 drop(state);

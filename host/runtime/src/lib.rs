@@ -14,6 +14,7 @@ pub(crate) mod aggregate;
 pub mod capabilities;
 pub(crate) mod commit;
 pub mod committer;
+pub mod directory;
 pub mod engine;
 mod guest_output;
 pub mod inbox;
@@ -255,6 +256,8 @@ struct HostInner {
     commit_listeners: parking_lot::RwLock<Vec<Weak<dyn CommitListener>>>,
     /// Where every request runs (see [`router`]).
     router: Arc<dyn router::Router>,
+    /// The cluster's directory, on a shared store (see [`directory`]).
+    directory: std::sync::OnceLock<Arc<dyn directory::ActorDirectory>>,
 }
 
 /// A running Quark host. Cheap to clone.
@@ -300,6 +303,7 @@ impl Host {
             deploy_lock: tokio::sync::Mutex::new(()),
             commit_listeners: Default::default(),
             router,
+            directory: std::sync::OnceLock::new(),
         }));
         for info in host.0.store.active_versions().await? {
             let (actor_type, version) = (info.actor_type.clone(), info.version);
@@ -706,6 +710,18 @@ impl Host {
     /// The host's metrics registry (services record into it too).
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    /// Makes this host claim each actor it activates in `directory`, and
+    /// fence the actor's commits with the claim. Once only; false if a
+    /// directory was set already.
+    pub fn set_directory(&self, directory: Arc<dyn directory::ActorDirectory>) -> bool {
+        self.0.directory.set(directory).is_ok()
+    }
+
+    /// The cluster's directory, if this host is in a cluster.
+    pub(crate) fn directory(&self) -> Option<&Arc<dyn directory::ActorDirectory>> {
+        self.0.directory.get()
     }
 
     /// A handle that does not keep the host alive.

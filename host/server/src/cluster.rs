@@ -7,8 +7,13 @@
 //! The host's own lease deadline is kept on its monotonic clock, from the
 //! moment before each heartbeat was sent: it passes before the store's, so
 //! once [`Membership::holds_lease`] is false no other host can own this
-//! host's actors yet. (Routing calls between hosts, and fencing each
-//! actor's commits with its directory epoch, build on this; see issue 16.)
+//! host's actors yet.
+//!
+//! The membership is also the runtime's [`ActorDirectory`]: each actor is
+//! claimed before it is activated here and its commits are fenced with
+//! the claim's epoch. A call for an actor another live host serves is
+//! answered with that host (routing calls between hosts comes next; see
+//! issue 16).
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -16,6 +21,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::runtime::WeakHost;
+use crate::runtime::directory::{ActorDirectory, Placement};
+use crate::{ActorError, ActorId};
 use crate::storage::StoreError;
 use crate::storage::cluster::{ClusterStore, HostInfo, Member, MemberState};
 use crate::{Host, storage::Store};
@@ -142,6 +149,29 @@ impl Membership {
         self.inner.cluster().leave(&self.inner.info.id, incarnation).await?;
         tracing::info!(host = %self.inner.info.id, "left the cluster");
         Ok(())
+    }
+}
+
+/// The directory the runtime claims actors in: the shared store's, under
+/// this host's id and incarnation.
+#[async_trait::async_trait]
+impl ActorDirectory for Membership {
+    async fn claim(&self, actor: &ActorId) -> Result<Placement, ActorError> {
+        let incarnation = self.incarnation();
+        let owner = self.inner.cluster().claim(actor, self.id(), incarnation).await?;
+        if owner.host == self.id() && owner.incarnation == incarnation {
+            return Ok(Placement::Here { epoch: owner.epoch });
+        }
+        let api = self.members().await?.into_iter().find(|m| m.host.id == owner.host).map(|m| m.host.api).unwrap_or_default();
+        Ok(Placement::Elsewhere { host: owner.host, api })
+    }
+
+    fn incarnation(&self) -> i64 {
+        Membership::incarnation(self)
+    }
+
+    fn serving(&self) -> bool {
+        self.holds_lease()
     }
 }
 

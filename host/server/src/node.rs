@@ -80,7 +80,11 @@ impl Node {
         let jobs = Jobs::start(host.clone(), config.jobs).await;
         let outbox = Outbox::start(host.clone(), config.outbox).await;
         let membership = match config.cluster {
-            Some(cluster) => Some(Membership::join(&host, cluster).await?),
+            Some(cluster) => {
+                let membership = Membership::join(&host, cluster).await?;
+                host.set_directory(Arc::new(membership.clone()));
+                Some(membership)
+            }
             None => None,
         };
         Ok(Node { host, jobs, outbox, projections, membership, started_at_ms: crate::storage::now_ms() })

@@ -33,11 +33,11 @@ impl TurnEffects {
     /// (`is_empty()` when the turn wrote nothing durable), and the messages
     /// told, which leave only once that commit is durable. Adding an effect
     /// is a field here and in `TurnCommit`, and its store code.
-    pub(crate) fn into_commit(self, actor: ActorId, expected_version: u64, inbox: Option<InboxEntry>) -> (TurnCommit, Vec<Request>) {
+    pub(crate) fn into_commit(self, actor: ActorId, expected_version: u64, inbox: Option<InboxEntry>, fence: Option<u64>) -> (TurnCommit, Vec<Request>) {
         let TurnEffects { writes, tells, events, snapshot_requested: _, checkpoint, jobs, cancels, job_done, messages, bytes: _ } = self;
         let state = writes.into_iter().map(|(key, value)| StateWrite { key, value }).collect();
         let journal = (!events.is_empty()).then_some(JournalAppend { expected_version, events });
-        (TurnCommit { actor, state, journal, checkpoint, jobs, cancels, job_done, inbox, messages, fence: None }, tells)
+        (TurnCommit { actor, state, journal, checkpoint, jobs, cancels, job_done, inbox, messages, fence }, tells)
     }
 
     /// Adds a later (nested) turn's effects on top of these.

@@ -46,6 +46,9 @@ pub(crate) struct StateCache {
     pub(crate) dirty: bool,
     /// Drop the instance before the next turn (a commit it built on failed).
     pub(crate) discard_instance: bool,
+    /// In a cluster: the claim this activation serves its actor under,
+    /// (incarnation of this host, epoch); its commits carry the epoch.
+    pub(crate) claim: Option<(i64, u64)>,
 }
 
 /// Loads the actor's committed state into memory before its first turn,

@@ -20,6 +20,7 @@ use crate::metrics::{TurnOutcome, outcome_of};
 use crate::registry::LoadedVersion;
 use crate::storage::{InboxEntry, Snapshot, TurnCommit};
 use crate::turn::{JobScope, MAX_TURN_BYTES};
+use crate::directory::{ActorDirectory, Placement};
 use crate::{Control, Host, InboxTurn, Request};
 
 impl Core {
@@ -116,6 +117,9 @@ impl Core {
     /// stale, a new instance made (and an event-sourced one rebuilt) when
     /// there is none. Returns the version it runs.
     async fn make_ready(&mut self, host: &Host, shared: &Arc<ActivationShared>, request: &Request) -> Result<Arc<LoadedVersion>, ActorError> {
+        if let Some(directory) = host.directory() {
+            self.claim(directory.as_ref(), shared).await?;
+        }
         let stale = {
             let mut state = shared.state.lock();
             if state.commit_flag.load(Ordering::Acquire) {
@@ -164,6 +168,45 @@ impl Core {
         Ok(version)
     }
 
+    /// In a cluster: makes sure this host serves the actor. A host that
+    /// lost its lease serves nothing; a new incarnation of the host (it
+    /// was declared dead meanwhile) drops the instance and the cache, which
+    /// may be stale; an activation without a claim claims its actor (before
+    /// it reads the state: a takeover waits for the old owner's last
+    /// commit), or answers with the host that serves it.
+    async fn claim(&mut self, directory: &dyn ActorDirectory, shared: &ActivationShared) -> Result<(), ActorError> {
+        let incarnation = directory.incarnation();
+        let held = {
+            let mut state = shared.state.lock();
+            let lost = !directory.serving() || state.claim.is_some_and(|(claimed_under, _)| claimed_under != incarnation);
+            if lost {
+                state.claim = None;
+                state.stale = true;
+                state.journal.loaded = false;
+                self.live = None;
+            }
+            state.claim.is_some()
+        };
+        if !directory.serving() {
+            return Err(ActorError::unavailable(format!(
+                "this host's cluster lease has lapsed: it serves no actors until it renews it ({} is not served here now)",
+                shared.id
+            )));
+        }
+        if held {
+            return Ok(());
+        }
+        match directory.claim(&shared.id).await? {
+            Placement::Here { epoch } => {
+                shared.state.lock().claim = Some((incarnation, epoch));
+                Ok(())
+            }
+            Placement::Elsewhere { host, api } => {
+                Err(ActorError::unavailable(format!("{} is served by host {host} (its API: {api}); call it there", shared.id)))
+            }
+        }
+    }
+
     /// Ends a turn whose handler succeeded: a snapshot if one is due, the
     /// inbox entry, and the commit of its effects.
     async fn commit_turn(
@@ -196,8 +239,11 @@ impl Core {
             None
         };
         let inbox = opened.inbox.map(|(sender, message_id)| InboxEntry { sender, message_id, reply: reply.clone(), at_ms: crate::storage::now_ms() });
-        let expected_version = shared.state.lock().journal.version;
-        let (mut commit, tells) = effects.into_commit(shared.id.clone(), expected_version, inbox);
+        let (expected_version, fence) = {
+            let state = shared.state.lock();
+            (state.journal.version, state.claim.map(|(_, epoch)| epoch))
+        };
+        let (mut commit, tells) = effects.into_commit(shared.id.clone(), expected_version, inbox, fence);
         // A job turn with no other effect leaves its completion to the runner.
         if let Some(flag) = opened.effect_free_job
             && tells.is_empty()

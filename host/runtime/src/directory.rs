@@ -1,0 +1,42 @@
+//! The actor directory as the runtime sees it: before a host activates an
+//! actor it claims it, and every commit of the activation carries the
+//! epoch of that claim (its fence). A host on its own has no directory.
+//! In a cluster, `quark::cluster::Membership` implements it on the shared
+//! store's directory.
+
+use async_trait::async_trait;
+
+use crate::error::ActorError;
+use crate::id::ActorId;
+
+/// Where an actor is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// Here, under this epoch (the fence of its commits).
+    Here {
+        /// The claim's epoch.
+        epoch: u64,
+    },
+    /// On another live host.
+    Elsewhere {
+        /// Its id.
+        host: String,
+        /// Where its API listens.
+        api: String,
+    },
+}
+
+/// Claims actors for this host.
+#[async_trait]
+pub trait ActorDirectory: Send + Sync {
+    /// Claims `actor` for this host, unless another live host serves it.
+    async fn claim(&self, actor: &ActorId) -> Result<Placement, ActorError>;
+
+    /// Which membership of this host its claims belong to: when it changes
+    /// (the host was declared dead and joined again), every activation
+    /// drops its instance and cache and claims its actor again.
+    fn incarnation(&self) -> i64;
+
+    /// Whether this host may serve its actors now (it holds its lease).
+    fn serving(&self) -> bool;
+}
