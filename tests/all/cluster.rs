@@ -38,7 +38,7 @@ fn three_hosts_join_die_and_leave(store: &str) {
     let mut hosts: Vec<Server> = dirs
         .iter()
         .enumerate()
-        .map(|(i, dir)| Server::start_with(dir.path(), free_port(), &["--store", store, "--host-id", &format!("h{i}"), "--lease", "1s"]))
+        .map(|(i, dir)| Server::start_with(dir.path(), free_port(), &["--store", store, "--host-id", &format!("h{i}"), "--lease", "2s"]))
         .collect();
     let all_active = |s: &BTreeMap<String, String>| s.len() == 3 && s.values().all(|v| v == "active");
     for host in &hosts {
@@ -61,11 +61,11 @@ fn three_hosts_join_die_and_leave(store: &str) {
     assert!(!dup.status.success());
     assert!(stderr(&dup).contains("belongs to a live member"), "{}", stderr(&dup));
 
-    // kill -9: declared dead once its lease (1 s) lapsed a lease ago.
+    // kill -9: declared dead once its lease (2 s) lapsed a lease ago.
     hosts.pop().unwrap().kill9();
     let took = wait_for_states(&hosts[0], Duration::from_secs(15), |s| s.get("h2").map(String::as_str) == Some("dead"));
-    eprintln!("a killed host was declared dead {took:?} after kill -9 (lease 1 s)");
-    assert_eq!(states(&hosts[1]).get("h1").map(String::as_str), Some("active"));
+    eprintln!("a killed host was declared dead {took:?} after kill -9 (lease 2 s)");
+    wait_for_states(&hosts[1], Duration::from_secs(5), |s| s.get("h1").map(String::as_str) == Some("active"));
 
     // SIGTERM: the host leaves; its row goes at once.
     let leaving = hosts.pop().unwrap();
@@ -133,7 +133,9 @@ fn signal(host: &Server, sig: &str) {
 /// with every acknowledged increment there.
 fn one_owner_across_pause_and_kill(store: &str) {
     let dirs: Vec<_> = (0..2).map(|_| tempdir().unwrap()).collect();
-    let start = |i: usize| Server::start_with(dirs[i].path(), free_port(), &["--store", store, "--host-id", &format!("h{i}"), "--lease", "1s"]);
+    // A 2 s lease: heartbeats every 200 ms keep it through the load of the
+    // other tests running beside this one.
+    let start = |i: usize| Server::start_with(dirs[i].path(), free_port(), &["--store", store, "--host-id", &format!("h{i}"), "--lease", "2s"]);
     let h0 = start(0);
     let counter = root().join("target/samples/counter.wasm");
     let out = h0.quark(&["deploy", "counter", counter.to_str().unwrap()]);
@@ -146,10 +148,22 @@ fn one_owner_across_pause_and_kill(store: &str) {
     assert!(!ok && err.contains("served by host h0"), "{err}");
 
     // h0 pauses past its lease: h1 takes the actor and goes on from 1.
+    // (Until the lease lapses h1 answers that h0 serves it, running nothing.)
     signal(&h0, "-STOP");
-    std::thread::sleep(Duration::from_millis(2500));
-    let (ok, value, err) = call(&h1, "counter/a", "increment", r#"{"by": 1}"#);
-    assert!(ok, "{err}");
+    let paused = Instant::now();
+    let value = loop {
+        let (ok, value, err) = call(&h1, "counter/a", "increment", r#"{"by": 1}"#);
+        if ok {
+            break value;
+        }
+        assert!(err.contains("served by host h0"), "{err}");
+        assert!(paused.elapsed() < Duration::from_secs(15), "h1 did not take the actor: {err}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Not before the owner's lease lapsed: 2 s from its last heartbeat,
+    // which went at most 200 ms before the pause (a second of slack for a
+    // heartbeat late under the load of the other tests).
+    assert!(paused.elapsed() >= Duration::from_secs(1), "taken {:?} after the pause, before the owner's 2 s lease lapsed", paused.elapsed());
     assert_eq!(value, "2");
     signal(&h0, "-CONT");
     // Resumed, h0 serves neither its stale copy (1) nor a write.
@@ -171,7 +185,7 @@ fn one_owner_across_pause_and_kill(store: &str) {
         assert!(started.elapsed() < Duration::from_secs(15), "h0 did not take the actor back: {err}");
         std::thread::sleep(Duration::from_millis(100));
     };
-    eprintln!("the actor served again {:?} after kill -9 of its owner (lease 1 s)", started.elapsed());
+    eprintln!("the actor served again {:?} after kill -9 of its owner (lease 2 s)", started.elapsed());
     assert_eq!(value, "2", "every acknowledged increment, once");
     assert_eq!(call(&h0, "counter/a", "increment", r#"{"by": 1}"#).1, "3");
 }

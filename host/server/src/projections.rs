@@ -174,6 +174,38 @@ impl Projections {
 }
 
 /// The runner loop; ends when the service is dropped or the projection removed.
+/// The batch as a payload within `limit` bytes: halved until it fits. A
+/// single event over the limit can never be delivered: the error says so,
+/// and the projection stops instead of failing the same way for ever.
+fn fit_batch(name: &str, mut events: Vec<PositionedEvent>, limit: usize) -> Result<(Vec<PositionedEvent>, Vec<u8>), String> {
+    let mut payload = projection_payload(name, &events);
+    while payload.len() > limit && events.len() > 1 {
+        events.truncate(events.len() / 2);
+        payload = projection_payload(name, &events);
+    }
+    if payload.len() > limit {
+        let e = &events[0];
+        return Err(format!(
+            "the event at position {} ({} of {}) takes {} bytes as a projection payload, over the host's limit of {limit} \
+             bytes (--max-payload): the projection stopped there; raise the limit and restart the host",
+            e.position,
+            e.event.event_type,
+            e.actor,
+            payload.len()
+        ));
+    }
+    Ok((events, payload))
+}
+
+/// Takes the stored checkpoint of `runner`'s projection as where to go on.
+async fn reload_checkpoint(host: &Host, runner: &ProjectionRunner) {
+    if let Ok(stored) = host.store().projections().await
+        && let Some(p) = stored.into_iter().find(|p| p.def.name == runner.def.name)
+    {
+        runner.checkpoint.store(p.checkpoint, Ordering::Release);
+    }
+}
+
 async fn run(projections: Weak<ProjectionsInner>, runner: Arc<ProjectionRunner>, mut commits: tokio::sync::watch::Receiver<u64>) {
     let def = &runner.def;
     let mut backoff = Duration::from_millis(20);
@@ -211,30 +243,14 @@ async fn run(projections: Weak<ProjectionsInner>, runner: Arc<ProjectionRunner>,
                 return;
             }
         };
-        // The batch must pass the payload limit: halve it until it does. A
-        // single event over the limit can never be delivered: say so, and
-        // stop instead of failing the same way for ever.
-        let limit = host.config().max_payload;
-        let mut events = events;
-        let mut payload = projection_payload(&def.name, &events);
-        while payload.len() > limit && events.len() > 1 {
-            events.truncate(events.len() / 2);
-            payload = projection_payload(&def.name, &events);
-        }
-        if payload.len() > limit {
-            let e = &events[0];
-            let message = format!(
-                "the event at position {} ({} of {}) takes {} bytes as a projection payload, over the host's limit of {limit} \
-                 bytes (--max-payload): the projection stopped there; raise the limit and restart the host",
-                e.position,
-                e.event.event_type,
-                e.actor,
-                payload.len()
-            );
-            tracing::error!(projection = %def.name, "{message}");
-            *runner.last_error.lock() = Some(message);
-            return;
-        }
+        let (events, payload) = match fit_batch(&def.name, events, host.config().max_payload) {
+            Ok(fitted) => fitted,
+            Err(message) => {
+                tracing::error!(projection = %def.name, "{message}");
+                *runner.last_error.lock() = Some(message);
+                return;
+            }
+        };
         let last = events.last().map_or(last, |e| e.position);
         let request = Request {
             target,
@@ -269,11 +285,7 @@ async fn run(projections: Weak<ProjectionsInner>, runner: Arc<ProjectionRunner>,
                 }
                 // The outcome may be unknown (a timeout can still commit):
                 // the stored checkpoint says where to go on.
-                if let Ok(stored) = host.store().projections().await
-                    && let Some(p) = stored.into_iter().find(|p| p.def.name == def.name)
-                {
-                    runner.checkpoint.store(p.checkpoint, Ordering::Release);
-                }
+                reload_checkpoint(&host, &runner).await;
                 drop(host);
                 if e.kind != ErrorKind::Conflict {
                     tokio::time::sleep(backoff).await;

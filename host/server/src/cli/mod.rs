@@ -475,58 +475,16 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
     let store = crate::storage::open(args.store.as_deref(), &args.data_dir)
         .await
         .context("opening the store")?;
-    let mut config = NodeConfig::new(&args.data_dir);
-    config.host.idle_timeout = Duration::from(args.idle_timeout);
-    config.host.call_timeout = Duration::from(args.call_timeout);
-    config.host.max_payload = usize::try_from(args.max_payload.as_u64()).unwrap_or(usize::MAX);
-    if let Some(max) = args.max_activations {
-        config.host.max_activations = max.max(1);
-    }
-    config.jobs.concurrency = args.job_concurrency.max(1);
-    config.jobs.lease = Duration::from(args.job_lease);
-    config.jobs.retention = Duration::from(args.job_retention);
-    config.jobs.queue_limits = parse_limits("--queue-limit", &args.queue_limits)?;
-    config.jobs.type_limits = parse_limits("--type-limit", &args.type_limits)?;
-    config.inbox_retention = Duration::from(args.inbox_retention);
-    config.outbox.concurrency = args.message_concurrency.max(1);
-    for sink in &args.sinks {
-        let (name, spec) = sink.split_once('=').with_context(|| format!("--sink {sink:?}: expected NAME=KIND:TARGET"))?;
-        let parsed = spec.parse().map_err(|e: String| anyhow::anyhow!("--sink {name}: {e}"))?;
-        config.outbox.sinks.insert(name.to_string(), parsed);
-    }
-    if store.cluster_store().is_some() {
-        let lease = Duration::from(args.lease).max(Duration::from_millis(100));
-        config.cluster = Some(crate::cluster::ClusterConfig { host_id: args.host_id.clone(), api: addr.to_string(), lease, heartbeat: lease / 10 });
-    } else if args.host_id.is_some() {
-        anyhow::bail!("--host-id names a host in a cluster, and the SQLite store is single-host: pass --store postgres://… or redis://… too");
-    }
+    let config = node_config(&args, addr, store.cluster_store().is_some())?;
     let store_name = store.backend_name();
     let node = Node::start(config, store).await.context("starting the host")?;
-    let host = node.host();
-    for spec in &args.deploys {
-        let (actor_type, file) =
-            spec.split_once('=').with_context(|| format!("--deploy {spec:?}: expected TYPE=FILE.wasm"))?;
-        let bytes = std::fs::read(file).with_context(|| format!("reading {file}"))?;
-        match deploy_at_start(host, actor_type, bytes).await.with_context(|| format!("deploying {file} as `{actor_type}`"))? {
-            StartDeploy::Deployed(version) => println!("deployed {actor_type} v{version} from {file}"),
-            StartDeploy::Known(version) => println!("{actor_type}: {file} is v{version}, already deployed; v{} stays active", host.active_version(actor_type)?.version),
-            StartDeploy::RolledBack { active, newest } => println!(
-                "{actor_type}: left at v{active}, which you rolled back to (v{newest} is newer); {file} is not deployed (`quark deploy` does)"
-            ),
-        }
-    }
-    for spec in &args.projections {
-        let def = parse_projection_spec(spec)?;
-        let name = def.name.clone();
-        node.projections().create(def).await.with_context(|| format!("declaring projection {name}"))?;
-        println!("projection {spec}");
-    }
+    deploy_and_declare(&node, &args).await?;
     let where_ = match store_name {
         "sqlite" => format!("sqlite at {}", args.data_dir.join("quark.db").display()),
         other => other.to_string(),
     };
     println!("quark serving on http://{addr} (store: {where_})");
-    if host.actor_types().iter().any(|t| t == "counter") {
+    if node.host().actor_types().iter().any(|t| t == "counter") {
         let quark = std::env::args().next().unwrap_or_else(|| "quark".into());
         println!("try:  {quark} call counter/alice increment '{{\"by\": 2}}'");
         println!("      curl -X POST http://{addr}/v1/actors/counter/alice/get");
@@ -678,6 +636,62 @@ fn parse_limits(flag: &str, specs: &[String]) -> anyhow::Result<std::collections
             Ok((name.to_string(), n.max(1)))
         })
         .collect()
+}
+
+/// The node's settings from `serve`'s flags; `shared_store`: the store
+/// can hold a cluster (the host joins it, its API on `addr`).
+fn node_config(args: &ServeArgs, addr: std::net::SocketAddr, shared_store: bool) -> anyhow::Result<NodeConfig> {
+    let mut config = NodeConfig::new(&args.data_dir);
+    config.host.idle_timeout = Duration::from(args.idle_timeout);
+    config.host.call_timeout = Duration::from(args.call_timeout);
+    config.host.max_payload = usize::try_from(args.max_payload.as_u64()).unwrap_or(usize::MAX);
+    if let Some(max) = args.max_activations {
+        config.host.max_activations = max.max(1);
+    }
+    config.jobs.concurrency = args.job_concurrency.max(1);
+    config.jobs.lease = Duration::from(args.job_lease);
+    config.jobs.retention = Duration::from(args.job_retention);
+    config.jobs.queue_limits = parse_limits("--queue-limit", &args.queue_limits)?;
+    config.jobs.type_limits = parse_limits("--type-limit", &args.type_limits)?;
+    config.inbox_retention = Duration::from(args.inbox_retention);
+    config.outbox.concurrency = args.message_concurrency.max(1);
+    for sink in &args.sinks {
+        let (name, spec) = sink.split_once('=').with_context(|| format!("--sink {sink:?}: expected NAME=KIND:TARGET"))?;
+        let parsed = spec.parse().map_err(|e: String| anyhow::anyhow!("--sink {name}: {e}"))?;
+        config.outbox.sinks.insert(name.to_string(), parsed);
+    }
+    if shared_store {
+        let lease = Duration::from(args.lease).max(Duration::from_millis(100));
+        config.cluster = Some(crate::cluster::ClusterConfig { host_id: args.host_id.clone(), api: addr.to_string(), lease, heartbeat: lease / 10 });
+    } else if args.host_id.is_some() {
+        anyhow::bail!("--host-id names a host in a cluster, and the SQLite store is single-host: pass --store postgres://… or redis://… too");
+    }
+    Ok(config)
+}
+
+/// `serve --deploy` and `--projection`: each file deployed (or left alone,
+/// see [`deploy_at_start`]) and each projection declared, saying which.
+async fn deploy_and_declare(node: &Node, args: &ServeArgs) -> anyhow::Result<()> {
+    let host = node.host();
+    for spec in &args.deploys {
+        let (actor_type, file) =
+            spec.split_once('=').with_context(|| format!("--deploy {spec:?}: expected TYPE=FILE.wasm"))?;
+        let bytes = std::fs::read(file).with_context(|| format!("reading {file}"))?;
+        match deploy_at_start(host, actor_type, bytes).await.with_context(|| format!("deploying {file} as `{actor_type}`"))? {
+            StartDeploy::Deployed(version) => println!("deployed {actor_type} v{version} from {file}"),
+            StartDeploy::Known(version) => println!("{actor_type}: {file} is v{version}, already deployed; v{} stays active", host.active_version(actor_type)?.version),
+            StartDeploy::RolledBack { active, newest } => println!(
+                "{actor_type}: left at v{active}, which you rolled back to (v{newest} is newer); {file} is not deployed (`quark deploy` does)"
+            ),
+        }
+    }
+    for spec in &args.projections {
+        let def = parse_projection_spec(spec)?;
+        let name = def.name.clone();
+        node.projections().create(def).await.with_context(|| format!("declaring projection {name}"))?;
+        println!("projection {spec}");
+    }
+    Ok(())
 }
 
 /// Locks `data_dir` for this process: SQLite is single-host, so a second

@@ -20,7 +20,7 @@ use crate::id::ActorId;
 use quark_runtime::{Control, JobTurn, Request};
 
 use super::JobsInner;
-use crate::storage::jobs::{CatchUp, ClaimFilter, JobClaim, JobCompletion, JobFailure};
+use crate::storage::jobs::{CatchUp, ClaimFilter, JobClaim, JobCompletion, JobFailure, JobRecord};
 
 /// Longest sleep between looks at the store, by default.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -265,6 +265,35 @@ async fn claim(service: Arc<JobsInner>, max: usize) {
 
 /// Runs one claimed job as a turn of its target, then records a failure
 /// (success is recorded by the turn's own commit).
+/// What a claimed run of a job does about its schedule.
+enum Tick {
+    /// Run it; a recurring job then moves to this next tick.
+    Run(Option<i64>),
+    /// Skip this missed tick of a `skip` job: move to the next from now.
+    Skip(Option<i64>),
+    /// Its schedule cannot be planned: dead-letter it with this reason.
+    Broken(String),
+}
+
+/// Plans a claimed run of `job` at `now` against its catch-up policy.
+fn plan_tick(job: &JobRecord, now: i64) -> Tick {
+    let Some(cron) = &job.cron else { return Tick::Run(None) };
+    let tz = job.time_zone.as_deref();
+    let after_due = match next_tick(cron, tz, job.run_at_ms) {
+        Ok(t) => t,
+        Err(e) => return Tick::Broken(e.message),
+    };
+    let missed = after_due <= now;
+    match job.catch_up {
+        CatchUp::All => Tick::Run(Some(after_due)),
+        CatchUp::Once if missed => Tick::Run(next_tick(cron, tz, now).ok()),
+        CatchUp::Once => Tick::Run(Some(after_due)),
+        // This tick is one of several missed: skip to the next from now.
+        CatchUp::Skip if missed => Tick::Skip(next_tick(cron, tz, now).ok()),
+        CatchUp::Skip => Tick::Run(Some(after_due)),
+    }
+}
+
 async fn run_one(service: Arc<JobsInner>, claim: JobClaim, actor_type: String) {
     let (host, job) = (&service.host, &claim.job);
     let store = host.store().clone();
@@ -277,31 +306,17 @@ async fn run_one(service: Arc<JobsInner>, claim: JobClaim, actor_type: String) {
             let _ = jobs.fail_job(&fail(error, None)).await;
             return;
         }
-        let next_run_at_ms = match &job.cron {
-            None => None,
-            Some(cron) => {
-                let tz = job.time_zone.as_deref();
-                let after_due = match next_tick(cron, tz, job.run_at_ms) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        let _ = jobs.fail_job(&fail(e.message, None)).await;
-                        return;
-                    }
-                };
-                let missed = after_due <= now;
-                match job.catch_up {
-                    CatchUp::All => Some(after_due),
-                    CatchUp::Once if missed => next_tick(cron, tz, now).ok(),
-                    CatchUp::Once => Some(after_due),
-                    CatchUp::Skip if missed => {
-                        // This tick is one of several missed: skip to the next from now.
-                        if let Ok(next) = next_tick(cron, tz, now) {
-                            let _ = jobs.reschedule_job(&job.id, &claim.lease, next).await;
-                        }
-                        return;
-                    }
-                    CatchUp::Skip => Some(after_due),
+        let next_run_at_ms = match plan_tick(job, now) {
+            Tick::Run(next) => next,
+            Tick::Skip(next) => {
+                if let Some(next) = next {
+                    let _ = jobs.reschedule_job(&job.id, &claim.lease, next).await;
                 }
+                return;
+            }
+            Tick::Broken(error) => {
+                let _ = jobs.fail_job(&fail(error, None)).await;
+                return;
             }
         };
         let Ok(target) = ActorId::parse(&job.target) else {
