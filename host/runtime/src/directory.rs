@@ -29,14 +29,14 @@ pub enum Placement {
 /// Claims actors for this host.
 #[async_trait]
 pub trait ActorDirectory: Send + Sync {
-    /// Claims `actor` for this host, unless another live host serves it.
-    async fn claim(&self, actor: &ActorId) -> Result<Placement, ActorError>;
+    /// Claims `actor` for this host's `incarnation` (from
+    /// [`ActorDirectory::standing`]), unless another live host serves it.
+    async fn claim(&self, actor: &ActorId, incarnation: i64) -> Result<Placement, ActorError>;
 
-    /// Which membership of this host its claims belong to: when it changes
+    /// Whether this host may serve its actors now, and under which
+    /// membership, read together: `Some(incarnation)` while it holds its
+    /// lease, `None` when the lease lapsed. When the incarnation changes
     /// (the host was declared dead and joined again), every activation
     /// drops its instance and cache and claims its actor again.
-    fn incarnation(&self) -> i64;
-
-    /// Whether this host may serve its actors now (it holds its lease).
-    fn serving(&self) -> bool;
+    fn standing(&self) -> Option<i64>;
 }

@@ -156,8 +156,7 @@ impl Membership {
 /// this host's id and incarnation.
 #[async_trait::async_trait]
 impl ActorDirectory for Membership {
-    async fn claim(&self, actor: &ActorId) -> Result<Placement, ActorError> {
-        let incarnation = self.incarnation();
+    async fn claim(&self, actor: &ActorId, incarnation: i64) -> Result<Placement, ActorError> {
         let owner = self.inner.cluster().claim(actor, self.id(), incarnation).await?;
         if owner.host == self.id() && owner.incarnation == incarnation {
             return Ok(Placement::Here { epoch: owner.epoch });
@@ -166,12 +165,9 @@ impl ActorDirectory for Membership {
         Ok(Placement::Elsewhere { host: owner.host, api })
     }
 
-    fn incarnation(&self) -> i64 {
-        Membership::incarnation(self)
-    }
-
-    fn serving(&self) -> bool {
-        self.holds_lease()
+    fn standing(&self) -> Option<i64> {
+        let status = self.inner.status.lock();
+        (Instant::now() < status.lease_until).then_some(status.incarnation)
     }
 }
 

@@ -175,10 +175,15 @@ impl Core {
     /// it reads the state: a takeover waits for the old owner's last
     /// commit), or answers with the host that serves it.
     async fn claim(&mut self, directory: &dyn ActorDirectory, shared: &ActivationShared) -> Result<(), ActorError> {
-        let incarnation = directory.incarnation();
+        // One reading of lease and incarnation: read apart, a rejoin in
+        // between could pass a claim of the old incarnation as current.
+        let standing = directory.standing();
         let held = {
             let mut state = shared.state.lock();
-            let lost = !directory.serving() || state.claim.is_some_and(|(claimed_under, _)| claimed_under != incarnation);
+            let lost = match standing {
+                None => true,
+                Some(incarnation) => state.claim.is_some_and(|(claimed_under, _)| claimed_under != incarnation),
+            };
             if lost {
                 state.claim = None;
                 state.stale = true;
@@ -187,16 +192,16 @@ impl Core {
             }
             state.claim.is_some()
         };
-        if !directory.serving() {
+        let Some(incarnation) = standing else {
             return Err(ActorError::unavailable(format!(
                 "this host's cluster lease has lapsed: it serves no actors until it renews it ({} is not served here now)",
                 shared.id
             )));
-        }
+        };
         if held {
             return Ok(());
         }
-        match directory.claim(&shared.id).await? {
+        match directory.claim(&shared.id, incarnation).await? {
             Placement::Here { epoch } => {
                 shared.state.lock().claim = Some((incarnation, epoch));
                 Ok(())
