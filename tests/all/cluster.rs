@@ -156,7 +156,9 @@ fn one_owner_across_pause_and_kill(store: &str) {
         if ok {
             break value;
         }
-        assert!(err.contains("served by host h0"), "{err}");
+        // (h1's own lease may lapse for a moment under the load of the
+        // other tests: it then serves nothing, and says so.)
+        assert!(err.contains("served by host h0") || err.contains("lease has lapsed"), "{err}");
         assert!(paused.elapsed() < Duration::from_secs(15), "h1 did not take the actor: {err}");
         std::thread::sleep(Duration::from_millis(200));
     };
