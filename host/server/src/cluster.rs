@@ -6,8 +6,8 @@
 //!
 //! The host's own lease deadline is kept on its monotonic clock, from the
 //! moment before each heartbeat was sent: it passes before the store's, so
-//! once [`Membership::holds_lease`] is false no other host can own this
-//! host's actors yet.
+//! while it holds its lease by that clock ([`ActorDirectory::standing`]
+//! is `Some`), no other host can own its actors.
 //!
 //! The membership is also the runtime's [`ActorDirectory`]: each actor is
 //! claimed before it is activated here and its commits are fenced with
@@ -115,17 +115,6 @@ impl Membership {
     /// This host's id.
     pub fn id(&self) -> &str {
         &self.inner.info.id
-    }
-
-    /// This host's current incarnation.
-    pub fn incarnation(&self) -> i64 {
-        self.inner.status.lock().incarnation
-    }
-
-    /// Whether this host still holds its lease by its own clock: no other
-    /// host can own its actors while it does.
-    pub fn holds_lease(&self) -> bool {
-        Instant::now() < self.inner.status.lock().lease_until
     }
 
     /// Marks the host active (serving) from its next heartbeat on; now, too.
