@@ -71,8 +71,8 @@ test: guests
 
 # Lints, as CI runs them: clippy on every host crate, the tests and the benchmark, warnings as errors.
 check:
-	@echo ">> clippy on quark-core, quark-store, quark-runtime, quark and quark-tests (all targets, warnings are errors)"
-	$(CARGO) clippy -p quark-core -p quark-store -p quark-runtime -p quark -p quark-tests --all-targets -- -D warnings
+	@echo ">> clippy on quark-core, quark-store, quark-runtime, quark-cluster, quark and quark-tests (all targets, warnings are errors)"
+	$(CARGO) clippy -p quark-core -p quark-store -p quark-runtime -p quark-cluster -p quark -p quark-tests --all-targets -- -D warnings
 
 bench: guests
 	@echo ">> building and running the benchmarks (release)"

@@ -48,8 +48,15 @@ fn the_crates_depend_one_way() {
     for banned in ["axum", "hyper-util", "clap", "reqwest", "async-nats", "quark"] {
         assert!(!runtime.contains(banned), "quark-runtime must not depend on {banned}: {runtime:?}");
     }
+    // The cluster sits between the runtime and the server: it routes and
+    // transports requests, and serves no HTTP and parses no command line.
+    let cluster = normal_dependencies("quark-cluster");
+    assert!(cluster.contains("quark-runtime") && cluster.contains("tokio-util"), "{cluster:?}");
+    for banned in ["axum", "hyper", "clap", "reqwest", "async-nats", "quark"] {
+        assert!(!cluster.contains(banned), "quark-cluster must not depend on {banned}: {cluster:?}");
+    }
     let server = normal_dependencies("quark");
-    assert!(server.contains("quark-runtime") && server.contains("axum"), "{server:?}");
+    assert!(server.contains("quark-cluster") && server.contains("axum"), "{server:?}");
 }
 
 /// A router that records every request it routes, and runs all here.

@@ -1,11 +1,11 @@
 //! The error every actor-facing operation returns: one kind from the WIT
 //! `error` variant plus a message naming the cause.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The kind of an [`ActorError`]; the same cases as the WIT `error` variant,
 /// plus the HTTP-only ones a guest never sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorKind {
     /// Unknown actor type, method or component version.

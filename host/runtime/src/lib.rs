@@ -474,6 +474,38 @@ impl Host {
         }
     }
 
+    /// Serves the version the store says is active for each type where
+    /// this host serves another (a deploy or rollback through another host
+    /// on the same store): the next turn of each actor runs on it, as after
+    /// a deploy here. Returns the types that changed, with their new
+    /// version; a type that fails to load is logged and keeps its version.
+    pub async fn sync_active_versions(&self) -> Result<Vec<(String, u64)>, ActorError> {
+        // Read under the lock: read before, a deploy here in between would
+        // be undone by the older list.
+        let _serial = self.0.deploy_lock.lock().await;
+        let stored = self.0.store.active_versions().await?;
+        let mut changed = Vec::new();
+        for info in stored {
+            let serving = self.0.registry.active(&info.actor_type).ok().map(|v| v.info.version);
+            if serving == Some(info.version) {
+                continue;
+            }
+            let pre = match self.0.registry.loaded(&info.actor_type, info.version) {
+                Some(loaded) => loaded.pre.clone(),
+                None => match self.prepare_stored(&info).await {
+                    Ok(pre) => pre,
+                    Err(e) => {
+                        tracing::error!(actor_type = %info.actor_type, version = info.version, error = %format!("{e:#}"), "could not load the active version");
+                        continue;
+                    }
+                },
+            };
+            changed.push((info.actor_type.clone(), info.version));
+            self.0.registry.activate(info, pre);
+        }
+        Ok(changed)
+    }
+
     /// Every stored version of `actor_type`, oldest first, and the active one.
     pub async fn versions(&self, actor_type: &str) -> Result<(Vec<ComponentVersion>, u64), ActorError> {
         let active = self.0.registry.active(actor_type)?.info.version;

@@ -7,7 +7,7 @@
 //!
 //! This crate is the `quark` binary and what runs beside the runtime:
 //! - [`node`]: a [`Node`], the runtime and its services wired together;
-//! - [`cluster`]: membership of a host on a shared store;
+//! - [`cluster`]: a host's part in a cluster on a shared store (the `quark-cluster` crate);
 //! - [`jobs`]: durable jobs and their runner;
 //! - [`outbox`]: the outbox dispatcher and its sinks;
 //! - [`projections`]: CQRS read models fed from the journal;
@@ -20,13 +20,14 @@
 
 pub mod api;
 pub mod cli;
-pub mod cluster;
 pub mod jobs;
 pub mod node;
 pub mod outbox;
 pub mod projections;
 
 pub use node::{Node, NodeConfig};
+/// A host's part in a cluster (the `quark-cluster` crate).
+pub use quark_cluster as cluster;
 pub use quark_core::{ActorError, ActorId, ErrorKind, Manifest, error, id};
 /// The actor runtime (the `quark-runtime` crate).
 pub use quark_runtime as runtime;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use quark_runtime::router::{LocalRouter, Router};
 use quark_runtime::{Host, HostConfig};
 
-use crate::cluster::{ClusterConfig, Membership};
+use crate::cluster::{Cluster, ClusterConfig, ClusterRouter};
 use crate::jobs::{Jobs, JobsConfig};
 use crate::outbox::{Outbox, OutboxConfig};
 use crate::projections::Projections;
@@ -60,34 +60,50 @@ pub struct Node {
     jobs: Jobs,
     outbox: Outbox,
     projections: Projections,
-    membership: Option<Membership>,
+    cluster: Option<Cluster>,
     started_at_ms: i64,
 }
 
 impl Node {
-    /// Starts the runtime on `store`, every actor running here
-    /// ([`LocalRouter`]), and the services beside it.
+    /// Starts the runtime on `store` and the services beside it. With
+    /// `config.cluster`, the host joins the cluster on the (shared) store
+    /// first and routes every request to its actor's owner
+    /// ([`ClusterRouter`]); otherwise every actor runs here ([`LocalRouter`]).
     pub async fn start(config: NodeConfig, store: Arc<dyn Store>) -> anyhow::Result<Node> {
-        Node::start_with_router(config, store, Arc::new(LocalRouter)).await
+        match config.cluster.clone() {
+            Some(cluster) => {
+                let router = Arc::new(ClusterRouter::new());
+                Node::start_inner(config, store, router.clone(), Some((router, cluster))).await
+            }
+            None => Node::start_inner(config, store, Arc::new(LocalRouter), None).await,
+        }
     }
 
-    /// [`Node::start`] with the router every request goes through.
-    pub async fn start_with_router(mut config: NodeConfig, store: Arc<dyn Store>, router: Arc<dyn Router>) -> anyhow::Result<Node> {
+    /// [`Node::start`] on a single host with the router every request goes
+    /// through (`config.cluster` is ignored).
+    pub async fn start_with_router(config: NodeConfig, store: Arc<dyn Store>, router: Arc<dyn Router>) -> anyhow::Result<Node> {
+        Node::start_inner(config, store, router, None).await
+    }
+
+    async fn start_inner(
+        mut config: NodeConfig,
+        store: Arc<dyn Store>,
+        router: Arc<dyn Router>,
+        cluster: Option<(Arc<ClusterRouter>, ClusterConfig)>,
+    ) -> anyhow::Result<Node> {
         config.host.sink_names = config.outbox.sinks.keys().cloned().collect();
         let host = Host::start_with_router(config.host, store, router).await?;
+        // Joined before any service runs a turn: every activation claims
+        // its actor and every commit is fenced from the first one on.
+        let cluster = match cluster {
+            Some((router, cluster)) => Some(Cluster::join(&host, &router, cluster).await?),
+            None => None,
+        };
         spawn_inbox_expiry(&host, config.inbox_retention);
         let projections = Projections::start(host.clone()).await?;
         let jobs = Jobs::start(host.clone(), config.jobs).await;
         let outbox = Outbox::start(host.clone(), config.outbox).await;
-        let membership = match config.cluster {
-            Some(cluster) => {
-                let membership = Membership::join(&host, cluster).await?;
-                host.set_directory(Arc::new(membership.clone()));
-                Some(membership)
-            }
-            None => None,
-        };
-        Ok(Node { host, jobs, outbox, projections, membership, started_at_ms: crate::storage::now_ms() })
+        Ok(Node { host, jobs, outbox, projections, cluster, started_at_ms: crate::storage::now_ms() })
     }
 
     /// The actor runtime: deploys, calls, activations, journals.
@@ -115,9 +131,26 @@ impl Node {
         self.started_at_ms
     }
 
-    /// This host's cluster membership, when it is a member.
-    pub fn membership(&self) -> Option<&Membership> {
-        self.membership.as_ref()
+    /// This host's part in a cluster, when it is a member.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// Tells the other hosts of a cluster that a deploy or rollback here
+    /// changed an active version, and waits until each serves it (see
+    /// [`Cluster::versions_changed`]); the hosts that did not confirm.
+    pub async fn versions_changed(&self) -> Vec<String> {
+        match &self.cluster {
+            Some(cluster) => cluster.versions_changed().await,
+            None => Vec::new(),
+        }
+    }
+
+    /// Stops the work this host starts on its own, the jobs it claims and
+    /// the outbox lanes it delivers, letting what runs finish (for at most
+    /// [`crate::cluster::DEFAULT_DRAIN`] each): before it leaves a cluster.
+    pub async fn stop_services(&self) {
+        tokio::join!(self.jobs.stop(crate::cluster::DEFAULT_DRAIN), self.outbox.stop(crate::cluster::DEFAULT_DRAIN));
     }
 
     /// Prometheus text for `GET /metrics`.

@@ -376,6 +376,9 @@ async fn deploy(
         .with_journal(params.snapshot_every.as_deref(), params.retention.as_deref())?;
     let bytes = read_body(body, MAX_COMPONENT_BYTES, "the component").await?;
     let outcome = state.node.host().deploy(&actor_type, bytes.to_vec(), manifest).await?;
+    if outcome.created {
+        state.node.versions_changed().await;
+    }
     let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(outcome)).into_response())
 }
@@ -396,11 +399,12 @@ async fn versions(State(state): State<ApiState>, Path(actor_type): Path<String>)
 
 async fn rollback(State(state): State<ApiState>, Path(actor_type): Path<String>) -> ApiResult<Json<RolledBack>> {
     let version = state.node.host().rollback(&actor_type).await?;
+    state.node.versions_changed().await;
     Ok(Json(RolledBack { actor_type, active_version: version.version, version }))
 }
 
 async fn cluster(State(state): State<ApiState>) -> ApiResult<Json<ClusterView>> {
-    let Some(membership) = state.node.membership() else {
+    let Some(cluster) = state.node.cluster() else {
         // A host on its own: itself, from what it knows.
         let now = crate::storage::now_ms();
         let this = HostView {
@@ -416,8 +420,8 @@ async fn cluster(State(state): State<ApiState>) -> ApiResult<Json<ClusterView>> 
         };
         return Ok(Json(ClusterView { mode: "single-host".into(), this: this.id.clone(), hosts: vec![this] }));
     };
-    let members = membership.members().await.map_err(ActorError::from)?;
-    Ok(Json(ClusterView { mode: "cluster".into(), this: membership.id().to_string(), hosts: members.iter().map(HostView::from).collect() }))
+    let members = cluster.members().await.map_err(ActorError::from)?;
+    Ok(Json(ClusterView { mode: "cluster".into(), this: cluster.id().to_string(), hosts: members.iter().map(HostView::from).collect() }))
 }
 
 async fn actors(State(state): State<ApiState>) -> Json<ActorList> {

@@ -310,6 +310,15 @@ struct ServeArgs {
     /// This host's id in the cluster (unique; default: a fresh one per start).
     #[arg(long, env = "QUARK_HOST_ID", hide_env_values = true)]
     host_id: Option<String>,
+    /// Where other hosts of the cluster reach this one (`host:port`; port
+    /// 0 picks a free one); advertised through the membership rows.
+    #[arg(long, env = "QUARK_PEER_LISTEN", hide_env_values = true, default_value = "127.0.0.1:0")]
+    peer_listen: String,
+    /// Where a new activation goes in a cluster: `hash` (spread by actor
+    /// id over the live hosts) or `local` (the host that first sees a
+    /// message for it).
+    #[arg(long, default_value = "hash")]
+    placement: String,
     /// How long a cluster member holds its actors without a heartbeat
     /// (heartbeats go every tenth of it); a member silent for twice this
     /// long is declared dead.
@@ -489,9 +498,9 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
         println!("try:  {quark} call counter/alice increment '{{\"by\": 2}}'");
         println!("      curl -X POST http://{addr}/v1/actors/counter/alice/get");
     }
-    if let Some(membership) = node.membership() {
-        membership.set_active().await.context("joining the cluster")?;
-        println!("cluster member {} (store: {where_}); `quark cluster` lists the hosts", membership.id());
+    if let Some(cluster) = node.cluster() {
+        cluster.set_active().await.context("joining the cluster")?;
+        println!("cluster member {} (store: {where_}, peers at {}); `quark cluster` lists the hosts", cluster.id(), cluster.peer_addr());
     }
     let access = crate::api::ApiConfig { token, allowed_hosts: args.allow_hosts.clone(), allowed_origins: args.allow_origins.clone(), listen: None };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("watching for SIGTERM")?;
@@ -506,10 +515,13 @@ async fn serve(args: ServeArgs, token: Option<String>) -> anyhow::Result<()> {
         served = crate::api::serve_with(node.clone(), listener, access) => served,
         () = shutdown => Ok(()),
     };
-    if let Some(membership) = node.membership()
-        && let Err(e) = membership.leave().await
-    {
-        tracing::warn!(error = %e, "leaving the cluster failed: the other hosts declare this one dead when its lease lapses");
+    // The API is closed; what this host runs on its own stops next, then
+    // its actors are handed off (the turns in flight finish first).
+    if let Some(cluster) = node.cluster() {
+        node.stop_services().await;
+        if let Err(e) = cluster.leave(crate::cluster::DEFAULT_DRAIN).await {
+            tracing::warn!(error = %e, "leaving the cluster failed: the other hosts declare this one dead when its lease lapses");
+        }
     }
     outcome
 }
@@ -662,7 +674,15 @@ fn node_config(args: &ServeArgs, addr: std::net::SocketAddr, shared_store: bool)
     }
     if shared_store {
         let lease = Duration::from(args.lease).max(Duration::from_millis(100));
-        config.cluster = Some(crate::cluster::ClusterConfig { host_id: args.host_id.clone(), api: addr.to_string(), lease, heartbeat: lease / 10 });
+        let placement = crate::cluster::placement::by_name(&args.placement).map_err(|e| anyhow::anyhow!("--placement: {e}"))?;
+        config.cluster = Some(crate::cluster::ClusterConfig {
+            host_id: args.host_id.clone(),
+            api: addr.to_string(),
+            peer_listen: args.peer_listen.clone(),
+            lease,
+            heartbeat: lease / 10,
+            placement: placement.into(),
+        });
     } else if args.host_id.is_some() {
         anyhow::bail!("--host-id names a host in a cluster, and the SQLite store is single-host: pass --store postgres://… or redis://… too");
     }

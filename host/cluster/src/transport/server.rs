@@ -1,0 +1,162 @@
+//! The peer listener: other hosts' requests for actors this host owns.
+//!
+//! Per connection, asks run concurrently (each its own task, so a slow
+//! turn holds up nothing else), while queued asks and tells are taken in
+//! the order they arrived, one after another, so a lane's messages (and
+//! one actor's tells to another) keep their order across hosts.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::codec::FramedRead;
+
+use crate::Inner;
+use crate::wire::{self, Frame, Mode, Outcome, WireLane, WireRequest};
+
+/// Accepts peers' connections for as long as the cluster lives.
+pub(crate) async fn serve(listener: TcpListener, cluster: Weak<Inner>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a peer connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if cluster.strong_count() == 0 {
+            return;
+        }
+        tokio::spawn(connection(stream, cluster.clone()));
+    }
+}
+
+/// One peer's connection, until it closes.
+async fn connection(stream: TcpStream, cluster: Weak<Inner>) {
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    tokio::spawn(async move { super::write_frames(write, &mut rx, |b| b).await });
+    let (ordered_tx, ordered_rx) = mpsc::unbounded_channel();
+    tokio::spawn(in_order(ordered_rx, cluster.clone(), tx.clone()));
+    let mut reader = FramedRead::new(read, wire::codec());
+    while let Some(Ok(bytes)) = reader.next().await {
+        if let Some(cluster) = cluster.upgrade() {
+            cluster.last_frame_ms.store(quark_core::time::now_ms(), Ordering::Release);
+        }
+        match wire::decode(&bytes) {
+            Ok(Frame::Call { id, mode: Mode::Ask, request }) => {
+                tokio::spawn(ask(cluster.clone(), id, request, tx.clone()));
+            }
+            Ok(Frame::Call { id, mode, request }) => {
+                let _ = ordered_tx.send((id, mode, request));
+            }
+            Ok(Frame::VersionsChanged { id }) => {
+                let (cluster, tx) = (cluster.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let Some(host) = cluster.upgrade().and_then(|c| c.host()) else { return };
+                    let outcome = Outcome::of(crate::serve_active_versions(&host).await.map(|()| Vec::new()), false);
+                    reply(&tx, id, outcome);
+                });
+            }
+            Ok(Frame::Reply { .. }) => tracing::debug!("a peer sent a reply to a call this host did not make"),
+            Err(e) => {
+                tracing::warn!(error = %e, "a peer sent a frame that does not decode; closing its connection");
+                return;
+            }
+        }
+    }
+}
+
+fn reply(tx: &mpsc::UnboundedSender<Bytes>, id: u64, outcome: Outcome) {
+    let _ = tx.send(wire::encode(&Frame::Reply { id, outcome }));
+}
+
+/// One ask: admitted (this host serves the actor), run, answered.
+async fn ask(cluster: Weak<Inner>, id: u64, request: WireRequest, tx: mpsc::UnboundedSender<Bytes>) {
+    let Some(cluster) = cluster.upgrade() else {
+        return reply(&tx, id, Outcome::Moved { owner: None, leaving: true });
+    };
+    let outcome = match cluster.admit(&request.target).await {
+        Err(outcome) => outcome,
+        Ok(_admitted) => match (cluster.host(), request.into_request(|_| Arc::new(AtomicBool::new(false)))) {
+            (Some(host), Ok((request, effect_free))) => {
+                let result = host.ask_here(request).await;
+                Outcome::of(result, effect_free.is_some_and(|f| f.load(Ordering::Acquire)))
+            }
+            (None, _) => Outcome::Moved { owner: None, leaving: true },
+            (_, Err(e)) => Outcome::of(Err(e), false),
+        },
+    };
+    reply(&tx, id, outcome);
+}
+
+/// Queued asks and tells, in arrival order. A lane's queued messages share
+/// one flag here, as they share one on the sending host.
+async fn in_order(mut rx: mpsc::UnboundedReceiver<(u64, Mode, WireRequest)>, cluster: Weak<Inner>, tx: mpsc::UnboundedSender<Bytes>) {
+    let mut lanes: HashMap<u64, Weak<AtomicBool>> = HashMap::new();
+    while let Some((id, mode, request)) = rx.recv().await {
+        let Some(cluster) = cluster.upgrade() else {
+            if mode == Mode::Queue {
+                reply(&tx, id, Outcome::Moved { owner: None, leaving: true });
+            }
+            continue;
+        };
+        let admitted = match cluster.admit(&request.target).await {
+            Ok(admitted) => admitted,
+            Err(outcome) => {
+                if mode == Mode::Queue {
+                    reply(&tx, id, outcome);
+                }
+                continue;
+            }
+        };
+        if lanes.len() > 4096 {
+            lanes.retain(|_, flag| flag.strong_count() > 0);
+        }
+        let lane_flag = |lane: WireLane| {
+            let known = lanes.get(&lane.group).and_then(Weak::upgrade);
+            match known {
+                Some(flag) if !lane.first => flag,
+                _ => {
+                    let flag = Arc::new(AtomicBool::new(false));
+                    lanes.insert(lane.group, Arc::downgrade(&flag));
+                    flag
+                }
+            }
+        };
+        let (request, effect_free) = match request.into_request(lane_flag) {
+            Ok(parts) => parts,
+            Err(e) => {
+                if mode == Mode::Queue {
+                    reply(&tx, id, Outcome::of(Err(e), false));
+                }
+                continue;
+            }
+        };
+        let Some(host) = cluster.host() else { continue };
+        if mode == Mode::Tell {
+            let target = request.target.clone();
+            if let Err(e) = host.tell_here(request) {
+                tracing::warn!(target = %target, error = %e, "a told message from a peer could not be queued");
+            }
+            continue;
+        }
+        match host.queue_here(request) {
+            Ok(pending) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let result = pending.await;
+                    drop(admitted);
+                    reply(&tx, id, Outcome::of(result, effect_free.is_some_and(|f| f.load(Ordering::Acquire))));
+                });
+            }
+            Err(e) => reply(&tx, id, Outcome::of(Err(e), false)),
+        }
+    }
+}
