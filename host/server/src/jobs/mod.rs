@@ -107,6 +107,20 @@ impl Jobs {
         Jobs(inner)
     }
 
+    /// Stops running jobs here (before the host leaves a cluster): no more
+    /// are claimed; the running ones finish. Waits for them, for at most
+    /// `within` (a job still running then is run again elsewhere once its
+    /// lease lapses).
+    pub async fn stop(&self, within: Duration) {
+        let runner = &self.0.runner;
+        runner.stopping.store(true, std::sync::atomic::Ordering::Release);
+        runner.wake();
+        let started = std::time::Instant::now();
+        while runner.busy() > 0 && started.elapsed() < within {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Wakes the runner (after jobs were written to the store directly).
     pub fn wake(&self) {
         self.0.runner.wake();

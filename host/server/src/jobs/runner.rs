@@ -69,6 +69,8 @@ pub(crate) struct JobRunner {
     /// The last claim took fewer jobs than it asked for: the loop asks the
     /// store when the next job is due.
     claim_came_back_short: AtomicBool,
+    /// Set by [`crate::jobs::Jobs::stop`]: claim no more jobs.
+    pub(crate) stopping: AtomicBool,
 }
 
 impl Default for JobRunner {
@@ -85,11 +87,17 @@ impl Default for JobRunner {
             claims_in_flight: AtomicUsize::new(0),
             claim_failures: AtomicU32::new(0),
             claim_came_back_short: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
         }
     }
 }
 
 impl JobRunner {
+    /// Jobs running and claims in flight on this host.
+    pub(crate) fn busy(&self) -> usize {
+        self.running.load(Ordering::Acquire) + self.claims_in_flight.load(Ordering::Acquire)
+    }
+
     /// Wakes the runner because jobs were added (here or, announced, on
     /// another host): the next claim may find some.
     pub(crate) fn wake(&self) {
@@ -178,6 +186,9 @@ pub(crate) async fn run(service: Weak<JobsInner>) {
         let Some(strong) = service.upgrade() else { return };
         let Some(store) = strong.host.store().job_store() else { return };
         let runner = strong.runner.clone();
+        if runner.stopping.load(Ordering::Acquire) {
+            return;
+        }
         let config = &strong.config;
         let running = runner.running.load(Ordering::Acquire) + runner.reserved.load(Ordering::Acquire);
         let free = config.concurrency.saturating_sub(running);

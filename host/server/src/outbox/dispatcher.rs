@@ -71,6 +71,11 @@ pub(crate) struct Dispatcher {
     /// follow without a claim.
     extendable: Mutex<std::collections::HashMap<String, Extendable>>,
     delivered_tx: tokio::sync::broadcast::Sender<MessageDelivered>,
+    /// Set by [`crate::outbox::Outbox::stop`]: claim nothing more, finish
+    /// the lanes in flight, record them, end.
+    pub(crate) stopping: AtomicBool,
+    /// Set once the loop has ended after a stop.
+    pub(crate) stopped: AtomicBool,
 }
 
 /// A lane being delivered here that later messages may follow.
@@ -93,6 +98,8 @@ impl Default for Dispatcher {
             done: Default::default(),
             extendable: Default::default(),
             delivered_tx: tokio::sync::broadcast::channel(4096).0,
+            stopping: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
         }
     }
 }
@@ -205,6 +212,21 @@ pub(crate) async fn run(outbox: Weak<OutboxInner>) {
         let Some(strong) = outbox.upgrade() else { return };
         let Some(store) = strong.host.store().outbox_store() else { return };
         let dispatcher = strong.dispatcher.clone();
+        if dispatcher.stopping.load(Ordering::Acquire) {
+            if dispatcher.in_flight.load(Ordering::Acquire) == 0 {
+                // What was delivered is recorded and the lanes released,
+                // so no other host delivers them again.
+                let done = dispatcher.take_done();
+                if let Err(e) = store.claim_lanes(crate::storage::now_ms(), 0, PER_LANE, LEASE.as_millis() as i64, &done.delivered, &done.released).await {
+                    tracing::warn!(error = %e, "recording the last deliveries failed; their lanes are delivered again after their lease");
+                }
+                dispatcher.stopped.store(true, Ordering::Release);
+                return;
+            }
+            drop(strong);
+            let _ = tokio::time::timeout(Duration::from_millis(20), dispatcher.wake.notified()).await;
+            continue;
+        }
         let concurrency = strong.config.concurrency.max(1);
         let here = dispatcher.new_lanes_here.load(Ordering::Acquire);
         // Lanes commits opened are already ours: no claim needed, unless a

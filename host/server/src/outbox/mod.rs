@@ -129,6 +129,19 @@ impl Outbox {
         self.0.dispatcher.subscribe()
     }
 
+    /// Stops delivering (before the host leaves a cluster): no more lanes
+    /// are claimed here; the lanes in flight finish, and what they
+    /// delivered is recorded. Waits for that, for at most `within`.
+    pub async fn stop(&self, within: Duration) {
+        let dispatcher = &self.0.dispatcher;
+        dispatcher.stopping.store(true, std::sync::atomic::Ordering::Release);
+        dispatcher.wake();
+        let started = std::time::Instant::now();
+        while !dispatcher.stopped.load(std::sync::atomic::Ordering::Acquire) && started.elapsed() < within {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Outbox lanes this host is delivering now (at most
     /// [`OutboxConfig::concurrency`]).
     pub fn lanes_in_flight(&self) -> usize {
