@@ -38,7 +38,8 @@ impl Server {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            // Kept beside the data for a failing test to be read.
+            .stderr(std::fs::File::create(data_dir.join("serve.log")).map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
             .spawn()
             .unwrap();
         let url = format!("http://127.0.0.1:{port}");
@@ -91,6 +92,21 @@ pub(crate) mod reqwest {
             return None;
         }
         Some(out.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
+    }
+
+    /// A POST of `body` to `url`: the status and body, or `None` when the
+    /// host could not be reached or answered nothing.
+    pub(crate) fn blocking_post(url: &str, body: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let addr = url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+        let path = format!("/{}", url.trim_start_matches("http://").split_once('/').map(|x| x.1).unwrap_or(""));
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10))).ok()?;
+        let _ = write!(s, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let status = out.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+        Some((status, out.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default()))
     }
 }
 

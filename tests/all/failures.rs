@@ -197,49 +197,6 @@ async fn pipelined_turns_never_expose_a_write_that_failed_to_commit() {
     assert_eq!(ask(&host, "counter/p", "get", json!(null)).await.unwrap(), json!(52));
 }
 
-/// A TCP relay to PostgreSQL that can cut every connection, to take the
-/// real server "down" for one host without touching the shared server.
-struct Relay {
-    addr: std::net::SocketAddr,
-    up: Arc<std::sync::atomic::AtomicBool>,
-    conns: Arc<parking_lot::Mutex<Vec<tokio::task::AbortHandle>>>,
-}
-
-impl Relay {
-    async fn start(upstream: &'static str) -> Relay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let conns = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        let (up2, conns2) = (up.clone(), conns.clone());
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !up2.load(std::sync::atomic::Ordering::SeqCst) {
-                    continue; // dropped: connection refused in effect
-                }
-                let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                conns2.lock().push(task.abort_handle());
-            }
-        });
-        Relay { addr, up, conns }
-    }
-
-    fn down(&self) {
-        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
-        for c in self.conns.lock().drain(..) {
-            c.abort();
-        }
-    }
-
-    fn restore(&self) {
-        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 #[tokio::test]
 async fn postgres_going_down_fails_durable_turns_and_recovers() {
     let relay = Relay::start("127.0.0.1:5432").await;
@@ -252,7 +209,7 @@ async fn postgres_going_down_fails_durable_turns_and_recovers() {
     host.host().deploy("counter", component("counter"), manifest()).await.unwrap();
     assert_eq!(ask(&host, "counter/pg", "increment", json!({"by": 1})).await.unwrap(), json!(1));
 
-    relay.down();
+    relay.cut();
     let e = ask(&host, "counter/pg", "increment", json!({"by": 10})).await.unwrap_err();
     assert_eq!(e.kind, ErrorKind::Unavailable, "{e}");
     assert_eq!(ask(&host, "counter/pg", "get", json!(null)).await.unwrap(), json!(1), "volatile turns still serve from memory");

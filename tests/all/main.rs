@@ -9,6 +9,7 @@ mod actor_calls;
 mod architecture;
 mod cli_process;
 mod cluster;
+mod cluster_calls;
 mod failures;
 mod hardening;
 mod hot_swap;

@@ -300,3 +300,92 @@ pub(crate) async fn shared_store_url(backend: &str, test: &str) -> Option<String
         Err(e) => panic!("{test}: {backend} is required (QUARK_REQUIRE_BACKENDS=1) but not reachable at {url}: {e}"),
     }
 }
+
+/// A TCP relay in front of a real server (PostgreSQL, Redis), to take it
+/// away from one client without touching the server the others share:
+/// [`Relay::cut`] drops every connection and refuses new ones (the client
+/// sees errors at once); [`Relay::partition`] holds every byte in both
+/// directions and answers nothing (the client sees silence, as across a
+/// network partition); [`Relay::restore`] heals either.
+pub(crate) struct Relay {
+    pub(crate) addr: std::net::SocketAddr,
+    upstream: &'static str,
+    state: Arc<std::sync::atomic::AtomicU8>,
+    conns: Arc<parking_lot::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+const RELAY_UP: u8 = 0;
+const RELAY_CUT: u8 = 1;
+const RELAY_PARTITIONED: u8 = 2;
+
+impl Relay {
+    /// A relay on an ephemeral loopback port to `upstream` (`host:port`).
+    pub(crate) async fn start(upstream: &'static str) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(std::sync::atomic::AtomicU8::new(RELAY_UP));
+        let conns = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let (state2, conns2) = (state.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if state2.load(Ordering::SeqCst) == RELAY_CUT {
+                    continue; // dropped: refused in effect
+                }
+                let state = state2.clone();
+                let task = tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    let (up_read, up_write) = outbound.into_split();
+                    let (down_read, down_write) = inbound.into_split();
+                    tokio::join!(Self::pipe(down_read, up_write, state.clone()), Self::pipe(up_read, down_write, state));
+                });
+                conns2.lock().push(task.abort_handle());
+            }
+        });
+        Relay { addr, upstream, state, conns }
+    }
+
+    /// Copies `from` to `to`, holding the bytes while partitioned.
+    async fn pipe(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, state: Arc<std::sync::atomic::AtomicU8>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            while state.load(std::sync::atomic::Ordering::SeqCst) == RELAY_PARTITIONED {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            while state.load(std::sync::atomic::Ordering::SeqCst) == RELAY_PARTITIONED {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// `url` with the upstream's address replaced by the relay's.
+    pub(crate) fn url(&self, url: &str) -> String {
+        url.replace(self.upstream, &self.addr.to_string())
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub(crate) fn cut(&self) {
+        self.state.store(RELAY_CUT, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Holds every byte, both ways, on every connection, old and new.
+    pub(crate) fn partition(&self) {
+        self.state.store(RELAY_PARTITIONED, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Forwards again.
+    pub(crate) fn restore(&self) {
+        self.state.store(RELAY_UP, std::sync::atomic::Ordering::SeqCst);
+    }
+}
