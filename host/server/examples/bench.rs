@@ -174,32 +174,10 @@ fn id(s: String) -> ActorId {
     ActorId::parse(&s).unwrap()
 }
 
-/// Runs `total` asks spread over `actors` actors from `concurrency` tasks;
-/// returns (turns/s, p50, p99).
+/// [`throughput_to`] actors `counter/k0`… `counter/k{actors - 1}`.
 async fn throughput(host: &Node, method: &'static str, body: &'static [u8], actors: usize, total: usize, concurrency: usize) -> (f64, Duration, Duration) {
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for t in 0..concurrency {
-        let host = host.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(total / concurrency);
-            let mut i = t;
-            while i < total {
-                let s = Instant::now();
-                host.host().ask(id(format!("counter/k{}", i % actors)), method, body.to_vec()).await.unwrap();
-                lat.push(s.elapsed());
-                i += concurrency;
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap());
-    }
-    let elapsed = started.elapsed();
-    lat.sort();
-    (total as f64 / elapsed.as_secs_f64(), percentile(&lat, 0.5), percentile(&lat, 0.99))
+    let actors: Vec<ActorId> = (0..actors).map(|k| id(format!("counter/k{k}"))).collect();
+    throughput_to(host, &actors, method, body, total, concurrency).await
 }
 
 /// 16 clients each send sequential increments to their own actor; v2 of
@@ -607,6 +585,157 @@ async fn directory_bench(store: Arc<dyn Store>, name: &str) {
         fenced / plain
     );
     cluster.leave("bench", incarnation).await.unwrap();
+}
+
+/// Sequential round trips of `n` calls of `op`: (p50, p99).
+async fn round_trips<F, Fut>(n: usize, mut op: F) -> (Duration, Duration)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..n / 10 + 1 {
+        op().await;
+    }
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = Instant::now();
+        op().await;
+        lat.push(s.elapsed());
+    }
+    lat.sort();
+    (percentile(&lat, 0.5), percentile(&lat, 0.99))
+}
+
+/// A loopback TCP echo of `reply` bytes for every `request` bytes read:
+/// the floor under a remote ask (one round trip of the same bytes, no
+/// framing, no codec, no runtime).
+async fn raw_tcp_round_trips(n: usize, request: usize, reply: usize) -> (Duration, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        conn.set_nodelay(true).unwrap();
+        let (mut got, out) = (vec![0u8; request], vec![7u8; reply]);
+        while conn.read_exact(&mut got).await.is_ok() {
+            if conn.write_all(&out).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.set_nodelay(true).unwrap();
+    let (out, mut got) = (vec![1u8; request], vec![0u8; reply]);
+    let conn = &mut conn;
+    let (out, got) = (&out, &mut got);
+    let mut lat = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        let s = Instant::now();
+        conn.write_all(out).await.unwrap();
+        conn.read_exact(got).await.unwrap();
+        if i >= n / 10 {
+            lat.push(s.elapsed());
+        }
+    }
+    lat.sort();
+    (percentile(&lat, 0.5), percentile(&lat, 0.99))
+}
+
+/// Two hosts in this process on one PostgreSQL schema, each its own
+/// cluster member with its own peer listener on loopback: a local ask on
+/// the owner, a remote ask forwarded from the other host, and a raw TCP
+/// round trip of about the same bytes; then asks/s through each.
+async fn cluster_bench(dir: &std::path::Path, pg_url: &str) {
+    use quark::cluster::ClusterConfig;
+    use quark::cluster::placement::LocalPlacement;
+    let schema = format!("quark_bench_cluster_{}", std::process::id());
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let store = match PostgresStore::connect(pg_url, Some(&schema)).await {
+            Ok(store) => store,
+            Err(e) => return println!("SKIP cluster on PostgreSQL: {e}"),
+        };
+        let mut config = NodeConfig::new(dir.join(format!("cluster-{name}")));
+        config.cluster = Some(ClusterConfig { host_id: Some(name.into()), placement: Arc::new(LocalPlacement), ..ClusterConfig::new("127.0.0.1:1") });
+        let node = Node::start(config, Arc::new(store)).await.unwrap();
+        if name == "a" {
+            node.host().deploy("counter", component("counter"), Manifest::parse(Some("16MiB"), None).unwrap()).await.unwrap();
+        }
+        nodes.push(node);
+    }
+    let (a, b) = (nodes[0].clone(), nodes[1].clone());
+    // b serves the deploy once it has seen it; each actor lives on b (placement `local`).
+    let actors: Vec<ActorId> = (0..1000).map(|i| id(format!("counter/remote{i}"))).collect();
+    let started = Instant::now();
+    while b.host().ask(actors[0].clone(), "get", b"null".to_vec()).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(10), "host b never served the deploy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for actor in &actors {
+        b.host().ask(actor.clone(), "get", b"null".to_vec()).await.unwrap();
+    }
+    let n = scale(20_000);
+    let one = actors[0].clone();
+    let mut lines = Vec::new();
+    // Alternated, twice each.
+    for round in 0..2 {
+        let (host, target) = (b.host().clone(), one.clone());
+        let local = tokio::spawn(async move { round_trips(n, || async { host.ask(target.clone(), "get", b"null".to_vec()).await.unwrap(); }).await }).await.unwrap();
+        let (host, target) = (a.host().clone(), one.clone());
+        let remote = tokio::spawn(async move { round_trips(n, || async { host.ask(target.clone(), "get", b"null".to_vec()).await.unwrap(); }).await }).await.unwrap();
+        // A forwarded ask's frame carries the target, method, payload,
+        // caller, chain and deadline (about 60 bytes); the reply about 10.
+        let raw = tokio::spawn(raw_tcp_round_trips(n, 64, 12)).await.unwrap();
+        lines.push(format!(
+            "round {round}: local ask p50 {:?} p99 {:?}; remote ask p50 {:?} p99 {:?}; raw loopback TCP round trip p50 {:?} p99 {:?}; remote/raw p50 {:.2}",
+            local.0, local.1, remote.0, remote.1, raw.0, raw.1, remote.0.as_secs_f64() / raw.0.as_secs_f64()
+        ));
+    }
+    for line in lines {
+        println!("cluster on PostgreSQL, one caller: {line}");
+    }
+    let total = scale(200_000);
+    for round in 0..2 {
+        for (via, node) in [("local (through b)", &b), ("remote (through a)", &a)] {
+            let (rate, p50, p99) = throughput_to(node, &actors, "get", b"null", total, 64).await;
+            println!("cluster on PostgreSQL, round {round}: volatile asks to 1000 actors on b, {via}, 64 callers: {rate:.0} asks/s, p50 {p50:?}, p99 {p99:?}");
+        }
+    }
+    for node in [&a, &b] {
+        if let Some(cluster) = node.cluster() {
+            let _ = cluster.leave(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Runs `total` asks spread over `actors` from `concurrency` tasks through
+/// `host`; returns (asks/s, p50, p99).
+async fn throughput_to(host: &Node, actors: &[ActorId], method: &'static str, body: &'static [u8], total: usize, concurrency: usize) -> (f64, Duration, Duration) {
+    let actors = Arc::new(actors.to_vec());
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let (host, actors) = (host.host().clone(), actors.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(total / concurrency + 1);
+                let mut i = t;
+                while i < total {
+                    let s = Instant::now();
+                    host.ask(actors[i % actors.len()].clone(), method, body.to_vec()).await.unwrap();
+                    lat.push(s.elapsed());
+                    i += concurrency;
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for task in tasks {
+        lat.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    lat.sort();
+    (total as f64 / elapsed.as_secs_f64(), percentile(&lat, 0.5), percentile(&lat, 0.99))
 }
 
 /// Outbox delivery to a Redis stream sink: 100 senders x 100 messages.
@@ -1123,6 +1252,10 @@ async fn run_parts() {
             Ok(redis) => directory_bench(Arc::new(redis), "Redis").await,
             Err(e) => println!("SKIP directory on Redis: {e}"),
         }
+    }
+    if wanted("cluster") {
+        let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        cluster_bench(dir.path(), &pg_url).await;
     }
     if wanted("languages") {
         for name in ["counter", "counter-py", "counter-js"] {
