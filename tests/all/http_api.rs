@@ -48,7 +48,7 @@ async fn deploy_call_and_errors_over_http() {
     assert_eq!(body["version"], json!(2));
     assert_eq!(
         body["manifest"],
-        json!({"memory_limit": 16 << 20, "turn_timeout": 2000, "snapshot_every": 1000, "retention": "keep"})
+        json!({"memory_limit": 16 << 20, "turn_timeout": 2000, "snapshot_every": 1000, "retention": "keep", "stateless_workers": 0})
     );
 
     let call = |path: &str, body: &'static str| http.post(format!("{base}/v1/actors/{path}")).body(body).send();

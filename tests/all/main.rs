@@ -19,4 +19,5 @@ mod journal;
 mod languages;
 mod migrations;
 mod outbox;
+mod stateless_workers;
 mod storage_conformance;

@@ -61,7 +61,17 @@ pub struct Manifest {
     /// What happens to the events a snapshot covers.
     #[serde(default)]
     pub retention: Retention,
+    /// Above 0, the type is a stateless worker (Orleans'
+    /// `[StatelessWorker]`): up to this many activations per actor id run
+    /// side by side on whichever host the call arrives at, with no
+    /// directory entry, no state, journal, jobs or outbox. For pure compute
+    /// and fan-out. 0 (the default): one activation per actor in the cluster.
+    #[serde(default)]
+    pub stateless_workers: u32,
 }
+
+/// Most activations per id a stateless worker type may ask for.
+pub const MAX_STATELESS_WORKERS: u32 = 256;
 
 /// Events between automatic snapshots unless a deploy says otherwise:
 /// rebuilding replays at most this many (about a millisecond's work).
@@ -110,7 +120,7 @@ impl Manifest {
                 "memory limit {memory_limit} bytes is over {MAX_MEMORY_LIMIT} (4 GiB, all a 32-bit wasm memory can address)"
             )));
         }
-        Ok(Manifest { memory_limit, turn_timeout, snapshot_every: DEFAULT_SNAPSHOT_EVERY, retention: Retention::Keep })
+        Ok(Manifest { memory_limit, turn_timeout, snapshot_every: DEFAULT_SNAPSHOT_EVERY, retention: Retention::Keep, stateless_workers: 0 })
     }
 
     /// Sets the journal settings from the strings a person types: events
@@ -128,6 +138,24 @@ impl Manifest {
             self.retention = r.trim().parse().map_err(crate::ActorError::bad_request)?;
         }
         Ok(self)
+    }
+
+    /// Makes the type a stateless worker with up to `workers` activations
+    /// per actor id on each host (`4`); `0` or none keeps it stateful.
+    pub fn with_stateless_workers(mut self, workers: Option<&str>) -> Result<Self, crate::ActorError> {
+        if let Some(s) = workers {
+            self.stateless_workers = s.trim().parse::<u32>().ok().filter(|n| *n <= MAX_STATELESS_WORKERS).ok_or_else(|| {
+                crate::ActorError::bad_request(format!(
+                    "bad stateless worker count {s:?}: give the activations per actor id, 1 to {MAX_STATELESS_WORKERS} (0: a stateful actor)"
+                ))
+            })?;
+        }
+        Ok(self)
+    }
+
+    /// Whether the type is a stateless worker.
+    pub fn is_stateless_worker(&self) -> bool {
+        self.stateless_workers > 0
     }
 }
 

@@ -421,6 +421,18 @@ impl Host {
         if let Some(version) = self.0.registry.same_as_active(actor_type, &hash, &manifest) {
             return Ok(DeployOutcome { version, created: false });
         }
+        if let Ok(active) = self.0.registry.active(actor_type)
+            && active.info.manifest.is_stateless_worker() != manifest.is_stateless_worker()
+        {
+            // Live activations of the old kind would break the new one's
+            // promise (several activations of a stateful actor, or a
+            // worker's calls routed through the directory).
+            return Err(ActorError::bad_request(format!(
+                "`{actor_type}` is a {} type; a new version cannot make it {}: deploy it under a new type name",
+                if active.info.manifest.is_stateless_worker() { "stateless worker" } else { "stateful" },
+                if manifest.is_stateless_worker() { "a stateless worker" } else { "stateful" },
+            )));
+        }
         let host = self.clone();
         let (bytes, (pre, cached)) = {
             let (actor_type, hash) = (actor_type.to_string(), hash.clone());
@@ -450,6 +462,9 @@ impl Host {
     ) -> Result<(), ActorError> {
         let shared = Arc::new(activation::ActivationShared::new(ActorId::new(actor_type, "deploy-check")?));
         match instance::instantiate_pre(self, &shared, pre, manifest, 0).await {
+            Ok((_, bindings)) if manifest.is_stateless_worker() && bindings.aggregate.is_some() => Err(ActorError::bad_request(format!(
+                "`{actor_type}` is event-sourced and cannot be a stateless worker: its journal needs one writer (deploy it without --stateless-workers)"
+            ))),
             Ok(_) => Ok(()),
             Err(e) if e.kind == ErrorKind::LimitExceeded => {
                 // Start it once more without the limit to say what it needs.
@@ -562,9 +577,18 @@ impl Host {
         }
     }
 
+    /// Where `request` runs: a stateless worker on this host, anything
+    /// else where the router says.
+    fn route(&self, request: &Request) -> Result<Route, ActorError> {
+        if self.0.registry.stateless_workers(request.target.actor_type()) > 0 {
+            return Ok(Route::Here);
+        }
+        self.0.router.route(request)
+    }
+
     /// Routes a request and waits for its reply (or its deadline).
     pub async fn ask_request(&self, request: Request) -> Result<Vec<u8>, ActorError> {
-        let mut route = self.0.router.route(&request)?;
+        let mut route = self.route(&request)?;
         loop {
             match route {
                 Route::Here => return self.ask_here(request).await,
@@ -577,7 +601,7 @@ impl Host {
     /// Routes a request onto its actor's mailbox in order (never inline);
     /// returns its reply, which waits for the turn's commit.
     pub fn queue_ask(&self, request: Request) -> Result<Reply, ActorError> {
-        match self.0.router.route(&request)? {
+        match self.route(&request)? {
             Route::Here => self.queue_here(request),
             Route::Forward(peer) => peer.queue_ask(request),
             Route::Lookup(lookup) => {
@@ -595,7 +619,7 @@ impl Host {
 
     /// Routes a request without waiting for it.
     pub fn tell_request(&self, request: Request) -> Result<(), ActorError> {
-        match self.0.router.route(&request)? {
+        match self.route(&request)? {
             Route::Here => self.tell_here(request),
             Route::Forward(peer) => peer.tell(request),
             Route::Lookup(lookup) => {

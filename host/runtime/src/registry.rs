@@ -63,6 +63,9 @@ pub struct ComponentRegistry {
     types: RwLock<HashMap<String, TypeEntry>>,
     /// Bumped whenever any type's active version changes.
     generation: std::sync::atomic::AtomicU64,
+    /// Set once any stateless worker type is active: until then, routing
+    /// never looks a type up to ask.
+    any_stateless: std::sync::atomic::AtomicBool,
 }
 
 /// Hex SHA-256 of component bytes.
@@ -72,7 +75,7 @@ pub fn content_hash(bytes: &[u8]) -> String {
 
 impl ComponentRegistry {
     pub(crate) fn new(engine: Engine, linker: Linker<InstanceState>, cache: CompiledCache) -> Self {
-        ComponentRegistry { engine, linker, cache, types: RwLock::new(HashMap::new()), generation: Default::default() }
+        ComponentRegistry { engine, linker, cache, types: RwLock::new(HashMap::new()), generation: Default::default(), any_stateless: Default::default() }
     }
 
     /// Compiles (or loads from the cache) and validates a component; does not
@@ -113,6 +116,9 @@ impl ComponentRegistry {
     /// Makes `info` (prepared as `pre`) the active version of its type.
     pub(crate) fn activate(&self, info: ComponentVersion, pre: ActorPre) -> Arc<LoadedVersion> {
         let loaded = Arc::new(LoadedVersion { info, pre });
+        if loaded.info.manifest.is_stateless_worker() {
+            self.any_stateless.store(true, std::sync::atomic::Ordering::Release);
+        }
         let mut types = self.types.write();
         let actor_type = loaded.info.actor_type.clone();
         match types.get_mut(&actor_type) {
@@ -175,6 +181,16 @@ impl ComponentRegistry {
         } else {
             format!("unknown actor type `{actor_type}`; deployed types: {}", known.join(", "))
         }))
+    }
+
+    /// Up to how many activations per id `actor_type` runs on one host if
+    /// it is a stateless worker; 0 for a stateful (or unknown) type. One
+    /// atomic load while no stateless worker type is deployed.
+    pub(crate) fn stateless_workers(&self, actor_type: &str) -> u32 {
+        if !self.any_stateless.load(std::sync::atomic::Ordering::Acquire) {
+            return 0;
+        }
+        self.types.read().get(actor_type).map_or(0, |entry| entry.active.info.manifest.stateless_workers)
     }
 
     /// Like [`ComponentRegistry::active`], but answers from `cache` while no

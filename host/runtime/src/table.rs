@@ -1,6 +1,11 @@
 //! Every activation on this host: a sharded table from actor id to its
 //! mailbox, which routes each message (inline to an idle actor, into the
 //! mailbox otherwise, re-entrant on its own call chain) and sheds idle ones.
+//!
+//! A stateless worker type runs up to its `stateless_workers` activations
+//! per id, side by side: the table keys activations by (id, worker slot),
+//! and all slots of an id sit in one shard, so choosing among them takes
+//! one lock.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -62,9 +67,13 @@ pub(crate) enum Dispatched {
     Inline(InlineTurn, Request),
 }
 
+/// An activation's key: the actor and its worker slot (always 0 but for
+/// stateless workers).
+type Slot = (ActorId, u16);
+
 /// Every activation on this host, sharded by actor id.
 pub(crate) struct ActivationTable {
-    shards: Box<[Mutex<HashMap<ActorId, Handle>>]>,
+    shards: Box<[Mutex<HashMap<Slot, Handle>>]>,
     hasher: std::collections::hash_map::RandomState,
     /// Activations in the table, kept without locking every shard.
     len: AtomicUsize,
@@ -83,7 +92,7 @@ impl ActivationTable {
         }
     }
 
-    fn shard(&self, id: &ActorId) -> &Mutex<HashMap<ActorId, Handle>> {
+    fn shard(&self, id: &ActorId) -> &Mutex<HashMap<Slot, Handle>> {
         &self.shards[(self.hasher.hash_one(id) as usize) % SHARDS]
     }
 
@@ -92,7 +101,9 @@ impl ActivationTable {
     /// `wants_reply` is false for tells.
     pub(crate) fn dispatch(&self, host: &Host, request: Request, wants_reply: bool, inline: bool) -> Result<Dispatched, ActorError> {
         let mut shard = self.shard(&request.target).lock();
-        let handle = match shard.entry(request.target.clone()) {
+        let workers = host.registry().stateless_workers(request.target.actor_type());
+        let slot = if workers > 1 { Self::pick_worker(&shard, &request, workers) } else { 0 };
+        let handle = match shard.entry((request.target.clone(), slot)) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
                 host.registry().active(request.target.actor_type())?;
@@ -141,6 +152,31 @@ impl ActivationTable {
         Ok(Dispatched::Queued(receiver, method))
     }
 
+    /// The worker slot of a stateless worker's id that takes `request`:
+    /// the one running its call chain (re-entry), else an idle one, else
+    /// a new one while fewer than `workers` run, else the shortest queue.
+    fn pick_worker(shard: &HashMap<Slot, Handle>, request: &Request, workers: u32) -> u16 {
+        let mut vacant = None;
+        let mut shortest: Option<(usize, u16)> = None;
+        for slot in 0..workers.min(u32::from(u16::MAX)) as u16 {
+            let Some(handle) = shard.get(&(request.target.clone(), slot)) else {
+                vacant.get_or_insert(slot);
+                continue;
+            };
+            if request.chain != ChainId::NONE && handle.shared.busy_chain.is(request.chain) {
+                return slot;
+            }
+            let pending = handle.shared.pending.load(Ordering::Acquire);
+            if pending == 0 {
+                return slot;
+            }
+            if shortest.is_none_or(|(least, _)| pending < least) {
+                shortest = Some((pending, slot));
+            }
+        }
+        vacant.or(shortest.map(|(_, slot)| slot)).unwrap_or(0)
+    }
+
     /// Removes activations idle for at least `idle_ms` with empty mailboxes;
     /// their tasks end once they see the mailbox closed.
     pub(crate) fn sweep_idle(&self, idle_ms: i64) -> usize {
@@ -159,20 +195,20 @@ impl ActivationTable {
 
     /// Removes up to `count` idle activations, least recently used first.
     pub(crate) fn shed_oldest_idle(&self, count: usize) -> usize {
-        let mut idle: Vec<(i64, ActorId)> = Vec::new();
+        let mut idle: Vec<(i64, Slot)> = Vec::new();
         for shard in self.shards.iter() {
-            for (id, h) in shard.lock().iter() {
+            for (slot, h) in shard.lock().iter() {
                 if h.shared.is_quiet() {
-                    idle.push((h.shared.last_active_ms.load(Ordering::Relaxed), id.clone()));
+                    idle.push((h.shared.last_active_ms.load(Ordering::Relaxed), slot.clone()));
                 }
             }
         }
         idle.sort_unstable();
         let mut removed = 0;
-        for (_, id) in idle.into_iter().take(count) {
-            let mut shard = self.shard(&id).lock();
-            if shard.get(&id).is_some_and(|h| h.shared.is_quiet()) {
-                shard.remove(&id);
+        for (_, slot) in idle.into_iter().take(count) {
+            let mut shard = self.shard(&slot.0).lock();
+            if shard.get(&slot).is_some_and(|h| h.shared.is_quiet()) {
+                shard.remove(&slot);
                 removed += 1;
             }
         }

@@ -40,6 +40,21 @@ impl TurnEffects {
         (TurnCommit { actor, state, journal, checkpoint, jobs, cancels, job_done, inbox, messages, fence }, tells)
     }
 
+    /// What these effects would write to the store, named for an error
+    /// (`state, journal events`); `None` when they write nothing but a
+    /// job's completion.
+    pub(crate) fn durable(&self) -> Option<String> {
+        let written = [
+            (!self.writes.is_empty(), "state"),
+            (!self.events.is_empty() || self.snapshot_requested, "journal events"),
+            (!self.jobs.is_empty() || !self.cancels.is_empty(), "jobs"),
+            (!self.messages.is_empty(), "outbox messages"),
+            (self.checkpoint.is_some(), "a projection checkpoint"),
+        ];
+        let named: Vec<&str> = written.iter().filter(|(yes, _)| *yes).map(|(_, what)| *what).collect();
+        (!named.is_empty()).then(|| named.join(", "))
+    }
+
     /// Adds a later (nested) turn's effects on top of these.
     pub(crate) fn merge(&mut self, later: TurnEffects) {
         self.bytes += later.bytes;

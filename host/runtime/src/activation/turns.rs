@@ -80,6 +80,9 @@ impl Core {
         }
         let version = self.make_ready(host, shared, &request).await?;
         let control = request.control.take().map(|c| *c);
+        if version.info.manifest.is_stateless_worker() {
+            refuse_durable_control(&request, control.as_ref())?;
+        }
         if let Some(Control::Snapshot) = control {
             let version = self.snapshot_on_demand(host, shared, &version).await?;
             return Ok(TurnOutput::Done(serde_json::to_vec(&serde_json::json!({ "version": version })).unwrap_or_default()));
@@ -117,7 +120,13 @@ impl Core {
     /// stale, a new instance made (and an event-sourced one rebuilt) when
     /// there is none. Returns the version it runs.
     async fn make_ready(&mut self, host: &Host, shared: &Arc<ActivationShared>, request: &Request) -> Result<Arc<LoadedVersion>, ActorError> {
-        if let Some(directory) = host.directory() {
+        let version = host.registry().active_cached(request.target.actor_type(), &mut self.version)?;
+        if version.info.manifest.is_stateless_worker() {
+            // No directory entry and nothing to load: a worker keeps no state.
+            let mut state = shared.state.lock();
+            state.loaded = true;
+            state.stale = false;
+        } else if let Some(directory) = host.directory() {
             self.claim(directory.as_ref(), shared).await?;
         }
         let stale = {
@@ -133,7 +142,6 @@ impl Core {
             }
             state.stale
         };
-        let version = host.registry().active_cached(request.target.actor_type(), &mut self.version)?;
         if self.live.as_ref().is_some_and(|l| l.version != version.info.version) {
             // Hot swap: the next turn runs on the new code with the same state.
             self.live = None;
@@ -230,6 +238,15 @@ impl Core {
                 shared.id,
                 request.method,
                 reply.len()
+            )));
+        }
+        if version.info.manifest.is_stateless_worker()
+            && let Some(what) = effects.durable()
+        {
+            return Err(ActorError::rejected(format!(
+                "{} is a stateless worker and keeps nothing, but its turn `{}` wrote {what}: nothing was committed \
+                 (several activations of one id run at once; keep state in a stateful actor and call it)",
+                shared.id, request.method
             )));
         }
         let event_sourced = self.live.as_ref().is_some_and(|l| l.bindings.aggregate.is_some());
@@ -426,6 +443,22 @@ struct EndedTurn {
 struct OpenedTurn {
     inbox: Option<(String, String)>,
     effect_free_job: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// Refuses a stateless worker a turn that needs an inbox or a checkpoint:
+/// with several activations per id and no store of its own, it could not
+/// keep their promise (an idempotent ask or an outbox delivery is answered
+/// once per id; a projection's checkpoint moves with its turns).
+fn refuse_durable_control(request: &Request, control: Option<&Control>) -> Result<(), ActorError> {
+    let what = match control {
+        Some(Control::Inbox(_)) => "an idempotency key or an outbox delivery (each is handled once per actor, and a worker has no inbox)",
+        Some(Control::Checkpoint(_)) => "a projection's events (a projection's checkpoint needs one writer)",
+        _ => return Ok(()),
+    };
+    Err(ActorError::bad_request(format!(
+        "{} is a stateless worker and cannot take {what}; call it without, or use a stateful actor",
+        request.target
+    )))
 }
 
 /// Opens the turn's effect layer and scope: the job or message it handles,

@@ -360,6 +360,7 @@ struct DeployParams {
     turn_timeout: Option<String>,
     snapshot_every: Option<String>,
     retention: Option<String>,
+    stateless_workers: Option<String>,
 }
 
 async fn deploy(
@@ -373,7 +374,8 @@ async fn deploy(
     let memory_limit = params.memory_limit.or_else(|| header("x-quark-memory-limit"));
     let turn_timeout = params.turn_timeout.or_else(|| header("x-quark-turn-timeout"));
     let manifest = Manifest::parse(memory_limit.as_deref(), turn_timeout.as_deref())?
-        .with_journal(params.snapshot_every.as_deref(), params.retention.as_deref())?;
+        .with_journal(params.snapshot_every.as_deref(), params.retention.as_deref())?
+        .with_stateless_workers(params.stateless_workers.as_deref())?;
     let bytes = read_body(body, MAX_COMPONENT_BYTES, "the component").await?;
     let outcome = state.node.host().deploy(&actor_type, bytes.to_vec(), manifest).await?;
     if outcome.created {

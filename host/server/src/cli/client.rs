@@ -115,10 +115,13 @@ impl Client {
 
     pub(super) async fn versions(&self, actor_type: &str) -> anyhow::Result<()> {
         let reply: VersionList = self.send_as(self.http.get(format!("{}/v1/components/{actor_type}/versions", self.base))).await?;
-        println!("  {:>7} {:<14} {:>10} {:>12} {:>8} {:>9} {:<9}", "VERSION", "SHA256", "SIZE", "MEMORY", "TIMEOUT", "SNAPSHOT", "RETENTION");
+        println!(
+            "  {:>7} {:<14} {:>10} {:>12} {:>8} {:>9} {:<9} {:>7}",
+            "VERSION", "SHA256", "SIZE", "MEMORY", "TIMEOUT", "SNAPSHOT", "RETENTION", "WORKERS"
+        );
         for v in &reply.versions {
             println!(
-                "{} {:>7} {:<14} {:>10} {:>12} {:>7}s {:>9} {:<9}",
+                "{} {:>7} {:<14} {:>10} {:>12} {:>7}s {:>9} {:<9} {:>7}",
                 if v.version == reply.active_version { "*" } else { " " },
                 v.version,
                 v.hash.chars().take(12).collect::<String>(),
@@ -127,6 +130,7 @@ impl Client {
                 v.manifest.turn_timeout.as_secs_f64(),
                 v.manifest.snapshot_every,
                 v.manifest.retention.as_str(),
+                if v.manifest.is_stateless_worker() { v.manifest.stateless_workers.to_string() } else { "-".into() },
             );
         }
         Ok(())

@@ -72,6 +72,11 @@ enum Command {
         /// What happens to events a snapshot covers: keep, archive or delete.
         #[arg(long)]
         retention: Option<String>,
+        /// Make the type a stateless worker: up to N activations per actor
+        /// id on each host, run on the host the call arrives at, keeping no
+        /// state (for pure compute and fan-out; see docs/cluster.md).
+        #[arg(long, value_name = "N")]
+        stateless_workers: Option<String>,
     },
     /// Call a method of an actor and print its JSON reply.
     Call {
@@ -408,12 +413,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = client::Client::new(&server, cli.token.clone());
     match cli.command {
         Command::Serve(args) => serve(args, cli.token).await,
-        Command::Deploy { actor_type, file, memory_limit, turn_timeout, snapshot_every, retention, .. } => {
+        Command::Deploy { actor_type, file, memory_limit, turn_timeout, snapshot_every, retention, stateless_workers, .. } => {
             let options = [
                 ("memory_limit", memory_limit),
                 ("turn_timeout", turn_timeout),
                 ("snapshot_every", snapshot_every),
                 ("retention", retention),
+                ("stateless_workers", stateless_workers),
             ];
             let query: Vec<(&str, String)> = options.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect();
             client.deploy(&actor_type, &file, &query).await

@@ -40,6 +40,11 @@ struct Flood {
 }
 
 #[derive(Deserialize)]
+struct Hold {
+    ms: u64,
+}
+
+#[derive(Deserialize)]
 struct Audit {
     note: String,
     fail: bool,
@@ -127,10 +132,26 @@ impl Misbehave {
         if fail { Err(Error::rejected("misbehave: failing after an append")) } else { Ok(version) }
     }
 
+    /// Stays busy for `ms` milliseconds (yielding to the host's epochs),
+    /// then answers with a token unique to this instance: concurrent calls
+    /// that answer with different tokens ran on different activations.
+    fn hold(Hold { ms }: Hold) -> Result<u64> {
+        static TOKEN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let token = *TOKEN.get_or_init(|| {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(0u8)
+        });
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        Ok(token)
+    }
+
     /// Calls another actor and returns its reply.
     fn forward(Forward { target, method, payload }: Forward) -> Result<Value> {
         quark_sdk::call(&target, &method, &payload)
     }
 }
 
-quark_sdk::actor!(Misbehave { flood, panic, spin, alloc, write_then_fail, put, dump, echo, forward, tell, audit });
+quark_sdk::actor!(Misbehave { flood, panic, spin, alloc, write_then_fail, put, dump, echo, forward, tell, audit, hold });
