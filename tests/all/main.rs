@@ -17,6 +17,7 @@ mod http_api;
 mod jobs;
 mod journal;
 mod languages;
+mod linearizable;
 mod migrations;
 mod outbox;
 mod stateless_workers;
