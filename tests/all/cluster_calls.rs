@@ -426,3 +426,34 @@ async fn jobs_and_messages_across_hosts_run_once_on_redis() {
     let Some(store) = shared_store_url("redis", "jobs_and_messages_across_hosts_run_once_on_redis").await else { return };
     jobs_and_messages_across_hosts_run_once(&store).await;
 }
+
+/// A host that joined a moment ago serves its actors through every host at
+/// once: the others learn its peer address when they first meet one of its
+/// actors, not at their next read of the members (a heartbeat later; with
+/// `--lease 60s`, 6 s). Before the fix, the first calls through the older
+/// host failed `unavailable`, "cannot reach" the new host.
+async fn a_new_hosts_actors_are_served_through_every_host_at_once(store: &str) {
+    let dirs = [tempdir().unwrap(), tempdir().unwrap()];
+    let counter = format!("counter={}", root().join("target/samples/counter.wasm").display());
+    let flags = ["--store", store, "--lease", "60s", "--placement", "local"];
+    let old = Server::start_with(dirs[0].path(), free_port(), &[&flags[..], &["--host-id", "old", "--deploy", &counter]].concat());
+    let new = Server::start_with(dirs[1].path(), free_port(), &[&flags[..], &["--host-id", "new"]].concat());
+    let http = reqwest::Client::new();
+    // Through the new host, so the new host claims it (placement `local`).
+    assert_eq!(post(&http, &new.url, "counter/fresh", "increment", r#"{"by":5}"#, None).await.map(|r| r.0), Some(200));
+    let through_old = post(&http, &old.url, "counter/fresh", "get", "null", None).await;
+    assert_eq!(through_old.as_ref().map(|r| r.0), Some(200), "the old host forwards at once: {through_old:?}");
+    assert_eq!(serde_json::from_str::<Value>(&through_old.unwrap().1).unwrap(), json!(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_hosts_actors_are_served_through_every_host_at_once_on_postgres() {
+    let Some(store) = shared_store_url("postgres", "a_new_hosts_actors_are_served_through_every_host_at_once_on_postgres").await else { return };
+    a_new_hosts_actors_are_served_through_every_host_at_once(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_hosts_actors_are_served_through_every_host_at_once_on_redis() {
+    let Some(store) = shared_store_url("redis", "a_new_hosts_actors_are_served_through_every_host_at_once_on_redis").await else { return };
+    a_new_hosts_actors_are_served_through_every_host_at_once(&store).await;
+}

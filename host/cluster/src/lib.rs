@@ -219,6 +219,11 @@ impl Cluster {
     /// the change themselves within [`VERSION_POLL`] of reaching the store).
     pub async fn versions_changed(&self) -> Vec<String> {
         let deadline = Instant::now() + DEPLOY_CONFIRM;
+        // The members as they are now: a host that joined since the last
+        // heartbeat's read must confirm too.
+        if let Err(e) = self.inner.refresh_members().await {
+            tracing::warn!(error = %e, "reading the members before confirming a deploy failed; asking the hosts known already");
+        }
         let asked = self.inner.peers.usable().into_iter().map(|peer| {
             let confirmed = peer.link().versions_changed(deadline);
             async move { (peer.id.clone(), confirmed.await) }

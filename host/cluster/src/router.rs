@@ -105,11 +105,13 @@ impl Inner {
         if target == self.info.id {
             let owner = self.cluster().claim(actor, &self.info.id, incarnation).await?;
             self.learn(actor, &owner);
+            self.meet(&owner.host).await;
             return self.found(actor, &owner, incarnation);
         }
         match self.cluster().owner(actor).await? {
             Some(owner) if self.holds(&owner) => {
                 self.learn(actor, &owner);
+                self.meet(&owner.host).await;
                 self.found(actor, &owner, incarnation)
             }
             // No live owner: the chosen host claims it when the request arrives.
@@ -120,6 +122,18 @@ impl Inner {
                 }
                 None => Err(unreachable(actor, &target, self.lease)),
             },
+        }
+    }
+
+    /// Reads the members again when `host` owns an actor but has no peer
+    /// link here: it joined after the last read (up to a heartbeat ago),
+    /// and its actors should not fail `unavailable` until the next one.
+    async fn meet(&self, host: &str) {
+        if host != self.info.id
+            && self.peers.get(host).is_none()
+            && let Err(e) = self.refresh_members().await
+        {
+            tracing::debug!(peer = %host, error = %e, "reading the members for a host not met yet failed");
         }
     }
 
