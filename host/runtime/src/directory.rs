@@ -1,7 +1,7 @@
 //! The actor directory as the runtime sees it: before a host activates an
 //! actor it claims it, and every commit of the activation carries the
 //! epoch of that claim (its fence). A host on its own has no directory.
-//! In a cluster, `quark::cluster::Membership` implements it on the shared
+//! In a cluster, `quark_cluster::Cluster` implements it on the shared
 //! store's directory.
 
 use async_trait::async_trait;

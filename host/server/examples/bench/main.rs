@@ -16,6 +16,8 @@ use quark::{ActorId, Manifest, Node, NodeConfig};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+mod cluster;
+
 mod raw {
     wasmtime::component::bindgen!({
         path: "../../wit",
@@ -177,7 +179,7 @@ fn id(s: String) -> ActorId {
 /// [`throughput_to`] actors `counter/k0`… `counter/k{actors - 1}`.
 async fn throughput(host: &Node, method: &'static str, body: &'static [u8], actors: usize, total: usize, concurrency: usize) -> (f64, Duration, Duration) {
     let actors: Vec<ActorId> = (0..actors).map(|k| id(format!("counter/k{k}"))).collect();
-    throughput_to(host, &actors, method, body, total, concurrency).await
+    throughput_to(std::slice::from_ref(host), &actors, method, body, total, concurrency).await
 }
 
 /// 16 clients each send sequential increments to their own actor; v2 of
@@ -497,225 +499,14 @@ fn commits_since(host: &Node, before: (f64, f64, f64), elapsed: Duration) -> Str
     )
 }
 
-/// Runs `op` on each of `0..n` from `callers` concurrent tasks; ops per second.
-async fn ops_per_second<F, Fut>(n: usize, callers: usize, op: F) -> f64
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    let op = Arc::new(op);
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..callers)
-        .map(|k| {
-            let op = op.clone();
-            tokio::spawn(async move {
-                for i in (k..n).step_by(callers) {
-                    op(i).await;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    n as f64 / start.elapsed().as_secs_f64()
-}
-
-/// The cluster's actor directory on a shared store: claims of actors no
-/// host owns yet (one per activation in a cluster), claims of actors this
-/// host owns already, lookups, and what the fence costs a group commit
-/// (batches of 64 one-write turns, written one after another, with and
-/// without a fence each).
-async fn directory_bench(store: Arc<dyn Store>, name: &str) {
-    use quark::storage::cluster::HostInfo;
-    let cluster = store.cluster_store().expect("a shared store");
-    let me = HostInfo { id: "bench".into(), api: "127.0.0.1:1".into(), peer: String::new() };
-    let incarnation = cluster.join(&me, 600_000).await.unwrap();
-    let n = scale(20_000);
-    let callers = 64;
-    let actors: Arc<Vec<ActorId>> = Arc::new((0..n).map(|i| id(format!("dir/a{i}"))).collect());
-    let epochs: Arc<parking_lot::Mutex<Vec<u64>>> = Arc::new(parking_lot::Mutex::new(vec![0; n]));
-    let claim = |record: bool| {
-        let (store, actors, epochs) = (store.clone(), actors.clone(), epochs.clone());
-        move |i: usize| {
-            let (store, actors, epochs) = (store.clone(), actors.clone(), epochs.clone());
-            async move {
-                let owner = store.cluster_store().unwrap().claim(&actors[i], "bench", incarnation).await.unwrap();
-                if record {
-                    epochs.lock()[i] = owner.epoch;
-                }
-            }
-        }
-    };
-    let new = ops_per_second(n, callers, claim(true)).await;
-    let again = ops_per_second(n, callers, claim(false)).await;
-    let lookups = {
-        let (store, actors) = (store.clone(), actors.clone());
-        ops_per_second(n, callers, move |i| {
-            let (store, actors) = (store.clone(), actors.clone());
-            async move {
-                store.cluster_store().unwrap().owner(&actors[i]).await.unwrap().unwrap();
-            }
-        })
-        .await
-    };
-    println!(
-        "directory on {name}: {new:.0} claims/s of new actors, {again:.0} claims/s of actors owned already, {lookups:.0} lookups/s ({callers} callers, {n} actors)"
-    );
-    let batches = scale(300);
-    let epochs = epochs.lock().clone();
-    let mut rates = Vec::new();
-    for fenced in [false, true, false, true] {
-        let start = Instant::now();
-        for b in 0..batches {
-            let batch: Vec<TurnCommit> = (0..64)
-                .map(|j| {
-                    let i = (b * 64 + j) % n;
-                    let write = quark::storage::StateWrite { key: "v".into(), value: Some(b.to_le_bytes().to_vec()) };
-                    TurnCommit { fence: fenced.then_some(epochs[i]), ..TurnCommit::state_only(actors[i].clone(), vec![write]) }
-                })
-                .collect();
-            store.commit(&batch).await.unwrap();
-        }
-        rates.push((batches * 64) as f64 / start.elapsed().as_secs_f64());
-    }
-    let (plain, fenced) = ((rates[0] + rates[2]) / 2.0, (rates[1] + rates[3]) / 2.0);
-    println!(
-        "directory on {name}: batches of 64 one-write turns, one writer: {plain:.0} turns/s unfenced, {fenced:.0} turns/s fenced (ratio {:.2}; alternated, 2 runs each)",
-        fenced / plain
-    );
-    cluster.leave("bench", incarnation).await.unwrap();
-}
-
-/// Sequential round trips of `n` calls of `op`: (p50, p99).
-async fn round_trips<F, Fut>(n: usize, mut op: F) -> (Duration, Duration)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for _ in 0..n / 10 + 1 {
-        op().await;
-    }
-    let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
-        let s = Instant::now();
-        op().await;
-        lat.push(s.elapsed());
-    }
-    lat.sort();
-    (percentile(&lat, 0.5), percentile(&lat, 0.99))
-}
-
-/// A loopback TCP echo of `reply` bytes for every `request` bytes read:
-/// the floor under a remote ask (one round trip of the same bytes, no
-/// framing, no codec, no runtime).
-async fn raw_tcp_round_trips(n: usize, request: usize, reply: usize) -> (Duration, Duration) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut conn, _) = listener.accept().await.unwrap();
-        conn.set_nodelay(true).unwrap();
-        let (mut got, out) = (vec![0u8; request], vec![7u8; reply]);
-        while conn.read_exact(&mut got).await.is_ok() {
-            if conn.write_all(&out).await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
-    conn.set_nodelay(true).unwrap();
-    let (out, mut got) = (vec![1u8; request], vec![0u8; reply]);
-    let conn = &mut conn;
-    let (out, got) = (&out, &mut got);
-    let mut lat = Vec::with_capacity(n);
-    for i in 0..n + n / 10 {
-        let s = Instant::now();
-        conn.write_all(out).await.unwrap();
-        conn.read_exact(got).await.unwrap();
-        if i >= n / 10 {
-            lat.push(s.elapsed());
-        }
-    }
-    lat.sort();
-    (percentile(&lat, 0.5), percentile(&lat, 0.99))
-}
-
-/// Two hosts in this process on one PostgreSQL schema, each its own
-/// cluster member with its own peer listener on loopback: a local ask on
-/// the owner, a remote ask forwarded from the other host, and a raw TCP
-/// round trip of about the same bytes; then asks/s through each.
-async fn cluster_bench(dir: &std::path::Path, pg_url: &str) {
-    use quark::cluster::ClusterConfig;
-    use quark::cluster::placement::LocalPlacement;
-    let schema = format!("quark_bench_cluster_{}", std::process::id());
-    let mut nodes = Vec::new();
-    for name in ["a", "b"] {
-        let store = match PostgresStore::connect(pg_url, Some(&schema)).await {
-            Ok(store) => store,
-            Err(e) => return println!("SKIP cluster on PostgreSQL: {e}"),
-        };
-        let mut config = NodeConfig::new(dir.join(format!("cluster-{name}")));
-        config.cluster = Some(ClusterConfig { host_id: Some(name.into()), placement: Arc::new(LocalPlacement), ..ClusterConfig::new("127.0.0.1:1") });
-        let node = Node::start(config, Arc::new(store)).await.unwrap();
-        if name == "a" {
-            node.host().deploy("counter", component("counter"), Manifest::parse(Some("16MiB"), None).unwrap()).await.unwrap();
-        }
-        nodes.push(node);
-    }
-    let (a, b) = (nodes[0].clone(), nodes[1].clone());
-    // b serves the deploy once it has seen it; each actor lives on b (placement `local`).
-    let actors: Vec<ActorId> = (0..1000).map(|i| id(format!("counter/remote{i}"))).collect();
-    let started = Instant::now();
-    while b.host().ask(actors[0].clone(), "get", b"null".to_vec()).await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(10), "host b never served the deploy");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for actor in &actors {
-        b.host().ask(actor.clone(), "get", b"null".to_vec()).await.unwrap();
-    }
-    let n = scale(20_000);
-    let one = actors[0].clone();
-    let mut lines = Vec::new();
-    // Alternated, twice each.
-    for round in 0..2 {
-        let (host, target) = (b.host().clone(), one.clone());
-        let local = tokio::spawn(async move { round_trips(n, || async { host.ask(target.clone(), "get", b"null".to_vec()).await.unwrap(); }).await }).await.unwrap();
-        let (host, target) = (a.host().clone(), one.clone());
-        let remote = tokio::spawn(async move { round_trips(n, || async { host.ask(target.clone(), "get", b"null".to_vec()).await.unwrap(); }).await }).await.unwrap();
-        // A forwarded ask's frame carries the target, method, payload,
-        // caller, chain and deadline (about 60 bytes); the reply about 10.
-        let raw = tokio::spawn(raw_tcp_round_trips(n, 64, 12)).await.unwrap();
-        lines.push(format!(
-            "round {round}: local ask p50 {:?} p99 {:?}; remote ask p50 {:?} p99 {:?}; raw loopback TCP round trip p50 {:?} p99 {:?}; remote/raw p50 {:.2}",
-            local.0, local.1, remote.0, remote.1, raw.0, raw.1, remote.0.as_secs_f64() / raw.0.as_secs_f64()
-        ));
-    }
-    for line in lines {
-        println!("cluster on PostgreSQL, one caller: {line}");
-    }
-    let total = scale(200_000);
-    for round in 0..2 {
-        for (via, node) in [("local (through b)", &b), ("remote (through a)", &a)] {
-            let (rate, p50, p99) = throughput_to(node, &actors, "get", b"null", total, 64).await;
-            println!("cluster on PostgreSQL, round {round}: volatile asks to 1000 actors on b, {via}, 64 callers: {rate:.0} asks/s, p50 {p50:?}, p99 {p99:?}");
-        }
-    }
-    for node in [&a, &b] {
-        if let Some(cluster) = node.cluster() {
-            let _ = cluster.leave(Duration::from_secs(1)).await;
-        }
-    }
-}
-
-/// Runs `total` asks spread over `actors` from `concurrency` tasks through
-/// `host`; returns (asks/s, p50, p99).
-async fn throughput_to(host: &Node, actors: &[ActorId], method: &'static str, body: &'static [u8], total: usize, concurrency: usize) -> (f64, Duration, Duration) {
+/// Runs `total` asks spread over `actors` from `concurrency` tasks, caller
+/// `t` through `hosts[t % hosts.len()]`; returns (asks/s, p50, p99).
+async fn throughput_to(hosts: &[Node], actors: &[ActorId], method: &'static str, body: &'static [u8], total: usize, concurrency: usize) -> (f64, Duration, Duration) {
     let actors = Arc::new(actors.to_vec());
     let started = Instant::now();
     let tasks: Vec<_> = (0..concurrency)
         .map(|t| {
-            let (host, actors) = (host.host().clone(), actors.clone());
+            let (host, actors) = (hosts[t % hosts.len()].host().clone(), actors.clone());
             tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(total / concurrency + 1);
                 let mut i = t;
@@ -1244,18 +1035,29 @@ async fn run_parts() {
     if wanted("directory") {
         let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
         match PostgresStore::connect(&pg_url, Some(&format!("quark_bench_directory_{}", std::process::id()))).await {
-            Ok(pg) => directory_bench(Arc::new(pg), "PostgreSQL").await,
+            Ok(pg) => cluster::directory_bench(Arc::new(pg), "PostgreSQL").await,
             Err(e) => println!("SKIP directory on PostgreSQL: {e}"),
         }
         let redis_url = std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         match RedisStore::connect(&redis_url, Some(&format!("quark_bench_directory_{}", std::process::id()))).await {
-            Ok(redis) => directory_bench(Arc::new(redis), "Redis").await,
+            Ok(redis) => cluster::directory_bench(Arc::new(redis), "Redis").await,
             Err(e) => println!("SKIP directory on Redis: {e}"),
         }
     }
     if wanted("cluster") {
         let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        cluster_bench(dir.path(), &pg_url).await;
+        cluster::cluster_bench(dir.path(), &pg_url).await;
+    }
+    if wanted("cluster-durable") {
+        let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        cluster::cluster_durable_bench(dir.path(), &pg_url).await;
+    }
+    if wanted("failover") {
+        let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        // The default lease, and a short one: the time is the lease's.
+        for lease in ["10s", "2s"] {
+            cluster::failover_bench(dir.path(), &pg_url, lease).await;
+        }
     }
     if wanted("languages") {
         for name in ["counter", "counter-py", "counter-js"] {
