@@ -43,6 +43,16 @@ fn component(name: &str) -> Vec<u8> {
         .unwrap_or_else(|| panic!("component {name} missing: run `make samples`"))
 }
 
+/// The PostgreSQL the bench uses (`QUARK_TEST_POSTGRES_URL`, as the tests).
+fn pg_url() -> String {
+    std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// The Redis the bench uses (`QUARK_TEST_REDIS_URL`, as the tests).
+fn redis_url() -> String {
+    std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -531,7 +541,7 @@ async fn throughput_to(hosts: &[Node], actors: &[ActorId], method: &'static str,
 
 /// Outbox delivery to a Redis stream sink: 100 senders x 100 messages.
 async fn sink_bench(dir: &std::path::Path) {
-    let redis_url = std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let redis_url = redis_url();
     let stream = format!("quark_bench_stream_{}", std::process::id());
     let mut config = NodeConfig::new(dir);
     config.outbox.sinks.insert("stream".into(), format!("redis:{redis_url}#{stream}").parse().unwrap());
@@ -827,7 +837,7 @@ async fn run() {
 async fn drop_bench_data() {
     use sqlx::Connection;
     let suffix = format!("_{}", std::process::id());
-    let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let pg_url = pg_url();
     let conn = sqlx::PgConnection::connect(&pg_url).await;
     if let Err(e) = &conn {
         println!("note: could not connect to drop the bench schemas: {e}");
@@ -843,7 +853,7 @@ async fn drop_bench_data() {
             }
         }
     }
-    let redis_url = std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let redis_url = redis_url();
     if let Ok(mut conn) = redis::Client::open(redis_url).and_then(|c| c.get_connection()) {
         let keys: Vec<String> = redis::cmd("KEYS").arg("quark_bench*").query(&mut conn).unwrap_or_default();
         for chunk in keys.iter().filter(|k| k.split(':').next().is_some_and(|p| p.ends_with(&suffix))).collect::<Vec<_>>().chunks(1000) {
@@ -972,12 +982,12 @@ async fn run_parts() {
             let sub = dir.path().join(format!("journal-{per_turn}-{callers}"));
             let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&sub.join("journal.db")).await.unwrap());
             journal_append(sqlite, &sub, "SQLite", per_turn, callers).await;
-            let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+            let pg_url = pg_url();
             match PostgresStore::connect(&pg_url, Some(&format!("quark_bench_j{per_turn}_{callers}_{}", std::process::id()))).await {
                 Ok(pg) => journal_append(Arc::new(pg), &sub, "PostgreSQL", per_turn, callers).await,
                 Err(e) => println!("SKIP journal append on PostgreSQL: {e}"),
             }
-            let redis_url = std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            let redis_url = redis_url();
             match RedisStore::connect(&redis_url, Some(&format!("quark_bench_{per_turn}_{callers}_{}", std::process::id()))).await {
                 Ok(redis) => journal_append(Arc::new(redis), &sub, "Redis", per_turn, callers).await,
                 Err(e) => println!("SKIP journal append on Redis: {e}"),
@@ -995,13 +1005,13 @@ async fn run_parts() {
             let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&sub.join("jobs.db")).await.unwrap());
             jobs_bench(sqlite, &sub, "SQLite").await;
         }
-        let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let pg_url = pg_url();
         match PostgresStore::connect(&pg_url, Some(&format!("quark_bench_jobs_{}", std::process::id()))).await {
             Ok(pg) if on("postgres") => jobs_bench(Arc::new(pg), &sub, "PostgreSQL").await,
             Ok(_) => {}
             Err(e) => println!("SKIP jobs on PostgreSQL: {e}"),
         }
-        let redis_url = std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let redis_url = redis_url();
         match RedisStore::connect(&redis_url, Some(&format!("quark_bench_jobs_{}", std::process::id()))).await {
             Ok(redis) if on("redis") => jobs_bench(Arc::new(redis), &sub, "Redis").await,
             Ok(_) => {}
@@ -1016,13 +1026,13 @@ async fn run_parts() {
             let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&sub.join("outbox.db")).await.unwrap());
             outbox_bench(sqlite, &sub, "SQLite").await;
         }
-        let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let pg_url = pg_url();
         match PostgresStore::connect(&pg_url, Some(&format!("quark_bench_outbox_{}", std::process::id()))).await {
             Ok(pg) if on("postgres") => outbox_bench(Arc::new(pg), &sub, "PostgreSQL").await,
             Ok(_) => {}
             Err(e) => println!("SKIP outbox on PostgreSQL: {e}"),
         }
-        let redis_url = std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let redis_url = redis_url();
         match RedisStore::connect(&redis_url, Some(&format!("quark_bench_outbox_{}", std::process::id()))).await {
             Ok(redis) if on("redis") => outbox_bench(Arc::new(redis), &sub, "Redis").await,
             Ok(_) => {}
@@ -1033,27 +1043,27 @@ async fn run_parts() {
         }
     }
     if wanted("directory") {
-        let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let pg_url = pg_url();
         match PostgresStore::connect(&pg_url, Some(&format!("quark_bench_directory_{}", std::process::id()))).await {
             Ok(pg) => cluster::directory_bench(Arc::new(pg), "PostgreSQL").await,
             Err(e) => println!("SKIP directory on PostgreSQL: {e}"),
         }
-        let redis_url = std::env::var("QUARK_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let redis_url = redis_url();
         match RedisStore::connect(&redis_url, Some(&format!("quark_bench_directory_{}", std::process::id()))).await {
             Ok(redis) => cluster::directory_bench(Arc::new(redis), "Redis").await,
             Err(e) => println!("SKIP directory on Redis: {e}"),
         }
     }
     if wanted("cluster") {
-        let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let pg_url = pg_url();
         cluster::cluster_bench(dir.path(), &pg_url).await;
     }
     if wanted("cluster-durable") {
-        let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let pg_url = pg_url();
         cluster::cluster_durable_bench(dir.path(), &pg_url).await;
     }
     if wanted("failover") {
-        let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let pg_url = pg_url();
         // The default lease, and a short one: the time is the lease's.
         for lease in ["10s", "2s"] {
             cluster::failover_bench(dir.path(), &pg_url, lease).await;
@@ -1068,7 +1078,7 @@ async fn run_parts() {
         return;
     }
 
-    let pg_url = std::env::var("QUARK_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let pg_url = pg_url();
     let schema = format!("quark_bench_{}", std::process::id());
     match PostgresStore::connect(&pg_url, Some(&schema)).await {
         Ok(pg) => {
