@@ -539,8 +539,14 @@ pub async fn cluster_membership_and_directory(store: Arc<dyn Store>) {
 
     // Commits carry the epoch; a wrong one writes nothing.
     let fenced = |epoch: u64, value: &str| TurnCommit { fence: Some(epoch), ..TurnCommit::state_only(a.clone(), vec![write("v", Some(value))]) };
-    store.commit(&[fenced(first.epoch, "1")]).await.unwrap();
+    store.commit(&[fenced(first.epoch, "0")]).await.unwrap();
+    // Pipelined turns of one actor share a batch, each with the fence.
+    store.commit(&[fenced(first.epoch, "0"), fenced(first.epoch, "1")]).await.unwrap();
     assert!(matches!(store.commit(&[fenced(first.epoch + 1000, "x")]).await, Err(StoreError::Fenced(_))));
+    assert!(
+        matches!(store.commit(&[fenced(first.epoch, "x"), fenced(first.epoch + 1000, "x")]).await, Err(StoreError::Fenced(_))),
+        "one stale fence of an actor fails the batch though another of its fences holds"
+    );
     assert_eq!(store.load_state(&a).await.unwrap(), vec![("v".into(), b"1".to_vec())]);
 
     // Host 1's lease lapses (a pause, a partition): host 2 takes the actor

@@ -809,6 +809,10 @@ async fn languages_bench(dir: &std::path::Path, name: &str) {
 }
 
 fn main() {
+    // `QUARK_LOG=warn` (say) shows the hosts' logs; off by default, so the figures stand alone.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("QUARK_LOG") {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
     let mut builder = match std::env::var("QUARK_BENCH_THREADS").ok().and_then(|t| t.parse::<usize>().ok()) {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {

@@ -52,13 +52,18 @@ impl PostgresStore {
     /// actor from a host that is no longer alive first marks that host
     /// dead, which waits for its commit in flight and fails every later one.
     pub(super) async fn check_fences(tx: &mut sqlx::PgConnection, batch: &[TurnCommit]) -> Result<(), StoreError> {
-        let (actors, epochs): (Vec<&str>, Vec<i64>) = batch.iter().filter_map(|c| Some((c.actor.as_str(), c.fence? as i64))).unzip();
-        if actors.is_empty() {
+        // One check per (actor, epoch): pipelined turns of one actor share
+        // a batch, each carrying the same fence.
+        let mut fences: Vec<(&str, i64)> = batch.iter().filter_map(|c| Some((c.actor.as_str(), c.fence? as i64))).collect();
+        if fences.is_empty() {
             return Ok(());
         }
+        fences.sort_unstable();
+        fences.dedup();
+        let (actors, epochs): (Vec<&str>, Vec<i64>) = fences.iter().copied().unzip();
         // Driven by the batch's rows (a nested loop on the primary keys),
         // not by the directory: an `IN (SELECT … UNNEST)` made PostgreSQL
-        // scan every entry.
+        // scan every entry. One row per fence that holds.
         let held = sqlx::query(
             "SELECT d.actor FROM UNNEST($1::text[], $2::bigint[]) AS f(actor, epoch) \
              JOIN actor_directory d ON d.actor = f.actor AND d.epoch = f.epoch \
@@ -69,10 +74,7 @@ impl PostgresStore {
         .bind(&epochs)
         .fetch_all(&mut *tx)
         .await?;
-        let mut distinct = actors.clone();
-        distinct.sort_unstable();
-        distinct.dedup();
-        if held.len() != distinct.len() {
+        if held.len() != fences.len() {
             return Err(crate::cluster::fence_conflict(batch));
         }
         Ok(())
