@@ -1,8 +1,9 @@
 //! One multiplexed connection to a peer host: many requests in flight on
-//! one TCP stream, each answered by id. A writer task owns the stream's
-//! write half and sends whatever is queued in one flush (so a burst of
-//! requests costs one syscall, not one each); a reader task hands each
-//! reply to its waiting caller.
+//! one TCP stream, each answered by id. A call made while no other is in
+//! flight is written by its caller; calls made while others are go
+//! through the connection's flusher, which writes whatever is queued in
+//! one go ([`super::writer`]); a reader task hands each reply to its
+//! waiting caller.
 //!
 //! A link that fails is closed for good; the cluster makes a new one on
 //! the next request. Whether a request may be sent again depends on how
@@ -14,13 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::StreamExt;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::codec::FramedRead;
 
+use super::writer::{Broken, Writer};
 use crate::wire::{self, Frame, Mode, Outcome, WireRequest};
 
 /// How long a connection attempt may take before the peer counts as unreachable.
@@ -39,17 +40,11 @@ pub(crate) enum LinkError {
 
 type Waiter = oneshot::Sender<Result<Outcome, LinkError>>;
 
-/// A frame waiting for the writer, with the id of the call it carries.
-struct Outgoing {
-    id: Option<u64>,
-    bytes: Bytes,
-}
-
 /// A connection to one peer.
 pub(crate) struct Link {
     /// The peer's address.
     pub(crate) addr: String,
-    tx: mpsc::UnboundedSender<Outgoing>,
+    writer: Arc<Writer>,
     waiting: Arc<Mutex<HashMap<u64, Waiter>>>,
     next_id: AtomicU64,
     closed: Arc<AtomicBool>,
@@ -59,15 +54,14 @@ impl Link {
     /// A link to `addr`; it connects in the background, holding what is
     /// sent meanwhile.
     pub(crate) fn open(addr: String) -> Arc<Link> {
-        let (tx, rx) = mpsc::unbounded_channel();
         let link = Arc::new(Link {
             addr: addr.clone(),
-            tx,
+            writer: Arc::new(Writer::new()),
             waiting: Arc::default(),
             next_id: AtomicU64::new(1),
             closed: Arc::new(AtomicBool::new(false)),
         });
-        tokio::spawn(run(addr, rx, link.waiting.clone(), link.closed.clone()));
+        tokio::spawn(run(addr, link.writer.clone(), link.waiting.clone(), link.closed.clone()));
         link
     }
 
@@ -104,11 +98,17 @@ impl Link {
         let sent = if self.is_closed() {
             Err(LinkError::NotSent(format!("the connection to {} is closed", self.addr)))
         } else {
-            self.waiting.lock().insert(id, reply_tx);
-            let bytes = wire::encode(&frame);
-            self.tx.send(Outgoing { id: Some(id), bytes }).map_err(|_| {
+            // Straight to the socket when this is the only call in flight
+            // (latency); through the flusher when others are (one write
+            // for the lot).
+            let alone = {
+                let mut waiting = self.waiting.lock();
+                waiting.insert(id, reply_tx);
+                waiting.len() == 1
+            };
+            self.writer.send(Some(id), &wire::encode(&frame), alone).map_err(|why| {
                 self.waiting.lock().remove(&id);
-                LinkError::NotSent(format!("the connection to {} is closed", self.addr))
+                LinkError::NotSent(format!("the connection to {} is closed ({why})", self.addr))
             })
         };
         let waiting = self.waiting.clone();
@@ -131,19 +131,21 @@ impl Link {
         if self.is_closed() {
             return Err(LinkError::NotSent(format!("the connection to {} is closed", self.addr)));
         }
-        self.tx
-            .send(Outgoing { id: None, bytes: wire::encode(frame) })
-            .map_err(|_| LinkError::NotSent(format!("the connection to {} is closed", self.addr)))
+        let alone = self.waiting.lock().is_empty();
+        self.writer
+            .send(None, &wire::encode(frame), alone)
+            .map_err(|why| LinkError::NotSent(format!("the connection to {} is closed ({why})", self.addr)))
     }
 }
 
-/// Connects, then writes what is queued and reads replies until the
-/// connection breaks; then fails every call still waiting.
-async fn run(addr: String, mut rx: mpsc::UnboundedReceiver<Outgoing>, waiting: Arc<Mutex<HashMap<u64, Waiter>>>, closed: Arc<AtomicBool>) {
+/// Connects, then writes what is sent and reads replies until the
+/// connection breaks; then fails every call still waiting: `NotSent` for
+/// those whose frames never reached the socket whole, `Lost` for the rest.
+async fn run(addr: String, writer: Arc<Writer>, waiting: Arc<Mutex<HashMap<u64, Waiter>>>, closed: Arc<AtomicBool>) {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return fail_unsent(&addr, &format!("connecting to {addr}: {e}"), &mut rx, &waiting, &closed),
-        Err(_) => return fail_unsent(&addr, &format!("connecting to {addr}: no answer in {CONNECT_TIMEOUT:?}"), &mut rx, &waiting, &closed),
+        Ok(Err(e)) => return fail(&addr, writer.never_connected(&format!("connecting to {addr}: {e}")), &waiting, &closed),
+        Err(_) => return fail(&addr, writer.never_connected(&format!("connecting to {addr}: no answer in {CONNECT_TIMEOUT:?}")), &waiting, &closed),
     };
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
@@ -168,27 +170,29 @@ async fn run(addr: String, mut rx: mpsc::UnboundedReceiver<Outgoing>, waiting: A
             }
         }
     };
-    let writes = super::write_frames(write, &mut rx, |out: Outgoing| out.bytes);
-    tokio::select! {
-        () = replies => {}
-        _ = writes => {}
-    }
-    closed.store(true, Ordering::Release);
-    // Written or not, a call in flight may have reached the peer.
-    let lost: Vec<Waiter> = waiting.lock().drain().map(|(_, w)| w).collect();
-    for waiter in lost {
-        let _ = waiter.send(Err(LinkError::Lost(format!("the connection to {addr} broke"))));
-    }
-    fail_unsent(&addr, "the connection broke before it was sent", &mut rx, &waiting, &closed);
+    let writes = writer.flush(write);
+    tokio::pin!(writes);
+    let broken = tokio::select! {
+        () = replies => {
+            writer.close("the connection's reader stopped");
+            writes.await
+        }
+        broken = &mut writes => broken,
+    };
+    fail(&addr, broken, &waiting, &closed);
 }
 
-/// Fails every call not yet written: none of them reached the peer.
-fn fail_unsent(addr: &str, why: &str, rx: &mut mpsc::UnboundedReceiver<Outgoing>, waiting: &Mutex<HashMap<u64, Waiter>>, closed: &AtomicBool) {
+/// Closes the link and fails every call still waiting: those in
+/// `broken.unsent` did not reach the peer; the others may have.
+fn fail(addr: &str, broken: Broken, waiting: &Mutex<HashMap<u64, Waiter>>, closed: &AtomicBool) {
     closed.store(true, Ordering::Release);
-    rx.close();
-    while let Ok(unsent) = rx.try_recv() {
-        if let Some(waiter) = unsent.id.and_then(|id| waiting.lock().remove(&id)) {
-            let _ = waiter.send(Err(LinkError::NotSent(format!("{addr}: {why}"))));
+    let mut waiting = waiting.lock();
+    for id in broken.unsent {
+        if let Some(waiter) = waiting.remove(&id) {
+            let _ = waiter.send(Err(LinkError::NotSent(format!("{addr}: {}", broken.why))));
         }
+    }
+    for (_, waiter) in waiting.drain() {
+        let _ = waiter.send(Err(LinkError::Lost(format!("the connection to {addr} broke ({})", broken.why))));
     }
 }

@@ -5,41 +5,24 @@
 //! Why this and not gRPC or HTTP/2: a call is one small frame each way
 //! with nothing to negotiate, and both ends are Quark; a frame codec from
 //! tokio-util plus serde is the smallest well-kept stack that multiplexes
-//! many calls on one connection and writes a burst of them in one flush.
+//! many calls on one connection, and it lets a quiet connection's frame
+//! go straight to the socket while a busy one's go in one write
+//! ([`writer`]).
 //! BENCHMARKS.md has the remote ask against a raw loopback round trip of
 //! the same bytes.
 
 pub(crate) mod link;
 pub(crate) mod server;
+mod writer;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
-use bytes::Bytes;
-use futures::SinkExt;
 use parking_lot::{Mutex, RwLock};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
-use tokio_util::codec::FramedWrite;
 use quark_store::cluster::{Member, MemberState};
 
 use self::link::Link;
-
-/// Writes what `rx` yields to `write`, everything queued at once in one
-/// flush, until `rx` closes (Ok) or a write fails (Err).
-pub(crate) async fn write_frames<T>(write: OwnedWriteHalf, rx: &mut mpsc::UnboundedReceiver<T>, bytes: impl Fn(T) -> Bytes) -> std::io::Result<()> {
-    let mut writer = FramedWrite::new(write, crate::wire::codec());
-    while let Some(first) = rx.recv().await {
-        writer.feed(bytes(first)).await?;
-        // Everything queued behind it goes in the same flush.
-        while let Ok(next) = rx.try_recv() {
-            writer.feed(bytes(next)).await?;
-        }
-        SinkExt::<Bytes>::flush(&mut writer).await?;
-    }
-    Ok(())
-}
 
 /// Another host as this one reaches it.
 pub(crate) struct PeerHost {

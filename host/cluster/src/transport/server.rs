@@ -6,15 +6,15 @@
 //! one actor's tells to another) keep their order across hosts.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
-use bytes::Bytes;
 use futures::StreamExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 
+use super::writer::Writer;
 use crate::Inner;
 use crate::wire::{self, Frame, Mode, Outcome, WireLane, WireRequest};
 
@@ -40,8 +40,9 @@ pub(crate) async fn serve(listener: TcpListener, cluster: Weak<Inner>) {
 async fn connection(stream: TcpStream, cluster: Weak<Inner>) {
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
-    tokio::spawn(async move { super::write_frames(write, &mut rx, |b| b).await });
+    let tx = Replies { writer: Arc::new(Writer::new()), in_flight: Arc::new(AtomicUsize::new(0)) };
+    let flusher = tx.writer.clone();
+    tokio::spawn(async move { flusher.flush(write).await });
     let (ordered_tx, ordered_rx) = mpsc::unbounded_channel();
     tokio::spawn(in_order(ordered_rx, cluster.clone(), tx.clone()));
     let mut reader = FramedRead::new(read, wire::codec());
@@ -49,7 +50,11 @@ async fn connection(stream: TcpStream, cluster: Weak<Inner>) {
         if let Some(cluster) = cluster.upgrade() {
             cluster.last_frame_ms.store(quark_core::time::now_ms(), Ordering::Release);
         }
-        match wire::decode(&bytes) {
+        let frame = wire::decode(&bytes);
+        if matches!(frame, Ok(Frame::Call { mode: Mode::Ask | Mode::Queue, .. } | Frame::VersionsChanged { .. })) {
+            tx.in_flight.fetch_add(1, Ordering::AcqRel);
+        }
+        match frame {
             Ok(Frame::Call { id, mode: Mode::Ask, request }) => {
                 tokio::spawn(ask(cluster.clone(), id, request, tx.clone()));
             }
@@ -67,18 +72,31 @@ async fn connection(stream: TcpStream, cluster: Weak<Inner>) {
             Ok(Frame::Reply { .. }) => tracing::debug!("a peer sent a reply to a call this host did not make"),
             Err(e) => {
                 tracing::warn!(error = %e, "a peer sent a frame that does not decode; closing its connection");
-                return;
+                break;
             }
         }
     }
+    tx.writer.close("the peer's connection closed");
 }
 
-fn reply(tx: &mpsc::UnboundedSender<Bytes>, id: u64, outcome: Outcome) {
-    let _ = tx.send(wire::encode(&Frame::Reply { id, outcome }));
+/// Where a connection's replies go, and how many it owes.
+#[derive(Clone)]
+struct Replies {
+    writer: Arc<Writer>,
+    /// Calls that want a reply and have none yet.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Answers call `id`: straight to the socket when it is the only call in
+/// flight on the connection (latency), through the flusher when others
+/// are (one write for the lot).
+fn reply(tx: &Replies, id: u64, outcome: Outcome) {
+    let alone = tx.in_flight.fetch_sub(1, Ordering::AcqRel) <= 1;
+    let _ = tx.writer.send(None, &wire::encode(&Frame::Reply { id, outcome }), alone);
 }
 
 /// One ask: admitted (this host serves the actor), run, answered.
-async fn ask(cluster: Weak<Inner>, id: u64, request: WireRequest, tx: mpsc::UnboundedSender<Bytes>) {
+async fn ask(cluster: Weak<Inner>, id: u64, request: WireRequest, tx: Replies) {
     let Some(cluster) = cluster.upgrade() else {
         return reply(&tx, id, Outcome::Moved { owner: None, leaving: true });
     };
@@ -98,7 +116,7 @@ async fn ask(cluster: Weak<Inner>, id: u64, request: WireRequest, tx: mpsc::Unbo
 
 /// Queued asks and tells, in arrival order. A lane's queued messages share
 /// one flag here, as they share one on the sending host.
-async fn in_order(mut rx: mpsc::UnboundedReceiver<(u64, Mode, WireRequest)>, cluster: Weak<Inner>, tx: mpsc::UnboundedSender<Bytes>) {
+async fn in_order(mut rx: mpsc::UnboundedReceiver<(u64, Mode, WireRequest)>, cluster: Weak<Inner>, tx: Replies) {
     let mut lanes: HashMap<u64, Weak<AtomicBool>> = HashMap::new();
     while let Some((id, mode, request)) = rx.recv().await {
         let Some(cluster) = cluster.upgrade() else {
