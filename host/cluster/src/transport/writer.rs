@@ -121,22 +121,17 @@ impl Writer {
                     let why = why.clone();
                     return Broken { why, unsent: state.queue.drain(..).filter_map(|(id, _)| id).collect() };
                 }
-                if state.queue.is_empty() {
-                    state.flushing = false;
-                    None
-                } else {
-                    Some(state.queue.drain(..).collect())
-                }
-            }
-            .unwrap_or_default();
+                // Nothing left: frames sent from now on may go straight to the socket.
+                state.flushing = !state.queue.is_empty();
+                state.queue.drain(..).collect()
+            };
             if batch.is_empty() {
                 self.wake.notified().await;
                 continue;
             }
-            if let Err((why, unsent)) = write_all(socket, &batch).await {
+            if let Err((why, mut unsent)) = write_all(socket, &batch).await {
                 let mut state = self.state.lock();
                 state.broken.get_or_insert_with(|| why.clone());
-                let mut unsent = unsent;
                 unsent.extend(state.queue.drain(..).filter_map(|(id, _)| id));
                 return Broken { why, unsent };
             }
