@@ -66,7 +66,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(|e| StoreError::Unavailable(format!("opening {}: {e}", path.display())))?;
-        sqlx::migrate!("src/migrations/sqlite").run(&writer).await?;
+        super::sql::migrations::migrator(super::sql::migrations::SQLITE).await?.run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .connect_with(options.read_only(true))

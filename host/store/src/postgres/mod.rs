@@ -61,7 +61,7 @@ impl PostgresStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("src/migrations/postgres").run(&pool).await?;
+        super::sql::migrations::migrator(super::sql::migrations::POSTGRES).await?.run(&pool).await?;
         let job_channel = format!("quark_jobs_{}", schema.unwrap_or("public"));
         let outbox_channel = format!("quark_outbox_{}", schema.unwrap_or("public"));
         Ok(PostgresStore { pool, job_channel, outbox_channel, instance: quark_core::jobs::new_lease(), new_lanes: Default::default() })

@@ -11,6 +11,7 @@
 mod components;
 mod jobs;
 mod journal;
+pub(crate) mod migrations;
 mod outbox;
 mod state;
 
