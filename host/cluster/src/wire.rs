@@ -190,9 +190,13 @@ impl Outcome {
     }
 }
 
-/// Encodes a frame.
+/// Encodes a frame as it goes on the wire: the 4-byte big-endian length
+/// [`codec`] reads, then the frame (one allocation for both).
 pub(crate) fn encode(frame: &Frame) -> ::bytes::Bytes {
-    postcard::to_allocvec(frame).expect("every frame encodes").into()
+    let mut bytes = postcard::to_extend(frame, vec![0u8; 4]).expect("every frame encodes");
+    let length = u32::try_from(bytes.len() - 4).expect("a frame is under 4 GiB");
+    bytes[..4].copy_from_slice(&length.to_be_bytes());
+    bytes.into()
 }
 
 /// Decodes a frame.

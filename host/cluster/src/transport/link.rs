@@ -106,7 +106,7 @@ impl Link {
                 waiting.insert(id, reply_tx);
                 waiting.len() == 1
             };
-            self.writer.send(Some(id), &wire::encode(&frame), alone).map_err(|why| {
+            self.writer.send(Some(id), wire::encode(&frame), alone).map_err(|why| {
                 self.waiting.lock().remove(&id);
                 LinkError::NotSent(format!("the connection to {} is closed ({why})", self.addr))
             })
@@ -133,7 +133,7 @@ impl Link {
         }
         let alone = self.waiting.lock().is_empty();
         self.writer
-            .send(None, &wire::encode(frame), alone)
+            .send(None, wire::encode(frame), alone)
             .map_err(|why| LinkError::NotSent(format!("the connection to {} is closed ({why})", self.addr)))
     }
 }

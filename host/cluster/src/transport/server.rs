@@ -1,7 +1,8 @@
 //! The peer listener: other hosts' requests for actors this host owns.
 //!
-//! Per connection, asks run concurrently (each its own task, so a slow
-//! turn holds up nothing else), while queued asks and tells are taken in
+//! Per connection, asks run concurrently (one that does not finish in its
+//! first poll goes on in its own task, so a slow turn holds up nothing
+//! else), while queued asks and tells are taken in
 //! the order they arrived, one after another, so a lane's messages (and
 //! one actor's tells to another) keep their order across hosts.
 
@@ -56,7 +57,14 @@ async fn connection(stream: TcpStream, cluster: Weak<Inner>) {
         }
         match frame {
             Ok(Frame::Call { id, mode: Mode::Ask, request }) => {
-                tokio::spawn(ask(cluster.clone(), id, request, tx.clone()));
+                // Most asks finish in their first poll (an idle actor's
+                // turn that writes nothing runs inline and commits
+                // nothing): that one runs here, with no spawn and no hop
+                // to another task. One that must wait goes on in its own.
+                let mut ask = Box::pin(ask(cluster.clone(), id, request, tx.clone()));
+                if futures::poll!(ask.as_mut()).is_pending() {
+                    tokio::spawn(ask);
+                }
             }
             Ok(Frame::Call { id, mode, request }) => {
                 let _ = ordered_tx.send((id, mode, request));
@@ -92,7 +100,7 @@ struct Replies {
 /// are (one write for the lot).
 fn reply(tx: &Replies, id: u64, outcome: Outcome) {
     let alone = tx.in_flight.fetch_sub(1, Ordering::AcqRel) <= 1;
-    let _ = tx.writer.send(None, &wire::encode(&Frame::Reply { id, outcome }), alone);
+    let _ = tx.writer.send(None, wire::encode(&Frame::Reply { id, outcome }), alone);
 }
 
 /// One ask: admitted (this host serves the actor), run, answered.

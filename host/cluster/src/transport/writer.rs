@@ -10,8 +10,7 @@
 //! syscall, not one each. Either way frames reach the socket in the order
 //! they were sent: while the queue is not empty, every frame joins it.
 //!
-//! Frames are length-delimited as [`crate::wire::codec`] reads them: a
-//! 4-byte big-endian length, then the bytes.
+//! Frames arrive encoded by [`crate::wire::encode`], length prefix included.
 
 use std::collections::VecDeque;
 use std::sync::OnceLock;
@@ -54,15 +53,11 @@ impl Writer {
         Writer { socket: OnceLock::new(), state: Mutex::new(State { flushing: true, ..State::default() }), wake: Notify::new() }
     }
 
-    /// Sends `frame` (of the call `id`, if it wants a reply): straight to
-    /// the socket when `direct` and nothing is queued, else through the
-    /// flusher. `Err` (why): the connection is broken, and the frame was
-    /// not sent.
-    pub(crate) fn send(&self, id: Option<u64>, frame: &[u8], direct: bool) -> Result<(), String> {
-        let mut bytes = BytesMut::with_capacity(4 + frame.len());
-        bytes.put_u32(frame.len() as u32);
-        bytes.put_slice(frame);
-        let mut bytes = bytes.freeze();
+    /// Sends `bytes`, a frame of the call `id` (if it wants a reply):
+    /// straight to the socket when `direct` and nothing is queued, else
+    /// through the flusher. `Err` (why): the connection is broken, and the
+    /// frame was not sent.
+    pub(crate) fn send(&self, id: Option<u64>, mut bytes: Bytes, direct: bool) -> Result<(), String> {
         let mut state = self.state.lock();
         if let Some(why) = &state.broken {
             return Err(why.clone());
