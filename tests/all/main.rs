@@ -18,6 +18,7 @@ mod jobs;
 mod journal;
 mod languages;
 mod linearizable;
+mod memory;
 mod migrations;
 mod outbox;
 mod stateless_workers;

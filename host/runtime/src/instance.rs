@@ -106,7 +106,9 @@ pub(crate) async fn instantiate(
     version: &LoadedVersion,
     layer: usize,
 ) -> Result<Live, ActorError> {
-    let (store, bindings) = instantiate_pre(host, shared, &version.pre, &version.info.manifest, layer).await?;
+    let reservation = host.reserve_memory(shared, &version.info.manifest).await?;
+    let (mut store, bindings) = instantiate_pre(host, shared, &version.pre, &version.info.manifest, layer).await?;
+    store.data_mut().limiter.hold(reservation, host.memory_budget().clone());
     Ok(Live { store, bindings, version: version.info.version })
 }
 

@@ -21,6 +21,7 @@ pub mod inbox;
 pub(crate) mod instance;
 pub mod journal;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
 pub mod registry;
 pub mod router;
@@ -57,6 +58,9 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
 /// needs when it cannot start within its own limit.
 const TRIAL_MEMORY_CEILING: u64 = 4 << 30;
 
+/// How often a host looks for memory pressure.
+const MEMORY_WATCH_PERIOD: Duration = Duration::from_millis(500);
+
 /// Largest component a deploy accepts, in bytes.
 pub const MAX_COMPONENT_BYTES: usize = 128 << 20;
 
@@ -81,6 +85,8 @@ pub struct HostConfig {
     /// Names of the external sinks outbox messages may name; a turn that
     /// sends to another name fails. The `quark` server delivers to them.
     pub sink_names: std::collections::BTreeSet<String>,
+    /// The memory budget the activations reserve against ([`memory`]).
+    pub memory: memory::MemoryConfig,
 }
 
 impl HostConfig {
@@ -95,6 +101,7 @@ impl HostConfig {
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_activations: engine::activation_capacity().map_or(usize::MAX, |c| (c as usize) * 9 / 10),
             sink_names: Default::default(),
+            memory: memory::MemoryConfig::from_machine(),
         }
     }
 }
@@ -258,6 +265,8 @@ struct HostInner {
     router: Arc<dyn router::Router>,
     /// The cluster's directory, on a shared store (see [`directory`]).
     directory: std::sync::OnceLock<Arc<dyn directory::ActorDirectory>>,
+    /// What the live instances reserve against the memory budget.
+    memory: Arc<memory::MemoryBudget>,
 }
 
 /// A running Quark host. Cheap to clone.
@@ -292,7 +301,9 @@ impl Host {
         let registry = ComponentRegistry::new(engine.clone(), linker, cache);
         let metrics = Arc::new(Metrics::new());
         let committer = Committer::spawn(store.clone(), metrics.clone());
+        let memory = memory::MemoryBudget::new(config.memory, &metrics);
         let host = Host(Arc::new(HostInner {
+            memory,
             config,
             engine,
             registry,
@@ -314,6 +325,12 @@ impl Host {
         }
         host.prune_compiled_cache();
         host.spawn_idle_sweeper();
+        host.spawn_memory_watch();
+        tracing::info!(
+            budget = %bytesize::ByteSize::b(host.0.config.memory.budget).display().iec(),
+            overcommit = ?host.0.config.memory.overcommit,
+            "memory budget: new instances reserve against it; idle actors are shed past 80% of it"
+        );
         if let Some(capacity) = engine::activation_capacity() {
             tracing::info!(
                 capacity,
@@ -340,6 +357,94 @@ impl Host {
                 }
             }
         });
+    }
+
+    /// Every [`MEMORY_WATCH_PERIOD`]: under memory pressure, sheds idle
+    /// activations, oldest first, down to the low watermark.
+    fn spawn_memory_watch(&self) {
+        let weak = self.downgrade();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(MEMORY_WATCH_PERIOD);
+            loop {
+                tick.tick().await;
+                let Some(host) = weak.upgrade() else { break };
+                let (_, used) = host.0.table.totals();
+                let rss = tokio::task::spawn_blocking(resident_memory_bytes).await.unwrap_or(0);
+                if let Some(excess) = host.0.memory.pressure(used, rss) {
+                    let (shed, freed) = host.0.table.shed_oldest_idle_bytes(excess);
+                    host.0.memory.shed.inc_by(shed as u64);
+                    if shed > 0 {
+                        tracing::info!(shed, freed, used, rss, budget = host.0.memory.budget(), "memory pressure: shed idle actors, oldest first");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Reserves the memory a new instance of `shared`'s actor under
+    /// `manifest` needs, shedding idle activations (oldest first) to make
+    /// room; `limit-exceeded` naming the budget when it cannot fit.
+    pub(crate) async fn reserve_memory(&self, shared: &activation::ActivationShared, manifest: &Manifest) -> Result<memory::Reservation, ActorError> {
+        let budget = &self.0.memory;
+        let bytes = budget.reservation_for(shared.id.actor_type(), manifest.memory_limit);
+        if let Some(reservation) = budget.try_reserve(bytes) {
+            return Ok(reservation);
+        }
+        let needed = (budget.reserved() + bytes).saturating_sub(budget.budget());
+        let (shed, _) = self.0.table.shed_oldest_idle_bytes(needed);
+        budget.shed.inc_by(shed as u64);
+        if shed > 0 {
+            // The shed instances are dropped as their tasks see their
+            // mailboxes closed: moments, not a turn.
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if let Some(reservation) = budget.try_reserve(bytes) {
+                    return Ok(reservation);
+                }
+            }
+        }
+        budget.refused.inc();
+        let size = |b: u64| bytesize::ByteSize::b(b).display().iec().to_string();
+        Err(ActorError::limit_exceeded(format!(
+            "{} cannot be activated: this host's memory budget of {} is reserved ({} by {} activations, none idle to shed), \
+             and {} reserves {} per activation ({}); raise --memory-budget, lower the type's --memory-limit, or add a host",
+            shared.id,
+            size(budget.budget()),
+            size(budget.reserved()),
+            self.0.table.len(),
+            shared.id.actor_type(),
+            size(bytes),
+            if bytes == manifest.memory_limit { "its memory limit" } else { "its observed high water times --memory-overcommit" },
+        )))
+    }
+
+    /// This host's memory: budget, reserved, used, RSS, per type.
+    pub fn memory(&self) -> memory::MemoryReport {
+        let budget = &self.0.memory;
+        let mut types = std::collections::BTreeMap::<String, memory::TypeMemory>::new();
+        for (actor_type, reserved, used) in self.0.table.memory_by_activation() {
+            let entry = types.entry(actor_type).or_default();
+            entry.activations += 1;
+            entry.reserved += reserved;
+            entry.used += used;
+        }
+        let types = types
+            .into_iter()
+            .map(|(actor_type, t)| memory::TypeMemory { high_water: budget.high_water(&actor_type), actor_type, ..t })
+            .collect::<Vec<_>>();
+        memory::MemoryReport {
+            budget: budget.budget(),
+            reserved: budget.reserved(),
+            used: types.iter().map(|t| t.used).sum(),
+            rss: resident_memory_bytes(),
+            shed: budget.shed.get(),
+            refused: budget.refused.get(),
+            types,
+        }
+    }
+
+    pub(crate) fn memory_budget(&self) -> &Arc<memory::MemoryBudget> {
+        &self.0.memory
     }
 
     /// Versions of `actor_type` compiled in memory (the active one, the
@@ -728,6 +833,7 @@ impl Host {
     pub fn metrics_text(&self) -> String {
         let (count, memory) = self.0.table.totals();
         self.0.metrics.set_gauges(count, memory, resident_memory_bytes());
+        self.0.metrics.set_memory(&self.0.memory);
         self.0.metrics.encode()
     }
 

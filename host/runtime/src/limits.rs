@@ -4,13 +4,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::activation::ActivationShared;
+use crate::memory::{MemoryBudget, Reservation};
 
 /// Most table elements (function references) one instance may have; guests
 /// rarely need more than a few thousand.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
-/// Caps an instance's linear memory at the actor type's memory limit and
-/// keeps the activation's memory figure current.
+/// Caps an instance's linear memory at the actor type's memory limit,
+/// keeps the activation's memory figures current and holds the
+/// instance's reservation against the host's memory budget.
 pub struct MemoryLimiter {
     limit: usize,
     /// Linear memory this instance holds now, in bytes.
@@ -18,11 +20,23 @@ pub struct MemoryLimiter {
     /// Set when the guest asked for more than its limit during this turn.
     pub(crate) exceeded: bool,
     activation: Arc<ActivationShared>,
+    /// What the instance holds against the budget (none for the trial
+    /// starts of a deploy), and the budget, for its high-water marks.
+    reservation: Option<(Reservation, Arc<MemoryBudget>)>,
 }
 
 impl MemoryLimiter {
     pub(crate) fn new(limit: u64, activation: Arc<ActivationShared>) -> Self {
-        MemoryLimiter { limit: usize::try_from(limit).unwrap_or(usize::MAX), current: 0, exceeded: false, activation }
+        MemoryLimiter { limit: usize::try_from(limit).unwrap_or(usize::MAX), current: 0, exceeded: false, activation, reservation: None }
+    }
+
+    /// Makes the instance hold `reservation` (grown to what it holds
+    /// already) until it is dropped.
+    pub(crate) fn hold(&mut self, mut reservation: Reservation, budget: Arc<MemoryBudget>) {
+        reservation.grow_to(self.current as u64);
+        self.activation.reserved_bytes.fetch_add(reservation.bytes(), Ordering::Relaxed);
+        budget.observe(self.activation.id.actor_type(), self.current as u64);
+        self.reservation = Some((reservation, budget));
     }
 
     /// Linear memory the instance holds now, in bytes.
@@ -40,6 +54,12 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         }
         self.activation.memory_bytes.fetch_add((desired - current) as u64, Ordering::Relaxed);
         self.current += desired - current;
+        if let Some((reservation, budget)) = &mut self.reservation {
+            let before = reservation.bytes();
+            reservation.grow_to(self.current as u64);
+            self.activation.reserved_bytes.fetch_add(reservation.bytes() - before, Ordering::Relaxed);
+            budget.observe(self.activation.id.actor_type(), self.current as u64);
+        }
         Ok(true)
     }
 
@@ -51,5 +71,8 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 impl Drop for MemoryLimiter {
     fn drop(&mut self) {
         self.activation.memory_bytes.fetch_sub(self.current as u64, Ordering::Relaxed);
+        if let Some((reservation, _)) = &self.reservation {
+            self.activation.reserved_bytes.fetch_sub(reservation.bytes(), Ordering::Relaxed);
+        }
     }
 }

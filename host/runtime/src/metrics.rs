@@ -52,6 +52,12 @@ pub struct Metrics {
     active: Gauge,
     guest_memory: Gauge,
     host_rss: Gauge,
+    memory_budget: Gauge,
+    memory_reserved: Gauge,
+    /// Activations shed for memory (read by [`crate::memory`]).
+    pub(crate) memory_shed: Counter,
+    /// Instances refused for want of memory.
+    pub(crate) memory_refused: Counter,
     commit_batches: Counter,
     commit_turns: Counter,
     commit_failures: Counter,
@@ -105,6 +111,10 @@ impl Metrics {
             active: Gauge::default(),
             guest_memory: Gauge::default(),
             host_rss: Gauge::default(),
+            memory_budget: Gauge::default(),
+            memory_reserved: Gauge::default(),
+            memory_shed: Counter::default(),
+            memory_refused: Counter::default(),
             commit_batches: Counter::default(),
             commit_turns: Counter::default(),
             commit_failures: Counter::default(),
@@ -137,6 +147,10 @@ impl Metrics {
         registry.register("activations", "Actor activations now in memory", m.active.clone());
         registry.register("guest_memory_bytes", "Linear memory of all activations (what the limiter sees)", m.guest_memory.clone());
         registry.register("host_resident_memory_bytes", "Resident set size of the host process (from the OS)", m.host_rss.clone());
+        registry.register("host_memory_budget_bytes", "The memory budget activations reserve against (--memory-budget)", m.memory_budget.clone());
+        registry.register("host_memory_reserved_bytes", "Memory reserved by live instances (declared limits, or observed high water with overcommit)", m.memory_reserved.clone());
+        registry.register("activations_shed_for_memory", "Idle activations shed to make room in the memory budget", m.memory_shed.clone());
+        registry.register("activations_refused_for_memory", "New instances refused with limit-exceeded: no room in the memory budget", m.memory_refused.clone());
         registry.register("commit_batches", "Group-commit transactions", m.commit_batches.clone());
         registry.register("commit_turns", "Turns committed through group commit", m.commit_turns.clone());
         registry.register("commit_failures", "Group-commit transactions that failed", m.commit_failures.clone());
@@ -255,6 +269,12 @@ impl Metrics {
         self.active.set(activations as i64);
         self.guest_memory.set(guest_memory as i64);
         self.host_rss.set(host_rss as i64);
+    }
+
+    /// Sets the memory budget gauges, just before a scrape.
+    pub(crate) fn set_memory(&self, budget: &crate::memory::MemoryBudget) {
+        self.memory_budget.set(budget.budget() as i64);
+        self.memory_reserved.set(budget.reserved() as i64);
     }
 
     /// Counts outbox lanes claimed from the store.

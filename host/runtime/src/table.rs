@@ -219,6 +219,48 @@ impl ActivationTable {
         removed
     }
 
+    /// Removes idle activations, least recently used first, until those
+    /// removed reserved at least `bytes` of the memory budget (or none
+    /// idle is left): how many, and the bytes their instances free once
+    /// dropped.
+    pub(crate) fn shed_oldest_idle_bytes(&self, bytes: u64) -> (usize, u64) {
+        let mut idle: Vec<(i64, Slot)> = Vec::new();
+        for shard in self.shards.iter() {
+            for (slot, h) in shard.lock().iter() {
+                if h.shared.is_quiet() && h.shared.reserved_bytes.load(Ordering::Relaxed) > 0 {
+                    idle.push((h.shared.last_active_ms.load(Ordering::Relaxed), slot.clone()));
+                }
+            }
+        }
+        idle.sort_unstable();
+        let (mut removed, mut freed) = (0, 0);
+        for (_, slot) in idle {
+            if freed >= bytes {
+                break;
+            }
+            let mut shard = self.shard(&slot.0).lock();
+            if shard.get(&slot).is_some_and(|h| h.shared.is_quiet()) {
+                let handle = shard.remove(&slot).expect("just seen");
+                freed += handle.shared.reserved_bytes.load(Ordering::Relaxed);
+                removed += 1;
+            }
+        }
+        self.len.fetch_sub(removed, Ordering::Relaxed);
+        (removed, freed)
+    }
+
+    /// Per activation: its actor type, reserved and used memory in bytes.
+    pub(crate) fn memory_by_activation(&self) -> Vec<(String, u64, u64)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for h in shard.lock().values() {
+                let s = &h.shared;
+                out.push((s.id.actor_type().to_string(), s.reserved_bytes.load(Ordering::Relaxed), s.memory_bytes.load(Ordering::Relaxed)));
+            }
+        }
+        out
+    }
+
     /// False for [`SHED_INTERVAL_MS`] after a shed that found nothing idle:
     /// shedding scans every shard, and a host at its limit with every actor
     /// busy must not do that on every message.

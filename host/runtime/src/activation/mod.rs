@@ -41,6 +41,8 @@ pub(crate) struct ActivationShared {
     pub(crate) pending: AtomicUsize,
     /// Linear memory of this actor's instances, in bytes.
     pub(crate) memory_bytes: AtomicU64,
+    /// What its instances reserve against the host's memory budget, bytes.
+    pub(crate) reserved_bytes: AtomicU64,
     pub(crate) turns: AtomicU64,
     pub(crate) last_active_ms: AtomicI64,
     /// The component version of the live instance (0 before the first turn).
@@ -69,6 +71,7 @@ impl ActivationShared {
             busy_chain: BusyChain::default(),
             pending: AtomicUsize::new(0),
             memory_bytes: AtomicU64::new(0),
+            reserved_bytes: AtomicU64::new(0),
             turns: AtomicU64::new(0),
             last_active_ms: AtomicI64::new(coarse_now_ms()),
             version: AtomicU64::new(0),

@@ -93,6 +93,10 @@ pub struct HostView {
     pub heartbeat_age_ms: i64,
     /// Activations it reported with its last heartbeat.
     pub activations: u64,
+    /// Its memory: budget, reserved, used, RSS (bytes) and per type.
+    /// Shown for the answering host; other hosts' arrive with their
+    /// heartbeats (not yet: `null`).
+    pub memory: Option<crate::runtime::memory::MemoryReport>,
 }
 
 impl From<&crate::storage::cluster::Member> for HostView {
@@ -107,6 +111,7 @@ impl From<&crate::storage::cluster::Member> for HostView {
             last_heartbeat_ms: m.heartbeat_ms,
             heartbeat_age_ms: (m.read_at_ms - m.heartbeat_ms).max(0),
             activations: m.activations,
+            memory: None,
         }
     }
 }

@@ -96,20 +96,47 @@ impl Client {
 
     pub(super) async fn cluster(&self) -> anyhow::Result<()> {
         let view: ClusterView = self.send_as(self.http.get(format!("{}/v1/cluster", self.base))).await?;
-        println!("{:<24} {:<8} {:<22} {:>11} {:>11} {:>12}", "HOST", "STATE", "API", "INCARNATION", "ACTIVATIONS", "HEARTBEAT");
+        let size = |b: u64| bytesize::ByteSize::b(b).display().iec().to_string();
+        println!(
+            "{:<24} {:<8} {:<22} {:>11} {:>11} {:>25} {:>12}",
+            "HOST", "STATE", "API", "INCARNATION", "ACTIVATIONS", "MEMORY RESERVED/BUDGET", "HEARTBEAT"
+        );
         for h in &view.hosts {
             let this = if h.id == view.this { " (this host)" } else { "" };
+            let memory = h.memory.as_ref().map_or("-".to_string(), |m| format!("{} / {}", size(m.reserved), size(m.budget)));
             println!(
-                "{:<24} {:<8} {:<22} {:>11} {:>11} {:>10.1}s ago{this}",
+                "{:<24} {:<8} {:<22} {:>11} {:>11} {:>25} {:>10.1}s ago{this}",
                 h.id,
                 h.state.as_str(),
                 h.api,
                 h.incarnation,
                 h.activations,
+                memory,
                 h.heartbeat_age_ms as f64 / 1000.0
             );
         }
         println!("{} host(s), {}", view.hosts.len(), view.mode);
+        if let Some(m) = view.hosts.iter().find(|h| h.id == view.this).and_then(|h| h.memory.as_ref()) {
+            println!(
+                "this host's memory: budget {}, reserved {}, used {}, RSS {}; shed for memory {}, refused {}",
+                size(m.budget),
+                size(m.reserved),
+                size(m.used),
+                size(m.rss),
+                m.shed,
+                m.refused
+            );
+            for t in &m.types {
+                println!(
+                    "  {:<24} {:>6} activations, reserved {}, used {}, high water {}",
+                    t.actor_type,
+                    t.activations,
+                    size(t.reserved),
+                    size(t.used),
+                    size(t.high_water)
+                );
+            }
+        }
         Ok(())
     }
 

@@ -341,6 +341,21 @@ struct ServeArgs {
     /// Most activations in memory at once (default: what vm.max_map_count allows).
     #[arg(long)]
     max_activations: Option<usize>,
+    /// Memory the activations may reserve in all: bytes (`2GiB`) or a
+    /// share of this machine's RAM (`50%`). Every new instance reserves
+    /// memory (see --memory-overcommit); one that does not fit sheds idle
+    /// actors (oldest first) or is refused with `limit-exceeded`; above 80%
+    /// of the budget (reserved, used, or the process RSS at it) idle actors
+    /// are shed, oldest first, down to 75%.
+    #[arg(long, default_value = "80%")]
+    memory_budget: String,
+    /// What a new instance reserves: its type's observed high-water use
+    /// times this factor (1 to 100; never more than the type's
+    /// --memory-limit, which is reserved until one instance has run), or
+    /// `none`: always the declared limit (strict: no instance can take the
+    /// host past its budget, but far fewer fit).
+    #[arg(long, default_value = "2")]
+    memory_overcommit: String,
     /// Deploy `TYPE=FILE.wasm` at start; repeatable. Never replaces what
     /// you deployed or rolled back to: a missing type is deployed with
     /// default settings; bytes stored already (as any version) change
@@ -656,6 +671,21 @@ fn parse_limits(flag: &str, specs: &[String]) -> anyhow::Result<std::collections
         .collect()
 }
 
+/// `--memory-budget`: bytes (`2GiB`) or a share of RAM (`50%`).
+fn parse_budget(text: &str) -> anyhow::Result<u64> {
+    let ram = crate::runtime::memory::total_ram_bytes();
+    let bytes = match text.trim().strip_suffix('%') {
+        Some(share) => {
+            let share: f64 = share.trim().parse().map_err(|_| anyhow::anyhow!("--memory-budget {text:?}: a share like `50%` or a size like `2GiB`"))?;
+            anyhow::ensure!(share > 0.0 && share <= 100.0, "--memory-budget {text:?}: a share from 0 to 100%");
+            (ram as f64 * share / 100.0) as u64
+        }
+        None => text.parse::<bytesize::ByteSize>().map_err(|e| anyhow::anyhow!("--memory-budget {text:?}: {e} (a size like `2GiB` or a share like `50%`)"))?.as_u64(),
+    };
+    anyhow::ensure!(bytes >= 1 << 20, "--memory-budget {text:?} is under 1 MiB");
+    Ok(bytes)
+}
+
 /// The node's settings from `serve`'s flags; `shared_store`: the store
 /// can hold a cluster (the host joins it, its API on `addr`).
 fn node_config(args: &ServeArgs, addr: std::net::SocketAddr, shared_store: bool) -> anyhow::Result<NodeConfig> {
@@ -666,6 +696,14 @@ fn node_config(args: &ServeArgs, addr: std::net::SocketAddr, shared_store: bool)
     if let Some(max) = args.max_activations {
         config.host.max_activations = max.max(1);
     }
+    config.host.memory.budget = parse_budget(&args.memory_budget)?;
+    config.host.memory.overcommit = match args.memory_overcommit.trim() {
+        "none" => None,
+        text => match text.parse::<f64>() {
+            Ok(f) if (1.0..=100.0).contains(&f) => Some(f),
+            _ => anyhow::bail!("--memory-overcommit {text:?}: a factor from 1 to 100 (the observed high water times it), or `none` (reserve the declared limit)"),
+        },
+    };
     config.jobs.concurrency = args.job_concurrency.max(1);
     config.jobs.lease = Duration::from(args.job_lease);
     config.jobs.retention = Duration::from(args.job_retention);
