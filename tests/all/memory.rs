@@ -1,14 +1,17 @@
 //! The memory budget on one host (issue 17): every instance reserves its
 //! type's declared limit; one that does not fit sheds idle actors, oldest
 //! first, or is refused with `limit-exceeded`; past the high watermark
-//! idle actors are shed down to the low one, busy ones kept.
+//! idle actors are shed down to the low one, busy ones kept. Across
+//! hosts: new activations go where they fit.
 
 use std::time::{Duration, Instant};
 
 use quark::runtime::memory::MemoryConfig;
 use quark::{ErrorKind, Node, NodeConfig};
-use serde_json::json;
+use serde_json::{Value, json};
 
+use crate::cli_process::stderr;
+use crate::cluster_calls::Hosts;
 use crate::support::*;
 
 const MIB: u64 = 1 << 20;
@@ -96,4 +99,115 @@ async fn past_the_high_watermark_idle_actors_are_shed_oldest_first_and_busy_ones
     assert_eq!(host.host().memory().reserved, 64 * MIB);
     busy.await.unwrap().expect("the busy actor's turn ran to its end");
     assert_eq!(ask(&host, "misbehave/m1", "dump", json!(null)).await.unwrap(), json!({"k": 1}), "a shed actor keeps its state");
+}
+
+// ---- Across hosts: placement by free memory ----
+
+/// `POST {url}/v1/actors/{actor}/{method}`: status and body (0 when the host did not answer).
+async fn post(http: &reqwest::Client, url: &str, actor: &str, method: &str, body: Value) -> (u16, Value) {
+    match http.post(format!("{url}/v1/actors/{actor}/{method}")).json(&body).send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.json().await.unwrap_or(Value::Null))
+        }
+        Err(e) => (0, json!(e.to_string())),
+    }
+}
+
+/// Three hosts with 64 MiB budgets each and a type whose activations
+/// reserve 16 MiB (its declared limit, `--memory-overcommit none`) and
+/// grow to 6 MiB, placed on the calling host while they fit there. Eight
+/// activations, twice the first host's budget, asked for at once through
+/// it: the new activations go where they fit, so
+/// every call succeeds and no host reserves past its budget; sixteen more
+/// (past what the cluster holds) each succeed or are refused with
+/// `limit-exceeded`, the hosts shed idle actors rather than die, and no
+/// committed value is lost. Every host reports every host's memory.
+fn activations_go_where_they_fit(store: &str) {
+    // Placed on the calling host while it fits: the budget alone sends the rest elsewhere.
+    let hosts = Hosts::start(store, 3, &["--memory-budget", "64MiB", "--memory-overcommit", "none", "--placement", "local"]);
+    let path = root().join("target/test-actors/misbehave.wasm");
+    let out = hosts.host(0).quark(&["deploy", "misbehave", path.to_str().unwrap(), "--memory-limit", "16MiB"]);
+    assert!(out.status.success(), "deploy: {}", stderr(&out));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let http = reqwest::Client::new();
+    let url = hosts.urls[0].clone();
+    let grow_and_put = |actors: std::ops::Range<usize>| {
+        let calls = actors.map(|i| {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let actor = format!("misbehave/m{i}");
+                let grown = post(&http, &url, &actor, "alloc", json!({"mib": 6})).await;
+                if grown.0 != 200 {
+                    return (i, grown);
+                }
+                (i, post(&http, &url, &actor, "put", json!({"key": "k", "value": i})).await)
+            }
+        });
+        runtime.block_on(futures::future::join_all(calls))
+    };
+    let first = grow_and_put(0..8);
+    assert!(first.iter().all(|(_, (status, _))| *status == 200), "2x one host's budget fits on three: {first:?}\n{}", hosts.log(0));
+
+    let more = grow_and_put(8..24);
+    for (i, (status, body)) in &more {
+        let refused = body["error"]["kind"] == "limit-exceeded";
+        assert!(*status == 200 || refused, "m{i}: {status} {body}");
+        if refused {
+            assert!(body["error"]["message"].as_str().unwrap_or("").contains("memory budget of 64"), "m{i}: {body}");
+        }
+    }
+    let served = more.iter().filter(|(_, (status, _))| *status == 200).count();
+    eprintln!("past the cluster's budget: {served} of 16 more activations served, the rest refused limit-exceeded");
+
+    // Every host sees every host's memory, within its budget, and all alive.
+    std::thread::sleep(Duration::from_millis(700));
+    for i in 0..3 {
+        let view: Value = serde_json::from_str(&reqwest_get(&format!("{}/v1/cluster", hosts.urls[i]))).unwrap();
+        let listed = view["hosts"].as_array().unwrap();
+        assert_eq!(listed.len(), 3, "{view}");
+        for h in listed {
+            assert_eq!(h["state"], "active", "{view}");
+            let m = &h["memory"];
+            assert_eq!(m["budget"].as_u64(), Some(64 * MIB), "{view}");
+            assert!(m["reserved"].as_u64().unwrap() <= 64 * MIB && m["used"].as_u64().unwrap() <= 64 * MIB, "{view}");
+        }
+        let holding = listed.iter().filter(|h| h["activations"].as_u64().unwrap_or(0) > 0).count();
+        assert_eq!(holding, 3, "the activations spread over every host: {view}");
+    }
+    // Nothing committed was lost, shed or not.
+    for i in (0..8).chain(more.iter().filter(|(_, (s, _))| *s == 200).map(|(i, _)| *i)) {
+        let (status, body) = runtime.block_on(post(&http, &hosts.urls[i % 3], &format!("misbehave/m{i}"), "dump", Value::Null));
+        if status == 200 {
+            assert_eq!(body, json!({"k": i}), "m{i}");
+        } else {
+            assert_eq!(body["error"]["kind"], "limit-exceeded", "m{i}: {status} {body}");
+        }
+    }
+}
+
+fn reqwest_get(url: &str) -> String {
+    crate::cli_process::reqwest::blocking_get(url).unwrap_or_else(|| panic!("GET {url} failed"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn activations_go_where_they_fit_on_postgres() {
+    let Some(store) = shared_store_url("postgres", "activations_go_where_they_fit_on_postgres").await else { return };
+    tokio::task::spawn_blocking(move || activations_go_where_they_fit(&store)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn activations_go_where_they_fit_on_redis() {
+    let Some(store) = shared_store_url("redis", "activations_go_where_they_fit_on_redis").await else { return };
+    tokio::task::spawn_blocking(move || activations_go_where_they_fit(&store)).await.unwrap();
+}
+
+#[test]
+fn memory_placement_takes_the_most_free_memory_and_hosts_agree_on_ties() {
+    use quark::cluster::placement::{Candidate, MemoryPlacement, Placement};
+    let hosts = |free: &[(&'static str, u64)]| free.iter().map(|&(id, free)| Candidate { id, free }).collect::<Vec<_>>();
+    let actor = id("counter/a");
+    assert_eq!(MemoryPlacement.place(&actor, "a", &hosts(&[("a", 10), ("b", 30), ("c", 20)])), "b");
+    let tied = hosts(&[("a", 5), ("b", 5)]);
+    assert_eq!(MemoryPlacement.place(&actor, "a", &tied), MemoryPlacement.place(&actor, "b", &tied));
 }

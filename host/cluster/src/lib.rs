@@ -40,7 +40,7 @@ use quark_core::id::ActorId;
 use quark_runtime::directory::{ActorDirectory, Placement as Claimed};
 use quark_runtime::{Host, WeakHost};
 use quark_store::StoreError;
-use quark_store::cluster::{ClusterStore, HostInfo, Member, MemberState, Ownership};
+use quark_store::cluster::{ClusterStore, HostInfo, HostLoad, Member, MemberState, Ownership};
 
 pub use self::membership::{DEFAULT_HEARTBEAT, DEFAULT_LEASE};
 use self::owners::{Owner, Owners};
@@ -117,6 +117,8 @@ pub(crate) struct Inner {
     owners: Owners,
     peers: Peers,
     placement: Arc<dyn Placement>,
+    /// Bytes this host placed on each peer since it last read the members.
+    placed: Mutex<std::collections::HashMap<String, u64>>,
     /// Set when the host starts to leave: peers' calls wait, then hear `moved`.
     closing: AtomicBool,
     /// Sent `true` once the host has left (its actors are free to claim).
@@ -125,6 +127,12 @@ pub(crate) struct Inner {
     incoming: AtomicUsize,
     /// When a peer's last frame arrived (ms since the epoch).
     pub(crate) last_frame_ms: std::sync::atomic::AtomicI64,
+}
+
+/// A candidate host for a new activation and its free memory.
+pub(crate) struct HostRoom {
+    pub(crate) id: String,
+    pub(crate) free: u64,
 }
 
 /// What changes as the host lives: its incarnation (a new one after it was
@@ -176,6 +184,7 @@ impl Cluster {
             owners: Owners::default(),
             peers: Peers::default(),
             placement: config.placement,
+            placed: Mutex::default(),
             closing: AtomicBool::new(false),
             left: tokio::sync::watch::channel(false).0,
             incoming: AtomicUsize::new(0),
@@ -254,7 +263,7 @@ impl Cluster {
             status.incarnation
         };
         let lease_ms = inner.lease.as_millis() as i64;
-        if let Err(e) = inner.cluster().heartbeat(&inner.info.id, incarnation, MemberState::Leaving, lease_ms, 0).await {
+        if let Err(e) = inner.cluster().heartbeat(&inner.info.id, incarnation, MemberState::Leaving, lease_ms, &HostLoad::default()).await {
             tracing::warn!(error = %e, "announcing that this host leaves failed; leaving anyway");
         }
         let started = Instant::now();
@@ -372,19 +381,36 @@ impl Inner {
         }
     }
 
-    /// The hosts a new activation may go to: the active members whose
-    /// lease holds (this one among them unless it is leaving).
-    fn candidates(&self) -> Vec<String> {
+    /// The hosts a new activation may go to, with their free memory: the
+    /// active members whose lease holds (this one among them unless it is
+    /// leaving).
+    fn candidates(&self) -> Vec<HostRoom> {
         let members = self.members.read().clone();
-        let mut hosts: Vec<String> = members
+        let placed = self.placed.lock();
+        let mut hosts: Vec<HostRoom> = members
             .iter()
             .filter(|m| m.host.id != self.info.id && m.effective_state() == MemberState::Active && self.peers.reachable(&m.host.id))
-            .map(|m| m.host.id.clone())
+            .map(|m| {
+                // A member that has not reported a budget yet is taken to have room.
+                let free = if m.load.memory_budget == 0 { u64::MAX } else { m.load.memory_free() };
+                HostRoom { free: free.saturating_sub(placed.get(&m.host.id).copied().unwrap_or(0)), id: m.host.id.clone() }
+            })
             .collect();
         if !self.closing.load(Ordering::Acquire) {
-            hosts.push(self.info.id.clone());
+            let free = self.host().map_or(0, |h| h.memory_free());
+            hosts.push(HostRoom { free: free.saturating_sub(placed.get(&self.info.id).copied().unwrap_or(0)), id: self.info.id.clone() });
         }
         hosts
+    }
+
+    /// Counts `bytes` placed on `host` against its free memory until the
+    /// members are read again: a burst of placements between two reads
+    /// does not all go to the host that looked free at the first (this
+    /// host included: its reservation is made when the activation starts,
+    /// after the placement; until the next read it is counted twice, which
+    /// errs to the side of room).
+    pub(crate) fn placed_there(&self, host: &str, bytes: u64) {
+        *self.placed.lock().entry(host.to_string()).or_default() += bytes;
     }
 
     /// Reads the members, and opens, replaces or forgets peer connections to match.
@@ -392,6 +418,9 @@ impl Inner {
         let members = self.cluster().members().await?;
         self.peers.update(&self.info.id, &members);
         *self.members.write() = Arc::new(members);
+        // The figures just read include (up to a heartbeat's lag) what
+        // this host placed.
+        self.placed.lock().clear();
         Ok(())
     }
 
@@ -405,10 +434,10 @@ impl Inner {
         if state == MemberState::Leaving {
             return Ok(());
         }
-        let activations = self.host().map_or(0, |h| h.actors().len() as u64);
+        let load = self.host().map(|h| h.load()).unwrap_or_default();
         let sent = Instant::now();
         let lease_ms = self.lease.as_millis() as i64;
-        match self.cluster().heartbeat(&self.info.id, incarnation, state, lease_ms, activations).await {
+        match self.cluster().heartbeat(&self.info.id, incarnation, state, lease_ms, &load).await {
             Ok(()) => {
                 self.status.lock().lease_until = sent + self.lease;
                 Ok(())

@@ -10,12 +10,28 @@ use std::hash::{Hash, Hasher};
 
 use quark_core::id::ActorId;
 
+/// A host a new activation may go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate<'a> {
+    /// Its id.
+    pub id: &'a str,
+    /// What is left of its memory budget to reserve, bytes: live for the
+    /// deciding host, as of the last heartbeat (less what this host
+    /// placed there since) for the others.
+    pub free: u64,
+}
+
 /// Chooses the host of a new activation.
+///
+/// The router first keeps the hosts where the activation fits (its
+/// type's reservation is at most their free memory); only when it fits
+/// nowhere does it offer every host, and the chosen one sheds idle
+/// activations to make room or refuses with `limit-exceeded`.
 pub trait Placement: Send + Sync + std::fmt::Debug {
-    /// One of `hosts` (the live hosts accepting new activations, never
-    /// empty) for `actor`; `this` is the deciding host's id (it is in
-    /// `hosts` unless it is leaving).
-    fn place<'a>(&self, actor: &ActorId, this: &'a str, hosts: &[&'a str]) -> &'a str;
+    /// One of `hosts` (live hosts accepting new activations, never empty)
+    /// for `actor`; `this` is the deciding host's id (it is in `hosts`
+    /// unless it is leaving, or full while others are not).
+    fn place<'a>(&self, actor: &ActorId, this: &'a str, hosts: &[Candidate<'a>]) -> &'a str;
 }
 
 /// Rendezvous (highest-random-weight) hashing of the actor id over the
@@ -27,8 +43,8 @@ pub trait Placement: Send + Sync + std::fmt::Debug {
 pub struct HashPlacement;
 
 impl Placement for HashPlacement {
-    fn place<'a>(&self, actor: &ActorId, this: &'a str, hosts: &[&'a str]) -> &'a str {
-        hosts.iter().copied().max_by_key(|host| weight(actor, host)).unwrap_or(this)
+    fn place<'a>(&self, actor: &ActorId, this: &'a str, hosts: &[Candidate<'a>]) -> &'a str {
+        hosts.iter().max_by_key(|host| weight(actor, host.id)).map_or(this, |host| host.id)
     }
 }
 
@@ -39,8 +55,20 @@ impl Placement for HashPlacement {
 pub struct LocalPlacement;
 
 impl Placement for LocalPlacement {
-    fn place<'a>(&self, _actor: &ActorId, this: &'a str, hosts: &[&'a str]) -> &'a str {
-        if hosts.contains(&this) { this } else { hosts.first().copied().unwrap_or(this) }
+    fn place<'a>(&self, actor: &ActorId, this: &'a str, hosts: &[Candidate<'a>]) -> &'a str {
+        if hosts.iter().any(|host| host.id == this) { this } else { HashPlacement.place(actor, this, hosts) }
+    }
+}
+
+/// The host with the most free memory (ties broken by the rendezvous
+/// hash, so that hosts deciding at once on equal figures agree): fills
+/// hosts evenly by what their activations reserve, not by their count.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemoryPlacement;
+
+impl Placement for MemoryPlacement {
+    fn place<'a>(&self, actor: &ActorId, this: &'a str, hosts: &[Candidate<'a>]) -> &'a str {
+        hosts.iter().max_by_key(|host| (host.free, weight(actor, host.id))).map_or(this, |host| host.id)
     }
 }
 
@@ -59,6 +87,10 @@ pub fn by_name(name: &str) -> Result<Box<dyn Placement>, String> {
     match name {
         "hash" => Ok(Box::new(HashPlacement)),
         "local" => Ok(Box::new(LocalPlacement)),
-        other => Err(format!("unknown placement {other:?}: `hash` (spread by actor id) or `local` (the calling host)")),
+        "memory" => Ok(Box::new(MemoryPlacement)),
+        other => Err(format!(
+            "unknown placement {other:?}: `hash` (spread by actor id), `local` (the calling host) or `memory` (the most free memory)"
+        )),
     }
 }
+

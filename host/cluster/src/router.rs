@@ -27,6 +27,7 @@ use quark_runtime::{Control, Request};
 use quark_store::cluster::Ownership;
 
 use crate::owners::Owner;
+use crate::placement::Candidate;
 use crate::transport::PeerHost;
 use crate::transport::link::LinkError;
 use crate::wire::{Frame, Mode, Outcome, WireRequest};
@@ -99,9 +100,18 @@ impl Inner {
     /// Finds (or chooses) where `actor` runs, asking the store.
     async fn resolve(self: &Arc<Self>, actor: &ActorId) -> Result<Found, ActorError> {
         let Some(incarnation) = self.standing() else { return Err(lease_lapsed(actor)) };
+        let need = self.host().and_then(|h| h.memory_need(actor.actor_type())).unwrap_or(0);
         let candidates = self.candidates();
-        let refs: Vec<&str> = candidates.iter().map(String::as_str).collect();
-        let target = self.placement.place(actor, &self.info.id, &refs).to_string();
+        let fit: Vec<Candidate> = candidates.iter().filter(|c| c.free >= need).map(|c| Candidate { id: &c.id, free: c.free }).collect();
+        let offered = if fit.is_empty() {
+            // Fits nowhere by the figures: the chosen host sheds idle
+            // activations to make room, or refuses with `limit-exceeded`.
+            candidates.iter().map(|c| Candidate { id: &c.id, free: c.free }).collect()
+        } else {
+            fit
+        };
+        let target = self.placement.place(actor, &self.info.id, &offered).to_string();
+        self.placed_there(&target, need);
         if target == self.info.id {
             let owner = self.cluster().claim(actor, &self.info.id, incarnation).await?;
             self.learn(actor, &owner);

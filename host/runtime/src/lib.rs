@@ -370,6 +370,7 @@ impl Host {
                 let Some(host) = weak.upgrade() else { break };
                 let (_, used) = host.0.table.totals();
                 let rss = tokio::task::spawn_blocking(resident_memory_bytes).await.unwrap_or(0);
+                host.0.memory.rss.store(rss, std::sync::atomic::Ordering::Release);
                 if let Some(excess) = host.0.memory.pressure(used, rss) {
                     let (shed, freed) = host.0.table.shed_oldest_idle_bytes(excess);
                     host.0.memory.shed.inc_by(shed as u64);
@@ -439,8 +440,40 @@ impl Host {
             rss: resident_memory_bytes(),
             shed: budget.shed.get(),
             refused: budget.refused.get(),
+            migrated: 0,
             types,
         }
+    }
+
+    /// What this host reports of itself with each cluster heartbeat:
+    /// activations, and memory budget, reserved, used and RSS (as of the
+    /// last memory watch), without the per-type detail.
+    pub fn load(&self) -> quark_store::cluster::HostLoad {
+        let budget = &self.0.memory;
+        let (activations, used) = self.0.table.totals();
+        quark_store::cluster::HostLoad {
+            activations: activations as u64,
+            memory_budget: budget.budget(),
+            memory_reserved: budget.reserved(),
+            memory_used: used,
+            rss: budget.rss.load(std::sync::atomic::Ordering::Acquire),
+            shed: budget.shed.get(),
+            refused: budget.refused.get(),
+            migrated: 0,
+        }
+    }
+
+    /// What a new activation of `actor_type` would reserve here (its
+    /// declared limit, or its observed high water times the overcommit
+    /// factor); `None` for a type not deployed.
+    pub fn memory_need(&self, actor_type: &str) -> Option<u64> {
+        let version = self.0.registry.active(actor_type).ok()?;
+        Some(self.0.memory.reservation_for(actor_type, version.info.manifest.memory_limit))
+    }
+
+    /// What is left of this host's budget to reserve.
+    pub fn memory_free(&self) -> u64 {
+        self.0.memory.budget().saturating_sub(self.0.memory.reserved())
     }
 
     pub(crate) fn memory_budget(&self) -> &Arc<memory::MemoryBudget> {

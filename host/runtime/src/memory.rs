@@ -80,8 +80,27 @@ pub struct MemoryReport {
     pub shed: u64,
     /// Instances refused for want of memory since the host started.
     pub refused: u64,
-    /// Per actor type with live activations, by type name.
+    /// Activations migrated to other hosts since the host started.
+    pub migrated: u64,
+    /// Per actor type with live activations, by type name (known for the
+    /// host that answers; another host's arrive empty).
     pub types: Vec<TypeMemory>,
+}
+
+impl From<&quark_store::cluster::HostLoad> for MemoryReport {
+    /// What another host reported with its last heartbeat.
+    fn from(load: &quark_store::cluster::HostLoad) -> Self {
+        MemoryReport {
+            budget: load.memory_budget,
+            reserved: load.memory_reserved,
+            used: load.memory_used,
+            rss: load.rss,
+            shed: load.shed,
+            refused: load.refused,
+            migrated: load.migrated,
+            types: Vec::new(),
+        }
+    }
 }
 
 /// One actor type's share of a host's memory.
@@ -111,6 +130,8 @@ pub(crate) struct MemoryBudget {
     pub(crate) shed: Counter,
     /// Instances refused for want of memory (the `/metrics` counter).
     pub(crate) refused: Counter,
+    /// The process's RSS at the last memory watch.
+    pub(crate) rss: AtomicU64,
 }
 
 impl MemoryBudget {
@@ -121,6 +142,7 @@ impl MemoryBudget {
             high_water: Mutex::default(),
             shed: metrics.memory_shed.clone(),
             refused: metrics.memory_refused.clone(),
+            rss: AtomicU64::new(0),
         })
     }
 

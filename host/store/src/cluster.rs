@@ -90,8 +90,8 @@ pub struct Member {
     pub heartbeat_ms: i64,
     /// Until when it may serve its actors (store time, ms).
     pub lease_until_ms: i64,
-    /// Activations it reported with its last heartbeat.
-    pub activations: u64,
+    /// Activations and memory it reported with its last heartbeat.
+    pub load: HostLoad,
     /// The store's time when this row was read.
     pub read_at_ms: i64,
 }
@@ -108,6 +108,35 @@ impl Member {
             MemberState::Joining | MemberState::Active if self.lease_until_ms < self.read_at_ms => MemberState::Suspect,
             other => other,
         }
+    }
+}
+
+/// What a host reports of itself with each heartbeat: what placement
+/// and the rebalancer read of the other hosts. Memory figures in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostLoad {
+    /// Live activations.
+    pub activations: u64,
+    /// The host's memory budget (0: not reported).
+    pub memory_budget: u64,
+    /// What its live activations have reserved of it.
+    pub memory_reserved: u64,
+    /// Their measured linear memory.
+    pub memory_used: u64,
+    /// The process's resident set.
+    pub rss: u64,
+    /// Activations shed for memory since the host started.
+    pub shed: u64,
+    /// Activations refused for memory since the host started.
+    pub refused: u64,
+    /// Activations migrated away since the host started.
+    pub migrated: u64,
+}
+
+impl HostLoad {
+    /// What is left of the budget to reserve.
+    pub fn memory_free(&self) -> u64 {
+        self.memory_budget.saturating_sub(self.memory_reserved)
     }
 }
 
@@ -131,10 +160,10 @@ pub trait ClusterStore: Send + Sync {
     async fn join(&self, host: &HostInfo, lease_ms: i64) -> Result<i64, StoreError>;
 
     /// Renews the lease of `(id, incarnation)` for `lease_ms` and records
-    /// its state and activation count. Fails with a conflict when that
+    /// its state and load. Fails with a conflict when that
     /// incarnation is no longer a member (declared dead, or replaced): the
     /// host must then stop serving and join again.
-    async fn heartbeat(&self, id: &str, incarnation: i64, state: MemberState, lease_ms: i64, activations: u64) -> Result<(), StoreError>;
+    async fn heartbeat(&self, id: &str, incarnation: i64, state: MemberState, lease_ms: i64, load: &HostLoad) -> Result<(), StoreError>;
 
     /// Every member.
     async fn members(&self) -> Result<Vec<Member>, StoreError>;

@@ -514,7 +514,8 @@ pub async fn outbox_new_lanes_skip_the_claim(store: Arc<dyn Store>) {
 /// that is not alive, fences that refuse a commit from a host that lost
 /// its actor (writing nothing), reaping, leaving, releasing.
 pub async fn cluster_membership_and_directory(store: Arc<dyn Store>) {
-    use crate::cluster::{HostInfo, MemberState};
+    use crate::cluster::{HostInfo, HostLoad, MemberState};
+    let load = |activations: u64| HostLoad { activations, memory_budget: 1 << 30, memory_reserved: 64 << 20, memory_used: 3 << 20, rss: 40 << 20, shed: 2, refused: 1, migrated: 3 };
     let Some(cluster) = store.cluster_store() else { return };
     let host = |id: &str| HostInfo { id: id.into(), api: format!("127.0.0.1:1{id}"), peer: format!("127.0.0.1:2{id}") };
     let (h1, h2) = (host("1"), host("2"));
@@ -522,10 +523,11 @@ pub async fn cluster_membership_and_directory(store: Arc<dyn Store>) {
     assert!(matches!(cluster.join(&h1, 60_000).await, Err(StoreError::Conflict(_))), "a live member's id is taken");
     let i2 = cluster.join(&h2, 60_000).await.unwrap();
     assert!(i2 > i1);
-    cluster.heartbeat("1", i1, MemberState::Active, 60_000, 7).await.unwrap();
+    cluster.heartbeat("1", i1, MemberState::Active, 60_000, &load(7)).await.unwrap();
     let members = cluster.members().await.unwrap();
     assert_eq!(members.iter().map(|m| (m.host.id.as_str(), m.effective_state())).collect::<Vec<_>>(), [("1", MemberState::Active), ("2", MemberState::Joining)]);
-    assert_eq!((members[0].host.clone(), members[0].activations), (h1.clone(), 7));
+    assert_eq!((members[0].host.clone(), members[0].load), (h1.clone(), load(7)));
+    assert_eq!(members[1].load, HostLoad::default(), "a member that has not beaten yet reports nothing");
     assert!(members.iter().all(|m| m.is_alive()));
 
     // A claim moves an actor only from a host that is not alive.
@@ -551,7 +553,7 @@ pub async fn cluster_membership_and_directory(store: Arc<dyn Store>) {
 
     // Host 1's lease lapses (a pause, a partition): host 2 takes the actor
     // under a new epoch, and host 1's commits are refused.
-    cluster.heartbeat("1", i1, MemberState::Active, -1, 7).await.unwrap();
+    cluster.heartbeat("1", i1, MemberState::Active, -1, &load(7)).await.unwrap();
     assert_eq!(cluster.members().await.unwrap()[0].effective_state(), MemberState::Suspect);
     let second = cluster.claim(&a, "2", i2).await.unwrap();
     assert_eq!(second.host, "2");
@@ -568,7 +570,7 @@ pub async fn cluster_membership_and_directory(store: Arc<dyn Store>) {
     // The takeover declared host 1 dead: its heartbeat is refused, and it
     // joins again as a new incarnation. Suspicion is shown, not fatal.
     cluster.suspect("2", i2).await.unwrap();
-    assert!(matches!(cluster.heartbeat("1", i1, MemberState::Active, 60_000, 0).await, Err(StoreError::Fenced(_))));
+    assert!(matches!(cluster.heartbeat("1", i1, MemberState::Active, 60_000, &load(0)).await, Err(StoreError::Fenced(_))));
     let states: Vec<_> = cluster.members().await.unwrap().iter().map(|m| m.effective_state()).collect();
     assert_eq!(states, [MemberState::Dead, MemberState::Suspect]);
     // Reaping declares dead a member silent past the grace, and drops its entries.
@@ -576,7 +578,7 @@ pub async fn cluster_membership_and_directory(store: Arc<dyn Store>) {
     let i3 = cluster.join(&h3, 60_000).await.unwrap();
     let d = id("reg/d");
     assert_eq!(cluster.claim(&d, "3", i3).await.unwrap().host, "3");
-    cluster.heartbeat("3", i3, MemberState::Active, -1, 0).await.unwrap();
+    cluster.heartbeat("3", i3, MemberState::Active, -1, &load(0)).await.unwrap();
     assert_eq!(cluster.reap(0, 3_600_000).await.unwrap(), ["3"]);
     assert_eq!(cluster.owner(&d).await.unwrap(), None);
     assert_eq!(cluster.members().await.unwrap().iter().find(|m| m.host.id == "3").map(|m| m.state), Some(MemberState::Dead));
@@ -586,7 +588,7 @@ pub async fn cluster_membership_and_directory(store: Arc<dyn Store>) {
     // A new incarnation of a host takes over its old claims with a new epoch.
     let c = id("reg/c");
     let old = cluster.claim(&c, "2", i2).await.unwrap();
-    cluster.heartbeat("2", i2, MemberState::Active, -1, 0).await.unwrap();
+    cluster.heartbeat("2", i2, MemberState::Active, -1, &load(0)).await.unwrap();
     let i2b = cluster.join(&h2, 60_000).await.unwrap();
     let renewed = cluster.claim(&c, "2", i2b).await.unwrap();
     assert_eq!((renewed.host.as_str(), renewed.incarnation), ("2", i2b));

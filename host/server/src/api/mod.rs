@@ -419,14 +419,15 @@ async fn cluster(State(state): State<ApiState>) -> ApiResult<Json<ClusterView>> 
             last_heartbeat_ms: now,
             heartbeat_age_ms: 0,
             activations: state.node.host().actors().len() as u64,
-            memory: Some(state.node.host().memory()),
+            memory: state.node.host().memory(),
         };
         return Ok(Json(ClusterView { mode: "single-host".into(), this: this.id.clone(), hosts: vec![this] }));
     };
     let members = cluster.members().await.map_err(ActorError::from)?;
     let mut hosts: Vec<HostView> = members.iter().map(HostView::from).collect();
     for host in hosts.iter_mut().filter(|h| h.id == cluster.id()) {
-        host.memory = Some(state.node.host().memory());
+        host.memory = state.node.host().memory();
+        host.activations = host.memory.types.iter().map(|t| t.activations).sum();
     }
     Ok(Json(ClusterView { mode: "cluster".into(), this: cluster.id().to_string(), hosts }))
 }

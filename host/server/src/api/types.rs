@@ -93,10 +93,10 @@ pub struct HostView {
     pub heartbeat_age_ms: i64,
     /// Activations it reported with its last heartbeat.
     pub activations: u64,
-    /// Its memory: budget, reserved, used, RSS (bytes) and per type.
-    /// Shown for the answering host; other hosts' arrive with their
-    /// heartbeats (not yet: `null`).
-    pub memory: Option<crate::runtime::memory::MemoryReport>,
+    /// Its memory: budget, reserved, used, RSS (bytes), sheds, refusals
+    /// and migrations; per type for the answering host. The answering
+    /// host's figures are live, the others' as of their last heartbeat.
+    pub memory: crate::runtime::memory::MemoryReport,
 }
 
 impl From<&crate::storage::cluster::Member> for HostView {
@@ -110,8 +110,8 @@ impl From<&crate::storage::cluster::Member> for HostView {
             started_at_ms: m.started_at_ms,
             last_heartbeat_ms: m.heartbeat_ms,
             heartbeat_age_ms: (m.read_at_ms - m.heartbeat_ms).max(0),
-            activations: m.activations,
-            memory: None,
+            activations: m.load.activations,
+            memory: (&m.load).into(),
         }
     }
 }

@@ -98,33 +98,37 @@ impl Client {
         let view: ClusterView = self.send_as(self.http.get(format!("{}/v1/cluster", self.base))).await?;
         let size = |b: u64| bytesize::ByteSize::b(b).display().iec().to_string();
         println!(
-            "{:<24} {:<8} {:<22} {:>11} {:>11} {:>25} {:>12}",
-            "HOST", "STATE", "API", "INCARNATION", "ACTIVATIONS", "MEMORY RESERVED/BUDGET", "HEARTBEAT"
+            "{:<24} {:<8} {:<22} {:>11} {:>11} {:>25} {:>11} {:>6} {:>8} {:>12}",
+            "HOST", "STATE", "API", "INCARNATION", "ACTIVATIONS", "MEMORY RESERVED/BUDGET", "USED", "SHED", "MIGRATED", "HEARTBEAT"
         );
         for h in &view.hosts {
             let this = if h.id == view.this { " (this host)" } else { "" };
-            let memory = h.memory.as_ref().map_or("-".to_string(), |m| format!("{} / {}", size(m.reserved), size(m.budget)));
+            let m = &h.memory;
             println!(
-                "{:<24} {:<8} {:<22} {:>11} {:>11} {:>25} {:>10.1}s ago{this}",
+                "{:<24} {:<8} {:<22} {:>11} {:>11} {:>25} {:>11} {:>6} {:>8} {:>10.1}s ago{this}",
                 h.id,
                 h.state.as_str(),
                 h.api,
                 h.incarnation,
                 h.activations,
-                memory,
+                format!("{} / {}", size(m.reserved), size(m.budget)),
+                size(m.used),
+                m.shed,
+                m.migrated,
                 h.heartbeat_age_ms as f64 / 1000.0
             );
         }
         println!("{} host(s), {}", view.hosts.len(), view.mode);
-        if let Some(m) = view.hosts.iter().find(|h| h.id == view.this).and_then(|h| h.memory.as_ref()) {
+        if let Some(m) = view.hosts.iter().find(|h| h.id == view.this).map(|h| &h.memory) {
             println!(
-                "this host's memory: budget {}, reserved {}, used {}, RSS {}; shed for memory {}, refused {}",
+                "this host's memory: budget {}, reserved {}, used {}, RSS {}; shed for memory {}, refused {}, migrated {}",
                 size(m.budget),
                 size(m.reserved),
                 size(m.used),
                 size(m.rss),
                 m.shed,
-                m.refused
+                m.refused,
+                m.migrated
             );
             for t in &m.types {
                 println!(

@@ -319,9 +319,10 @@ struct ServeArgs {
     /// 0 picks a free one); advertised through the membership rows.
     #[arg(long, env = "QUARK_PEER_LISTEN", hide_env_values = true, default_value = "127.0.0.1:0")]
     peer_listen: String,
-    /// Where a new activation goes in a cluster: `hash` (spread by actor
-    /// id over the live hosts) or `local` (the host that first sees a
-    /// message for it).
+    /// Where a new activation goes in a cluster, among the hosts whose
+    /// free memory budget fits it (all hosts when none does): `hash`
+    /// (spread by actor id), `local` (the host that first sees a message
+    /// for it) or `memory` (the host with the most free memory).
     #[arg(long, default_value = "hash")]
     placement: String,
     /// How long a cluster member holds its actors without a heartbeat

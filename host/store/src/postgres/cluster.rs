@@ -7,7 +7,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{Connection, Row};
 
 use super::PostgresStore;
-use crate::cluster::{ClusterStore, HostInfo, Member, MemberState, Ownership};
+use crate::cluster::{ClusterStore, HostInfo, HostLoad, Member, MemberState, Ownership};
 use crate::{StoreError, TurnCommit};
 
 /// The server's time, ms since the epoch (`clock_timestamp()`: the time of
@@ -39,7 +39,16 @@ fn member(row: &PgRow) -> Result<Member, StoreError> {
         started_at_ms: row.try_get("started_at_ms")?,
         heartbeat_ms: row.try_get("heartbeat_ms")?,
         lease_until_ms: row.try_get("lease_until_ms")?,
-        activations: row.try_get::<i64, _>("activations")? as u64,
+        load: HostLoad {
+            activations: row.try_get::<i64, _>("activations")? as u64,
+            memory_budget: row.try_get::<i64, _>("memory_budget")? as u64,
+            memory_reserved: row.try_get::<i64, _>("memory_reserved")? as u64,
+            memory_used: row.try_get::<i64, _>("memory_used")? as u64,
+            rss: row.try_get::<i64, _>("memory_rss")? as u64,
+            shed: row.try_get::<i64, _>("memory_shed")? as u64,
+            refused: row.try_get::<i64, _>("memory_refused")? as u64,
+            migrated: row.try_get::<i64, _>("migrated")? as u64,
+        },
         read_at_ms: row.try_get("now_ms")?,
     })
 }
@@ -89,7 +98,8 @@ impl ClusterStore for PostgresStore {
              VALUES ($1, nextval('cluster_incarnations'), $2, $3, 'joining', {NOW_MS}, {NOW_MS}, {NOW_MS} + $4) \
              ON CONFLICT (id) DO UPDATE SET incarnation = excluded.incarnation, api = excluded.api, peer = excluded.peer, \
              state = 'joining', started_at_ms = excluded.started_at_ms, heartbeat_ms = excluded.heartbeat_ms, \
-             lease_until_ms = excluded.lease_until_ms, activations = 0 \
+             lease_until_ms = excluded.lease_until_ms, activations = 0, \
+             memory_budget = 0, memory_reserved = 0, memory_used = 0, memory_rss = 0, memory_shed = 0, memory_refused = 0, migrated = 0 \
              WHERE c.state = 'dead' OR c.lease_until_ms < excluded.started_at_ms \
              RETURNING incarnation"
         );
@@ -104,9 +114,11 @@ impl ClusterStore for PostgresStore {
         }
     }
 
-    async fn heartbeat(&self, id: &str, incarnation: i64, state: MemberState, lease_ms: i64, activations: u64) -> Result<(), StoreError> {
+    async fn heartbeat(&self, id: &str, incarnation: i64, state: MemberState, lease_ms: i64, load: &HostLoad) -> Result<(), StoreError> {
         let sql = format!(
-            "UPDATE cluster_members SET heartbeat_ms = {NOW_MS}, lease_until_ms = {NOW_MS} + $3, state = $4, activations = $5 \
+            "UPDATE cluster_members SET heartbeat_ms = {NOW_MS}, lease_until_ms = {NOW_MS} + $3, state = $4, activations = $5, \
+             memory_budget = $6, memory_reserved = $7, memory_used = $8, memory_rss = $9, \
+             memory_shed = $10, memory_refused = $11, migrated = $12 \
              WHERE id = $1 AND incarnation = $2 AND state <> 'dead'"
         );
         let n = sqlx::query(&sql)
@@ -114,7 +126,14 @@ impl ClusterStore for PostgresStore {
             .bind(incarnation)
             .bind(lease_ms)
             .bind(state.as_str())
-            .bind(activations as i64)
+            .bind(load.activations as i64)
+            .bind(load.memory_budget as i64)
+            .bind(load.memory_reserved as i64)
+            .bind(load.memory_used as i64)
+            .bind(load.rss as i64)
+            .bind(load.shed as i64)
+            .bind(load.refused as i64)
+            .bind(load.migrated as i64)
             .execute(&self.pool)
             .await?
             .rows_affected();

@@ -4,7 +4,7 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `P:members` | set | member ids |
-//! | `P:member:{id}` | hash | incarnation, api, peer, state, started_at_ms, heartbeat_ms, lease_until_ms, activations |
+//! | `P:member:{id}` | hash | incarnation, api, peer, state, started_at_ms, heartbeat_ms, lease_until_ms, activations, memory_budget, memory_reserved, memory_used, memory_rss, memory_shed, memory_refused, migrated |
 //! | `P:dir` | hash | actor → `host\n incarnation\n epoch` |
 //! | `P:dirh:{id}` | set | the actors a host id owns (for cleanup) |
 //! | `P:incarnations`, `P:epochs` | string | counters, never reused |
@@ -14,7 +14,7 @@ use quark_core::id::ActorId;
 
 use super::RedisStore;
 use crate::StoreError;
-use crate::cluster::{ClusterStore, HostInfo, Member, MemberState, Ownership};
+use crate::cluster::{ClusterStore, HostInfo, HostLoad, Member, MemberState, Ownership};
 
 /// Lua helpers every cluster script starts with: the server's time in ms,
 /// and whether a directory entry's owner is alive.
@@ -54,12 +54,14 @@ local m = redis.call('HMGET', key, 'state', 'lease_until_ms')
 if m[1] and m[1] ~= 'dead' and tonumber(m[2]) >= now then return -1 end
 local inc = redis.call('INCR', p .. ':incarnations')
 redis.call('HSET', key, 'incarnation', inc, 'api', ARGV[3], 'peer', ARGV[4], 'state', 'joining', 'started_at_ms', now,
-  'heartbeat_ms', now, 'lease_until_ms', now + tonumber(ARGV[5]), 'activations', 0)
+  'heartbeat_ms', now, 'lease_until_ms', now + tonumber(ARGV[5]), 'activations', 0,
+  'memory_budget', 0, 'memory_reserved', 0, 'memory_used', 0, 'memory_rss', 0, 'memory_shed', 0, 'memory_refused', 0, 'migrated', 0)
 redis.call('SADD', p .. ':members', id)
 return inc
 "#;
 
-/// ARGV: prefix, id, incarnation, lease ms, state, activations. 1, or 0
+/// ARGV: prefix, id, incarnation, lease ms, state, activations, memory
+/// budget, reserved, used, RSS, shed, refused, migrated. 1, or 0
 /// when that incarnation is no longer a member.
 const HEARTBEAT_LUA: &str = r#"
 local p, id = ARGV[1], ARGV[2]
@@ -67,7 +69,9 @@ local key = p .. ':member:' .. id
 local m = redis.call('HMGET', key, 'incarnation', 'state')
 if m[1] ~= ARGV[3] or m[2] == false or m[2] == 'dead' then return 0 end
 local now = now_ms()
-redis.call('HSET', key, 'heartbeat_ms', now, 'lease_until_ms', now + tonumber(ARGV[4]), 'state', ARGV[5], 'activations', ARGV[6])
+redis.call('HSET', key, 'heartbeat_ms', now, 'lease_until_ms', now + tonumber(ARGV[4]), 'state', ARGV[5], 'activations', ARGV[6],
+  'memory_budget', ARGV[7], 'memory_reserved', ARGV[8], 'memory_used', ARGV[9], 'memory_rss', ARGV[10],
+  'memory_shed', ARGV[11], 'memory_refused', ARGV[12], 'migrated', ARGV[13])
 return 1
 "#;
 
@@ -203,13 +207,24 @@ fn member(id: String, fields: Vec<String>, read_at_ms: i64) -> Result<Member, St
     let map: std::collections::HashMap<&str, &str> = fields.chunks(2).filter_map(|kv| Some((kv.first()?.as_str(), kv.get(1)?.as_str()))).collect();
     let text = |name: &str| map.get(name).map(|v| v.to_string()).ok_or_else(|| StoreError::Corrupt(format!("member {id}: no {name}")));
     let int = |name: &str| text(name)?.parse::<i64>().map_err(|e| StoreError::Corrupt(format!("member {id}, {name}: {e}")));
+    // Load figures a member of an older build did not write read as 0.
+    let count = |name: &str| if map.contains_key(name) { int(name).map(|v| v.max(0) as u64) } else { Ok(0) };
     Ok(Member {
         incarnation: int("incarnation")?,
         state: text("state")?.parse().map_err(StoreError::Corrupt)?,
         started_at_ms: int("started_at_ms")?,
         heartbeat_ms: int("heartbeat_ms")?,
         lease_until_ms: int("lease_until_ms")?,
-        activations: int("activations")?.max(0) as u64,
+        load: HostLoad {
+            activations: count("activations")?,
+            memory_budget: count("memory_budget")?,
+            memory_reserved: count("memory_reserved")?,
+            memory_used: count("memory_used")?,
+            rss: count("memory_rss")?,
+            shed: count("memory_shed")?,
+            refused: count("memory_refused")?,
+            migrated: count("migrated")?,
+        },
         read_at_ms,
         host: HostInfo { api: text("api")?, peer: text("peer")?, id },
     })
@@ -231,7 +246,7 @@ impl ClusterStore for RedisStore {
         Ok(incarnation)
     }
 
-    async fn heartbeat(&self, id: &str, incarnation: i64, state: MemberState, lease_ms: i64, activations: u64) -> Result<(), StoreError> {
+    async fn heartbeat(&self, id: &str, incarnation: i64, state: MemberState, lease_ms: i64, load: &HostLoad) -> Result<(), StoreError> {
         let renewed: i64 = self
             .cluster
             .heartbeat
@@ -241,7 +256,14 @@ impl ClusterStore for RedisStore {
             .arg(incarnation)
             .arg(lease_ms)
             .arg(state.as_str())
-            .arg(activations)
+            .arg(load.activations)
+            .arg(load.memory_budget)
+            .arg(load.memory_reserved)
+            .arg(load.memory_used)
+            .arg(load.rss)
+            .arg(load.shed)
+            .arg(load.refused)
+            .arg(load.migrated)
             .invoke_async(&mut self.conn())
             .await?;
         if renewed == 0 {
