@@ -193,6 +193,12 @@ pub trait ClusterStore: Send + Sync {
 
     /// Gives `actor` up if it is still held at `epoch`; false otherwise.
     async fn release(&self, actor: &ActorId, epoch: u64) -> Result<bool, StoreError>;
+
+    /// Hands `actor`, held at `epoch`, to the live member `(to, incarnation)`
+    /// under a new epoch (a migration): from then on only the target's
+    /// commits land. `None`, changing nothing, when the actor is no longer
+    /// held at `epoch` or the target is not alive.
+    async fn hand_off(&self, actor: &ActorId, epoch: u64, to: &str, incarnation: i64) -> Result<Option<Ownership>, StoreError>;
 }
 
 /// The error for a batch whose fences did not all hold: named precisely

@@ -594,14 +594,31 @@ pub async fn cluster_membership_and_directory(store: Arc<dyn Store>) {
     assert_eq!((renewed.host.as_str(), renewed.incarnation), ("2", i2b));
     assert!(renewed.epoch > old.epoch);
 
-    // Leaving drops the host's entries; releasing drops one at its epoch.
+    // A hand-off (a migration) moves an actor held at its epoch to a live
+    // member under a new epoch; the old owner's commits are refused.
+    assert_eq!(cluster.hand_off(&c, old.epoch, "1", i1b).await.unwrap(), None, "a stale epoch hands nothing off");
+    assert_eq!(cluster.hand_off(&c, renewed.epoch, "3", i3).await.unwrap(), None, "nor to a member whose lease lapsed");
+    assert_eq!(cluster.owner(&c).await.unwrap(), Some(renewed.clone()));
+    let moved = cluster.hand_off(&c, renewed.epoch, "1", i1b).await.unwrap().expect("handed off to a live member");
+    assert_eq!((moved.host.as_str(), moved.incarnation), ("1", i1b));
+    assert!(moved.epoch > renewed.epoch);
+    assert_eq!(cluster.owner(&c).await.unwrap(), Some(moved.clone()));
+    let fenced_c = |epoch: u64| TurnCommit { fence: Some(epoch), ..TurnCommit::state_only(c.clone(), vec![write("v", Some("c"))]) };
+    assert!(matches!(store.commit(&[fenced_c(renewed.epoch)]).await, Err(StoreError::Fenced(_))), "the old owner's commit is refused");
+    store.commit(&[fenced_c(moved.epoch)]).await.unwrap();
+    let back = cluster.hand_off(&c, moved.epoch, "2", i2b).await.unwrap().expect("handed back");
+    assert_eq!(back.host, "2");
+
+    // Leaving drops the host's entries (not those it handed off);
+    // releasing drops one at its epoch.
     let b = id("reg/b");
     cluster.claim(&b, "1", i1b).await.unwrap();
     cluster.leave("1", i1b).await.unwrap();
     assert_eq!(cluster.owner(&b).await.unwrap(), None);
+    assert_eq!(cluster.owner(&c).await.unwrap(), Some(back.clone()));
     assert!(cluster.members().await.unwrap().iter().all(|m| m.host.id != "1"));
-    assert!(!cluster.release(&c, old.epoch).await.unwrap());
-    assert!(cluster.release(&c, renewed.epoch).await.unwrap());
+    assert!(!cluster.release(&c, renewed.epoch).await.unwrap());
+    assert!(cluster.release(&c, back.epoch).await.unwrap());
     assert_eq!(cluster.owner(&c).await.unwrap(), None);
 }
 

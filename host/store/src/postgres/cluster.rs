@@ -253,4 +253,15 @@ impl ClusterStore for PostgresStore {
             .rows_affected();
         Ok(n == 1)
     }
+
+    async fn hand_off(&self, actor: &ActorId, epoch: u64, to: &str, incarnation: i64) -> Result<Option<Ownership>, StoreError> {
+        let sql = format!(
+            "UPDATE actor_directory SET host = $3, incarnation = $4, epoch = nextval('cluster_epochs') \
+             WHERE actor = $1 AND epoch = $2 AND EXISTS (SELECT 1 FROM cluster_members m WHERE m.id = $3 \
+             AND m.incarnation = $4 AND m.state <> 'dead' AND m.lease_until_ms >= {NOW_MS}) \
+             RETURNING host, incarnation, epoch"
+        );
+        let row = sqlx::query(&sql).bind(actor.as_str()).bind(epoch as i64).bind(to).bind(incarnation).fetch_optional(&self.pool).await?;
+        row.as_ref().map(ownership).transpose()
+    }
 }

@@ -164,6 +164,23 @@ redis.call('SREM', p .. ':dirh:' .. host, actor)
 return 1
 "#;
 
+/// ARGV: prefix, actor, epoch, target id, target incarnation. The new
+/// entry, or nil when the actor is not held at that epoch or the target
+/// is not alive.
+const HAND_OFF_LUA: &str = r#"
+local p, actor, to, inc = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
+local entry = redis.call('HGET', p .. ':dir', actor)
+if not entry then return false end
+local host, _, epoch = split_entry(entry)
+if epoch ~= ARGV[3] or not owner_alive(p, to, inc, now_ms()) then return false end
+local fresh = redis.call('INCR', p .. ':epochs')
+entry = to .. '\n' .. inc .. '\n' .. fresh
+redis.call('HSET', p .. ':dir', actor, entry)
+redis.call('SREM', p .. ':dirh:' .. host, actor)
+redis.call('SADD', p .. ':dirh:' .. to, actor)
+return entry
+"#;
+
 /// The cluster scripts, prepared once.
 pub(super) struct ClusterScripts {
     join: redis::Script,
@@ -174,6 +191,7 @@ pub(super) struct ClusterScripts {
     leave: redis::Script,
     claim: redis::Script,
     release: redis::Script,
+    hand_off: redis::Script,
 }
 
 impl ClusterScripts {
@@ -188,6 +206,7 @@ impl ClusterScripts {
             leave: script(LEAVE_LUA),
             claim: script(CLAIM_LUA),
             release: script(RELEASE_LUA),
+            hand_off: script(HAND_OFF_LUA),
         }
     }
 }
@@ -317,5 +336,20 @@ impl ClusterStore for RedisStore {
     async fn release(&self, actor: &ActorId, epoch: u64) -> Result<bool, StoreError> {
         let n: i64 = self.cluster.release.prepare_invoke().arg(&self.prefix).arg(actor.as_str()).arg(epoch).invoke_async(&mut self.conn()).await?;
         Ok(n == 1)
+    }
+
+    async fn hand_off(&self, actor: &ActorId, epoch: u64, to: &str, incarnation: i64) -> Result<Option<Ownership>, StoreError> {
+        let entry: Option<String> = self
+            .cluster
+            .hand_off
+            .prepare_invoke()
+            .arg(&self.prefix)
+            .arg(actor.as_str())
+            .arg(epoch)
+            .arg(to)
+            .arg(incarnation)
+            .invoke_async(&mut self.conn())
+            .await?;
+        entry.as_deref().map(ownership).transpose()
     }
 }
