@@ -19,11 +19,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
+
+use crate::{ActorError, Host, Manifest, activation, resident_memory_bytes};
 
 /// The default overcommit factor.
 pub const DEFAULT_OVERCOMMIT: f64 = 2.0;
@@ -35,6 +38,9 @@ pub const HIGH_WATERMARK: f64 = 0.80;
 pub const LOW_WATERMARK: f64 = 0.75;
 /// Smallest reservation, one wasm page.
 const MIN_RESERVATION: u64 = 64 * 1024;
+
+/// How often a host looks for memory pressure.
+const MEMORY_WATCH_PERIOD: Duration = Duration::from_millis(500);
 
 /// The memory settings of a host.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -234,5 +240,129 @@ impl Reservation {
 impl Drop for Reservation {
     fn drop(&mut self) {
         self.budget.reserved.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// The host's side of the budget: reserving, shedding, reporting.
+impl Host {
+    /// Every [`MEMORY_WATCH_PERIOD`]: under memory pressure, sheds idle
+    /// activations, oldest first, down to the low watermark.
+    pub(crate) fn spawn_memory_watch(&self) {
+        let weak = self.downgrade();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(MEMORY_WATCH_PERIOD);
+            loop {
+                tick.tick().await;
+                let Some(host) = weak.upgrade() else { break };
+                let (_, used) = host.0.table.totals();
+                let rss = tokio::task::spawn_blocking(resident_memory_bytes).await.unwrap_or(0);
+                host.0.memory.rss.store(rss, std::sync::atomic::Ordering::Release);
+                if let Some(excess) = host.0.memory.pressure(used, rss) {
+                    let (shed, freed) = host.0.table.shed_oldest_idle_bytes(excess);
+                    host.0.memory.shed.inc_by(shed as u64);
+                    if shed > 0 {
+                        tracing::info!(shed, freed, used, rss, budget = host.0.memory.budget(), "memory pressure: shed idle actors, oldest first");
+                    }
+                }
+            }
+        });
+    }
+
+    /// Reserves the memory a new instance of `shared`'s actor under
+    /// `manifest` needs, shedding idle activations (oldest first) to make
+    /// room; `limit-exceeded` naming the budget when it cannot fit.
+    pub(crate) async fn reserve_memory(&self, shared: &activation::ActivationShared, manifest: &Manifest) -> Result<Reservation, ActorError> {
+        let budget = &self.0.memory;
+        let bytes = budget.reservation_for(shared.id.actor_type(), manifest.memory_limit);
+        if let Some(reservation) = budget.try_reserve(bytes) {
+            return Ok(reservation);
+        }
+        let needed = (budget.reserved() + bytes).saturating_sub(budget.budget());
+        let (shed, _) = self.0.table.shed_oldest_idle_bytes(needed);
+        budget.shed.inc_by(shed as u64);
+        if shed > 0 {
+            // The shed instances are dropped as their tasks see their
+            // mailboxes closed: moments, not a turn.
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if let Some(reservation) = budget.try_reserve(bytes) {
+                    return Ok(reservation);
+                }
+            }
+        }
+        budget.refused.inc();
+        let size = |b: u64| bytesize::ByteSize::b(b).display().iec().to_string();
+        Err(ActorError::limit_exceeded(format!(
+            "{} cannot be activated: this host's memory budget of {} is reserved ({} by {} activations, none idle to shed), \
+             and {} reserves {} per activation ({}); raise --memory-budget, lower the type's --memory-limit, or add a host",
+            shared.id,
+            size(budget.budget()),
+            size(budget.reserved()),
+            self.0.table.len(),
+            shared.id.actor_type(),
+            size(bytes),
+            if bytes == manifest.memory_limit { "its memory limit" } else { "its observed high water times --memory-overcommit" },
+        )))
+    }
+
+    /// This host's memory: budget, reserved, used, RSS, per type.
+    pub fn memory(&self) -> MemoryReport {
+        let budget = &self.0.memory;
+        let mut types = std::collections::BTreeMap::<String, TypeMemory>::new();
+        for (actor_type, reserved, used) in self.0.table.memory_by_activation() {
+            let entry = types.entry(actor_type).or_default();
+            entry.activations += 1;
+            entry.reserved += reserved;
+            entry.used += used;
+        }
+        let types = types
+            .into_iter()
+            .map(|(actor_type, t)| TypeMemory { high_water: budget.high_water(&actor_type), actor_type, ..t })
+            .collect::<Vec<_>>();
+        MemoryReport {
+            budget: budget.budget(),
+            reserved: budget.reserved(),
+            used: types.iter().map(|t| t.used).sum(),
+            rss: resident_memory_bytes(),
+            shed: budget.shed.get(),
+            refused: budget.refused.get(),
+            migrated: 0,
+            types,
+        }
+    }
+
+    /// What this host reports of itself with each cluster heartbeat:
+    /// activations, and memory budget, reserved, used and RSS (as of the
+    /// last memory watch), without the per-type detail.
+    pub fn load(&self) -> quark_store::cluster::HostLoad {
+        let budget = &self.0.memory;
+        let (activations, used) = self.0.table.totals();
+        quark_store::cluster::HostLoad {
+            activations: activations as u64,
+            memory_budget: budget.budget(),
+            memory_reserved: budget.reserved(),
+            memory_used: used,
+            rss: budget.rss.load(std::sync::atomic::Ordering::Acquire),
+            shed: budget.shed.get(),
+            refused: budget.refused.get(),
+            migrated: 0,
+        }
+    }
+
+    /// What a new activation of `actor_type` would reserve here (its
+    /// declared limit, or its observed high water times the overcommit
+    /// factor); `None` for a type not deployed.
+    pub fn memory_need(&self, actor_type: &str) -> Option<u64> {
+        let version = self.0.registry.active(actor_type).ok()?;
+        Some(self.0.memory.reservation_for(actor_type, version.info.manifest.memory_limit))
+    }
+
+    /// What is left of this host's budget to reserve.
+    pub fn memory_free(&self) -> u64 {
+        self.0.memory.budget().saturating_sub(self.0.memory.reserved())
+    }
+
+    pub(crate) fn memory_budget(&self) -> &Arc<MemoryBudget> {
+        &self.0.memory
     }
 }
