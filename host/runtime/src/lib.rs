@@ -612,23 +612,32 @@ impl Host {
         }
     }
 
-    /// Routes a request onto its actor's mailbox in order (never inline);
-    /// returns its reply, which waits for the turn's commit.
-    pub fn queue_ask(&self, request: Request) -> Result<Reply, ActorError> {
-        match self.route(&request)? {
+    /// Routes requests to one actor once, then queues them all on its
+    /// mailbox in order (never inline), and returns their replies, which
+    /// wait for the turns' commits; stops at the first that cannot be
+    /// queued. Routing once keeps the order: were each routed on its own,
+    /// one that must wait for a lookup would reach the actor after later
+    /// ones that found the route cached meanwhile (an outbox lane's
+    /// messages overtaking each other after a failover).
+    pub async fn queue_asks(&self, requests: Vec<Request>) -> Vec<Reply> {
+        let Some(first) = requests.first() else { return Vec::new() };
+        debug_assert!(requests.iter().all(|r| r.target == first.target), "one actor's requests");
+        let mut route = match self.route(first) {
+            Ok(route) => route,
+            Err(_) => return Vec::new(),
+        };
+        while let Route::Lookup(lookup) = route {
+            route = match lookup.await {
+                Ok(route) => route,
+                Err(_) => return Vec::new(),
+            };
+        }
+        let queue = |request| match &route {
             Route::Here => self.queue_here(request),
             Route::Forward(peer) => peer.queue_ask(request),
-            Route::Lookup(lookup) => {
-                let host = self.clone();
-                Ok(Box::pin(async move {
-                    match lookup.await? {
-                        Route::Here => host.queue_here(request)?.await,
-                        Route::Forward(peer) => peer.queue_ask(request)?.await,
-                        Route::Lookup(_) => Err(nested_lookup(&request)),
-                    }
-                }))
-            }
-        }
+            Route::Lookup(_) => unreachable!("the lookups were awaited"),
+        };
+        requests.into_iter().map_while(|request| queue(request).ok()).collect()
     }
 
     /// Routes a request without waiting for it.

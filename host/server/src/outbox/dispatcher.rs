@@ -343,16 +343,15 @@ async fn deliver_in_order(outbox: &OutboxInner, messages: &[OutboxRecord], taken
     let mut queued = Vec::new();
     if messages.len() > 1 && matches!(messages[0].message.destination, Destination::Actor { .. }) {
         let failed = Arc::new(AtomicBool::new(false));
-        queued = messages
+        let requests = messages
             .iter()
             .enumerate()
             .map_while(|(i, record)| {
                 let lane = LaneTurn { failed: failed.clone(), first: i == 0 };
-                let request = actor_request(host, record, check(record), Some(lane)).ok()?;
-                host.queue_ask(request).ok()
+                actor_request(host, record, check(record), Some(lane)).ok()
             })
-            .map(Some)
             .collect();
+        queued = host.queue_asks(requests).await.into_iter().map(Some).collect();
     }
     for (i, record) in messages.iter().enumerate() {
         let outcome = match queued.get_mut(i).and_then(Option::take) {
