@@ -68,7 +68,7 @@ impl Hosts {
 
 /// `POST {url}/v1/actors/{actor}/{method}`: the status and body, or `None`
 /// when the host could not be reached.
-async fn post(http: &reqwest::Client, url: &str, actor: &str, method: &str, body: &str, key: Option<&str>) -> Option<(u16, String)> {
+pub(crate) async fn post(http: &reqwest::Client, url: &str, actor: &str, method: &str, body: &str, key: Option<&str>) -> Option<(u16, String)> {
     let mut request = http.post(format!("{url}/v1/actors/{actor}/{method}")).body(body.to_string());
     if let Some(key) = key {
         request = request.header("Idempotency-Key", key);

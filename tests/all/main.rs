@@ -19,6 +19,7 @@ mod journal;
 mod languages;
 mod linearizable;
 mod memory;
+mod actor_migration;
 mod migrations;
 mod outbox;
 mod stateless_workers;

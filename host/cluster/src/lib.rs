@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod membership;
+pub mod migration;
 mod owners;
 pub mod placement;
 pub mod router;
@@ -127,6 +128,8 @@ pub(crate) struct Inner {
     incoming: AtomicUsize,
     /// When a peer's last frame arrived (ms since the epoch).
     pub(crate) last_frame_ms: std::sync::atomic::AtomicI64,
+    /// Actors being migrated away from this host ([`migration`]).
+    pub(crate) moving: migration::Moving,
 }
 
 /// A candidate host for a new activation and its free memory.
@@ -189,6 +192,7 @@ impl Cluster {
             left: tokio::sync::watch::channel(false).0,
             incoming: AtomicUsize::new(0),
             last_frame_ms: std::sync::atomic::AtomicI64::new(0),
+            moving: Default::default(),
         });
         if let Err(e) = inner.refresh_members().await {
             tracing::warn!(error = %e, "reading the cluster's members failed; retrying with the next heartbeat");
@@ -294,6 +298,7 @@ impl Cluster {
 impl ActorDirectory for Cluster {
     async fn claim(&self, actor: &ActorId, incarnation: i64) -> Result<Claimed, ActorError> {
         let inner = &self.inner;
+        inner.moving.wait(actor).await;
         // An actor this incarnation claimed is its own until the host is
         // declared dead (a new incarnation) or lets it go.
         if let Some(Owner::Here { incarnation: held, epoch }) = inner.owners.get(actor)
@@ -361,6 +366,9 @@ impl Inner {
         let Some(incarnation) = self.standing() else {
             return Err(Outcome::of(Err(lease_lapsed(&actor)), false));
         };
+        // A call that arrives while the actor moves away waits for the
+        // move; then the owner is the target, and it hears `moved`.
+        self.moving.wait(&actor).await;
         self.incoming.fetch_add(1, Ordering::AcqRel);
         let admitted = Admitted(self.clone());
         if let Some(Owner::Here { incarnation: held, .. }) = self.owners.get(&actor)

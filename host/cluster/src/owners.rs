@@ -67,6 +67,11 @@ impl Owners {
         }
     }
 
+    /// Forgets `actor`'s entry, whoever it names.
+    pub(crate) fn remove(&self, actor: &ActorId) {
+        self.shard(actor).lock().remove(actor);
+    }
+
     /// Forgets every entry naming `host` (it left, or cannot be reached).
     pub(crate) fn forget_host(&self, host: &str) {
         for shard in self.shards.iter() {

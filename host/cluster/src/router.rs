@@ -90,6 +90,9 @@ struct Reroute(String);
 impl Inner {
     /// The owner from the cache, when it is usable as it is.
     fn cached(&self, actor: &ActorId) -> Option<Found> {
+        if self.moving.is(actor) {
+            return None;
+        }
         match self.owners.get(actor)? {
             Owner::Here { incarnation, .. } if self.standing() == Some(incarnation) => Some(Found::Here),
             Owner::There { host } => self.peers.get(&host).filter(|p| p.usable()).map(Found::There),
@@ -99,6 +102,11 @@ impl Inner {
 
     /// Finds (or chooses) where `actor` runs, asking the store.
     async fn resolve(self: &Arc<Self>, actor: &ActorId) -> Result<Found, ActorError> {
+        if self.moving.wait(actor).await
+            && let Some(found) = self.cached(actor)
+        {
+            return Ok(found);
+        }
         let Some(incarnation) = self.standing() else { return Err(lease_lapsed(actor)) };
         let need = self.host().and_then(|h| h.memory_need(actor.actor_type())).unwrap_or(0);
         let candidates = self.candidates();

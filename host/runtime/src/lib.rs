@@ -24,6 +24,7 @@ pub mod limits;
 pub mod memory;
 pub mod metrics;
 pub mod registry;
+mod retire;
 pub mod router;
 pub mod table;
 pub mod turn;

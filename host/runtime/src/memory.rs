@@ -326,7 +326,7 @@ impl Host {
             rss: resident_memory_bytes(),
             shed: budget.shed.get(),
             refused: budget.refused.get(),
-            migrated: 0,
+            migrated: self.metrics().migrations(),
             types,
         }
     }
@@ -345,7 +345,7 @@ impl Host {
             rss: budget.rss.load(std::sync::atomic::Ordering::Acquire),
             shed: budget.shed.get(),
             refused: budget.refused.get(),
-            migrated: 0,
+            migrated: self.metrics().migrations(),
         }
     }
 

@@ -58,6 +58,9 @@ pub struct Metrics {
     pub(crate) memory_shed: Counter,
     /// Instances refused for want of memory.
     pub(crate) memory_refused: Counter,
+    migrations: Counter,
+    migrations_failed: Counter,
+    migration_seconds: Histogram,
     commit_batches: Counter,
     commit_turns: Counter,
     commit_failures: Counter,
@@ -115,6 +118,10 @@ impl Metrics {
             memory_reserved: Gauge::default(),
             memory_shed: Counter::default(),
             memory_refused: Counter::default(),
+            migrations: Counter::default(),
+            migrations_failed: Counter::default(),
+            // 100 µs .. ~60 s
+            migration_seconds: Histogram::new(exponential_buckets(0.0001, 2.5, 15)),
             commit_batches: Counter::default(),
             commit_turns: Counter::default(),
             commit_failures: Counter::default(),
@@ -151,6 +158,9 @@ impl Metrics {
         registry.register("host_memory_reserved_bytes", "Memory reserved by live instances (declared limits, or observed high water with overcommit)", m.memory_reserved.clone());
         registry.register("activations_shed_for_memory", "Idle activations shed to make room in the memory budget", m.memory_shed.clone());
         registry.register("activations_refused_for_memory", "New instances refused with limit-exceeded: no room in the memory budget", m.memory_refused.clone());
+        registry.register("actor_migrations", "Activations moved to another host (drained here, directory handed off)", m.migrations.clone());
+        registry.register("actor_migrations_failed", "Migrations given up (the drain ran past its limit, or the hand-off was refused); the actor stayed", m.migrations_failed.clone());
+        registry.register("actor_migration_duration_seconds", "From a migration's start to its hand-off (the drain included)", m.migration_seconds.clone());
         registry.register("commit_batches", "Group-commit transactions", m.commit_batches.clone());
         registry.register("commit_turns", "Turns committed through group commit", m.commit_turns.clone());
         registry.register("commit_failures", "Group-commit transactions that failed", m.commit_failures.clone());
@@ -185,6 +195,21 @@ impl Metrics {
         );
         registry.register("message_deliveries_failed", "Outbox deliveries that failed (retried or dead-lettered)", m.message_deliveries_failed.clone());
         Metrics { registry, ..m }
+    }
+
+    /// A migration of an activation to another host: moved, or given up.
+    pub fn record_migration(&self, moved: bool, took: Duration) {
+        if moved {
+            self.migrations.inc();
+            self.migration_seconds.observe(took.as_secs_f64());
+        } else {
+            self.migrations_failed.inc();
+        }
+    }
+
+    /// Activations moved to other hosts since the host started.
+    pub fn migrations(&self) -> u64 {
+        self.migrations.get()
     }
 
     /// Records one finished turn.

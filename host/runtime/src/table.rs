@@ -193,6 +193,21 @@ impl ActivationTable {
         removed
     }
 
+    /// Removes `id`'s activation if it is quiet (nothing queued, running or
+    /// committing): `Some(true)` removed, `Some(false)` busy (left in
+    /// place), `None` when it is not active here. Its task ends once it
+    /// sees the mailbox closed, dropping the instance.
+    pub(crate) fn remove_if_quiet(&self, id: &ActorId) -> Option<bool> {
+        let mut shard = self.shard(id).lock();
+        let slot = (id.clone(), 0);
+        let quiet = shard.get(&slot)?.shared.is_quiet();
+        if quiet {
+            shard.remove(&slot);
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+        Some(quiet)
+    }
+
     /// Removes up to `count` idle activations, least recently used first.
     pub(crate) fn shed_oldest_idle(&self, count: usize) -> usize {
         let mut idle: Vec<(i64, Slot)> = Vec::new();

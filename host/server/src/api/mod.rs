@@ -23,7 +23,7 @@ use crate::error::{ActorError, ErrorKind};
 use crate::id::ActorId;
 use crate::runtime::MAX_COMPONENT_BYTES;
 use self::types::{
-    ActorList, ClusterView, ComponentList, ComponentSummary, HostView, JobAdded, JobList, JobsAdded, MessageList, MessageRetried, NewProjection, ProjectionList,
+    ActorList, ClusterView, ComponentList, ComponentSummary, HostView, JobAdded, JobList, JobsAdded, MessageList, MigrationRequest, MessageRetried, NewProjection, ProjectionList,
     Purged, RolledBack, SnapshotTaken, VersionList,
 };
 use crate::{Manifest, Node};
@@ -124,6 +124,7 @@ pub fn router_with(node: Node, access: ApiConfig) -> Router {
     let state = ApiState { node, access: std::sync::Arc::new(access) };
     let v1 = Router::new()
         .route("/cluster", get(cluster))
+        .route("/cluster/migrations", post(migrate))
         .route("/components", get(list_components))
         .route("/components/{actor_type}", put(deploy))
         .route("/components/{actor_type}/versions", get(versions))
@@ -430,6 +431,36 @@ async fn cluster(State(state): State<ApiState>) -> ApiResult<Json<ClusterView>> 
         host.activations = host.memory.types.iter().map(|t| t.activations).sum();
     }
     Ok(Json(ClusterView { mode: "cluster".into(), this: cluster.id().to_string(), hosts }))
+}
+
+/// `POST /v1/cluster/migrations`: moves an actor to another host. Any
+/// host takes it: the one that serves the actor moves it; another passes
+/// the request on to that one's API (with the caller's credentials).
+async fn migrate(State(state): State<ApiState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let asked: MigrationRequest = serde_json::from_slice(&body)
+        .map_err(|e| ActorError::bad_request(format!("a migration is {{\"actor\": \"type/key\", \"to\": \"host-id\"}}: {e}")))?;
+    let Some(cluster) = state.node.cluster() else {
+        return Err(ActorError::bad_request("this host runs on its own (no shared store): there is no other host to move an actor to").into());
+    };
+    let actor = ActorId::parse(&asked.actor)?;
+    match cluster.owner_of(&actor).await? {
+        Some((owner, _)) if owner == cluster.id() => {
+            let moved = cluster.migrate(&actor, &asked.to, crate::cluster::migration::MIGRATION_DRAIN).await?;
+            Ok(Json(moved).into_response())
+        }
+        Some((owner, api)) if !api.is_empty() => {
+            let mut forward = reqwest::Client::new().post(format!("http://{api}/v1/cluster/migrations")).header("content-type", "application/json").body(body);
+            if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {
+                forward = forward.header(axum::http::header::AUTHORIZATION, auth.as_bytes());
+            }
+            let reply = forward.send().await.map_err(|e| ActorError::unavailable(format!("passing the migration on to host {owner}, which serves {actor}: {e}")))?;
+            let status = StatusCode::from_u16(reply.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let bytes = reply.bytes().await.map_err(|e| ActorError::unknown_outcome(format!("host {owner}'s answer to the migration was cut off: {e}")))?;
+            Ok((status, [(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response())
+        }
+        Some((owner, _)) => Err(ActorError::unavailable(format!("{actor} is served by host {owner}, whose API address this host does not know yet; retry")).into()),
+        None => Err(ActorError::not_found(format!("no host serves {actor}: it is placed when it is next called")).into()),
+    }
 }
 
 async fn actors(State(state): State<ApiState>) -> Json<ActorList> {

@@ -198,3 +198,13 @@ pub struct MessageRetried {
     /// How many messages had that id (one per sender).
     pub retried: u64,
 }
+
+/// `POST /v1/cluster/migrations`: move `actor` (`type/key`) to host `to`.
+/// The answer is a [`crate::cluster::migration::Migrated`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrationRequest {
+    /// `type/key`.
+    pub actor: String,
+    /// The id of the host to move it to.
+    pub to: String,
+}

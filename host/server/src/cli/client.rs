@@ -167,6 +167,21 @@ impl Client {
         Ok(())
     }
 
+    pub(super) async fn migrate(&self, actor: &str, to: &str) -> anyhow::Result<()> {
+        let body = crate::api::types::MigrationRequest { actor: actor.to_string(), to: to.to_string() };
+        let moved: crate::cluster::migration::Migrated = self.send_as(self.http.post(format!("{}/v1/cluster/migrations", self.base)).json(&body)).await?;
+        println!(
+            "{} moved from {} to {} (epoch {}) in {:.1} ms{}",
+            moved.actor,
+            moved.from,
+            moved.to,
+            moved.epoch,
+            moved.took_ms,
+            if moved.was_active { format!(", {:.1} ms of it finishing its queued turns", moved.drain_ms) } else { String::new() }
+        );
+        Ok(())
+    }
+
     pub(super) async fn rollback(&self, actor_type: &str) -> anyhow::Result<()> {
         let reply: RolledBack = self.send_as(self.http.post(format!("{}/v1/components/{actor_type}/rollback", self.base))).await?;
         println!("{actor_type} is now at v{}", reply.active_version);

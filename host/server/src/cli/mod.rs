@@ -99,6 +99,18 @@ enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Move an actor to another host of the cluster: its queued turns
+    /// finish where it is, then the target serves it (any host takes the
+    /// command).
+    Migrate {
+        #[command(flatten)]
+        remote: Remote,
+        /// `type/key`, e.g. `counter/a`.
+        actor: String,
+        /// The id of the host to move it to (see `quark cluster`).
+        #[arg(long)]
+        to: String,
+    },
     /// List the versions of an actor type.
     Versions {
         #[command(flatten)]
@@ -461,6 +473,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Actors { .. } => client.actors().await,
         Command::Cluster { .. } => client.cluster().await,
+        Command::Migrate { actor, to, .. } => client.migrate(&actor, &to).await,
         Command::Versions { actor_type, .. } => client.versions(&actor_type).await,
         Command::Rollback { actor_type, .. } => client.rollback(&actor_type).await,
         Command::Journal { actor, from, to, limit, json, .. } => client.journal(&actor, from, to, limit, json).await,
@@ -558,6 +571,7 @@ impl Command {
             | Command::Call { remote, .. }
             | Command::Actors { remote }
             | Command::Cluster { remote }
+            | Command::Migrate { remote, .. }
             | Command::Versions { remote, .. }
             | Command::Rollback { remote, .. }
             | Command::Journal { remote, .. }
