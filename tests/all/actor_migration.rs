@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::cli_process::{Server, free_port};
 use crate::cluster_calls::{Hosts, post};
 use crate::support::*;
 
@@ -123,4 +124,141 @@ async fn an_actor_moved_20_times_under_load_loses_and_doubles_nothing_on_postgre
 async fn an_actor_moved_20_times_under_load_loses_and_doubles_nothing_on_redis() {
     let Some(store) = shared_store_url("redis", "an_actor_moved_20_times_under_load_loses_and_doubles_nothing_on_redis").await else { return };
     an_actor_moved_20_times_under_load_loses_and_doubles_nothing(&store).await;
+}
+
+/// The activations of `actor_type` on each host.
+async fn activations_per_host(http: &reqwest::Client, urls: &[String], actor_type: &str) -> Vec<usize> {
+    let mut counts = Vec::new();
+    for url in urls {
+        let list: Value = http.get(format!("{url}/v1/actors")).send().await.unwrap().json().await.unwrap();
+        let prefix = format!("{actor_type}/");
+        counts.push(list["actors"].as_array().unwrap().iter().filter(|a| a["id"].as_str().unwrap().starts_with(&prefix)).count());
+    }
+    counts
+}
+
+/// Migrations made by all the hosts so far, by their `/metrics`.
+async fn migrations_total(http: &reqwest::Client, urls: &[String]) -> u64 {
+    let mut total = 0;
+    for url in urls {
+        let text = http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+        total += text.lines().find_map(|l| l.strip_prefix("quark_actor_migrations_total ")).map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64);
+    }
+    total
+}
+
+/// With `--rebalance`: 48 counters all activated on one host (placement
+/// `local`, every first call through it) spread over the three hosts; a
+/// fourth that joins receives its share; then, on the same steady load,
+/// nothing moves any more. Every increment succeeds and counts once.
+async fn the_rebalancer_spreads_activations_feeds_a_joining_host_then_stops(store: &str) {
+    const COUNTERS: usize = 48;
+    let flags = ["--placement", "local", "--rebalance", "--rebalance-interval", "1s"];
+    let mut cluster = tokio::task::block_in_place(|| Hosts::start(store, 3, &flags));
+    cluster.deploy(0, "counter", "samples/counter.wasm");
+    let http = reqwest::Client::new();
+    let names: Vec<String> = (0..COUNTERS).map(|i| format!("counter/r{i}")).collect();
+    for name in &names {
+        assert_eq!(post(&http, &cluster.urls[0], name, "increment", r#"{"by":1}"#, None).await.map(|r| r.0), Some(200));
+    }
+    // A steady load: every counter, round and round, through every host.
+    let stop = Arc::new(AtomicBool::new(false));
+    let urls = Arc::new(parking_lot::Mutex::new(cluster.urls.clone()));
+    let load = {
+        let (http, names, stop, urls) = (http.clone(), names.clone(), stop.clone(), urls.clone());
+        tokio::spawn(async move {
+            let mut acked = vec![1i64; names.len()];
+            for round in 0usize.. {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                for (i, name) in names.iter().enumerate() {
+                    let url = { let urls = urls.lock(); urls[(round + i) % urls.len()].clone() };
+                    match post(&http, &url, name, "increment", r#"{"by":1}"#, None).await {
+                        Some((200, body)) => {
+                            acked[i] += 1;
+                            assert_eq!(body.parse::<i64>().unwrap(), acked[i], "{name}: each increment once, in order");
+                        }
+                        other => panic!("{name}: an increment failed while the rebalancer moved actors: {other:?}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            acked
+        })
+    };
+    let spread = eventually("the three hosts share the counters", async || activations_per_host(&http, &cluster.urls, "counter").await, |c| c.iter().all(|&n| n >= 12)).await;
+    eprintln!("rebalanced over three hosts: {spread:?}");
+
+    let dir = tempdir().unwrap();
+    let args = [&["--store", store, "--host-id", "h3", "--lease", "2s", "--call-timeout", "5s"][..], &flags[..]].concat();
+    let joined = Server::start_with(dir.path(), free_port(), &args);
+    urls.lock().push(joined.url.clone());
+    let all_urls = urls.lock().clone();
+    let spread = eventually("the joining host receives its share", async || activations_per_host(&http, &all_urls, "counter").await, |c| c[3] >= 8).await;
+    eprintln!("after a fourth host joined: {spread:?}");
+
+    // Converged: a window of 8 periods in which no host moves anything.
+    let mut settled = None;
+    for _ in 0..6 {
+        let before = migrations_total(&http, &all_urls).await;
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let after = migrations_total(&http, &all_urls).await;
+        if after == before {
+            settled = Some(after);
+            break;
+        }
+        eprintln!("still moving: {} moves in 8 s", after - before);
+    }
+    let moves = settled.expect("the rebalancer stops moving once the load is even (no quiet 8 s window in 48 s)");
+    let spread = activations_per_host(&http, &all_urls, "counter").await;
+    let mut reserved = Vec::new();
+    for url in &all_urls {
+        let view: Value = http.get(format!("{url}/v1/cluster")).send().await.unwrap().json().await.unwrap();
+        let this = view["hosts"].as_array().unwrap().iter().find(|h| h["id"] == view["this"]).unwrap().clone();
+        reserved.push(this["memory"]["reserved"].as_u64().unwrap() >> 20);
+    }
+    eprintln!("converged at {spread:?} activations, {reserved:?} MiB reserved, after {moves} moves in all; then 0 moves in 8 s");
+    // Even by memory, not by count: a host's first instance of a type
+    // reserves the declared limit, later ones twice the observed high water.
+    let mean = reserved.iter().sum::<u64>() as f64 / reserved.len() as f64;
+    assert!(reserved.iter().all(|&r| r as f64 <= mean * 1.1 + 4.0), "every host within the band above its share ({mean:.0} MiB): {reserved:?}");
+    stop.store(true, Ordering::Release);
+    let acked = load.await.unwrap();
+    for (name, acked) in names.iter().zip(acked) {
+        let value = post(&http, &all_urls[0], name, "get", "null", None).await.unwrap();
+        assert_eq!(value, (200, acked.to_string()), "{name}: every acknowledged increment");
+    }
+    cluster.hosts.push(Some(joined));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rebalancer_spreads_activations_feeds_a_joining_host_then_stops_on_postgres() {
+    let Some(store) = shared_store_url("postgres", "the_rebalancer_spreads_activations_feeds_a_joining_host_then_stops_on_postgres").await else { return };
+    the_rebalancer_spreads_activations_feeds_a_joining_host_then_stops(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rebalancer_spreads_activations_feeds_a_joining_host_then_stops_on_redis() {
+    let Some(store) = shared_store_url("redis", "the_rebalancer_spreads_activations_feeds_a_joining_host_then_stops_on_redis").await else { return };
+    the_rebalancer_spreads_activations_feeds_a_joining_host_then_stops(&store).await;
+}
+
+/// The rebalancer's plan: a host above its share by more than the band
+/// gives to the host furthest below its share, no more than either gap;
+/// within the band, nothing; shares follow the budgets.
+#[test]
+fn the_rebalancer_plans_within_its_band() {
+    use quark::cluster::rebalance::{HostWeight, Plan, plan};
+    let host = |id: &str, budget: u64, reserved: u64| HostWeight { id: id.into(), budget, reserved };
+    let hosts = [host("a", 100, 60), host("b", 100, 30), host("c", 100, 0)];
+    assert_eq!(plan(&hosts, "a", 1), Some(Plan { to: "c".into(), bytes: 30 }), "a's excess is 30, c's gap 30");
+    assert_eq!(plan(&hosts, "b", 1), None, "b holds its share");
+    assert_eq!(plan(&hosts, "c", 1), None, "c is below its share");
+    let even = [host("a", 100, 31), host("b", 100, 30), host("c", 100, 29)];
+    assert_eq!(plan(&even, "a", 1), None, "inside the 10% band");
+    assert_eq!(plan(&[host("a", 100, 2), host("b", 100, 0)], "a", 2), None, "one activation apart never moves (no ping-pong)");
+    let weighted = [host("big", 300, 40), host("small", 100, 40)];
+    assert_eq!(plan(&weighted, "small", 1), Some(Plan { to: "big".into(), bytes: 20 }), "shares follow budgets: small's is 20");
+    assert_eq!(plan(&weighted, "big", 1), None);
 }

@@ -27,6 +27,7 @@ pub mod membership;
 pub mod migration;
 mod owners;
 pub mod placement;
+pub mod rebalance;
 pub mod router;
 pub mod transport;
 mod wire;
@@ -76,6 +77,8 @@ pub struct ClusterConfig {
     pub heartbeat: Duration,
     /// Where new activations go.
     pub placement: Arc<dyn Placement>,
+    /// How often the rebalancer ([`rebalance`]) runs; `None`: it does not.
+    pub rebalance: Option<Duration>,
 }
 
 impl ClusterConfig {
@@ -89,6 +92,7 @@ impl ClusterConfig {
             lease: DEFAULT_LEASE,
             heartbeat: DEFAULT_HEARTBEAT,
             placement: Arc::new(placement::HashPlacement),
+            rebalance: None,
         }
     }
 }
@@ -200,6 +204,9 @@ impl Cluster {
         tokio::spawn(transport::server::serve(listener, Arc::downgrade(&inner)));
         tokio::spawn(membership::beat(Arc::downgrade(&inner)));
         tokio::spawn(watch_versions(Arc::downgrade(&inner)));
+        if let Some(period) = config.rebalance {
+            tokio::spawn(rebalance::run(Arc::downgrade(&inner), period));
+        }
         router.attach(inner.clone());
         host.set_directory(Arc::new(Cluster { inner: inner.clone() }));
         Ok(Cluster { inner })

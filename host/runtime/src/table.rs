@@ -47,6 +47,9 @@ pub struct ActivationInfo {
     pub version: u64,
     /// Linear memory in bytes (what the memory limit counts).
     pub memory_bytes: u64,
+    /// What it reserves against the host's memory budget, in bytes.
+    #[serde(default)]
+    pub reserved_bytes: u64,
     /// Turns it has run since activation.
     pub turns: u64,
     /// Messages waiting or running.
@@ -299,6 +302,7 @@ impl ActivationTable {
                     id: s.id.to_string(),
                     version: s.version.load(Ordering::Relaxed),
                     memory_bytes: s.memory_bytes.load(Ordering::Relaxed),
+                    reserved_bytes: s.reserved_bytes.load(Ordering::Relaxed),
                     turns: s.turns.load(Ordering::Relaxed),
                     pending: s.pending.load(Ordering::Relaxed),
                     idle_ms: now - s.last_active_ms.load(Ordering::Relaxed),

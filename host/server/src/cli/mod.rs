@@ -337,6 +337,15 @@ struct ServeArgs {
     /// for it) or `memory` (the host with the most free memory).
     #[arg(long, default_value = "hash")]
     placement: String,
+    /// Even out the memory the hosts' activations reserve, in proportion
+    /// to their budgets, by moving activations (at most 16 per host per
+    /// period, only from a host more than 10% above its share). Off by
+    /// default, as in Orleans.
+    #[arg(long)]
+    rebalance: bool,
+    /// How often each host looks whether to rebalance (with `--rebalance`).
+    #[arg(long, default_value = "30s")]
+    rebalance_interval: humantime::Duration,
     /// How long a cluster member holds its actors without a heartbeat
     /// (heartbeats go every tenth of it); a member silent for twice this
     /// long is declared dead.
@@ -741,6 +750,7 @@ fn node_config(args: &ServeArgs, addr: std::net::SocketAddr, shared_store: bool)
             lease,
             heartbeat: lease / 10,
             placement: placement.into(),
+            rebalance: args.rebalance.then(|| Duration::from(args.rebalance_interval).max(Duration::from_millis(100))),
         });
     } else if args.host_id.is_some() {
         anyhow::bail!("--host-id names a host in a cluster, and the SQLite store is single-host: pass --store postgres://… or redis://… too");
