@@ -431,3 +431,99 @@ pub(crate) async fn failover_bench(dir: &std::path::Path, pg_url: &str, lease: &
     );
     drop(b);
 }
+
+/// Migration (issue 17) between two hosts in this process on PostgreSQL:
+/// the time to move an actor holding 1 KiB, 1 MiB and 16 MiB of state
+/// (the move itself, then its first call on the new host, which reads the
+/// state), back and forth; then the call latency of 100 counters under
+/// load while 10 of them (10%) move, against the same load with none.
+pub(crate) async fn migration_bench(dir: &std::path::Path, pg_url: &str) {
+    let Some(nodes) = cluster_nodes(dir, pg_url, "migration", &["a", "b"], Arc::new(LocalPlacement)).await else { return };
+    let manifest = Manifest::parse(Some("64MiB"), None).unwrap();
+    nodes[0].host().deploy("misbehave", component("misbehave"), manifest).await.unwrap();
+    let clusters: Vec<_> = nodes.iter().map(|n| n.cluster().unwrap().clone()).collect();
+    let drain = quark::cluster::migration::MIGRATION_DRAIN;
+    for (label, count, bytes) in [("1 KiB", 1, 1024), ("1 MiB", 1, 1 << 20), ("16 MiB", 16, 1 << 20)] {
+        let actor = id(format!("misbehave/state-{}", label.replace(' ', "")));
+        let host = nodes[0].host();
+        let started = Instant::now();
+        while host.ask(actor.clone(), "flood", format!(r#"{{"count":{count},"bytes":{bytes}}}"#).into_bytes()).await.is_err() {
+            assert!(started.elapsed() < Duration::from_secs(10), "misbehave never served on a");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (mut moves, mut firsts) = (Vec::new(), Vec::new());
+        let mut at = 0;
+        for _ in 0..scale(10).max(4) {
+            let to = 1 - at;
+            let moved = clusters[at].migrate(&actor, clusters[to].id(), drain).await.unwrap();
+            let first = Instant::now();
+            nodes[to].host().ask(actor.clone(), "echo", b"1".to_vec()).await.unwrap();
+            moves.push(Duration::from_secs_f64(moved.took_ms / 1e3));
+            firsts.push(first.elapsed());
+            at = to;
+        }
+        moves.sort();
+        firsts.sort();
+        println!(
+            "migration on PostgreSQL, actor with {label} of state: the move p50 {:?} (max {:?}); then its first call on the new host (reads the state) p50 {:?} (max {:?})",
+            percentile(&moves, 0.5),
+            moves.last().unwrap(),
+            percentile(&firsts, 0.5),
+            firsts.last().unwrap()
+        );
+    }
+
+    // Call latency under load while a tenth of the actors move.
+    let actors: Vec<ActorId> = (0..100).map(|i| id(format!("counter/mig{i}"))).collect();
+    for actor in &actors {
+        nodes[0].host().ask(actor.clone(), "increment", br#"{"by":1}"#.to_vec()).await.unwrap();
+    }
+    for moving in [false, true, false, true] {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let callers: Vec<_> = (0..16)
+            .map(|c| {
+                let (host, actors, stop) = (nodes[c % 2].host().clone(), actors.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    let mut i = c;
+                    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                        let s = Instant::now();
+                        host.ask(actors[i % actors.len()].clone(), "increment", br#"{"by":1}"#.to_vec()).await.unwrap();
+                        lat.push(s.elapsed());
+                        i += 16;
+                    }
+                    lat
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut moved = 0;
+        if moving {
+            for actor in actors.iter().take(10) {
+                let owner = if nodes[0].host().actors().iter().any(|a| a.id == actor.to_string()) { 0 } else { 1 };
+                let to = 1 - owner;
+                if clusters[owner].migrate(actor, clusters[to].id(), drain).await.is_ok() {
+                    moved += 1;
+                }
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        let mut lat = Vec::new();
+        for caller in callers {
+            lat.extend(caller.await.unwrap());
+        }
+        lat.sort();
+        println!(
+            "migration on PostgreSQL: durable increments of 100 counters, 16 callers over 2 hosts, {}: {} calls, p50 {:?}, p99 {:?}, max {:?}",
+            if moving { format!("while {moved} of them (10%) move") } else { "nothing moving".to_string() },
+            lat.len(),
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            lat.last().unwrap()
+        );
+    }
+    leave_all(&nodes).await;
+}

@@ -1066,6 +1066,10 @@ async fn run_parts() {
         let pg_url = pg_url();
         cluster::cluster_durable_bench(dir.path(), &pg_url).await;
     }
+    if wanted("migration") {
+        let pg_url = pg_url();
+        cluster::migration_bench(dir.path(), &pg_url).await;
+    }
     if wanted("failover") {
         let pg_url = pg_url();
         // The default lease, and a short one: the time is the lease's.
