@@ -121,8 +121,13 @@ impl Cluster {
         if to == inner.info.id {
             return Err(ActorError::bad_request(format!("{actor} is served by {to} already")));
         }
+        let ready = |m: &quark_store::cluster::Member| m.is_alive() && m.effective_state() == MemberState::Active;
+        if !inner.member(to).is_some_and(|m| ready(&m)) {
+            // It may have joined, or become active, since the last heartbeat's read.
+            inner.refresh_members().await?;
+        }
         let target = match inner.member(to) {
-            Some(m) if m.is_alive() && m.effective_state() == MemberState::Active => m,
+            Some(m) if ready(&m) => m,
             Some(m) => return Err(ActorError::conflict(format!("host {to} is {:?}, not active: it takes no actors", m.effective_state()))),
             None => return Err(ActorError::not_found(format!("no host {to} in the cluster"))),
         };
