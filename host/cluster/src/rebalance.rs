@@ -132,7 +132,7 @@ impl Cluster {
         let unit = actors.iter().map(|a| a.reserved_bytes).min().unwrap_or(1);
         let Some(plan) = plan(&hosts, &inner.info.id, unit) else { return Ok(0) };
         // Least recently active first.
-        actors.sort_by(|a, b| b.idle_ms.cmp(&a.idle_ms));
+        actors.sort_by_key(|a| std::cmp::Reverse(a.idle_ms));
         let (mut moved, mut bytes) = (0, 0);
         for actor in actors {
             if moved >= MAX_MOVES || bytes + actor.reserved_bytes > plan.bytes {
