@@ -155,7 +155,13 @@ async fn the_rebalancer_spreads_activations_feeds_a_joining_host_then_stops(stor
     const COUNTERS: usize = 48;
     let flags = ["--placement", "local", "--rebalance", "--rebalance-interval", "1s"];
     let mut cluster = tokio::task::block_in_place(|| Hosts::start(store, 3, &flags));
-    cluster.deploy(0, "counter", "samples/counter.wasm");
+    // A small declared limit: a host's first instance of a type reserves
+    // all of it (the high water is not known yet), and at the default
+    // 64 MiB that one reservation outweighs a dozen counters, so a host
+    // would reach its share by memory with two of them.
+    let counter = root().join("target/samples/counter.wasm");
+    let out = cluster.host(0).quark(&["deploy", "counter", counter.to_str().unwrap(), "--memory-limit", "4MiB"]);
+    assert!(out.status.success(), "deploy: {}", crate::cli_process::stderr(&out));
     let http = reqwest::Client::new();
     let names: Vec<String> = (0..COUNTERS).map(|i| format!("counter/r{i}")).collect();
     for name in &names {
@@ -217,12 +223,13 @@ async fn the_rebalancer_spreads_activations_feeds_a_joining_host_then_stops(stor
         let view: Value = http.get(format!("{url}/v1/cluster")).send().await.unwrap().json().await.unwrap();
         let this = view["hosts"].as_array().unwrap().iter().find(|h| h["id"] == view["this"]).unwrap().clone();
         reserved.push(this["memory"]["reserved"].as_u64().unwrap() >> 20);
+        // (MiB, rounded down.)
     }
     eprintln!("converged at {spread:?} activations, {reserved:?} MiB reserved, after {moves} moves in all; then 0 moves in 8 s");
     // Even by memory, not by count: a host's first instance of a type
     // reserves the declared limit, later ones twice the observed high water.
     let mean = reserved.iter().sum::<u64>() as f64 / reserved.len() as f64;
-    assert!(reserved.iter().all(|&r| r as f64 <= mean * 1.1 + 4.0), "every host within the band above its share ({mean:.0} MiB): {reserved:?}");
+    assert!(reserved.iter().all(|&r| r as f64 <= mean * 1.1 + 2.0), "every host within the band above its share ({mean:.0} MiB): {reserved:?}");
     stop.store(true, Ordering::Release);
     let acked = load.await.unwrap();
     for (name, acked) in names.iter().zip(acked) {
