@@ -155,10 +155,8 @@ async fn the_rebalancer_spreads_activations_feeds_a_joining_host_then_stops(stor
     const COUNTERS: usize = 48;
     let flags = ["--placement", "local", "--rebalance", "--rebalance-interval", "1s"];
     let mut cluster = tokio::task::block_in_place(|| Hosts::start(store, 3, &flags));
-    // A small declared limit: a host's first instance of a type reserves
-    // all of it (the high water is not known yet), and at the default
-    // 64 MiB that one reservation outweighs a dozen counters, so a host
-    // would reach its share by memory with two of them.
+    // A small declared limit, so that the share is a few counters' worth
+    // of memory even on a host whose first counter has not run yet.
     let counter = root().join("target/samples/counter.wasm");
     let out = cluster.host(0).quark(&["deploy", "counter", counter.to_str().unwrap(), "--memory-limit", "4MiB"]);
     assert!(out.status.success(), "deploy: {}", crate::cli_process::stderr(&out));

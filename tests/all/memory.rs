@@ -37,6 +37,26 @@ async fn put(host: &Node, actor: &str) {
     tokio::time::sleep(Duration::from_millis(40)).await;
 }
 
+/// With overcommit, the first instance of a type reserves its declared
+/// limit only until it exists: then it holds what every later instance
+/// of the type reserves (twice the observed high water), not the limit
+/// for as long as it lives. Before, one 16 MiB reservation stood for a
+/// dozen counters, and the rebalancer balanced hosts by it.
+#[tokio::test]
+async fn the_first_instance_of_a_type_keeps_no_more_than_the_later_ones_reserve() {
+    let dir = tempdir().unwrap();
+    let mut config = NodeConfig::new(dir.path());
+    config.host.memory = MemoryConfig { budget: 1024 * MIB, overcommit: Some(2.0), shed_on_rss: false };
+    let host = host_with_config(config).await;
+    host.host().deploy("misbehave", component("misbehave"), manifest_with("16MiB", "2s")).await.unwrap();
+    put(&host, "misbehave/first").await;
+    let first = host.host().memory().reserved;
+    put(&host, "misbehave/second").await;
+    let both = host.host().memory().reserved;
+    assert!(first < 16 * MIB, "the first instance gave back what it reserved past 2x its high water: {first} bytes");
+    assert_eq!(both, 2 * first, "the first holds what the second reserves");
+}
+
 #[tokio::test]
 async fn a_new_activation_sheds_the_oldest_idle_one_to_fit_and_is_refused_when_none_is_idle() {
     let dir = tempdir().unwrap();

@@ -31,11 +31,15 @@ impl MemoryLimiter {
     }
 
     /// Makes the instance hold `reservation` (grown to what it holds
-    /// already) until it is dropped.
+    /// already) until it is dropped. The first instance of a type reserved
+    /// its declared limit (nothing had been observed); now that it exists,
+    /// it keeps only what any later instance reserves.
     pub(crate) fn hold(&mut self, mut reservation: Reservation, budget: Arc<MemoryBudget>) {
+        let actor_type = self.activation.id.actor_type();
+        budget.observe(actor_type, self.current as u64);
+        reservation.shrink_to(budget.reservation_for(actor_type, self.limit as u64));
         reservation.grow_to(self.current as u64);
         self.activation.reserved_bytes.fetch_add(reservation.bytes(), Ordering::Relaxed);
-        budget.observe(self.activation.id.actor_type(), self.current as u64);
         self.reservation = Some((reservation, budget));
     }
 

@@ -4,8 +4,9 @@
 //! Every live instance **reserves** bytes against the budget when it is
 //! created: by default the type's observed high-water use on this host
 //! times an overcommit factor (2; never more than the declared limit,
-//! never less than what the instance holds, and the limit itself until
-//! one instance of the type has run), or, strictly, the declared limit.
+//! never less than what the instance holds; the first instance of a type
+//! reserves the limit to be let in, then keeps what the later ones
+//! reserve), or, strictly, the declared limit.
 //! Strict reservation guarantees that no instance can take the host past
 //! its budget, but at the default 64 MiB limit it would cap a 24 GiB host
 //! at 300 activations; the overcommitted default sheds under pressure
@@ -224,6 +225,14 @@ pub(crate) struct Reservation {
 impl Reservation {
     pub(crate) fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Gives back what the reservation holds past `bytes`.
+    pub(crate) fn shrink_to(&mut self, bytes: u64) {
+        if bytes < self.bytes {
+            self.budget.reserved.fetch_sub(self.bytes - bytes, Ordering::AcqRel);
+            self.bytes = bytes;
+        }
     }
 
     /// Grows the reservation to `bytes` (an overcommitted instance grew
