@@ -227,3 +227,108 @@ fn memory_placement_takes_the_most_free_memory_and_hosts_agree_on_ties() {
     let tied = hosts(&[("a", 5), ("b", 5)]);
     assert_eq!(MemoryPlacement.place(&actor, "a", &tied), MemoryPlacement.place(&actor, "b", &tied));
 }
+
+/// Two hosts with 64 MiB budgets; four misbehave actors on the first
+/// (placed where they are called while they fit), each kept busy by three
+/// callers napping in turns back to back, each grown to ~15 MiB: 60 MiB,
+/// past the 80% watermark, with nothing idle to shed. The first host moves
+/// busy actors to the second until it is back under the watermark, and
+/// then stops; every call succeeds, and each actor's committed count of
+/// naps equals the naps its callers were answered.
+async fn a_host_past_its_watermark_with_nothing_idle_moves_busy_actors_to_a_host_with_room(store: &str) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::cluster_calls::post;
+
+    const ACTORS: usize = 4;
+    const HIGH: u64 = 64 * MIB * 8 / 10;
+    let hosts = tokio::task::block_in_place(|| {
+        Hosts::start(store, 2, &["--memory-budget", "64MiB", "--memory-overcommit", "1", "--placement", "local"])
+    });
+    let path = root().join("target/test-actors/misbehave.wasm");
+    let out = hosts.host(0).quark(&["deploy", "misbehave", path.to_str().unwrap(), "--memory-limit", "32MiB"]);
+    assert!(out.status.success(), "deploy: {}", stderr(&out));
+    let http = reqwest::Client::new();
+    let url = hosts.urls[0].clone();
+    for i in 0..ACTORS {
+        let reply = post(&http, &url, &format!("misbehave/p{i}"), "nap", r#"{"ms":1}"#, None).await;
+        assert_eq!(reply.as_ref().map(|r| r.0), Some(200), "p{i}: {reply:?}");
+    }
+    let cluster = |i: usize| {
+        let (http, url) = (http.clone(), hosts.urls[i].clone());
+        async move { http.get(format!("{url}/v1/cluster")).send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let me = |view: &Value, id: &str| view["hosts"].as_array().unwrap().iter().find(|h| h["id"] == id).cloned().unwrap();
+    let first = cluster(0).await;
+    assert_eq!(me(&first, "h0")["activations"], json!(ACTORS), "all placed on the calling host: {first}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..ACTORS * 3)
+        .map(|c| {
+            let (http, url, stop) = (http.clone(), url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let actor = format!("misbehave/p{}", c % ACTORS);
+                if c < ACTORS {
+                    let grown = post(&http, &url, &actor, "alloc", r#"{"mib":14}"#, None).await;
+                    assert_eq!(grown.as_ref().map(|r| r.0), Some(200), "{actor}: {grown:?}");
+                }
+                let mut answered = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    match post(&http, &url, &actor, "nap", r#"{"ms":40}"#, None).await {
+                        Some((200, _)) => answered += 1,
+                        other => panic!("{actor}: a nap failed while the host was under pressure: {other:?}"),
+                    }
+                }
+                (c % ACTORS, answered)
+            })
+        })
+        .collect();
+
+    let migrated = |text: String| {
+        text.lines().find_map(|l| l.strip_prefix("quark_actor_migrations_total ")).and_then(|v| v.trim().parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    let metrics = || {
+        let (http, url) = (http.clone(), url.clone());
+        async move { migrated(http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap()) }
+    };
+    let relieved = eventually(
+        "the first host moves busy actors until it is under its watermark",
+        async || {
+            let view = cluster(0).await;
+            (me(&view, "h0")["memory"]["reserved"].as_u64().unwrap(), me(&view, "h1")["activations"].as_u64().unwrap(), metrics().await)
+        },
+        |&(reserved, elsewhere, moved)| reserved <= HIGH && elsewhere >= 1 && moved >= 1.0,
+    )
+    .await;
+    // Stable: no more moves once it is under the watermark.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (moved, view) = (metrics().await, cluster(0).await);
+    stop.store(true, Ordering::Release);
+    let mut answered = [0u64; ACTORS];
+    for caller in callers {
+        let (actor, n) = caller.await.unwrap();
+        answered[actor] += n;
+    }
+    eprintln!("relieved: {relieved:?}; after 3 s more: {moved} migrations, {view}");
+    assert_eq!(moved, relieved.2, "no move once under the watermark: {view}\n{}", hosts.log(0));
+    assert!(me(&view, "h0")["memory"]["reserved"].as_u64().unwrap() <= HIGH && me(&view, "h1")["memory"]["reserved"].as_u64().unwrap() <= HIGH, "{view}");
+    for (i, answered) in answered.iter().enumerate() {
+        let (status, body) = post(&http, &hosts.urls[1], &format!("misbehave/p{i}"), "dump", "null", None).await.unwrap();
+        assert_eq!(status, 200, "p{i}: {body}");
+        let naps = serde_json::from_str::<Value>(&body).unwrap()["naps"].as_u64().unwrap();
+        assert_eq!(naps, answered + 1, "p{i}: every answered nap committed once (plus the first)");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_past_its_watermark_with_nothing_idle_moves_busy_actors_to_a_host_with_room_on_postgres() {
+    let Some(store) = shared_store_url("postgres", "a_host_past_its_watermark_moves_busy_actors_on_postgres").await else { return };
+    a_host_past_its_watermark_with_nothing_idle_moves_busy_actors_to_a_host_with_room(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_past_its_watermark_with_nothing_idle_moves_busy_actors_to_a_host_with_room_on_redis() {
+    let Some(store) = shared_store_url("redis", "a_host_past_its_watermark_moves_busy_actors_on_redis").await else { return };
+    a_host_past_its_watermark_with_nothing_idle_moves_busy_actors_to_a_host_with_room(&store).await;
+}

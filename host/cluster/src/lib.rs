@@ -14,6 +14,10 @@
 //!   over the host-to-host **transport** ([`transport`]: one multiplexed
 //!   connection per peer) to the owner; a stale entry is answered `moved`
 //!   and retried once;
+//! - **memory** (issue 17): activations go where they fit; actors move
+//!   between hosts ([`migration`]), to even out memory ([`rebalance`],
+//!   `--rebalance`) and off a host past its high watermark whose memory
+//!   is held by busy actors (`relief`, always on);
 //! - **deploys** reach every host: each looks at the store's active
 //!   versions twice a second and at once when a peer says it deployed.
 //!
@@ -28,6 +32,7 @@ pub mod migration;
 mod owners;
 pub mod placement;
 pub mod rebalance;
+mod relief;
 pub mod router;
 pub mod transport;
 mod wire;
@@ -207,6 +212,7 @@ impl Cluster {
         if let Some(period) = config.rebalance {
             tokio::spawn(rebalance::run(Arc::downgrade(&inner), period));
         }
+        tokio::spawn(relief::run(Arc::downgrade(&inner)));
         router.attach(inner.clone());
         host.set_directory(Arc::new(Cluster { inner: inner.clone() }));
         Ok(Cluster { inner })

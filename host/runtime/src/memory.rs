@@ -203,8 +203,7 @@ impl MemoryBudget {
     /// Bytes to free to get back under the low watermark, if reserved,
     /// used or the RSS is past its line.
     pub(crate) fn pressure(&self, used: u64, rss: u64) -> Option<u64> {
-        let budget = self.config.budget as f64;
-        let (high, low) = ((budget * HIGH_WATERMARK) as u64, (budget * LOW_WATERMARK) as u64);
+        let (high, low) = self.watermarks();
         let reserved = self.reserved();
         let over = [
             (reserved > high).then(|| reserved - low),
@@ -212,6 +211,12 @@ impl MemoryBudget {
             (self.config.shed_on_rss && rss >= self.config.budget).then(|| rss - low),
         ];
         over.into_iter().flatten().max()
+    }
+
+    /// The high and low watermarks, bytes.
+    fn watermarks(&self) -> (u64, u64) {
+        let budget = self.config.budget as f64;
+        ((budget * HIGH_WATERMARK) as u64, (budget * LOW_WATERMARK) as u64)
     }
 }
 
@@ -364,6 +369,26 @@ impl Host {
     pub fn memory_need(&self, actor_type: &str) -> Option<u64> {
         let version = self.0.registry.active(actor_type).ok()?;
         Some(self.0.memory.reservation_for(actor_type, version.info.manifest.memory_limit))
+    }
+
+    /// Bytes past the low watermark that shedding this host's idle
+    /// activations cannot free: how far reserved or measured linear memory
+    /// would still stand above it once every idle activation is gone, when
+    /// either is past the high watermark; `None` otherwise. A cluster
+    /// migrates this much to hosts with room (issue 17). The process RSS
+    /// is not counted: moving actors away cannot shrink the host's own
+    /// memory (RSS pressure sheds idle activations only).
+    pub fn memory_overflow(&self) -> Option<u64> {
+        let budget = &self.0.memory;
+        let (high, low) = budget.watermarks();
+        let (_, used) = self.0.table.totals();
+        let reserved = budget.reserved();
+        let (idle_reserved, idle_used) = self.0.table.idle_bytes();
+        let over = [
+            (reserved > high).then(|| reserved.saturating_sub(idle_reserved).saturating_sub(low)),
+            (used > high).then(|| used.saturating_sub(idle_used).saturating_sub(low)),
+        ];
+        over.into_iter().flatten().max().filter(|&bytes| bytes > 0)
     }
 
     /// What is left of this host's budget to reserve.

@@ -267,6 +267,18 @@ impl ActivationTable {
         (removed, freed)
     }
 
+    /// What the quiet (sheddable) activations reserve and use, bytes.
+    pub(crate) fn idle_bytes(&self) -> (u64, u64) {
+        let (mut reserved, mut used) = (0, 0);
+        for shard in self.shards.iter() {
+            for h in shard.lock().values().filter(|h| h.shared.is_quiet()) {
+                reserved += h.shared.reserved_bytes.load(Ordering::Relaxed);
+                used += h.shared.memory_bytes.load(Ordering::Relaxed);
+            }
+        }
+        (reserved, used)
+    }
+
     /// Per activation: its actor type, reserved and used memory in bytes.
     pub(crate) fn memory_by_activation(&self) -> Vec<(String, u64, u64)> {
         let mut out = Vec::new();

@@ -148,10 +148,20 @@ impl Misbehave {
         Ok(token)
     }
 
+    /// Sleeps `ms` milliseconds (WASI's monotonic clock: a turn that is
+    /// busy without burning a core), then answers how many naps this
+    /// actor has taken, this one included (a committed count).
+    fn nap(Hold { ms }: Hold) -> Result<u64> {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        let naps: u64 = state::get("naps")?.unwrap_or(0) + 1;
+        state::set("naps", &naps)?;
+        Ok(naps)
+    }
+
     /// Calls another actor and returns its reply.
     fn forward(Forward { target, method, payload }: Forward) -> Result<Value> {
         quark_sdk::call(&target, &method, &payload)
     }
 }
 
-quark_sdk::actor!(Misbehave { flood, panic, spin, alloc, write_then_fail, put, dump, echo, forward, tell, audit, hold });
+quark_sdk::actor!(Misbehave { flood, panic, spin, alloc, write_then_fail, put, dump, echo, forward, tell, audit, hold, nap });
