@@ -32,6 +32,15 @@ pub trait Placement: Send + Sync + std::fmt::Debug {
     /// for `actor`; `this` is the deciding host's id (it is in `hosts`
     /// unless it is leaving, or full while others are not).
     fn place<'a>(&self, actor: &ActorId, this: &'a str, hosts: &[Candidate<'a>]) -> &'a str;
+
+    /// Whether the router offers only the hosts where the activation fits
+    /// (true, every placement here). A placement that says false is
+    /// offered every live host, and places by its own rule alone: by
+    /// count, as Dapr's hash ring and Orleans' random placement do (the
+    /// oversubscription benchmark's baseline).
+    fn by_fit(&self) -> bool {
+        true
+    }
 }
 
 /// Rendezvous (highest-random-weight) hashing of the actor id over the

@@ -110,7 +110,9 @@ impl Inner {
         let Some(incarnation) = self.standing() else { return Err(lease_lapsed(actor)) };
         let need = self.host().and_then(|h| h.memory_need(actor.actor_type())).unwrap_or(0);
         let candidates = self.candidates();
-        let fit: Vec<Candidate> = candidates.iter().filter(|c| c.free >= need).map(|c| Candidate { id: &c.id, free: c.free }).collect();
+        let by_fit = self.placement.by_fit();
+        let fit: Vec<Candidate> =
+            candidates.iter().filter(|c| !by_fit || c.free >= need).map(|c| Candidate { id: &c.id, free: c.free }).collect();
         let offered = if fit.is_empty() {
             // Fits nowhere by the figures: the chosen host sheds idle
             // activations to make room, or refuses with `limit-exceeded`.

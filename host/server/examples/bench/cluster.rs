@@ -43,7 +43,7 @@ async fn cluster_nodes(dir: &std::path::Path, pg_url: &str, part: &str, names: &
 }
 
 /// Every node leaves its cluster (its actors handed off, its row gone).
-async fn leave_all(nodes: &[Node]) {
+pub(crate) async fn leave_all(nodes: &[Node]) {
     for node in nodes {
         if let Some(cluster) = node.cluster() {
             let _ = cluster.leave(Duration::from_secs(1)).await;

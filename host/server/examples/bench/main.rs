@@ -17,6 +17,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 mod cluster;
+mod memory;
 mod queues;
 
 mod raw {
@@ -742,6 +743,10 @@ async fn run_parts() {
     if wanted("migration") {
         let pg_url = pg_url();
         cluster::migration_bench(dir.path(), &pg_url).await;
+    }
+    if wanted("oversubscription") {
+        let pg_url = pg_url();
+        memory::oversubscription_bench(dir.path(), &pg_url).await;
     }
     if wanted("failover") {
         let pg_url = pg_url();
