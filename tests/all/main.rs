@@ -18,6 +18,7 @@ mod jobs;
 mod journal;
 mod languages;
 mod linearizable;
+mod locality;
 mod memory;
 mod actor_migration;
 mod migrations;

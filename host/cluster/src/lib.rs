@@ -27,6 +27,7 @@
 
 #![warn(missing_docs)]
 
+pub mod locality;
 pub mod membership;
 pub mod migration;
 mod owners;
@@ -84,6 +85,9 @@ pub struct ClusterConfig {
     pub placement: Arc<dyn Placement>,
     /// How often the rebalancer ([`rebalance`]) runs; `None`: it does not.
     pub rebalance: Option<Duration>,
+    /// How often the locality repartitioner ([`locality`]) pairs with a
+    /// peer; `None`: it does not (calls are still sampled).
+    pub repartition: Option<Duration>,
 }
 
 impl ClusterConfig {
@@ -98,6 +102,7 @@ impl ClusterConfig {
             heartbeat: DEFAULT_HEARTBEAT,
             placement: Arc::new(placement::HashPlacement),
             rebalance: None,
+            repartition: None,
         }
     }
 }
@@ -139,6 +144,8 @@ pub(crate) struct Inner {
     pub(crate) last_frame_ms: std::sync::atomic::AtomicI64,
     /// Actors being migrated away from this host ([`migration`]).
     pub(crate) moving: migration::Moving,
+    /// The sampled call graph and the repartitioner's state ([`locality`]).
+    pub(crate) locality: locality::Locality,
 }
 
 /// A candidate host for a new activation and its free memory.
@@ -202,6 +209,7 @@ impl Cluster {
             incoming: AtomicUsize::new(0),
             last_frame_ms: std::sync::atomic::AtomicI64::new(0),
             moving: Default::default(),
+            locality: locality::Locality::new(config.repartition),
         });
         if let Err(e) = inner.refresh_members().await {
             tracing::warn!(error = %e, "reading the cluster's members failed; retrying with the next heartbeat");
@@ -213,6 +221,7 @@ impl Cluster {
             tokio::spawn(rebalance::run(Arc::downgrade(&inner), period));
         }
         tokio::spawn(relief::run(Arc::downgrade(&inner)));
+        tokio::spawn(locality::run(Arc::downgrade(&inner)));
         router.attach(inner.clone());
         host.set_directory(Arc::new(Cluster { inner: inner.clone() }));
         Ok(Cluster { inner })

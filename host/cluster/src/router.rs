@@ -62,10 +62,19 @@ impl Router for ClusterRouter {
     fn route(&self, request: &Request) -> Result<Route, ActorError> {
         let Some(inner) = self.inner.get() else { return Ok(Route::Here) };
         if let Some(found) = inner.cached(&request.target) {
+            if let Some(caller) = &request.caller {
+                inner.sample_call(caller, &request.target, found.host(inner));
+            }
             return Ok(found.into_route(inner));
         }
-        let (inner, actor) = (inner.clone(), request.target.clone());
-        Ok(Route::Lookup(Box::pin(async move { Ok(inner.resolve(&actor).await?.into_route(&inner)) })))
+        let (inner, actor, caller) = (inner.clone(), request.target.clone(), request.caller.clone());
+        Ok(Route::Lookup(Box::pin(async move {
+            let found = inner.resolve(&actor).await?;
+            if let Some(caller) = &caller {
+                inner.sample_call(caller, &actor, found.host(&inner));
+            }
+            Ok(found.into_route(&inner))
+        })))
     }
 }
 
@@ -76,6 +85,14 @@ enum Found {
 }
 
 impl Found {
+    /// The id of the host it runs on.
+    fn host<'a>(&'a self, inner: &'a Inner) -> &'a str {
+        match self {
+            Found::Here => &inner.info.id,
+            Found::There(peer) => &peer.id,
+        }
+    }
+
     fn into_route(self, inner: &Arc<Inner>) -> Route {
         match self {
             Found::Here => Route::Here,

@@ -49,6 +49,16 @@ pub(crate) enum Frame {
         /// Chosen by the sender, unique on the connection.
         id: u64,
     },
+    /// A locality question ([`crate::locality::Question`], postcard):
+    /// an exchange offer, or a request for this host's sampled figures;
+    /// answered by [`Frame::Reply`] `id` with the answer's bytes.
+    Locality {
+        /// Chosen by the sender, unique on the connection.
+        id: u64,
+        /// The encoded question.
+        #[serde(with = "payload_bytes")]
+        question: Vec<u8>,
+    },
 }
 
 /// How a call is delivered on the receiving host.

@@ -61,6 +61,9 @@ pub struct Metrics {
     migrations: Counter,
     migrations_failed: Counter,
     migration_seconds: Histogram,
+    /// The share of the last window's actor-to-actor calls that crossed hosts.
+    remote_call_fraction: Gauge<f64, std::sync::atomic::AtomicU64>,
+    locality_moves: Counter,
     commit_batches: Counter,
     commit_turns: Counter,
     commit_failures: Counter,
@@ -122,6 +125,8 @@ impl Metrics {
             migrations_failed: Counter::default(),
             // 100 µs .. ~60 s
             migration_seconds: Histogram::new(exponential_buckets(0.0001, 2.5, 15)),
+            remote_call_fraction: Gauge::default(),
+            locality_moves: Counter::default(),
             commit_batches: Counter::default(),
             commit_turns: Counter::default(),
             commit_failures: Counter::default(),
@@ -161,6 +166,12 @@ impl Metrics {
         registry.register("actor_migrations", "Activations moved to another host (drained here, directory handed off)", m.migrations.clone());
         registry.register("actor_migrations_failed", "Migrations given up (the drain ran past its limit, or the hand-off was refused); the actor stayed", m.migrations_failed.clone());
         registry.register("actor_migration_duration_seconds", "From a migration's start to its hand-off (the drain included)", m.migration_seconds.clone());
+        registry.register(
+            "remote_call_fraction",
+            "The share of the actor-to-actor calls this host routed in the last window that crossed to another host",
+            m.remote_call_fraction.clone(),
+        );
+        registry.register("locality_moves", "Activations moved by the locality repartitioner (swaps with a peer)", m.locality_moves.clone());
         registry.register("commit_batches", "Group-commit transactions", m.commit_batches.clone());
         registry.register("commit_turns", "Turns committed through group commit", m.commit_turns.clone());
         registry.register("commit_failures", "Group-commit transactions that failed", m.commit_failures.clone());
@@ -195,6 +206,16 @@ impl Metrics {
         );
         registry.register("message_deliveries_failed", "Outbox deliveries that failed (retried or dead-lettered)", m.message_deliveries_failed.clone());
         Metrics { registry, ..m }
+    }
+
+    /// The last window's remote-call fraction (0..=1).
+    pub fn set_remote_call_fraction(&self, fraction: f64) {
+        self.remote_call_fraction.set(fraction);
+    }
+
+    /// Activations the locality repartitioner moved.
+    pub fn record_locality_moves(&self, moves: u64) {
+        self.locality_moves.inc_by(moves);
     }
 
     /// A migration of an activation to another host: moved, or given up.

@@ -91,6 +91,12 @@ impl Link {
         self.exchange(id, Frame::VersionsChanged { id }, deadline)
     }
 
+    /// Sends a locality question and returns the outcome of its reply, to await.
+    pub(crate) fn locality(&self, question: Vec<u8>, deadline: Instant) -> impl Future<Output = Result<Outcome, LinkError>> + Send + 'static + use<> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.exchange(id, Frame::Locality { id, question }, deadline)
+    }
+
     /// Sends `frame`, whose reply is [`Frame::Reply`] `id`, and returns the
     /// outcome that reply carries, to await.
     fn exchange(&self, id: u64, frame: Frame, deadline: Instant) -> impl Future<Output = Result<Outcome, LinkError>> + Send + 'static + use<> {

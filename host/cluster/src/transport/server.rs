@@ -52,7 +52,7 @@ async fn connection(stream: TcpStream, cluster: Weak<Inner>) {
             cluster.last_frame_ms.store(quark_core::time::now_ms(), Ordering::Release);
         }
         let frame = wire::decode(&bytes);
-        if matches!(frame, Ok(Frame::Call { mode: Mode::Ask | Mode::Queue, .. } | Frame::VersionsChanged { .. })) {
+        if matches!(frame, Ok(Frame::Call { mode: Mode::Ask | Mode::Queue, .. } | Frame::VersionsChanged { .. } | Frame::Locality { .. })) {
             tx.in_flight.fetch_add(1, Ordering::AcqRel);
         }
         match frame {
@@ -74,6 +74,16 @@ async fn connection(stream: TcpStream, cluster: Weak<Inner>) {
                 tokio::spawn(async move {
                     let Some(host) = cluster.upgrade().and_then(|c| c.host()) else { return };
                     let outcome = Outcome::of(crate::serve_active_versions(&host).await.map(|()| Vec::new()), false);
+                    reply(&tx, id, outcome);
+                });
+            }
+            Ok(Frame::Locality { id, question }) => {
+                let (cluster, tx) = (cluster.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let outcome = match cluster.upgrade() {
+                        Some(cluster) => Outcome::of(cluster.answer_locality(&question).await, false),
+                        None => Outcome::of(Err(quark_core::ActorError::unavailable("this host is stopping")), false),
+                    };
                     reply(&tx, id, outcome);
                 });
             }

@@ -125,6 +125,7 @@ pub fn router_with(node: Node, access: ApiConfig) -> Router {
     let v1 = Router::new()
         .route("/cluster", get(cluster))
         .route("/cluster/migrations", post(migrate))
+        .route("/cluster/graph", get(cluster_graph))
         .route("/components", get(list_components))
         .route("/components/{actor_type}", put(deploy))
         .route("/components/{actor_type}/versions", get(versions))
@@ -431,6 +432,16 @@ async fn cluster(State(state): State<ApiState>) -> ApiResult<Json<ClusterView>> 
         host.activations = host.memory.types.iter().map(|t| t.activations).sum();
     }
     Ok(Json(ClusterView { mode: "cluster".into(), this: cluster.id().to_string(), hosts }))
+}
+
+/// `GET /v1/cluster/graph`: the actor-to-actor call graph the hosts
+/// sampled, with the share of calls that crossed hosts. A host on its own
+/// routes every call to itself: nothing to show.
+async fn cluster_graph(State(state): State<ApiState>) -> Json<crate::cluster::locality::GraphView> {
+    match state.node.cluster() {
+        Some(cluster) => Json(cluster.graph().await),
+        None => Json(crate::cluster::locality::GraphView { remote_fraction: 0.0, hosts: Vec::new(), edges: Vec::new(), exchanges: Vec::new() }),
+    }
 }
 
 /// `POST /v1/cluster/migrations`: moves an actor to another host. Any

@@ -94,6 +94,28 @@ impl Client {
         Ok(())
     }
 
+    pub(super) async fn cluster_graph(&self) -> anyhow::Result<()> {
+        let graph: crate::cluster::locality::GraphView = self.send_as(self.http.get(format!("{}/v1/cluster/graph", self.base))).await?;
+        let percent = |f: f64| format!("{:.1}%", f * 100.0);
+        println!("remote calls: {} of the last window's actor-to-actor calls crossed hosts", percent(graph.remote_fraction));
+        println!("{:<24} {:>8} {:>10}", "HOST", "REMOTE", "CALLS");
+        for h in &graph.hosts {
+            println!("{:<24} {:>8} {:>10}", h.id, percent(h.remote_fraction), h.calls);
+        }
+        println!("{:<40} {:<40} {:>9} {:>6}", "FROM", "TO", "CALLS/S", "REMOTE");
+        for e in &graph.edges {
+            println!("{:<40} {:<40} {:>9.1} {:>6}", e.from, e.to, e.calls_per_s, if e.remote { "yes" } else { "no" });
+        }
+        if graph.exchanges.is_empty() {
+            println!("no exchanges yet (they need `quark serve --repartition`)");
+        }
+        for x in &graph.exchanges {
+            let age = (crate::storage::now_ms() - x.at_ms) as f64 / 1000.0;
+            println!("exchange {age:.0}s ago: {} -> {}: {} actors, {} -> {}: {}", x.initiator, x.responder, x.to_responder, x.responder, x.initiator, x.to_initiator);
+        }
+        Ok(())
+    }
+
     pub(super) async fn cluster(&self) -> anyhow::Result<()> {
         let view: ClusterView = self.send_as(self.http.get(format!("{}/v1/cluster", self.base))).await?;
         let size = |b: u64| bytesize::ByteSize::b(b).display().iec().to_string();

@@ -34,6 +34,15 @@ struct Remote {
 /// The host client commands talk to unless told otherwise.
 const DEFAULT_SERVER: &str = "http://127.0.0.1:7878";
 
+/// What `quark cluster` shows besides its hosts.
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// The sampled actor-to-actor call graph: the share of calls that
+    /// cross hosts (per host and in all), the hottest edges, and the
+    /// repartitioner's recent exchanges.
+    Graph,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a host: the HTTP API on --listen, state in --data-dir (SQLite) or --store.
@@ -98,6 +107,8 @@ enum Command {
     Cluster {
         #[command(flatten)]
         remote: Remote,
+        #[command(subcommand)]
+        view: Option<ClusterCommand>,
     },
     /// Move an actor to another host of the cluster: its queued turns
     /// finish where it is, then the target serves it (any host takes the
@@ -346,6 +357,16 @@ struct ServeArgs {
     /// How often each host looks whether to rebalance (with `--rebalance`).
     #[arg(long, default_value = "30s")]
     rebalance_interval: humantime::Duration,
+    /// Move actors that call each other a lot to the same host: each
+    /// period a host pairs with the peer its calls cross to most, and the
+    /// two swap actors to cut the calls between them (within a 10%
+    /// balance tolerance and both memory budgets). Off by default, as in
+    /// Orleans; calls are sampled either way (`quark cluster graph`).
+    #[arg(long)]
+    repartition: bool,
+    /// How often each host pairs with a peer (with `--repartition`).
+    #[arg(long, default_value = "60s")]
+    repartition_interval: humantime::Duration,
     /// How long a cluster member holds its actors without a heartbeat
     /// (heartbeats go every tenth of it); a member silent for twice this
     /// long is declared dead.
@@ -481,7 +502,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Actors { .. } => client.actors().await,
-        Command::Cluster { .. } => client.cluster().await,
+        Command::Cluster { view: None, .. } => client.cluster().await,
+        Command::Cluster { view: Some(ClusterCommand::Graph), .. } => client.cluster_graph().await,
         Command::Migrate { actor, to, .. } => client.migrate(&actor, &to).await,
         Command::Versions { actor_type, .. } => client.versions(&actor_type).await,
         Command::Rollback { actor_type, .. } => client.rollback(&actor_type).await,
@@ -579,7 +601,7 @@ impl Command {
             | Command::Deploy { remote, .. }
             | Command::Call { remote, .. }
             | Command::Actors { remote }
-            | Command::Cluster { remote }
+            | Command::Cluster { remote, .. }
             | Command::Migrate { remote, .. }
             | Command::Versions { remote, .. }
             | Command::Rollback { remote, .. }
@@ -751,6 +773,7 @@ fn node_config(args: &ServeArgs, addr: std::net::SocketAddr, shared_store: bool)
             heartbeat: lease / 10,
             placement: placement.into(),
             rebalance: args.rebalance.then(|| Duration::from(args.rebalance_interval).max(Duration::from_millis(100))),
+            repartition: args.repartition.then(|| Duration::from(args.repartition_interval).max(Duration::from_millis(100))),
         });
     } else if args.host_id.is_some() {
         anyhow::bail!("--host-id names a host in a cluster, and the SQLite store is single-host: pass --store postgres://… or redis://… too");
