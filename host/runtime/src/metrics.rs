@@ -218,6 +218,11 @@ impl Metrics {
         self.locality_moves.inc_by(moves);
     }
 
+    /// Activations the locality repartitioner moved since the host started.
+    pub fn locality_moves(&self) -> u64 {
+        self.locality_moves.get()
+    }
+
     /// A migration of an activation to another host: moved, or given up.
     pub fn record_migration(&self, moved: bool, took: Duration) {
         if moved {

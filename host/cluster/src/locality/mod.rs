@@ -69,6 +69,8 @@ pub(crate) struct Locality {
     last_exchange: Mutex<Option<Instant>>,
     /// Set while an exchange of this host's is in progress.
     busy: AtomicBool,
+    /// Cleared to hold exchanges at run time ([`Cluster::set_repartitioning`]).
+    enabled: AtomicBool,
     recent: Mutex<VecDeque<Exchange>>,
 }
 
@@ -80,6 +82,7 @@ impl Locality {
             anchored: Mutex::default(),
             last_exchange: Mutex::default(),
             busy: AtomicBool::new(false),
+            enabled: AtomicBool::new(true),
             recent: Mutex::default(),
         }
     }
@@ -92,6 +95,9 @@ impl Locality {
     /// took part in one less than a period ago.
     fn take_slot(&self) -> Option<Slot<'_>> {
         let period = self.repartition?;
+        if !self.enabled.load(Ordering::Acquire) {
+            return None;
+        }
         if self.last_exchange.lock().is_some_and(|at| at.elapsed() < period) {
             return None;
         }
@@ -374,6 +380,14 @@ impl Inner {
 }
 
 impl Cluster {
+    /// Holds (`false`) or resumes (`true`) this host's part in exchanges,
+    /// offered and answered; sampling goes on. For a host started with a
+    /// repartition period: measuring one placement before and after
+    /// (the locality benchmark), or pausing moves during an incident.
+    pub fn set_repartitioning(&self, on: bool) {
+        self.inner.locality.enabled.store(on, Ordering::Release);
+    }
+
     /// Migrates each of `actors` to `to`; the ones that moved.
     async fn move_all(&self, actors: &[String], to: &str) -> HashSet<ActorId> {
         let mut moved = HashSet::new();

@@ -17,6 +17,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 mod cluster;
+mod locality;
 mod memory;
 mod queues;
 
@@ -743,6 +744,10 @@ async fn run_parts() {
     if wanted("migration") {
         let pg_url = pg_url();
         cluster::migration_bench(dir.path(), &pg_url).await;
+    }
+    if wanted("locality") {
+        let pg_url = pg_url();
+        locality::locality_bench(dir.path(), &pg_url).await;
     }
     if wanted("oversubscription") {
         let pg_url = pg_url();
