@@ -1,6 +1,7 @@
 //! A chat test actor for the locality repartitioner (issue 18), deployed
 //! twice: as `room` (members join it; what one says it tells every
-//! member) and as `user` (posts to its room, counts what it hears).
+//! member) and as `user` (posts to its room, counts what it hears in
+//! memory).
 use quark_sdk::{Deserialize, Result, Serialize, Value, state};
 
 #[derive(Deserialize)]
@@ -19,13 +20,10 @@ struct Post {
     room: String,
 }
 
-#[derive(Deserialize)]
-struct Hear {
-    from: String,
-    seq: u64,
-}
-
 struct Chat;
+
+/// Messages this instance heard.
+static HEARD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Chat {
     /// A room: adds `user` to its members (once).
@@ -60,23 +58,19 @@ impl Chat {
         Ok(seq)
     }
 
-    /// A user: counts a message heard (the last sequence per sender).
-    fn hear(Hear { from, seq }: Hear) -> Result<()> {
-        let heard: u64 = state::get("heard")?.unwrap_or(0);
-        state::set("heard", &(heard + 1))?;
-        let key = format!("last:{from}");
-        let last: u64 = state::get(&key)?.unwrap_or(0);
-        if seq > last {
-            state::set(&key, &seq)?;
-        }
+    /// A user: counts a message heard, in this instance's memory only (a
+    /// presence feed, not a history): a turn that writes nothing commits
+    /// nothing, so the fan-out costs calls, not store writes.
+    fn hear(_said: Value) -> Result<()> {
+        HEARD.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
-    /// A user: how many it sent and heard.
+    /// A user: how many it sent (durable) and this instance heard.
     fn stats(_: ()) -> Result<Value> {
         let sent: u64 = state::get("sent")?.unwrap_or(0);
-        let heard: u64 = state::get("heard")?.unwrap_or(0);
-        Ok(serde_json::json!({ "sent": sent, "heard": heard }))
+        let heard = HEARD.load(std::sync::atomic::Ordering::Relaxed);
+        Ok(serde_json::json!({ "sent": sent, "heard_by_this_instance": heard }))
     }
 }
 
