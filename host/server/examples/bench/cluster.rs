@@ -42,6 +42,24 @@ async fn cluster_nodes(dir: &std::path::Path, pg_url: &str, part: &str, names: &
     Some(nodes)
 }
 
+/// Makes every node active once it serves `types` (its version watch sees
+/// a deploy within half a second), then waits two heartbeats, so that each
+/// has read the others as active (until then each places everything on
+/// itself).
+pub(crate) async fn activate_serving(nodes: &[Node], types: &[&str]) {
+    for node in nodes {
+        for tries in 0.. {
+            if types.iter().all(|t| node.host().active_version(t).is_ok()) {
+                break;
+            }
+            assert!(tries < 200, "a host never served the deploys");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        node.cluster().unwrap().set_active().await.unwrap();
+    }
+    tokio::time::sleep(2 * quark::cluster::DEFAULT_HEARTBEAT + Duration::from_millis(500)).await;
+}
+
 /// Every node leaves its cluster (its actors handed off, its row gone).
 pub(crate) async fn leave_all(nodes: &[Node]) {
     for node in nodes {

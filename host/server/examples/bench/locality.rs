@@ -46,17 +46,7 @@ async fn chat_nodes(dir: &std::path::Path, pg_url: &str) -> Option<Vec<Node>> {
         }
         nodes.push(node);
     }
-    for node in &nodes {
-        for tries in 0.. {
-            if ["room", "user"].iter().all(|t| node.host().active_version(t).is_ok()) {
-                break;
-            }
-            assert!(tries < 200, "a host never served the deploys");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        node.cluster().unwrap().set_active().await.unwrap();
-    }
-    tokio::time::sleep(2 * quark::cluster::DEFAULT_HEARTBEAT + Duration::from_millis(500)).await;
+    cluster::activate_serving(&nodes, &["room", "user"]).await;
     Some(nodes)
 }
 

@@ -67,20 +67,7 @@ async fn budgeted_nodes(dir: &std::path::Path, pg_url: &str, run: &str, placemen
         }
         nodes.push(node);
     }
-    for node in &nodes {
-        // Each serves the deploys once its version watch (twice a second) sees them.
-        for tries in 0.. {
-            if LOAD.iter().all(|(t, ..)| node.host().active_version(t).is_ok()) {
-                break;
-            }
-            assert!(tries < 200, "a host never served the deploys");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        node.cluster().unwrap().set_active().await.unwrap();
-    }
-    // Two heartbeats: every host has read the others as active (until
-    // then each places everything on itself).
-    tokio::time::sleep(2 * quark::cluster::DEFAULT_HEARTBEAT + Duration::from_millis(500)).await;
+    cluster::activate_serving(&nodes, &LOAD.map(|(t, ..)| t)).await;
     Some(nodes)
 }
 
