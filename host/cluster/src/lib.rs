@@ -77,6 +77,9 @@ pub struct ClusterConfig {
     pub api: String,
     /// Where this host listens for other hosts (`host:port`; port 0 picks one).
     pub peer_listen: String,
+    /// The address other hosts dial, when it is not the one bound (a
+    /// NAT, a container's published port, a proxy); `None`: the bound one.
+    pub peer_advertise: Option<String>,
     /// How long the host holds its actors without a heartbeat.
     pub lease: Duration,
     /// How often it renews its lease.
@@ -98,6 +101,7 @@ impl ClusterConfig {
             host_id: None,
             api: api.into(),
             peer_listen: "127.0.0.1:0".into(),
+            peer_advertise: None,
             lease: DEFAULT_LEASE,
             heartbeat: DEFAULT_HEARTBEAT,
             placement: Arc::new(placement::HashPlacement),
@@ -186,7 +190,10 @@ impl Cluster {
         let listener = tokio::net::TcpListener::bind(&config.peer_listen)
             .await
             .map_err(|e| anyhow::anyhow!("listening for peers on {}: {e}", config.peer_listen))?;
-        let peer = listener.local_addr()?.to_string();
+        let peer = match &config.peer_advertise {
+            Some(advertised) => advertised.clone(),
+            None => listener.local_addr()?.to_string(),
+        };
         let id = config.host_id.clone().unwrap_or_else(|| format!("host-{}", &quark_core::jobs::new_lease()[..12]));
         let info = HostInfo { id, api: config.api.clone(), peer };
         let sent = Instant::now();

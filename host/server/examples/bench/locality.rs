@@ -4,6 +4,8 @@
 //! (the rendezvous hash of the id), measured for a window with the
 //! repartitioner held, then again once it has converged. Two rounds: the
 //! second starts from the placement scrambled again by random migrations.
+//! The links between the hosts go through a relay that delays them
+//! ([`link_delay`]), as a network would.
 
 use super::*;
 use quark::cluster::ClusterConfig;
@@ -18,6 +20,14 @@ const CLIENTS: usize = 64;
 const PERIOD: Duration = Duration::from_secs(5);
 const HOSTS: [&str; 3] = ["a", "b", "c"];
 
+/// The delay each way on the links between hosts
+/// (`QUARK_BENCH_LOCALITY_DELAY_US`, 250 µs: a round trip of half a
+/// millisecond, as between servers in one data centre; 0: none, a
+/// loopback frame).
+fn link_delay() -> Duration {
+    Duration::from_micros(std::env::var("QUARK_BENCH_LOCALITY_DELAY_US").ok().and_then(|s| s.parse().ok()).unwrap_or(250))
+}
+
 async fn chat_nodes(dir: &std::path::Path, pg_url: &str) -> Option<Vec<Node>> {
     let schema = format!("quark_bench_locality_{}", std::process::id());
     let mut nodes: Vec<Node> = Vec::new();
@@ -31,10 +41,19 @@ async fn chat_nodes(dir: &std::path::Path, pg_url: &str) -> Option<Vec<Node>> {
         };
         let mut config = NodeConfig::new(dir.join(format!("locality-{name}")));
         config.host.memory = MemoryConfig { budget: 8 << 30, overcommit: Some(2.0), shed_on_rss: false };
+        let (peer_listen, peer_advertise) = match link_delay() {
+            Duration::ZERO => ("127.0.0.1:0".to_string(), None),
+            delay => {
+                let listen = format!("127.0.0.1:{}", super::relay::free_port());
+                (listen.clone(), Some(super::relay::delaying(listen, delay)))
+            }
+        };
         config.cluster = Some(ClusterConfig {
             host_id: Some(name.to_string()),
             placement: Arc::new(HashPlacement),
             repartition: Some(PERIOD),
+            peer_listen,
+            peer_advertise,
             ..ClusterConfig::new("127.0.0.1:1")
         });
         let node = Node::start(config, Arc::new(store)).await.unwrap();
@@ -169,8 +188,9 @@ pub(crate) async fn locality_bench(dir: &std::path::Path, pg_url: &str) {
     }
     let line = |label: &str, w: &Window| {
         println!(
-            "locality, chat {ROOMS} rooms x {USERS} users on 3 hosts, {label}: remote-call fraction {:.1}%, {:.0} posts/s ({:.0} messages/s), \
+            "locality, chat {ROOMS} rooms x {USERS} users on 3 hosts, links delayed {:?} each way, {label}: remote-call fraction {:.1}%, {:.0} posts/s ({:.0} messages/s), \
              post p50 {:?} p99 {:?}, {} failed, {} moves in the window",
+            link_delay(),
             w.remote_fraction * 100.0,
             w.posts_per_s,
             w.posts_per_s * (1 + USERS) as f64,
@@ -190,18 +210,20 @@ pub(crate) async fn locality_bench(dir: &std::path::Path, pg_url: &str) {
         }
         let before = measure(&nodes, secs).await;
         line(&format!("round {}, placed at random, {secs} s", round + 1), &before);
-        // Converging, under the same load: until a period without moves.
+        // Converging, under the same load: until the actors the last moves
+        // anchored are free to move again and a period more passes without a
+        // move (an earlier "two quiet periods" was sometimes only the anchors).
         for node in &nodes {
             node.cluster().unwrap().set_repartitioning(true);
         }
         let load = Load::start(&nodes);
         let (started, first) = (Instant::now(), moves(&nodes));
-        let mut quiet = 0;
+        let mut quiet = 0u32;
         for _ in 0..60 {
             let at = moves(&nodes);
             tokio::time::sleep(PERIOD).await;
             quiet = if moves(&nodes) == at { quiet + 1 } else { 0 };
-            if quiet >= 2 && moves(&nodes) > first {
+            if quiet > quark::cluster::locality::ANCHOR_PERIODS && moves(&nodes) > first {
                 break;
             }
         }

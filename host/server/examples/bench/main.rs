@@ -20,6 +20,7 @@ mod cluster;
 mod locality;
 mod memory;
 mod queues;
+mod relay;
 
 mod raw {
     wasmtime::component::bindgen!({

@@ -342,6 +342,10 @@ struct ServeArgs {
     /// 0 picks a free one); advertised through the membership rows.
     #[arg(long, env = "QUARK_PEER_LISTEN", hide_env_values = true, default_value = "127.0.0.1:0")]
     peer_listen: String,
+    /// The address the other hosts dial instead of --peer-listen's, when
+    /// they cannot reach that one (a NAT, a container's published port).
+    #[arg(long, env = "QUARK_PEER_ADVERTISE", hide_env_values = true)]
+    peer_advertise: Option<String>,
     /// Where a new activation goes in a cluster, among the hosts whose
     /// free memory budget fits it (all hosts when none does): `hash`
     /// (spread by actor id), `local` (the host that first sees a message
@@ -769,6 +773,7 @@ fn node_config(args: &ServeArgs, addr: std::net::SocketAddr, shared_store: bool)
             host_id: args.host_id.clone(),
             api: addr.to_string(),
             peer_listen: args.peer_listen.clone(),
+            peer_advertise: args.peer_advertise.clone(),
             lease,
             heartbeat: lease / 10,
             placement: placement.into(),
