@@ -43,6 +43,8 @@ enum ClusterCommand {
     Graph,
 }
 
+// Parsed once per process: a large `serve` variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a host: the HTTP API on --listen, state in --data-dir (SQLite) or --store.
