@@ -61,6 +61,26 @@ pub mod es_bindings {
     });
 }
 
+/// Bindings for the `durable-workflow` world: the `workflow` import and the
+/// `workflow-run` export (types and logging shared with [`bindings`]).
+/// Only [`workflow!`] exports through it.
+#[doc(hidden)]
+pub mod wf_bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "durable-workflow",
+        pub_export_macro: true,
+        export_macro_name: "export_workflow",
+        default_bindings_module: "quark_sdk::wf_bindings",
+        with: {
+            "quark:actor/types@0.1.0": crate::bindings::quark::actor::types,
+            "quark:actor/log@0.1.0": crate::bindings::quark::actor::log,
+        },
+    });
+}
+
+pub mod workflow;
+
 /// The error every capability and handler returns; the WIT `error` variant.
 pub use bindings::quark::actor::types::Error;
 

@@ -25,3 +25,4 @@ mod migrations;
 mod outbox;
 mod stateless_workers;
 mod storage_conformance;
+mod workflows;

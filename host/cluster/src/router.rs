@@ -274,6 +274,10 @@ fn unreachable(actor: &ActorId, host: &str, lease: std::time::Duration) -> Actor
     ))
 }
 
+/// How many hosts one call is sent to, at most, while it chases an actor
+/// that moves (each `moved` answer means nothing ran there).
+const REROUTES: usize = 3;
+
 /// A request on its way to another host.
 struct Forward {
     inner: Arc<Inner>,
@@ -284,19 +288,28 @@ impl Peer for Forward {
     fn ask(&self, request: Request) -> Reply {
         let (inner, peer) = (self.inner.clone(), self.peer.clone());
         Box::pin(async move {
-            if let Ok(result) = inner.forward_once(&peer, &request).await {
-                return result;
+            let mut why = match inner.forward_once(&peer, &request).await {
+                Ok(result) => return result,
+                Err(Reroute(why)) => why,
+            };
+            // Nothing ran: again, wherever the actor is now. An actor can
+            // move twice while one call chases it (a rebalancer round
+            // right after another host's), so it gets a few tries.
+            for _ in 1..REROUTES {
+                match inner.locate(&request.target).await? {
+                    Found::Here => {
+                        return match inner.host() {
+                            Some(host) => host.ask_here(request).await,
+                            None => Err(ActorError::unavailable("this host is stopping")),
+                        };
+                    }
+                    Found::There(peer) => match inner.forward_once(&peer, &request).await {
+                        Ok(result) => return result,
+                        Err(Reroute(again)) => why = again,
+                    },
+                }
             }
-            // Nothing ran: once more, wherever the actor is now.
-            match inner.locate(&request.target).await? {
-                Found::Here => match inner.host() {
-                    Some(host) => host.ask_here(request).await,
-                    None => Err(ActorError::unavailable("this host is stopping")),
-                },
-                Found::There(peer) => inner.forward_once(&peer, &request).await.unwrap_or_else(|Reroute(why)| {
-                    Err(ActorError::unavailable(format!("{why}, on the second try: nothing ran; retry")))
-                }),
-            }
+            Err(ActorError::unavailable(format!("{why}, after {REROUTES} tries: nothing ran; retry")))
         })
     }
 

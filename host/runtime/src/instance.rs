@@ -10,7 +10,7 @@ use wasmtime::{Store, UpdateDeadline};
 use super::Request;
 use super::activation::{ActivationShared, Live};
 use super::registry::LoadedVersion;
-use super::turn::InstanceState;
+use super::turn::{Execution, InstanceState};
 use crate::Host;
 use crate::capabilities::{ActorInstance, ActorPre, GuestError};
 use crate::id::ChainId;
@@ -42,7 +42,13 @@ pub(super) async fn run_handler(live: &mut Live, request: &Request, deadline: In
         scope.turn = super::turn::next_turn_number();
     }
     prepare_guest_call(live);
-    let call = live.bindings.handler.call_handle(&mut live.store, &request.method, &request.payload);
+    let Some(handler) = &live.bindings.handler else {
+        return Err(HandlerFailure::Returned(ActorError::bad_request(format!(
+            "{} is a workflow: it has no methods to call; use /v1/workflows (`quark workflow`)",
+            request.target
+        ))));
+    };
+    let call = handler.call_handle(&mut live.store, &request.method, &request.payload);
     let outcome = tokio::time::timeout_at(deadline.into(), call).await;
     let what = format!("{} `{}`", request.target, request.method);
     classify_guest_call(outcome, live.store.data(), &what, request.chain)
@@ -106,8 +112,19 @@ pub(crate) async fn instantiate(
     version: &LoadedVersion,
     layer: usize,
 ) -> Result<Live, ActorError> {
+    instantiate_as(host, shared, version, layer, Execution::Actor).await
+}
+
+/// Like [`instantiate`], for an instance that runs as `execution`.
+pub(crate) async fn instantiate_as(
+    host: &Host,
+    shared: &Arc<ActivationShared>,
+    version: &LoadedVersion,
+    layer: usize,
+    execution: Execution,
+) -> Result<Live, ActorError> {
     let reservation = host.reserve_memory(shared, &version.info.manifest).await?;
-    let (mut store, bindings) = instantiate_pre(host, shared, &version.pre, &version.info.manifest, layer).await?;
+    let (mut store, bindings) = instantiate_pre(host, shared, &version.pre, &version.info.manifest, layer, execution).await?;
     store.data_mut().limiter.hold(reservation, host.memory_budget().clone());
     Ok(Live { store, bindings, version: version.info.version })
 }
@@ -120,9 +137,10 @@ pub(crate) async fn instantiate_pre(
     pre: &ActorPre,
     manifest: &Manifest,
     layer: usize,
+    execution: Execution,
 ) -> Result<(Store<InstanceState>, ActorInstance), ActorError> {
     let memory_limit = manifest.memory_limit;
-    let mut store = Store::new(host.engine(), InstanceState::new(host, shared.clone(), memory_limit, layer));
+    let mut store = Store::new(host.engine(), InstanceState::new(host, shared.clone(), memory_limit, layer, execution));
     store.limiter(|s| &mut s.limiter);
     store.epoch_deadline_callback(|mut ctx| {
         if Instant::now() >= ctx.data().scope.deadline {

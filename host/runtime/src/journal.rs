@@ -93,15 +93,13 @@ impl Host {
         };
         let manifest = &loaded.info.manifest;
         let shared = Arc::new(activation::ActivationShared::new(actor.clone()));
-        let (store, bindings) = instance::instantiate_pre(self, &shared, &loaded.pre, manifest, 0).await?;
+        let (store, bindings) = instance::instantiate_pre(self, &shared, &loaded.pre, manifest, 0, crate::turn::Execution::Sandbox).await?;
         let mut live = activation::Live { store, bindings, version: loaded.info.version };
-        live.store.data_mut().sandbox = true;
         let snapshots = SnapshotUse::FromComponent(loaded.info.version);
         let rebuilt = match aggregate::rebuild(self, &mut live, actor, snapshots, version, manifest.turn_timeout).await {
             Err(RebuildError::SnapshotBroke(_)) => {
-                let (store, bindings) = instance::instantiate_pre(self, &shared, &loaded.pre, manifest, 0).await?;
+                let (store, bindings) = instance::instantiate_pre(self, &shared, &loaded.pre, manifest, 0, crate::turn::Execution::Sandbox).await?;
                 live = activation::Live { store, bindings, version: loaded.info.version };
-                live.store.data_mut().sandbox = true;
                 aggregate::rebuild(self, &mut live, actor, SnapshotUse::None, version, manifest.turn_timeout).await
             }
             other => other,

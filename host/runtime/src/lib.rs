@@ -28,6 +28,7 @@ mod retire;
 pub mod router;
 pub mod table;
 pub mod turn;
+pub mod workflow;
 
 pub use quark_core::{ActorError, ActorId, ErrorKind, Manifest, error, id};
 /// The store traits and backends (the `quark-store` crate).
@@ -476,7 +477,7 @@ impl Host {
         manifest: &Manifest,
     ) -> Result<(), ActorError> {
         let shared = Arc::new(activation::ActivationShared::new(ActorId::new(actor_type, "deploy-check")?));
-        match instance::instantiate_pre(self, &shared, pre, manifest, 0).await {
+        match instance::instantiate_pre(self, &shared, pre, manifest, 0, turn::Execution::Actor).await {
             Ok((_, bindings)) if manifest.is_stateless_worker() && bindings.aggregate.is_some() => Err(ActorError::bad_request(format!(
                 "`{actor_type}` is event-sourced and cannot be a stateless worker: its journal needs one writer (deploy it without --stateless-workers)"
             ))),
@@ -484,7 +485,7 @@ impl Host {
             Err(e) if e.kind == ErrorKind::LimitExceeded => {
                 // Start it once more without the limit to say what it needs.
                 let unlimited = Manifest { memory_limit: TRIAL_MEMORY_CEILING, ..manifest.clone() };
-                let needs = match instance::instantiate_pre(self, &shared, pre, &unlimited, 0).await {
+                let needs = match instance::instantiate_pre(self, &shared, pre, &unlimited, 0, turn::Execution::Actor).await {
                     Ok((store, _)) => {
                         let mib = (store.data().limiter.current() as u64).div_ceil(1 << 20);
                         format!(

@@ -53,6 +53,42 @@ impl TurnScope {
     }
 }
 
+/// What an instance runs as, which decides what its capabilities may do.
+pub(crate) enum Execution {
+    /// An actor's turns: every capability.
+    Actor,
+    /// `quark replay`: the journal rebuilds it; it reads, and nothing it
+    /// does leaves the sandbox (no messages, appends, jobs or commits).
+    Sandbox,
+    /// A workflow's run: its history answers recorded steps, and the
+    /// actor capabilities (state, calls, tells, jobs, outbox, journal) are
+    /// refused: a workflow's effects are its activities. The host's own
+    /// writes for it are made after the run, as [`Execution::Actor`].
+    Workflow(crate::workflow::SharedRun),
+}
+
+impl Execution {
+    /// Refuses `what` (e.g. "send messages") outside an actor's turn.
+    pub(crate) fn allows(&self, what: &str) -> Result<(), ActorError> {
+        match self {
+            Execution::Actor => Ok(()),
+            Execution::Sandbox => Err(ActorError::rejected(format!("a replay sandbox cannot {what}"))),
+            Execution::Workflow(_) => Err(ActorError::rejected(format!(
+                "a workflow cannot {what}: its effects go through activities (workflow start-activity, an actor method), \
+                 which the host records and runs once"
+            ))),
+        }
+    }
+
+    /// Refuses `what` in a workflow only (a sandbox may read state).
+    pub(crate) fn allows_unless_workflow(&self, what: &str) -> Result<(), ActorError> {
+        match self {
+            Execution::Workflow(_) => self.allows(what),
+            _ => Ok(()),
+        }
+    }
+}
+
 static NEXT_TURN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A number for the next turn, unique in this process.
@@ -79,8 +115,8 @@ pub struct InstanceState {
     layer: usize,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) timed_out: bool,
-    /// A replay sandbox: no messages, no appends, nothing committed.
-    pub(crate) sandbox: bool,
+    /// What the instance runs as: an actor, a replay sandbox, a workflow.
+    pub(crate) execution: Execution,
     /// The guest's stderr: logged, and its tail quoted when the guest traps.
     pub(crate) stderr: GuestOutput,
     /// Job progress reports waiting to be written (coalesced).
@@ -90,12 +126,15 @@ pub struct InstanceState {
 }
 
 impl InstanceState {
-    pub(crate) fn new(host: &Host, activation: Arc<ActivationShared>, memory_limit: u64, layer: usize) -> Self {
+    pub(crate) fn new(host: &Host, activation: Arc<ActivationShared>, memory_limit: u64, layer: usize, execution: Execution) -> Self {
         let stderr = GuestOutput::new(activation.id.clone(), "stderr");
-        let wasi = WasiCtx::builder()
-            .stdout(GuestOutput::new(activation.id.clone(), "stdout"))
-            .stderr(stderr.clone())
-            .build();
+        let mut wasi = WasiCtx::builder();
+        wasi.stdout(GuestOutput::new(activation.id.clone(), "stdout")).stderr(stderr.clone());
+        if let Execution::Workflow(run) = &execution {
+            // Its clocks and randomness answer from the history on replay.
+            crate::workflow::clocks::install(&mut wasi, run);
+        }
+        let wasi = wasi.build();
         InstanceState {
             actor: activation.id.clone(),
             host: host.downgrade(),
@@ -104,7 +143,7 @@ impl InstanceState {
             activation,
             layer,
             timed_out: false,
-            sandbox: false,
+            execution,
             stderr,
             progress: Default::default(),
             wasi,
@@ -166,9 +205,7 @@ impl InstanceState {
     /// what this turn and the turns it is nested in appended); returns the
     /// version of the last one.
     pub(crate) async fn journal_append(&mut self, events: Vec<crate::capabilities::GuestEvent>) -> Result<u64, ActorError> {
-        if self.sandbox {
-            return Err(ActorError::rejected("a replay sandbox cannot append events"));
-        }
+        self.execution.allows("append events")?;
         for e in &events {
             if e.event_type.is_empty() || e.event_type.len() > MAX_EVENT_TYPE_BYTES {
                 return Err(ActorError::rejected(format!(
@@ -235,9 +272,7 @@ impl InstanceState {
 
     /// Buffers a job for the turn's commit; returns its id.
     pub(crate) fn schedule_job(&mut self, request: quark_core::jobs::JobRequest) -> Result<String, ActorError> {
-        if self.sandbox {
-            return Err(ActorError::rejected("a replay sandbox cannot schedule jobs"));
-        }
+        self.execution.allows("schedule jobs")?;
         let host = self.host()?;
         if host.store().job_store().is_none() {
             return Err(ActorError::unavailable(format!(
@@ -311,9 +346,7 @@ impl InstanceState {
         event_type: Option<String>,
     ) -> Result<String, ActorError> {
         use crate::storage::outbox::{Destination, OutboxMessage};
-        if self.sandbox {
-            return Err(ActorError::rejected("a replay sandbox cannot send messages"));
-        }
+        self.execution.allows("send messages")?;
         let host = self.host()?;
         if host.store().outbox_store().is_none() {
             return Err(ActorError::unavailable(format!("the outbox is not available on the {} store yet", host.store().backend_name())));

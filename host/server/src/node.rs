@@ -101,6 +101,16 @@ impl Node {
         };
         spawn_inbox_expiry(&host, config.inbox_retention);
         let projections = Projections::start(host.clone()).await?;
+        if cluster.is_none()
+            && let Some(store) = host.store().job_store()
+        {
+            // The only host of its store: what ran when it stopped died with it.
+            match store.expire_leases(crate::storage::now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "jobs left running by this host's previous process are due again"),
+                Err(e) => tracing::warn!(error = %e, "could not take back the jobs left running; they run once their lease expires"),
+            }
+        }
         let jobs = Jobs::start(host.clone(), config.jobs).await;
         let outbox = Outbox::start(host.clone(), config.outbox).await;
         Ok(Node { host, jobs, outbox, projections, cluster, started_at_ms: crate::storage::now_ms() })

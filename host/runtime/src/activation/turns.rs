@@ -92,11 +92,19 @@ impl Core {
         {
             return Ok(TurnOutput::Done(reply));
         }
+        if version.pre.is_workflow() {
+            // The host drives a workflow's instance itself (see `crate::workflow`).
+            let opened = open_turn(shared, None, control, request.chain);
+            let result = crate::workflow::driver::turn(host, shared, &request, &version).await;
+            let effects = close_turn(shared, None);
+            let reply = result?;
+            return self.commit_turn(host, shared, &request, &version, EndedTurn { effects, opened, reply }, started).await;
+        }
         let Some(live) = self.live.as_mut() else { unreachable!("made ready above") };
         let event_sourced = live.bindings.aggregate.is_some();
-        let opened = open_turn(shared, live, control, request.chain);
+        let opened = open_turn(shared, Some(live), control, request.chain);
         let result = run_handler(live, &request, turn_deadline(&request, &version)).await;
-        let effects = close_turn(shared, live);
+        let effects = close_turn(shared, Some(live));
         match result {
             Ok(reply) => self.commit_turn(host, shared, &request, &version, EndedTurn { effects, opened, reply }, started).await,
             Err(HandlerFailure::Returned(e)) => {
@@ -151,7 +159,8 @@ impl Core {
             // enqueued for this actor land (or fail).
             await_commits_in_flight(host, shared).await;
         }
-        if self.live.is_some() {
+        if self.live.is_some() || version.pre.is_workflow() {
+            // A workflow runs on a fresh instance per turn, made by its driver.
             ensure_state_loaded(host, shared).await?;
             return Ok(version);
         }
@@ -463,7 +472,7 @@ fn refuse_durable_control(request: &Request, control: Option<&Control>) -> Resul
 
 /// Opens the turn's effect layer and scope: the job or message it handles,
 /// and its call chain (re-entrant calls on it join this turn).
-fn open_turn(shared: &ActivationShared, live: &mut Live, control: Option<Control>, chain: ChainId) -> OpenedTurn {
+fn open_turn(shared: &ActivationShared, mut live: Option<&mut Live>, control: Option<Control>, chain: ChainId) -> OpenedTurn {
     let mut opened = OpenedTurn { inbox: None, effect_free_job: None };
     let mut state = shared.state.lock();
     // Reuse the vector: no allocation per turn.
@@ -472,13 +481,17 @@ fn open_turn(shared: &ActivationShared, live: &mut Live, control: Option<Control
     match control {
         Some(Control::Checkpoint(advance)) => state.layers[0].checkpoint = Some(advance),
         Some(Control::Job(job)) => {
-            live.store.data_mut().scope.job =
-                Some(JobScope { id: job.completion.id.clone(), attempt: job.attempt, lease: job.completion.lease.clone() });
+            if let Some(live) = live.as_mut() {
+                live.store.data_mut().scope.job =
+                    Some(JobScope { id: job.completion.id.clone(), attempt: job.attempt, lease: job.completion.lease.clone() });
+            }
             state.layers[0].job_done = Some(job.completion);
             opened.effect_free_job = Some(job.effect_free);
         }
         Some(Control::Inbox(InboxTurn { sender, message_id, .. })) => {
-            live.store.data_mut().scope.message = Some(message_id.clone());
+            if let Some(live) = live.as_mut() {
+                live.store.data_mut().scope.message = Some(message_id.clone());
+            }
             opened.inbox = Some((sender, message_id));
         }
         _ => {}
@@ -488,9 +501,11 @@ fn open_turn(shared: &ActivationShared, live: &mut Live, control: Option<Control
 }
 
 /// Closes the turn's scope and chain; its effects.
-fn close_turn(shared: &ActivationShared, live: &mut Live) -> TurnEffects {
-    live.store.data_mut().scope.job = None;
-    live.store.data_mut().scope.message = None;
+fn close_turn(shared: &ActivationShared, live: Option<&mut Live>) -> TurnEffects {
+    if let Some(live) = live {
+        live.store.data_mut().scope.job = None;
+        live.store.data_mut().scope.message = None;
+    }
     // Under the state lock, so a late nested turn either merged before
     // this or sees the chain closed and discards its effects.
     let mut state = shared.state.lock();

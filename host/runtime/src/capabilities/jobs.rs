@@ -36,6 +36,7 @@ impl Host for InstanceState {
     }
 
     async fn cancel(&mut self, id: String) -> Result<bool, GuestError> {
+        self.execution.allows_unless_workflow("cancel jobs")?;
         Ok(self.cancel_job(id).await?)
     }
 

@@ -10,24 +10,35 @@ mod log;
 mod outbox;
 mod runtime;
 mod state;
+mod workflow;
 
 use crate::error::{ActorError, ErrorKind};
 use crate::turn::InstanceState;
 
-/// Bindings generated from `wit/` for the `event-sourced` world: the
-/// `actor` world's imports and both exports. A plain actor lacks the
-/// `aggregate` export, so the exports are looked up one interface at a
-/// time (see [`ActorPre`]).
+/// Bindings generated from `wit/` for the `quark-host` world: every
+/// import, and every export a component may have. An actor has `handler`
+/// (and `aggregate` if it is event-sourced), a workflow `workflow-run`,
+/// so the exports are looked up one interface at a time (see [`ActorPre`]).
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../../wit",
-        world: "event-sourced",
+        world: "quark-host",
         imports: {
             "quark:actor/runtime.call": async,
             "quark:actor/journal.append": async,
             "quark:actor/journal.version": async,
             "quark:actor/journal.read": async,
             "quark:actor/jobs.cancel": async,
+            // A workflow's waits stop the guest (a trap the host sorts out).
+            "quark:actor/workflow.start-activity": trappable,
+            "quark:actor/workflow.start-child": trappable,
+            "quark:actor/workflow.await-all": async | trappable,
+            "quark:actor/workflow.await-any": async | trappable,
+            "quark:actor/workflow.sleep": trappable,
+            "quark:actor/workflow.wait-signal": trappable,
+            "quark:actor/workflow.now": trappable,
+            "quark:actor/workflow.random": trappable,
+            "quark:actor/workflow.continue-as-new": trappable,
         },
         exports: { default: async },
     });
@@ -35,9 +46,10 @@ pub(crate) mod bindings {
 
 pub(crate) use bindings::exports::quark::actor::aggregate::Guest as AggregateExport;
 pub(crate) use bindings::exports::quark::actor::handler::Guest as HandlerExport;
+pub(crate) use bindings::exports::quark::actor::workflow_run::Guest as WorkflowExport;
 pub(crate) use bindings::quark::actor::journal::{Event as GuestEvent, RecordedEvent as GuestRecordedEvent};
 pub(crate) use bindings::quark::actor::types::Error as GuestError;
-use bindings::exports::quark::actor::{aggregate, handler};
+use bindings::exports::quark::actor::{aggregate, handler, workflow_run};
 pub(crate) use journal::to_guest as to_guest_event;
 
 impl bindings::quark::actor::types::Host for InstanceState {}
@@ -45,44 +57,59 @@ impl bindings::quark::actor::types::Host for InstanceState {}
 /// The export an event-sourced actor adds.
 pub const AGGREGATE_EXPORT: &str = "quark:actor/aggregate@0.1.0";
 
+/// The export a workflow has instead of `handler`.
+pub const WORKFLOW_EXPORT: &str = "quark:actor/workflow-run@0.1.0";
+
 /// Adds every Quark capability, and the WASI interfaces Rust's standard
 /// library expects, to `linker`.
 pub(crate) fn add_to_linker(linker: &mut wasmtime::component::Linker<InstanceState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
-    bindings::EventSourced::add_to_linker::<InstanceState, wasmtime::component::HasSelf<InstanceState>>(linker, |state| state)?;
+    bindings::QuarkHost::add_to_linker::<InstanceState, wasmtime::component::HasSelf<InstanceState>>(linker, |state| state)?;
     Ok(())
 }
 
 /// A component linked and checked, ready to instantiate: its `handler`
-/// export, and its `aggregate` export if it is event-sourced.
+/// export, and its `aggregate` export if it is event-sourced; or, for a
+/// workflow, its `workflow-run` export.
 #[derive(Clone)]
 pub(crate) struct ActorPre {
     pre: wasmtime::component::InstancePre<InstanceState>,
-    handler: handler::GuestIndices,
+    handler: Option<handler::GuestIndices>,
     aggregate: Option<aggregate::GuestIndices>,
+    workflow: Option<workflow_run::GuestIndices>,
 }
 
 /// A live instance's exports.
 pub(crate) struct ActorInstance {
-    pub(crate) handler: HandlerExport,
+    /// An actor's entry point (none in a workflow).
+    pub(crate) handler: Option<HandlerExport>,
     pub(crate) aggregate: Option<AggregateExport>,
+    /// A workflow's entry point.
+    pub(crate) workflow: Option<WorkflowExport>,
 }
 
 impl ActorPre {
-    /// Finds the exports; fails when `handler` is missing or has the wrong
-    /// shape, or when `aggregate` is there with the wrong shape.
+    /// Finds the exports; fails when neither `handler` nor `workflow-run`
+    /// is there, or when one has the wrong shape.
     pub(crate) fn new(pre: wasmtime::component::InstancePre<InstanceState>) -> wasmtime::Result<Self> {
-        let handler = handler::GuestIndices::new(&pre)?;
-        let aggregate = match pre.component().get_export_index(None, AGGREGATE_EXPORT) {
-            None => None,
-            Some(_) => Some(aggregate::GuestIndices::new(&pre)?),
-        };
-        Ok(ActorPre { pre, handler, aggregate })
+        let exported = |name: &str| pre.component().get_export_index(None, name).is_some();
+        if exported(WORKFLOW_EXPORT) && !exported(crate::registry::HANDLER_EXPORT) {
+            let workflow = Some(workflow_run::GuestIndices::new(&pre)?);
+            return Ok(ActorPre { pre, handler: None, aggregate: None, workflow });
+        }
+        let handler = Some(handler::GuestIndices::new(&pre)?);
+        let aggregate = if exported(AGGREGATE_EXPORT) { Some(aggregate::GuestIndices::new(&pre)?) } else { None };
+        Ok(ActorPre { pre, handler, aggregate, workflow: None })
     }
 
     /// True when the component exports `aggregate`.
     pub(crate) fn is_event_sourced(&self) -> bool {
         self.aggregate.is_some()
+    }
+
+    /// True when the component is a workflow (it exports `workflow-run`).
+    pub(crate) fn is_workflow(&self) -> bool {
+        self.workflow.is_some()
     }
 
     /// Instantiates it in `store`.
@@ -91,9 +118,10 @@ impl ActorPre {
         mut store: impl wasmtime::AsContextMut<Data = InstanceState>,
     ) -> wasmtime::Result<ActorInstance> {
         let instance = self.pre.instantiate_async(&mut store).await?;
-        let handler = self.handler.load(&mut store, &instance)?;
+        let handler = self.handler.as_ref().map(|h| h.load(&mut store, &instance)).transpose()?;
         let aggregate = self.aggregate.as_ref().map(|a| a.load(&mut store, &instance)).transpose()?;
-        Ok(ActorInstance { handler, aggregate })
+        let workflow = self.workflow.as_ref().map(|w| w.load(&mut store, &instance)).transpose()?;
+        Ok(ActorInstance { handler, aggregate, workflow })
     }
 }
 

@@ -15,14 +15,14 @@ impl Host for InstanceState {
     }
 
     async fn call(&mut self, target: String, method: String, payload: Vec<u8>) -> Result<Vec<u8>, GuestError> {
-        self.refuse_in_sandbox()?;
+        self.execution.allows("call other actors")?;
         let target = ActorId::parse(&target)?;
         let request = self.outgoing(target, method, payload)?;
         Ok(self.host()?.ask_request(request).await?)
     }
 
     fn tell(&mut self, target: String, method: String, payload: Vec<u8>) -> Result<(), GuestError> {
-        self.refuse_in_sandbox()?;
+        self.execution.allows("tell other actors")?;
         let target = ActorId::parse(&target)?;
         let mut request = self.outgoing(target, method, payload)?;
         let host = self.host()?;
@@ -37,15 +37,10 @@ impl Host for InstanceState {
     }
 
     fn now(&mut self) -> u64 {
-        crate::storage::now_ms() as u64
-    }
-}
-
-impl InstanceState {
-    fn refuse_in_sandbox(&self) -> Result<(), GuestError> {
-        if self.sandbox {
-            return Err(GuestError::Rejected(format!("{} is replaying in a sandbox: it cannot message other actors", self.actor)));
+        match &self.execution {
+            // A workflow's clock is a recorded step, like WASI's.
+            crate::turn::Execution::Workflow(run) => crate::workflow::clocks::wall_ms(run),
+            _ => crate::storage::now_ms() as u64,
         }
-        Ok(())
     }
 }

@@ -24,10 +24,12 @@ fn check_key(key: &str) -> Result<(), GuestError> {
 
 impl Host for InstanceState {
     fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, GuestError> {
+        self.execution.allows_unless_workflow("use actor state")?;
         Ok(self.state_get(&key))
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), GuestError> {
+        self.execution.allows_unless_workflow("use actor state")?;
         check_key(&key)?;
         if value.len() > MAX_VALUE_BYTES {
             return Err(GuestError::LimitExceeded(format!(
@@ -39,11 +41,13 @@ impl Host for InstanceState {
     }
 
     fn delete(&mut self, key: String) -> Result<(), GuestError> {
+        self.execution.allows_unless_workflow("use actor state")?;
         check_key(&key)?;
         Ok(self.state_write(key, None)?)
     }
 
     fn keys(&mut self) -> Result<Vec<String>, GuestError> {
+        self.execution.allows_unless_workflow("use actor state")?;
         Ok(self.state_keys())
     }
 }

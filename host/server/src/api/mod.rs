@@ -6,6 +6,7 @@
 //! its store failed.
 
 pub mod types;
+mod workflows;
 
 use std::net::SocketAddr;
 
@@ -140,7 +141,8 @@ pub fn router_with(node: Node, access: ApiConfig) -> Router {
         .route("/jobs/{id}/cancel", post(cancel_job))
         .route("/jobs/{id}/retry", post(retry_job))
         .route("/outbox", get(list_messages).delete(purge_messages))
-        .route("/outbox/{id}/retry", post(retry_message));
+        .route("/outbox/{id}/retry", post(retry_message))
+        .merge(workflows::routes());
     let guarded = Router::new()
         .nest("/v1", v1)
         .route("/metrics", get(metrics))

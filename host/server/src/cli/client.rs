@@ -14,9 +14,9 @@ use crate::storage::jobs::JobRecord;
 use crate::storage::outbox::Destination;
 
 pub(super) struct Client {
-    base: String,
+    pub(super) base: String,
     token: Option<String>,
-    http: reqwest::Client,
+    pub(super) http: reqwest::Client,
 }
 
 impl Client {
@@ -24,7 +24,7 @@ impl Client {
         Client { base: server.trim_end_matches('/').to_string(), token, http: reqwest::Client::new() }
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    pub(super) async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let request = match &self.token {
             Some(t) => request.bearer_auth(t),
             None => request,
@@ -426,7 +426,7 @@ fn readable_bytes(bytes: &[u8]) -> String {
 }
 
 /// An RFC 3339 time for ms since the epoch.
-fn time_of(ms: i64) -> String {
+pub(super) fn time_of(ms: i64) -> String {
     let ms = ms.max(0) as u64;
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
 }

@@ -3,6 +3,7 @@
 
 mod client;
 mod scaffold;
+mod workflow;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -210,6 +211,13 @@ enum Command {
         remote: Remote,
         #[command(subcommand)]
         action: Option<ProjectionCommand>,
+    },
+    /// Durable workflows: start, status, signal, cancel, list, history, check.
+    Workflow {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        action: workflow::WorkflowCommand,
     },
 }
 
@@ -528,6 +536,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             client.add_projection(&name, &source, &target, &method).await
         }
         Command::Projections { action: Some(ProjectionCommand::Remove { name }), .. } => client.remove_projection(&name).await,
+        Command::Workflow { action, .. } => workflow::run(&client, action).await,
     }
 }
 
@@ -616,7 +625,8 @@ impl Command {
             | Command::Snapshot { remote, .. }
             | Command::Jobs { remote, .. }
             | Command::Outbox { remote, .. }
-            | Command::Projections { remote, .. } => Some(remote),
+            | Command::Projections { remote, .. }
+            | Command::Workflow { remote, .. } => Some(remote),
         }
     }
 }

@@ -305,6 +305,12 @@ impl<S: SqlStore> JobStore for S {
         Ok(())
     }
 
+    async fn expire_leases(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let sql = "UPDATE jobs SET lease_until_ms = $1 WHERE status = 'running' AND lease_until_ms >= $1";
+        let mut conn = self.writer().acquire().await?;
+        S::Db::execute(&mut conn, sql, &[(now_ms - 1).into()]).await
+    }
+
     async fn next_job_due(&self) -> Result<Option<i64>, StoreError> {
         // One equality per status, so each MIN reads one index entry (an IN
         // list made SQLite scan every waiting job).

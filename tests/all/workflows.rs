@@ -1,0 +1,325 @@
+//! Durable workflows (`wit/workflow.wit`): the order saga and the
+//! `wf-probe` test workflow on real hosts, through the same calls the HTTP
+//! API makes: each activity's effect once, compensations in reverse,
+//! signals, durable timers, fan-out, children, continue-as-new,
+//! cancellation, WASI clocks replayed, versions pinned, divergence caught,
+//! and kill -9 at the step boundaries of a real `quark serve`.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::cli_process::{Server, free_port, stderr, stdout};
+use crate::support::*;
+
+const COMPONENTS: &[(&str, &str)] = &[("counter", "counter"), ("shop", "shop"), ("order-saga", "order-saga"), ("wf-probe", "wf-probe")];
+
+fn to_json(bytes: Vec<u8>) -> Value {
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+async fn start(node: &quark::Node, workflow_type: &str, id: &str, input: Value) -> Value {
+    to_json(node.host().start_workflow(workflow_type, id, serde_json::to_vec(&input).unwrap()).await.unwrap())
+}
+
+async fn status(node: &quark::Node, id: &str) -> Value {
+    to_json(node.host().workflow_status(id).await.unwrap())
+}
+
+/// The status once it is no longer `running`.
+async fn finished(node: &quark::Node, id: &str) -> Value {
+    eventually(&format!("workflow {id} finishes"), async || status(node, id).await, |s| s["status"] != "running").await
+}
+
+async fn counter(node: &quark::Node, key: &str) -> i64 {
+    ask(node, &format!("counter/{key}"), "get", json!(null)).await.unwrap().as_i64().unwrap()
+}
+
+/// Each step of the saga runs once; when the charge is declined, the
+/// reservation is released (the compensation of the one step before it)
+/// and the workflow fails with the reason. The history shows the steps.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_order_saga_runs_each_step_once_and_compensates_in_reverse() {
+    let dir = tempdir().unwrap();
+    let node = host_with(dir.path(), COMPONENTS).await;
+    let done = start(&node, "order-saga", "o-1", json!({ "order": "o-1", "item": "book", "amount": 30 })).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["output"], json!({ "order": "o-1", "status": "shipped" }));
+    assert_eq!(done["custom_status"], json!({ "step": "done" }));
+    let declined = start(&node, "order-saga", "o-2", json!({ "order": "o-2", "item": "book", "amount": 5000 })).await;
+    assert_eq!(declined["status"], "failed", "{declined}");
+    assert!(declined["error"]["message"].as_str().unwrap().contains("card declined"), "{declined}");
+    let unobtainable = start(&node, "order-saga", "o-3", json!({ "order": "o-3", "item": "unobtainium", "amount": 5 })).await;
+    assert_eq!(unobtainable["status"], "failed", "{unobtainable}");
+    let ledger = ask(&node, "shop/main", "ledger", json!(null)).await.unwrap();
+    assert_eq!(
+        ledger["log"],
+        json!(["reserve o-1", "charge o-1", "ship o-1", "reserve o-2", "release o-2"]),
+        "o-3 reserved nothing, so it has nothing to undo"
+    );
+    // Starting an id again returns that instance and runs nothing.
+    let again = start(&node, "order-saga", "o-1", json!({ "order": "o-1", "item": "other", "amount": 1 })).await;
+    assert_eq!(again, done);
+    assert_eq!(ask(&node, "shop/main", "ledger", json!(null)).await.unwrap()["ran"]["reserve"], 2);
+    let history = to_json(node.host().workflow_history("o-2").await.unwrap());
+    let steps: Vec<(&str, &str)> =
+        history["steps"].as_array().unwrap().iter().map(|s| (s["kind"].as_str().unwrap(), s["detail"].as_str().unwrap())).collect();
+    assert_eq!(steps, [("activity", "shop/main reserve"), ("activity", "shop/main charge"), ("activity", "shop/main release")]);
+    assert!(history["steps"][1]["result"]["error"]["message"].as_str().unwrap().contains("card declined"));
+}
+
+/// A signal sent while the workflow waits for it wakes it; one sent before
+/// the wait begins (during a sleep) is kept and taken when it does; a
+/// wait with a timeout ends without one; a finished workflow refuses one.
+#[tokio::test(flavor = "multi_thread")]
+async fn signals_before_and_after_the_wait_and_their_timeouts() {
+    let dir = tempdir().unwrap();
+    let node = host_with(dir.path(), COMPONENTS).await;
+    let waiting = start(&node, "wf-probe", "s-after", json!({ "mode": "signal" })).await;
+    assert_eq!(waiting["status"], "running");
+    let woken = to_json(node.host().signal_workflow("s-after", "go", br#"{"approved": true}"#.to_vec()).await.unwrap());
+    assert_eq!(woken["status"], "completed", "{woken}");
+    assert_eq!(woken["output"], json!({ "signal": { "approved": true } }));
+
+    let sleeping = start(&node, "wf-probe", "s-before", json!({ "mode": "late-wait", "ms": 700 })).await;
+    assert_eq!(sleeping["status"], "running");
+    let still = to_json(node.host().signal_workflow("s-before", "go", b"42".to_vec()).await.unwrap());
+    assert_eq!(still["status"], "running", "the signal came during the sleep: kept for the wait");
+    assert_eq!(finished(&node, "s-before").await["output"], json!({ "signal": 42 }));
+
+    start(&node, "wf-probe", "s-timeout", json!({ "mode": "signal", "ms": 300 })).await;
+    assert_eq!(finished(&node, "s-timeout").await["output"], json!({ "signal": "timed out" }));
+    let refused = node.host().signal_workflow("s-timeout", "go", b"1".to_vec()).await.unwrap_err();
+    assert_eq!(refused.kind, quark::ErrorKind::Conflict, "{refused}");
+}
+
+/// A durable timer (a job) wakes a sleeping workflow; twenty activities
+/// started at once are all awaited; a child workflow's result (and its
+/// failure) reaches its parent; continue-as-new keeps each run's history
+/// to its own steps.
+#[tokio::test(flavor = "multi_thread")]
+async fn timers_fan_out_children_and_continue_as_new() {
+    let dir = tempdir().unwrap();
+    let node = host_with(dir.path(), COMPONENTS).await;
+    let slept = start(&node, "wf-probe", "t-sleep", json!({ "mode": "sleep", "key": "t", "ms": 400 })).await;
+    assert_eq!(slept["status"], "running");
+    assert_eq!((counter(&node, "t-before").await, counter(&node, "t-after").await), (1, 0));
+    assert_eq!(finished(&node, "t-sleep").await["status"], "completed");
+    assert_eq!((counter(&node, "t-before").await, counter(&node, "t-after").await), (1, 1));
+
+    let fan = start(&node, "wf-probe", "t-fan", json!({ "mode": "fan-out", "key": "f", "n": 20 })).await;
+    assert_eq!(fan["output"], json!({ "sum": 190 }), "{fan}");
+    for i in 0..20 {
+        assert_eq!(counter(&node, &format!("f-{i}")).await, i);
+    }
+
+    start(&node, "wf-probe", "t-child", json!({ "mode": "child", "key": "c", "n": 3 })).await;
+    assert_eq!(finished(&node, "t-child").await["output"], json!({ "child": { "steps": 3, "last": 1 } }));
+    assert_eq!(status(&node, "t-child-child").await["status"], "completed");
+    start(&node, "wf-probe", "t-orphan", json!({ "mode": "child", "n": 0 })).await;
+    let failed = finished(&node, "t-orphan").await;
+    assert_eq!(failed["status"], "failed");
+    assert!(failed["error"]["message"].as_str().unwrap().contains("failed on purpose"), "{failed}");
+
+    start(&node, "wf-probe", "t-forever", json!({ "mode": "forever", "key": "fv", "n": 6 })).await;
+    let done = finished(&node, "t-forever").await;
+    assert_eq!((done["status"].as_str(), done["run"].as_u64(), done["steps"].as_u64()), (Some("completed"), Some(6), Some(6)), "{done}");
+    let history = to_json(node.host().workflow_history("t-forever").await.unwrap());
+    assert_eq!(history["steps"].as_array().unwrap().len(), 1, "each run keeps only its own step: {history}");
+    assert_eq!(counter(&node, "fv").await, 6);
+}
+
+/// A cancelled workflow's wait fails with `cancelled`; it runs its
+/// compensation once and ends `cancelled`. Cancelling again changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancellation_runs_compensations_and_ends_cancelled() {
+    let dir = tempdir().unwrap();
+    let node = host_with(dir.path(), COMPONENTS).await;
+    assert_eq!(start(&node, "wf-probe", "c-1", json!({ "mode": "cancel", "key": "cx" })).await["status"], "running");
+    let cancelled = to_json(node.host().cancel_workflow("c-1").await.unwrap());
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    assert!(cancelled["error"]["message"].as_str().unwrap().starts_with("cancelled"));
+    let again = to_json(node.host().cancel_workflow("c-1").await.unwrap());
+    assert_eq!(again["status"], "cancelled");
+    assert_eq!((counter(&node, "cx-did").await, counter(&node, "cx-undid").await), (1, 1));
+}
+
+/// A workflow that reads WASI's wall clock and random numbers directly
+/// (`SystemTime::now`, `RandomState`) shows them, sleeps, and is run again
+/// from the start after the timer: it reads the very same values.
+#[tokio::test(flavor = "multi_thread")]
+async fn wasi_clocks_and_random_replay_identically() {
+    let dir = tempdir().unwrap();
+    let node = host_with(dir.path(), COMPONENTS).await;
+    let first = start(&node, "wf-probe", "k-1", json!({ "mode": "clock", "ms": 300 })).await;
+    let seen = first["custom_status"].clone();
+    assert!(seen["wall"].as_u64().unwrap() > 0 && seen["random"].is_string(), "{first}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let done = finished(&node, "k-1").await;
+    assert_eq!(done["output"], seen, "the replay read the recorded clock and the seeded random");
+    // A second instance reads other values (the seed is per instance).
+    let other = start(&node, "wf-probe", "k-2", json!({ "mode": "clock", "ms": 0 })).await;
+    assert_ne!(finished(&node, "k-2").await["output"]["random"], seen["random"], "{other}");
+    let kinds: Vec<String> = to_json(node.host().workflow_history("k-1").await.unwrap())["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{} {}", s["kind"].as_str().unwrap(), s["detail"].as_str().unwrap()))
+        .collect();
+    assert!(kinds.contains(&"clock wasi:wall".to_string()) && kinds.contains(&"clock now".to_string()), "{kinds:?}");
+}
+
+/// A new version: running instances stay on theirs (and finish on it),
+/// new ones start on it; `check` replays the running histories against it
+/// and names the first divergent step of each: a reordered activity, an
+/// added clock read.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_version_keeps_running_instances_on_theirs_and_check_finds_divergences() {
+    let dir = tempdir().unwrap();
+    let node = host_with(dir.path(), COMPONENTS).await;
+    start(&node, "wf-probe", "v-two", json!({ "mode": "two-steps", "key": "v" })).await;
+    start(&node, "wf-probe", "v-clock", json!({ "mode": "clock", "ms": 3_600_000 })).await;
+    start(&node, "wf-probe", "v-signal", json!({ "mode": "signal" })).await;
+    let v2 = node.host().deploy("wf-probe", component("wf-probe-v2"), manifest()).await.unwrap();
+    assert_eq!(v2.version.version, 2);
+    let check = node.host().check_workflow("wf-probe", 2).await.unwrap();
+    assert_eq!(check.checked, 3);
+    let mut found: Vec<(String, String)> = check.divergences.iter().map(|d| (d.id.clone(), d.message.clone())).collect();
+    found.sort();
+    assert_eq!(found.len(), 2, "v-signal's history fits v2: {found:?}");
+    assert_eq!(found[0].0, "v-clock");
+    assert!(found[0].1.contains("step 0") && found[0].1.contains("clock `wasi:wall`") && found[0].1.contains("clock `now`"), "{}", found[0].1);
+    assert_eq!(found[1].0, "v-two");
+    assert!(found[1].1.contains("step 0") && found[1].1.contains("counter/v-a") && found[1].1.contains("counter/v-b"), "{}", found[1].1);
+    assert!(node.host().check_workflow("wf-probe", 1).await.unwrap().divergences.is_empty());
+    // v-two goes on on v1 (a then b); a new one runs v2 (b then a).
+    let done = to_json(node.host().signal_workflow("v-two", "go", b"1".to_vec()).await.unwrap());
+    assert_eq!((done["status"].as_str(), done["version"].as_u64()), (Some("completed"), Some(1)), "{done}");
+    let new = start(&node, "wf-probe", "v-new", json!({ "mode": "two-steps", "key": "w" })).await;
+    assert_eq!(new["version"], 2);
+    let order: Vec<String> = to_json(node.host().workflow_history("v-new").await.unwrap())["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["detail"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(order[..2], ["counter/w-b increment".to_string(), "counter/w-a increment".to_string()]);
+}
+
+/// A history that no longer fits the code at run time (here its record
+/// is pointed at v2 in the store, as a broken deploy might) stops the
+/// instance `failed` with a `nondeterminism` error naming the step; the
+/// step it diverged at did not run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_that_diverges_at_run_time_stops_with_nondeterminism() {
+    let dir = tempdir().unwrap();
+    let node = host_with(dir.path(), COMPONENTS).await;
+    start(&node, "wf-probe", "d-1", json!({ "mode": "two-steps", "key": "d" })).await;
+    node.host().deploy("wf-probe", component("wf-probe-v2"), manifest()).await.unwrap();
+    node.host().deactivate_all();
+    let actor = id("wf-probe/d-1");
+    let state = node.host().store().load_state(&actor).await.unwrap();
+    let (_, record) = state.iter().find(|(k, _)| k == "wf").unwrap();
+    let mut record: Value = serde_json::from_slice(record).unwrap();
+    record["version"] = json!(2);
+    let write = quark::storage::StateWrite { key: "wf".into(), value: Some(serde_json::to_vec(&record).unwrap()) };
+    node.host().store().commit(&[quark::storage::TurnCommit::state_only(actor, vec![write])]).await.unwrap();
+    let stopped = to_json(node.host().signal_workflow("d-1", "go", b"1".to_vec()).await.unwrap());
+    assert_eq!(stopped["status"], "failed", "{stopped}");
+    assert_eq!(stopped["error"]["kind"], "nondeterminism");
+    assert!(stopped["error"]["message"].as_str().unwrap().contains("step 0"), "{stopped}");
+    assert_eq!((counter(&node, "d-a").await, counter(&node, "d-b").await), (1, 1), "nothing ran again");
+}
+
+/// Mistakes get clear errors, and nothing starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn workflow_mistakes_get_clear_errors() {
+    let dir = tempdir().unwrap();
+    let node = host_with(dir.path(), COMPONENTS).await;
+    let host = node.host();
+    let e = host.start_workflow("nope", "x", b"{}".to_vec()).await.unwrap_err();
+    assert_eq!(e.kind, quark::ErrorKind::NotFound, "{e}");
+    let e = host.start_workflow("counter", "x", b"{}".to_vec()).await.unwrap_err();
+    assert_eq!(e.kind, quark::ErrorKind::BadRequest, "{e}");
+    assert!(e.message.contains("not a workflow"), "{e}");
+    let e = host.workflow_status("never-started").await.unwrap_err();
+    assert_eq!(e.kind, quark::ErrorKind::NotFound, "{e}");
+    let e = ask(&node, "wf-probe/x", "increment", json!({})).await.unwrap_err();
+    assert_eq!(e.kind, quark::ErrorKind::NotFound, "{e}");
+    let bad = start(&node, "wf-probe", "bad-input", json!({ "nothing": true })).await;
+    assert_eq!(bad["status"], "failed");
+    assert!(bad["error"]["message"].as_str().unwrap().contains("mode"), "{bad}");
+    assert!(host.list_workflows(Some(quark::runtime::workflow::WorkflowStatus::Running), None).await.unwrap().is_empty());
+}
+
+/// kill -9 of a real `quark serve` at each step boundary of a workflow
+/// whose steps are an activity, ~90 ms of work and a timer: the host dies
+/// right after each activity committed and before the workflow recorded
+/// it. After each restart the workflow goes on from its history (the
+/// first time, the start itself was lost: starting again is idempotent),
+/// sends the activity again with the same message id, and the target's
+/// inbox answers it without running it: every activity took effect
+/// exactly once. The CLI shows it through `quark workflow`.
+#[test]
+fn kill9_at_each_step_boundary_runs_each_activity_exactly_once() {
+    const STEPS: usize = 5;
+    let dir = tempdir().unwrap();
+    let port = free_port();
+    let deploys: Vec<String> = ["counter=samples/counter.wasm", "wf-probe=test-actors/wf-probe.wasm"]
+        .iter()
+        .map(|d| {
+            let (name, file) = d.split_once('=').unwrap();
+            format!("{name}={}", root().join("target").join(file).display())
+        })
+        .collect();
+    let args: Vec<&str> = deploys.iter().flat_map(|d| ["--deploy", d.as_str()]).collect();
+    let mut server = Server::start_with(dir.path(), port, &args);
+    let input = json!({ "mode": "paced", "key": "k9", "n": STEPS, "ms": 100, "spin": 30 }).to_string();
+    let start = ["workflow", "start", "wf-probe", "--id", "k9", input.as_str()].map(String::from);
+    let url = server.url.clone();
+    // Its host dies before it answers.
+    let first_start = {
+        let start = start.clone();
+        std::thread::spawn(move || std::process::Command::new(&*crate::cli_process::QUARK).args(&start).env("QUARK_SERVER", url).output())
+    };
+    let count = |server: &Server, i: usize| {
+        crate::cli_process::reqwest::blocking_post(&format!("{}/v1/actors/counter/k9-{i}/get", server.url), "")
+            .and_then(|(code, body)| (code == 200).then(|| body.trim().parse::<i64>().unwrap_or(-1)))
+            .unwrap_or(0)
+    };
+    for i in 0..STEPS {
+        let committed = (0..30_000).any(|_| {
+            let done = count(&server, i) >= 1;
+            if !done {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            done
+        });
+        assert!(committed, "activity {i} never ran; log: {}", std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default());
+        server.kill9();
+        server = Server::start_with(dir.path(), port, &args);
+        if i == 0 {
+            let out = server.quark(&start.iter().map(String::as_str).collect::<Vec<_>>());
+            assert!(out.status.success(), "starting k9 again: {}", stderr(&out));
+        }
+    }
+    let _ = first_start.join();
+    let done = (0..600)
+        .find_map(|_| {
+            let status: Value = serde_json::from_str(&stdout(&server.quark(&["workflow", "status", "k9"]))).unwrap_or(Value::Null);
+            if status["status"] == "running" || status.is_null() {
+                std::thread::sleep(Duration::from_millis(100));
+                return None;
+            }
+            Some(status)
+        })
+        .expect("the workflow finished within a minute of the last restart");
+    assert_eq!(done["status"], "completed", "{done}");
+    for i in 0..STEPS {
+        assert_eq!(count(&server, i), 1, "activity {i} took effect once across {STEPS} kills");
+    }
+    let history = server.quark(&["workflow", "history", "k9"]);
+    assert!(stdout(&history).contains(&format!("counter/k9-{} increment", STEPS - 1)), "{}", stdout(&history));
+    let list = server.quark(&["workflow", "list", "--status", "completed"]);
+    assert!(stdout(&list).contains("k9"), "{}", stdout(&list));
+}
