@@ -3,7 +3,7 @@
 
 CARGO        ?= cargo
 WASM_TARGET  := wasm32-wasip2
-SAMPLES      := counter greeter bank accounts-summary reports transfer shop order-saga
+SAMPLES      := counter greeter bank accounts-summary reports transfer shop order-saga approval fan-out
 TEST_ACTORS  := misbehave pingpong no-handler counter-v2 ledger worker courier polyglot register chat wf-probe wf-probe-v2
 # Guests in other languages: a folder with app.py / app.js each.
 PY_SAMPLES   := counter-py

@@ -12,7 +12,14 @@ use serde_json::{Value, json};
 use crate::cli_process::{Server, free_port, stderr, stdout};
 use crate::support::*;
 
-const COMPONENTS: &[(&str, &str)] = &[("counter", "counter"), ("shop", "shop"), ("order-saga", "order-saga"), ("wf-probe", "wf-probe")];
+const COMPONENTS: &[(&str, &str)] = &[
+    ("counter", "counter"),
+    ("shop", "shop"),
+    ("order-saga", "order-saga"),
+    ("approval", "approval"),
+    ("fan-out", "fan-out"),
+    ("wf-probe", "wf-probe"),
+];
 
 fn to_json(bytes: Vec<u8>) -> Value {
     serde_json::from_slice(&bytes).unwrap()
@@ -66,6 +73,42 @@ async fn the_order_saga_runs_each_step_once_and_compensates_in_reverse() {
         history["steps"].as_array().unwrap().iter().map(|s| (s["kind"].as_str().unwrap(), s["detail"].as_str().unwrap())).collect();
     assert_eq!(steps, [("activity", "shop/main reserve"), ("activity", "shop/main charge"), ("activity", "shop/main release")]);
     assert!(history["steps"][1]["result"]["error"]["message"].as_str().unwrap().contains("card declined"));
+}
+
+/// The approval sample: without a decision in time it escalates and
+/// waits again; a decision then ends it; with none at all it gives up.
+/// The fan-out sample prices 1,000 items through activities started at
+/// once (past one checkpoint of 256 steps) and sums them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_approval_and_fan_out_samples() {
+    let dir = tempdir().unwrap();
+    let node = host_with(dir.path(), COMPONENTS).await;
+    let request = |id: &str| json!({ "request": id, "approver": "ada", "escalate_to": "grace", "timeout_ms": 400 });
+    assert_eq!(start(&node, "approval", "r-1", request("r-1")).await["custom_status"]["waiting_for"], "ada");
+    eventually("r-1 escalates", async || status(&node, "r-1").await, |s| s["custom_status"]["waiting_for"] == "grace").await;
+    node.host().signal_workflow("r-1", "decision", br#"{"approved": true, "by": "grace"}"#.to_vec()).await.unwrap();
+    let decided = finished(&node, "r-1").await;
+    assert_eq!(decided["output"], json!({ "request": "r-1", "approved": true, "by": "grace", "escalated": true }), "{decided}");
+    start(&node, "approval", "r-2", request("r-2")).await;
+    let gave_up = finished(&node, "r-2").await;
+    assert_eq!(gave_up["status"], "failed");
+    assert!(gave_up["error"]["message"].as_str().unwrap().contains("no decision"), "{gave_up}");
+    let log = ask(&node, "shop/main", "ledger", json!(null)).await.unwrap()["log"].clone();
+    assert_eq!(
+        log,
+        json!([
+            "notify ada: please decide on: r-1",
+            "notify grace: ada did not decide on r-1 in time: please decide",
+            "notify ada: please decide on: r-2",
+            "notify grace: ada did not decide on r-2 in time: please decide"
+        ])
+    );
+
+    start(&node, "fan-out", "f-1", json!({ "items": 1000 })).await;
+    let priced = finished(&node, "f-1").await;
+    let total: u64 = (0..1000u64).map(|i| i * 7 % 100 + 1).sum();
+    assert_eq!(priced["output"], json!({ "items": 1000, "total": total }), "{priced}");
+    assert_eq!(priced["steps"], 1000);
 }
 
 /// A signal sent while the workflow waits for it wakes it; one sent before
@@ -322,4 +365,50 @@ fn kill9_at_each_step_boundary_runs_each_activity_exactly_once() {
     assert!(stdout(&history).contains(&format!("counter/k9-{} increment", STEPS - 1)), "{}", stdout(&history));
     let list = server.quark(&["workflow", "list", "--status", "completed"]);
     assert!(stdout(&list).contains("k9"), "{}", stdout(&list));
+}
+
+/// A workflow in a cluster outlives its host: started through h0, moved to
+/// h1 mid-run (the migration of any actor), h1 killed with SIGKILL; the
+/// next timer runs it on h0 from its history, and each activity took
+/// effect once.
+async fn a_workflow_outlives_its_host(store: &str) {
+    const STEPS: usize = 6;
+    let mut cluster = tokio::task::block_in_place(|| crate::cluster_calls::Hosts::start(store, 2, &["--job-lease", "3s"]));
+    cluster.deploy(0, "counter", "samples/counter.wasm");
+    cluster.deploy(0, "wf-probe", "test-actors/wf-probe.wasm");
+    let http = reqwest::Client::new();
+    let h0 = cluster.urls[0].clone();
+    let input = json!({ "mode": "paced", "key": "m1", "n": STEPS, "ms": 300 });
+    let started = http.post(format!("{h0}/v1/workflows")).json(&json!({ "type": "wf-probe", "id": "m1", "input": input })).send().await.unwrap();
+    assert_eq!(started.status(), 200, "{}", started.text().await.unwrap());
+    let status = async || -> Value {
+        match http.get(format!("{h0}/v1/workflows/m1")).send().await {
+            Ok(r) if r.status() == 200 => r.json().await.unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    };
+    let moved = http.post(format!("{h0}/v1/cluster/migrations")).json(&json!({ "actor": "wf-probe/m1", "to": "h1" })).send().await.unwrap();
+    let (code, body) = (moved.status().as_u16(), moved.text().await.unwrap());
+    assert!(code == 200 || body.contains("served by h1 already"), "moving the workflow to h1: {code} {body}");
+    eventually("the workflow passes step 2", async || status().await, |s| s["custom_status"]["step"].as_u64().is_some_and(|n| n >= 2)).await;
+    let h1 = cluster.hosts[1].take().unwrap();
+    tokio::task::block_in_place(|| h1.kill9());
+    let done = eventually("the workflow finishes on h0", async || status().await, |s| s["status"] == "completed").await;
+    assert_eq!(done["output"], json!({ "steps": STEPS }), "{done}; h0's log: {}", cluster.log(0));
+    for i in 0..STEPS {
+        let reply = http.post(format!("{h0}/v1/actors/counter/m1-{i}/get")).send().await.unwrap().text().await.unwrap();
+        assert_eq!(reply.trim(), "1", "activity {i} took effect once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workflow_outlives_its_host_on_postgres() {
+    let Some(store) = shared_store_url("postgres", "a_workflow_outlives_its_host_on_postgres").await else { return };
+    a_workflow_outlives_its_host(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workflow_outlives_its_host_on_redis() {
+    let Some(store) = shared_store_url("redis", "a_workflow_outlives_its_host_on_redis").await else { return };
+    a_workflow_outlives_its_host(&store).await;
 }

@@ -27,6 +27,17 @@ struct OrderRef {
     order: String,
 }
 
+#[derive(Deserialize)]
+struct Notify {
+    to: String,
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct Price {
+    item: u32,
+}
+
 /// Counts one run of `operation` for `order`.
 fn record(operation: &str, order: &str) -> Result<u64> {
     let key = format!("ran/{operation}");
@@ -72,6 +83,17 @@ impl Shop {
         Ok(json!({ "order": order, "shipped": true }))
     }
 
+    /// Sends a person a message (here: keeps it in the log).
+    fn notify(Notify { to, message }: Notify) -> Result<Value> {
+        record("notify", &format!("{to}: {message}"))?;
+        Ok(json!({ "notified": to }))
+    }
+
+    /// The price of item `item` (no state: a pure lookup).
+    fn price(Price { item }: Price) -> Result<u64> {
+        Ok(u64::from(item) * 7 % 100 + 1)
+    }
+
     fn ledger(_: ()) -> Result<Value> {
         let mut ran = serde_json::Map::new();
         for key in state::keys()? {
@@ -83,4 +105,4 @@ impl Shop {
     }
 }
 
-quark_sdk::actor!(Shop { reserve, release, charge, refund, ship, ledger });
+quark_sdk::actor!(Shop { reserve, release, charge, refund, ship, notify, price, ledger });

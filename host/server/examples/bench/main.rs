@@ -21,6 +21,7 @@ mod locality;
 mod memory;
 mod queues;
 mod relay;
+mod workflows;
 
 mod raw {
     wasmtime::component::bindgen!({
@@ -759,6 +760,18 @@ async fn run_parts() {
         // The default lease, and a short one: the time is the lease's.
         for lease in ["10s", "2s"] {
             cluster::failover_bench(dir.path(), &pg_url, lease).await;
+        }
+    }
+    if wanted("workflows") {
+        let sub = dir.path().join("workflows");
+        for d in ["sqlite", "postgres"] {
+            std::fs::create_dir_all(sub.join(d)).unwrap();
+        }
+        let sqlite: Arc<dyn Store> = Arc::new(SqliteStore::open(&sub.join("workflows.db")).await.unwrap());
+        workflows::workflows_bench(sqlite, &sub.join("sqlite"), "SQLite").await;
+        match PostgresStore::connect(&pg_url(), Some(&format!("quark_bench_workflows_{}", std::process::id()))).await {
+            Ok(pg) => workflows::workflows_bench(Arc::new(pg), &sub.join("postgres"), "PostgreSQL").await,
+            Err(e) => println!("SKIP workflows on PostgreSQL: {e}"),
         }
     }
     if wanted("languages") {

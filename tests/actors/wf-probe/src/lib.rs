@@ -22,6 +22,9 @@ struct Input {
     /// widens the window between an activity's commit and the workflow's.
     #[serde(default)]
     spin: u32,
+    /// `steps`: then wait for the signal `go` (to time a replay).
+    #[serde(default)]
+    wait: bool,
 }
 
 /// Deterministic busy work (no clock, no host call).
@@ -49,6 +52,9 @@ impl Probe {
                 for i in 0..input.n {
                     workflow::set_status(&json!({ "step": i }));
                     last = bump(&format!("counter/{key}-{i}"))?;
+                }
+                if input.wait {
+                    workflow::wait_signal::<Value>("go", None)?;
                 }
                 Ok(json!({ "steps": input.n, "last": last }))
             }
