@@ -6,7 +6,7 @@ WASM_TARGET  := wasm32-wasip2
 SAMPLES      := counter greeter bank accounts-summary reports transfer shop order-saga approval fan-out
 TEST_ACTORS  := misbehave pingpong no-handler counter-v2 ledger worker courier polyglot register chat wf-probe wf-probe-v2
 # Guests in other languages: a folder with app.py / app.js each.
-PY_SAMPLES   := counter-py
+PY_SAMPLES   := counter-py order-saga-py
 JS_SAMPLES   := counter-js
 PY_TEST_ACTORS := polyglot-py account-py
 JS_TEST_ACTORS := polyglot-js account-js

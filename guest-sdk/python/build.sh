@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds a Python actor into a wasm component:
 #   bash guest-sdk/python/build.sh samples/counter-py target/samples/counter-py.wasm
-# The folder holds `app.py`, which assigns `Handler = quark.export(...)`.
+# The folder holds `app.py`, which assigns `Handler = quark.export(...)`
+# (an actor) or `WorkflowRun = quark.workflow.export(run)` (a workflow).
 #
 # componentize-py is installed on first use into guest-sdk/python/.venv
 # (pip, pinned in requirements.txt). When it cannot be installed (no
@@ -31,9 +32,11 @@ if [ -f "$out" ] && [ -z "$(find "$src" "$here/quark" "$root/wit" -newer "$out" 
   exit 0
 fi
 # An app that exports `Aggregate` (quark.export_event_sourced) is built
-# against the `event-sourced` world, any other against `actor`.
+# against the `event-sourced` world, one that exports `WorkflowRun`
+# (quark.workflow.export) against `durable-workflow`, any other against `actor`.
 world=actor
 grep -Eq '^[^#]*\bAggregate\b.*=' "$src/app.py" && world=event-sourced
+grep -Eq '^[^#]*\bWorkflowRun\b *=' "$src/app.py" && world=durable-workflow
 echo ">> building $out from $src/app.py (componentize-py, world $world)"
 mkdir -p "$(dirname "$out")"
 "$tool" -d "$root/wit" -w "$world" componentize app -p "$src" -p "$here" -o "$out.tmp" >/dev/null

@@ -32,7 +32,13 @@ impl Server {
     }
 
     pub(crate) fn start_with(data_dir: &Path, port: u16, extra: &[&str]) -> Server {
+        Server::start_with_env(data_dir, port, extra, &[])
+    }
+
+    /// [`Server::start_with`], with `env` set in the server's environment.
+    pub(crate) fn start_with_env(data_dir: &Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let child = Command::new(&*QUARK)
+            .envs(env.iter().copied())
             .args(["serve", "--data-dir"])
             .arg(data_dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])

@@ -290,3 +290,75 @@ async fn python_and_javascript_event_sourced_actors_fold_their_events() {
         assert_eq!((state["balance"].clone(), state["operations"].clone()), (json!(100), json!(1)), "{name}: {state}");
     }
 }
+
+/// The order saga written in Python (`samples/order-saga-py`, the
+/// `durable-workflow` world): the same steps as the Rust one, each once;
+/// a large order waits for a person's signal, which the instance takes
+/// after being replayed from its history on a fresh instance (Python's
+/// own clock reads included); a declined charge and a missed approval
+/// release the reservation; a bad input is the caller's error.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_python_workflow_replays_its_history_and_compensates() {
+    let Some(components) = guests(&["order-saga-py"], "a_python_workflow_replays_its_history_and_compensates") else {
+        return;
+    };
+    let dir = crate::support::tempdir().unwrap();
+    let host = host_with_shared_compiled_cache(dir.path()).await;
+    deploy(&host, "shop", component("shop"), manifest()).await.unwrap();
+    deploy(&host, "order-saga", component("order-saga"), manifest()).await.unwrap();
+    let python = components.into_iter().next().unwrap();
+    deploy(&host, "order-saga-py", python, Manifest::parse(Some("128MiB"), None).unwrap()).await.unwrap();
+    let start = async |workflow_type: &str, id: &str, input: Value| -> Value {
+        let reply = host.host().start_workflow(workflow_type, id, serde_json::to_vec(&input).unwrap()).await.unwrap();
+        serde_json::from_slice(&reply).unwrap()
+    };
+    let status = async |id: &str| -> Value { serde_json::from_slice(&host.host().workflow_status(id).await.unwrap()).unwrap() };
+    let history = async |id: &str| -> Vec<(String, String)> {
+        let h: Value = serde_json::from_slice(&host.host().workflow_history(id).await.unwrap()).unwrap();
+        h["steps"].as_array().unwrap().iter().map(|s| (s["kind"].as_str().unwrap().to_string(), s["detail"].as_str().unwrap().to_string())).collect()
+    };
+
+    // A small order: three activities, the same history as the Rust saga's.
+    let order = |id: &str, amount: i64| json!({ "order": id, "item": "book", "amount": amount, "shop": format!("shop/{id}") });
+    let done = start("order-saga-py", "p-1", order("p-1", 30)).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["output"], json!({ "order": "p-1", "status": "shipped" }));
+    start("order-saga", "r-1", order("r-1", 30)).await;
+    let shape = |steps: Vec<(String, String)>, id: &str| steps.into_iter().map(|(k, d)| (k, d.replace(id, "X"))).collect::<Vec<_>>();
+    assert_eq!(shape(history("p-1").await, "p-1"), shape(history("r-1").await, "r-1"), "Python and Rust record the same steps");
+    let ledger = async |id: &str| ask(&host, &format!("shop/{id}"), "ledger", json!(null)).await.unwrap()["log"].clone();
+    assert_eq!(ledger("p-1").await, json!(["reserve p-1", "charge p-1", "ship p-1"]));
+
+    // A large order waits for a signal; the instance is unloaded, so the
+    // signal's turn replays the run from the history on a fresh instance.
+    let waiting = start("order-saga-py", "p-2", order("p-2", 900)).await;
+    assert_eq!(waiting["status"], "running", "{waiting}");
+    assert_eq!(waiting["custom_status"], json!({ "step": "approval" }));
+    host.host().deactivate_all();
+    host.host().signal_workflow("p-2", "approved", br#"{"ok": true}"#.to_vec()).await.unwrap();
+    let approved = eventually("p-2 finishes", async || status("p-2").await, |s| s["status"] != "running").await;
+    assert_eq!(approved["status"], "completed", "{approved}");
+    assert_eq!(ledger("p-2").await, json!(["reserve p-2", "charge p-2", "ship p-2"]), "each step once across the replay");
+    let kinds: Vec<String> = history("p-2").await.into_iter().map(|(k, _)| k).collect();
+    assert!(kinds.contains(&"signal".to_string()), "{kinds:?}");
+
+    // A declined charge (the shop's limit is 1,000) releases the reservation.
+    let declined = start("order-saga-py", "p-3", json!({ "order": "p-3", "item": "car", "amount": 5000, "approve_above": 10000, "shop": "shop/p-3" })).await;
+    assert_eq!(declined["status"], "failed", "{declined}");
+    assert!(declined["error"]["message"].as_str().unwrap().contains("card declined"), "{declined}");
+    assert!(declined["error"]["message"].as_str().unwrap().contains("compensated"), "{declined}");
+    assert_eq!(ledger("p-3").await, json!(["reserve p-3", "release p-3"]));
+
+    // No approval in time: a durable timer ends the wait, then the release.
+    start("order-saga-py", "p-4", json!({ "order": "p-4", "item": "boat", "amount": 900, "approve_within": 0.3, "shop": "shop/p-4" })).await;
+    let late = eventually("p-4 gives up", async || status("p-4").await, |s| s["status"] != "running").await;
+    assert_eq!(late["status"], "failed", "{late}");
+    assert!(late["error"]["message"].as_str().unwrap().contains("no approval in time"), "{late}");
+    assert_eq!(ledger("p-4").await, json!(["reserve p-4", "release p-4"]));
+
+    // A missing field is the caller's mistake, named.
+    let bad = start("order-saga-py", "p-5", json!({ "item": "book" })).await;
+    assert_eq!(bad["status"], "failed", "{bad}");
+    assert_eq!(bad["error"]["kind"], "bad-request", "{bad}");
+    assert!(bad["error"]["message"].as_str().unwrap().contains("`order`"), "{bad}");
+}

@@ -412,3 +412,65 @@ async fn a_workflow_outlives_its_host_on_redis() {
     let Some(store) = shared_store_url("redis", "a_workflow_outlives_its_host_on_redis").await else { return };
     a_workflow_outlives_its_host(&store).await;
 }
+
+/// The order saga with the real binary SIGKILLed at every step boundary:
+/// for each step N, a host started with `QUARK_TEST_PAUSE_AFTER_STEP=N`
+/// stops right after step N's activity committed and before the workflow
+/// recorded it, and is killed there. Each restart starts the saga again
+/// (the start was never answered; starting is idempotent), replays it,
+/// and sends the earlier activities again with the same message ids; the
+/// shop's inbox answers them without running them. An order that ships
+/// and one whose charge is declined (its compensation, the release, is
+/// one of the boundaries): every activity and every compensation took
+/// effect exactly once.
+#[test]
+fn kill9_at_every_step_boundary_of_the_order_saga() {
+    let dir = tempdir().unwrap();
+    let port = free_port();
+    let deploys: Vec<String> = ["shop=samples/shop.wasm", "order-saga=samples/order-saga.wasm"]
+        .iter()
+        .map(|d| {
+            let (name, file) = d.split_once('=').unwrap();
+            format!("{name}={}", root().join("target").join(file).display())
+        })
+        .collect();
+    let args: Vec<&str> = deploys.iter().flat_map(|d| ["--deploy", d.as_str()]).collect();
+    let log = || std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
+    for (order, amount, ran) in [
+        ("o-ship", 30, json!({ "reserve": 1, "charge": 1, "ship": 1 })),
+        ("o-declined", 5000, json!({ "reserve": 1, "release": 1 })),
+    ] {
+        let input = json!({ "order": order, "item": "book", "amount": amount, "shop": format!("shop/{order}") }).to_string();
+        let start: Vec<String> = ["workflow", "start", "order-saga", "--id", order, input.as_str()].map(String::from).to_vec();
+        for step in 0..3 {
+            let pause = step.to_string();
+            let server = Server::start_with_env(dir.path(), port, &args, &[("QUARK_TEST_PAUSE_AFTER_STEP", &pause)]);
+            // The start never gets its answer: its host stops at the boundary.
+            let (start, url) = (start.clone(), server.url.clone());
+            let hanging =
+                std::thread::spawn(move || std::process::Command::new(&*crate::cli_process::QUARK).args(&start).env("QUARK_SERVER", url).output());
+            let line = format!("workflow {order} got the reply of step {step}; paused");
+            let paused = (0..1500).any(|_| {
+                let seen = log().contains(&line);
+                if !seen {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                seen
+            });
+            assert!(paused, "{order} never reached the end of step {step}; log: {}", log());
+            server.kill9();
+            let _ = hanging.join();
+        }
+        let server = Server::start_with(dir.path(), port, &args);
+        let out = server.quark(&start.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "starting {order} after the last kill: {}", stderr(&out));
+        let done: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let expected = if amount > 1000 { "failed" } else { "completed" };
+        assert_eq!(done["status"], expected, "{done}");
+        let (code, ledger) = crate::cli_process::reqwest::blocking_post(&format!("{}/v1/actors/shop/{order}/ledger", server.url), "").unwrap();
+        assert_eq!(code, 200, "{ledger}");
+        let ledger: Value = serde_json::from_str(&ledger).unwrap();
+        assert_eq!(ledger["ran"], ran, "{order}: each activity and compensation once across three kills: {ledger}");
+        server.kill9();
+    }
+}

@@ -20,6 +20,10 @@ method returns; raising discards them. Raise one of this module's errors
 (`Rejected`, `NotFound`...) to answer with that error; any other exception
 answers `internal` with its type and message.
 
+A workflow is a function of its input, replayed from its history after a
+crash or a wait: see `quark.workflow` (`WorkflowRun =
+quark.workflow.export(run)`).
+
 An event-sourced actor subclasses `quark.EventSourced` (state as the fold
 of its events) and is exported with `Handler, Aggregate =
 quark.export_event_sourced(Account)`.
@@ -37,13 +41,19 @@ import json
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from componentize_py_types import Err
-from wit_world.imports import jobs as _jobs
-from wit_world.imports import journal as _journal
 from wit_world.imports import log as _log
-from wit_world.imports import outbox as _outbox
-from wit_world.imports import runtime as _runtime
-from wit_world.imports import state as _state
 from wit_world.imports import types as _types
+
+try:
+    from wit_world.imports import jobs as _jobs
+    from wit_world.imports import journal as _journal
+    from wit_world.imports import outbox as _outbox
+    from wit_world.imports import runtime as _runtime
+    from wit_world.imports import state as _state
+except ImportError:
+    # A workflow (the `durable-workflow` world, see `quark.workflow`) has
+    # no actor capabilities: its effects go through activities.
+    _jobs = _journal = _outbox = _runtime = _state = None
 
 __all__ = [
     "Actor", "export", "EventSourced", "export_event_sourced", "state", "log", "journal", "jobs", "outbox", "call", "tell", "self_id", "self_key", "caller", "now_ms",
@@ -243,7 +253,7 @@ class journal:
         _journal.request_snapshot()
 
 
-_CATCH_UP = {"once": _jobs.CatchUp.ONCE, "all": _jobs.CatchUp.ALL, "skip": _jobs.CatchUp.SKIP}
+_CATCH_UP = {} if _jobs is None else {"once": _jobs.CatchUp.ONCE, "all": _jobs.CatchUp.ALL, "skip": _jobs.CatchUp.SKIP}
 
 
 class jobs:

@@ -206,52 +206,14 @@ impl InstanceState {
     /// version of the last one.
     pub(crate) async fn journal_append(&mut self, events: Vec<crate::capabilities::GuestEvent>) -> Result<u64, ActorError> {
         self.execution.allows("append events")?;
-        for e in &events {
-            if e.event_type.is_empty() || e.event_type.len() > MAX_EVENT_TYPE_BYTES {
-                return Err(ActorError::rejected(format!(
-                    "an event type must be 1 to {MAX_EVENT_TYPE_BYTES} bytes, not {}",
-                    e.event_type.len()
-                )));
-            }
-            if e.data.len() > MAX_EVENT_BYTES {
-                return Err(ActorError::limit_exceeded(format!(
-                    "event `{}` is {} bytes; the limit is {MAX_EVENT_BYTES}",
-                    e.event_type,
-                    e.data.len()
-                )));
-            }
-        }
         ensure_journal_loaded(&self.host()?, &self.activation).await?;
-        let recorded_at_ms = crate::storage::now_ms();
-        let causation_id = format!("{:x}-{:x}", *PROCESS_EPOCH_MS, self.scope.turn);
-        let correlation_id = self.scope.chain.to_string();
-        let caller = self.scope.caller.as_ref().map(ToString::to_string);
-        let mut state = self.activation.state.lock();
-        let visible = state.layers.len().min(self.layer + 1);
-        let buffered: usize = state.layers[..visible].iter().map(|l| l.events.len()).sum();
-        if buffered + events.len() > MAX_EVENTS_PER_TURN {
-            return Err(ActorError::limit_exceeded(format!("a turn may append at most {MAX_EVENTS_PER_TURN} events")));
-        }
-        let base = state.journal.version + buffered as u64;
-        charge(&mut state.layers, self.layer, events.iter().map(|e| e.data.len() + e.event_type.len()).sum())?;
-        let Some(layer) = state.layers.get_mut(self.layer) else {
-            return Err(ActorError::timeout("this turn has already ended"));
+        let origin = EventOrigin {
+            correlation_id: self.scope.chain.to_string(),
+            causation_id: format!("{:x}-{:x}", *PROCESS_EPOCH_MS, self.scope.turn),
+            caller: self.scope.caller.as_ref().map(ToString::to_string),
+            method: self.scope.method.clone(),
         };
-        let count = events.len() as u64;
-        for (i, e) in events.into_iter().enumerate() {
-            layer.events.push(crate::storage::EventRecord {
-                version: base + i as u64 + 1,
-                event_type: e.event_type,
-                schema_version: e.schema_version,
-                data: e.data,
-                recorded_at_ms,
-                correlation_id: correlation_id.clone(),
-                causation_id: causation_id.clone(),
-                caller: caller.clone(),
-                method: self.scope.method.clone(),
-            });
-        }
-        Ok(base + count)
+        buffer_events(&self.activation, self.layer, events, origin)
     }
 
     /// The actor's journal version as this turn sees it.
@@ -423,7 +385,7 @@ pub(crate) const MAX_TURN_BYTES: usize = 32 << 20;
 
 /// Charges `bytes` to `layer` (one of the actor's effect layers), or fails
 /// with `limit-exceeded` if the layers it sees would pass [`MAX_TURN_BYTES`].
-fn charge(layers: &mut [super::activation::TurnEffects], layer: usize, bytes: usize) -> Result<(), ActorError> {
+pub(crate) fn charge(layers: &mut [super::activation::TurnEffects], layer: usize, bytes: usize) -> Result<(), ActorError> {
     let visible = layers.len().min(layer + 1);
     let used: usize = layers[..visible].iter().map(|l| l.bytes).sum();
     if used + bytes > MAX_TURN_BYTES {
@@ -453,6 +415,64 @@ pub(crate) const MAX_EVENT_BYTES: usize = 1 << 20;
 
 /// Most events one turn may append: they sit in memory until it commits.
 const MAX_EVENTS_PER_TURN: usize = 10_000;
+
+/// Where the events of one append come from (stored with each).
+#[derive(Default)]
+pub(crate) struct EventOrigin {
+    pub(crate) correlation_id: String,
+    pub(crate) causation_id: String,
+    pub(crate) caller: Option<String>,
+    pub(crate) method: String,
+}
+
+/// Buffers `events` in effect layer `layer` of `activation` (its journal
+/// version loaded), within the per-turn limits: the version of the last.
+pub(crate) fn buffer_events(
+    activation: &ActivationShared,
+    layer: usize,
+    events: Vec<crate::capabilities::GuestEvent>,
+    origin: EventOrigin,
+) -> Result<u64, ActorError> {
+    for e in &events {
+        if e.event_type.is_empty() || e.event_type.len() > MAX_EVENT_TYPE_BYTES {
+            return Err(ActorError::rejected(format!("an event type must be 1 to {MAX_EVENT_TYPE_BYTES} bytes, not {}", e.event_type.len())));
+        }
+        if e.data.len() > MAX_EVENT_BYTES {
+            return Err(ActorError::limit_exceeded(format!(
+                "event `{}` is {} bytes; the limit is {MAX_EVENT_BYTES}",
+                e.event_type,
+                e.data.len()
+            )));
+        }
+    }
+    let recorded_at_ms = crate::storage::now_ms();
+    let mut state = activation.state.lock();
+    let visible = state.layers.len().min(layer + 1);
+    let buffered: usize = state.layers[..visible].iter().map(|l| l.events.len()).sum();
+    if buffered + events.len() > MAX_EVENTS_PER_TURN {
+        return Err(ActorError::limit_exceeded(format!("a turn may append at most {MAX_EVENTS_PER_TURN} events")));
+    }
+    let base = state.journal.version + buffered as u64;
+    charge(&mut state.layers, layer, events.iter().map(|e| e.data.len() + e.event_type.len()).sum())?;
+    let Some(effects) = state.layers.get_mut(layer) else {
+        return Err(ActorError::timeout("this turn has already ended"));
+    };
+    let count = events.len() as u64;
+    for (i, e) in events.into_iter().enumerate() {
+        effects.events.push(crate::storage::EventRecord {
+            version: base + i as u64 + 1,
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            data: e.data,
+            recorded_at_ms,
+            correlation_id: origin.correlation_id.clone(),
+            causation_id: origin.causation_id.clone(),
+            caller: origin.caller.clone(),
+            method: origin.method.clone(),
+        });
+    }
+    Ok(base + count)
+}
 
 /// Loads the actor's journal version the first time a turn needs it.
 pub(crate) async fn ensure_journal_loaded(host: &Host, activation: &ActivationShared) -> Result<(), ActorError> {

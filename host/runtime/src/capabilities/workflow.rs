@@ -103,9 +103,26 @@ async fn settle(run: &SharedRun, seq: u32) -> Result<Answer, Stop> {
         Ok(reply) => StepResult::Ok(reply),
         Err(e) => StepResult::Err(WorkflowError::from(&e)),
     };
+    pause_for_crash_test(run, seq).await;
     let mut r = run.lock();
     r.resolve(seq as usize, result.clone());
     Ok(answer(&result).unwrap_or_else(|| Err(GuestError::Internal("no reply".into()))))
+}
+
+/// A fault-injection point for the crash tests: with
+/// `QUARK_TEST_PAUSE_AFTER_STEP=N` in its environment, a host that gets
+/// the reply of step N live (the activity committed, the workflow has not
+/// recorded it) logs it and stops there, for the test to SIGKILL it at
+/// exactly that boundary. Unset (always, outside those tests), it is one
+/// branch.
+async fn pause_for_crash_test(run: &SharedRun, seq: u32) {
+    static PAUSE_AT: std::sync::LazyLock<Option<u32>> =
+        std::sync::LazyLock::new(|| std::env::var("QUARK_TEST_PAUSE_AFTER_STEP").ok().and_then(|v| v.parse().ok()));
+    if *PAUSE_AT == Some(seq) {
+        let id = run.lock().record.id.clone();
+        tracing::warn!("QUARK_TEST_PAUSE_AFTER_STEP: workflow {id} got the reply of step {seq}; paused for the crash test");
+        std::future::pending::<()>().await;
+    }
 }
 
 /// A recorded reply as the guest gets it.

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::driver::{execute, load_steps};
 use super::run::Stop;
-use super::{RECORD_KEY, SignalRequest, StartRequest, WorkflowStatus, method};
+use super::{SignalRequest, StartRequest, WorkflowStatus, method};
 use crate::activation::ActivationShared;
 use crate::{ActorError, ActorId, Host};
 
@@ -80,7 +80,9 @@ impl Host {
     }
 
     /// The instance `id` names: `type/id`, or an id looked up among the
-    /// workflow types (the first that has it).
+    /// workflow types (the first that has it). An instance's start commits
+    /// its first status event, so the head of its journal (one row, read
+    /// without activating it) says whether it exists.
     async fn workflow_ask(&self, id: &str, workflow_method: &str, body: Vec<u8>) -> Result<Vec<u8>, ActorError> {
         if id.contains('/') {
             let actor = ActorId::parse(id)?;
@@ -89,7 +91,7 @@ impl Host {
         }
         for workflow_type in self.workflow_types() {
             let actor = ActorId::new(&workflow_type, id)?;
-            if self.store().load_state(&actor).await?.iter().any(|(k, _)| k == RECORD_KEY) {
+            if self.store().journal_head(&actor).await? > 0 {
                 return self.ask(actor, workflow_method, body).await;
             }
         }

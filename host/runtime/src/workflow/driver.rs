@@ -121,7 +121,10 @@ pub(crate) async fn turn(host: &Host, shared: &Arc<ActivationShared>, request: &
     record.updated_ms = crate::storage::now_ms();
     let before = if fresh { None } else { Some(record.status) };
     let (run, ended) = execute(host, shared, record, steps, false).await?;
-    let mut run = Arc::try_unwrap(run).map(Mutex::into_inner).unwrap_or_else(|shared| clone_run(&shared));
+    // `execute` dropped the instance, the only other holder of the run.
+    let mut run = Arc::try_unwrap(run)
+        .map(Mutex::into_inner)
+        .map_err(|_| ActorError::internal(format!("workflow {id}: its run is still shared after its instance ended")))?;
     if let Some(seq) = resolved {
         run.dirty.insert(seq);
     }
@@ -187,18 +190,6 @@ pub(crate) async fn execute(
     };
     drop(live);
     Ok((run, ended))
-}
-
-/// A run's state once its guest is gone (the in-flight calls are shared).
-fn clone_run(shared: &super::SharedRun) -> WorkflowRun {
-    let r = shared.lock();
-    let mut run = WorkflowRun::new(r.record.clone(), r.steps.clone(), std::time::Duration::ZERO, r.check_only);
-    run.cursor = r.cursor;
-    run.dirty = r.dirty.clone();
-    run.stop = r.stop.clone();
-    run.timers = r.timers.clone();
-    run.children = r.children.clone();
-    run
 }
 
 /// Writes what the run did into the turn's effects: its steps, its
@@ -342,11 +333,14 @@ fn read(shared: &ActivationShared, key: &str) -> Option<Vec<u8>> {
     }
 }
 
+/// Buffers a state write in the turn's effects, charged to its byte limit.
 fn write(shared: &ActivationShared, key: String, value: Option<Vec<u8>>) -> Result<(), ActorError> {
     let mut state = shared.state.lock();
-    let layer = state.layers.first_mut().ok_or_else(|| ActorError::timeout("this turn has already ended"))?;
-    layer.bytes += key.len() + value.as_ref().map_or(0, Vec::len);
-    layer.writes.insert(key, value);
+    if state.layers.is_empty() {
+        return Err(ActorError::timeout("this turn has already ended"));
+    }
+    crate::turn::charge(&mut state.layers, 0, key.len() + value.as_ref().map_or(0, Vec::len))?;
+    state.layers[0].writes.insert(key, value);
     Ok(())
 }
 
@@ -432,20 +426,8 @@ fn push_message(shared: &ActivationShared, sender: &str, to: String, to_method: 
 async fn append_status_event(host: &Host, shared: &ActivationShared, record: &WorkflowRecord) -> Result<(), ActorError> {
     crate::turn::ensure_journal_loaded(host, shared).await?;
     let data = serde_json::json!({ "status": record.status.as_str(), "version": record.version, "run": record.run });
-    let mut state = shared.state.lock();
-    let base = state.journal.version + state.layers.first().map_or(0, |l| l.events.len() as u64);
-    let layer = state.layers.first_mut().ok_or_else(|| ActorError::timeout("this turn has already ended"))?;
-    layer.events.push(crate::storage::EventRecord {
-        version: base + 1,
-        event_type: format!("workflow.{}", record.status.as_str()),
-        schema_version: 1,
-        data: to_json(&data),
-        recorded_at_ms: crate::storage::now_ms(),
-        correlation_id: String::new(),
-        causation_id: String::new(),
-        caller: None,
-        method: String::new(),
-    });
+    let event = crate::capabilities::GuestEvent { event_type: format!("workflow.{}", record.status.as_str()), schema_version: 1, data: to_json(&data) };
+    crate::turn::buffer_events(shared, 0, vec![event], Default::default())?;
     Ok(())
 }
 

@@ -19,6 +19,12 @@ pub(crate) type SharedRun = Arc<Mutex<WorkflowRun>>;
 /// (a checkpoint): it bounds what a crash makes the workflow redo.
 pub(crate) const CHECKPOINT_STEPS: usize = 256;
 
+/// Bytes of new steps (inputs and results) one turn buffers before a
+/// checkpoint: a quarter of what a turn may buffer for its commit, so
+/// many large activity replies commit over several turns instead of
+/// failing one.
+pub(crate) const CHECKPOINT_BYTES: usize = crate::turn::MAX_TURN_BYTES / 4;
+
 /// Why the host stopped the guest before `run` returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Stop {
@@ -64,6 +70,8 @@ pub(crate) struct WorkflowRun {
     pub(crate) children: Vec<(u32, String, String, Vec<u8>)>,
     /// Steps added this turn.
     pub(crate) added: usize,
+    /// Bytes of the steps added or resolved this turn.
+    pub(crate) added_bytes: usize,
     /// When the turn must end; a checkpoint comes before.
     pub(crate) checkpoint_at: Instant,
     /// A replay check: never live, stop at the end of the history.
@@ -90,6 +98,7 @@ impl WorkflowRun {
             timers: Vec::new(),
             children: Vec::new(),
             added: 0,
+            added_bytes: 0,
             checkpoint_at: Instant::now() + turn_time / 2,
             check_only,
         }
@@ -120,7 +129,7 @@ impl WorkflowRun {
             self.stop = Some(Stop::EndOfHistory);
             return Err(Stop::EndOfHistory);
         }
-        if self.added >= CHECKPOINT_STEPS || Instant::now() >= self.checkpoint_at {
+        if self.added >= CHECKPOINT_STEPS || self.added_bytes >= CHECKPOINT_BYTES || Instant::now() >= self.checkpoint_at {
             self.stop = Some(Stop::Checkpoint);
             return Err(Stop::Checkpoint);
         }
@@ -137,6 +146,7 @@ impl WorkflowRun {
         });
         self.dirty.insert(seq);
         self.added += 1;
+        self.added_bytes += input.len() + detail.len();
         self.cursor += 1;
         Ok(Next::New(seq as usize))
     }
@@ -144,6 +154,11 @@ impl WorkflowRun {
     /// Records how step `index` ended.
     pub(crate) fn resolve(&mut self, index: usize, result: StepResult) {
         if let Some(step) = self.steps.get_mut(index) {
+            self.added_bytes += match &result {
+                StepResult::Ok(bytes) | StepResult::Signal(bytes) => bytes.len(),
+                StepResult::Err(e) => e.message.len(),
+                _ => 0,
+            };
             step.result = Some(result);
             step.done_ms = Some(crate::storage::now_ms());
             self.dirty.insert(step.seq);
