@@ -174,6 +174,7 @@ async fn timers_fan_out_children_and_continue_as_new() {
 
 /// A cancelled workflow's wait fails with `cancelled`; it runs its
 /// compensation once and ends `cancelled`. Cancelling again changes nothing.
+/// A parent waiting for a child is cancelled with its child.
 #[tokio::test(flavor = "multi_thread")]
 async fn cancellation_runs_compensations_and_ends_cancelled() {
     let dir = tempdir().unwrap();
@@ -185,6 +186,18 @@ async fn cancellation_runs_compensations_and_ends_cancelled() {
     let again = to_json(node.host().cancel_workflow("c-1").await.unwrap());
     assert_eq!(again["status"], "cancelled");
     assert_eq!((counter(&node, "cx-did").await, counter(&node, "cx-undid").await), (1, 1));
+
+    // A parent cancelled while it waits for its child: its wait ends with
+    // the cancellation, and the child is cancelled with it (it compensates).
+    start(&node, "wf-probe", "c-2", json!({ "mode": "child", "key": "cc", "ms": 1 })).await;
+    eventually("the child starts", async || node.host().workflow_status("c-2-child").await.ok().map(to_json), |s| s.is_some()).await;
+    let parent = to_json(node.host().cancel_workflow("c-2").await.unwrap());
+    assert_eq!(parent["status"], "cancelled", "{parent}");
+    let child = finished(&node, "c-2-child").await;
+    assert_eq!(child["status"], "cancelled", "{child}");
+    assert_eq!((counter(&node, "cc-did").await, counter(&node, "cc-undid").await), (1, 1));
+    let history = to_json(node.host().workflow_history("c-2").await.unwrap());
+    assert_eq!(history["steps"][0]["result"], json!("cancelled"), "{history}");
 }
 
 /// A workflow that reads WASI's wall clock and random numbers directly

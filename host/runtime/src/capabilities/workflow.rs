@@ -92,10 +92,20 @@ async fn settle(run: &SharedRun, seq: u32) -> Result<Answer, Stop> {
             return Err(r.halt(Stop::Diverged(format!("handle {seq} is a {kind} step, not an activity or a child"))));
         }
         if let Some(result) = &step.result {
+            if *result == StepResult::Cancelled {
+                return Ok(Err(cancelled_error(&r.record.id)));
+            }
             return answer(result).ok_or_else(|| Stop::Diverged(format!("step {seq} holds {result:?}, not a reply")));
         }
         match r.in_flight.remove(&seq) {
             Some(call) => call,
+            // Cancelled while it waits for a child (or an activity of an
+            // earlier turn): the wait ends with the cancellation, and the
+            // child is cancelled too.
+            None if r.record.cancel_requested => {
+                cancel_wait(&mut r, seq);
+                return Ok(Err(cancelled_error(&r.record.id)));
+            }
             None => return Err(r.halt(Stop::Wait)),
         }
     };
@@ -123,6 +133,18 @@ async fn pause_for_crash_test(run: &SharedRun, seq: u32) {
         tracing::warn!("QUARK_TEST_PAUSE_AFTER_STEP: workflow {id} got the reply of step {seq}; paused for the crash test");
         std::future::pending::<()>().await;
     }
+}
+
+/// Ends the wait for step `seq` with the cancellation; a child's is
+/// cancelled with its parent.
+fn cancel_wait(r: &mut crate::workflow::run::WorkflowRun, seq: u32) {
+    if let Some(step) = r.steps.get(seq as usize)
+        && step.kind == StepKind::Child
+    {
+        let child = step.detail.clone();
+        r.cancel_children.push(child);
+    }
+    r.resolve(seq as usize, StepResult::Cancelled);
 }
 
 /// A recorded reply as the guest gets it.
@@ -198,6 +220,8 @@ impl Host for InstanceState {
             };
             if let Some(StepResult::Winner(w)) = r.steps[index].result {
                 (index, Err(w))
+            } else if r.steps[index].result == Some(StepResult::Cancelled) {
+                return Ok((0, Err(cancelled_error(&r.record.id))));
             } else {
             // The first (in `handles` order) that has finished wins.
             for (pos, &h) in handles.iter().enumerate() {
@@ -211,7 +235,17 @@ impl Host for InstanceState {
             let calls: Vec<(u32, u32, crate::workflow::run::InFlight)> =
                 handles.iter().enumerate().filter_map(|(pos, &h)| r.in_flight.get(&h).map(|c| (pos as u32, h, c.clone()))).collect();
             if calls.is_empty() {
-                return Err(stopped(&r.halt(Stop::Wait)));
+                if !r.record.cancel_requested {
+                    return Err(stopped(&r.halt(Stop::Wait)));
+                }
+                // Cancelled while it waits: every handle's wait ends too.
+                for &h in &handles {
+                    if r.steps.get(h as usize).is_some_and(|s| s.result.is_none()) {
+                        cancel_wait(&mut r, h);
+                    }
+                }
+                r.resolve(index, StepResult::Cancelled);
+                return Ok((0, Err(cancelled_error(&r.record.id))));
             }
             (index, Ok(calls))
             }

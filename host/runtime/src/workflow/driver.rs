@@ -256,6 +256,10 @@ async fn finish(
         let start = StartRequest { input, parent: Some(ParentStep { actor: me.clone(), run: record.run, seq }) };
         push_message(shared, &me, format!("{workflow_type}/{id}"), method::START, to_json(&start), format!("wf-child-{}-{seq}", record.run));
     }
+    for child in std::mem::take(&mut run.cancel_children) {
+        let id = format!("wf-cancel-{}-{child}", record.run);
+        push_message(shared, &me, child, method::CANCEL, Vec::new(), id);
+    }
     if record.status != WorkflowStatus::Running {
         for parent in record.parents.clone() {
             notify_parent(shared, record, &parent);

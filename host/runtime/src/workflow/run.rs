@@ -68,6 +68,8 @@ pub(crate) struct WorkflowRun {
     pub(crate) timers: Vec<(u32, i64)>,
     /// Children to start: (step, workflow type, id, input).
     pub(crate) children: Vec<(u32, String, String, Vec<u8>)>,
+    /// Children to cancel with this one (`type/id`).
+    pub(crate) cancel_children: Vec<String>,
     /// Steps added this turn.
     pub(crate) added: usize,
     /// Bytes of the steps added or resolved this turn.
@@ -97,6 +99,7 @@ impl WorkflowRun {
             stop: None,
             timers: Vec::new(),
             children: Vec::new(),
+            cancel_children: Vec::new(),
             added: 0,
             added_bytes: 0,
             checkpoint_at: Instant::now() + turn_time / 2,

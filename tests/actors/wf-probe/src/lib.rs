@@ -130,9 +130,10 @@ impl Probe {
                 workflow::wait_signal::<Value>("go", None)?;
                 Ok(json!({ "done": true }))
             }
-            // A child workflow (`steps`, or `fail` when n is 0).
+            // A child workflow (`steps`; `fail` when n is 0; `cancel`, a
+            // long sleep, when ms is set).
             "child" => {
-                let child_mode = if input.n == 0 { "fail" } else { "steps" };
+                let child_mode = if input.ms > 0 { "cancel" } else if input.n == 0 { "fail" } else { "steps" };
                 let child = workflow::start_child("wf-probe", &format!("{}-child", workflow::id()), &json!({ "mode": child_mode, "key": key, "n": input.n }))?;
                 let reply: Value = workflow::wait(child)?;
                 Ok(json!({ "child": reply }))
