@@ -7,8 +7,11 @@ SAMPLES      := counter greeter bank accounts-summary reports transfer shop orde
 TEST_ACTORS  := misbehave pingpong no-handler counter-v2 ledger worker courier polyglot register chat wf-probe wf-probe-v2
 # Guests in other languages: a folder with app.py / app.js each.
 PY_SAMPLES   := counter-py order-saga-py
-JS_SAMPLES   := counter-js
+JS_SAMPLES   := counter-js approval-js
 PY_TEST_ACTORS := polyglot-py account-py
+# The ones `make run` deploys (each costs seconds to compile at the first
+# start); the workflow samples in Python and JavaScript are built only.
+RUN_OTHER_LANGUAGES := counter-py counter-js
 JS_TEST_ACTORS := polyglot-js account-js
 GUEST_DIR    := target/$(WASM_TARGET)/wasm
 DATA_DIR     ?= ./quark-data
@@ -54,7 +57,7 @@ run: guests
 	@echo "   (the first start compiles the Python and JavaScript samples, about half a minute; later starts load them from $(DATA_DIR)/compiled)"
 	./target/release/quark serve --data-dir $(DATA_DIR) --listen $(LISTEN) \
 		$(foreach s,$(SAMPLES),--deploy $(s)=target/samples/$(s).wasm) \
-		$(foreach s,$(PY_SAMPLES) $(JS_SAMPLES),$(if $(wildcard target/samples/$(s).wasm),--deploy $(s)=target/samples/$(s).wasm)) \
+		$(foreach s,$(RUN_OTHER_LANGUAGES),$(if $(wildcard target/samples/$(s).wasm),--deploy $(s)=target/samples/$(s).wasm)) \
 		--projection accounts-summary=bank:accounts-summary/all
 
 # The tests build in the release profile, like `make run`: after one, the

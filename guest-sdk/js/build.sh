@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds a JavaScript actor into a wasm component:
 #   bash guest-sdk/js/build.sh samples/counter-js target/samples/counter-js.wasm
-# The folder holds `app.js`, which exports `handler = actor({...})`.
+# The folder holds `app.js`, which exports `handler = actor({...})` (an
+# actor) or `workflowRun = workflow(run)` (a workflow, from 'quark/workflow').
 #
 # componentize-js and rolldown are installed on first use into
 # guest-sdk/js/node_modules (npm ci, pinned in package-lock.json). When they
@@ -23,13 +24,15 @@ if [ ! -f "$here/node_modules/.package-lock.json" ] || [ "$here/package-lock.jso
   fi
 fi
 
-if [ -f "$out" ] && [ -z "$(find "$src" "$here/quark.js" "$here/build.mjs" "$root/wit" -newer "$out" -type f -print -quit)" ]; then
+if [ -f "$out" ] && [ -z "$(find "$src" "$here/quark.js" "$here/errors.js" "$here/workflow.js" "$here/build.mjs" "$root/wit" -newer "$out" -type f -print -quit)" ]; then
   exit 0
 fi
 # An app that exports `aggregate` (eventSourced) is built against the
-# `event-sourced` world, any other against `actor`.
+# `event-sourced` world, one that exports `workflowRun` (a workflow, with
+# 'quark/workflow') against `durable-workflow`, any other against `actor`.
 world=actor
 grep -Eq '^export .*\baggregate\b' "$src/app.js" && world=event-sourced
+grep -Eq '^export .*\bworkflowRun\b' "$src/app.js" && world=durable-workflow
 echo ">> building $out from $src/app.js (componentize-js, world $world)"
 mkdir -p "$(dirname "$out")"
 node "$here/build.mjs" "$src/app.js" "$out.tmp" "$world"

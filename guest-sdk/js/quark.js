@@ -35,56 +35,9 @@ import { log as wit_log } from 'quark:actor/log@0.1.0';
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-/** An error with a Quark kind: thrown by host calls, or by a method to reply with it. */
-export class QuarkError extends Error {
-  constructor(kind, message) {
-    super(message);
-    this.name = 'QuarkError';
-    this.kind = kind;
-    // componentize-js returns `payload` as the handler's `error` variant.
-    this.payload = { tag: kind, val: String(message) };
-  }
-}
+import { QuarkError, NotFound, Rejected, BadRequest, Timeout, Unavailable, LimitExceeded, Internal, host, asQuarkError } from './errors.js';
 
-/** The actor type, method or key does not exist. */
-export class NotFound extends QuarkError { constructor(message) { super('not-found', message); } }
-/** The request was valid and the actor refused it (a business rule): 422 `rejected`. */
-export class Rejected extends QuarkError { constructor(message) { super('rejected', message); } }
-/**
- * The caller sent something wrong (a missing or malformed field): 400 `bad-request`.
- * On the wire it is `rejected` with a message starting `bad request`.
- */
-export class BadRequest extends Rejected {
-  constructor(message) { super(String(message).startsWith('bad request') ? message : `bad request: ${message}`); }
-}
-/** The operation did not finish before its deadline. */
-export class Timeout extends QuarkError { constructor(message) { super('timeout', message); } }
-/** A dependency is unavailable; retrying later may succeed. */
-export class Unavailable extends QuarkError { constructor(message) { super('unavailable', message); } }
-/** A limit was exceeded: memory, payload size, state size. */
-export class LimitExceeded extends QuarkError { constructor(message) { super('limit-exceeded', message); } }
-/** A bug: a guest failed or the host failed unexpectedly. */
-export class Internal extends QuarkError { constructor(message) { super('internal', message); } }
-
-const ERRORS = {
-  'not-found': NotFound,
-  rejected: Rejected,
-  timeout: Timeout,
-  unavailable: Unavailable,
-  'limit-exceeded': LimitExceeded,
-  internal: Internal,
-};
-
-// Calls a host import, turning its WIT error into a `QuarkError`.
-function host(operation, ...args) {
-  try {
-    return operation(...args);
-  } catch (e) {
-    const error = e && e.payload;
-    if (error && typeof error.tag === 'string') throw new (ERRORS[error.tag] ?? Internal)(error.val);
-    throw e;
-  }
-}
+export { QuarkError, NotFound, Rejected, BadRequest, Timeout, Unavailable, LimitExceeded, Internal };
 
 // Fields a method read that its request does not have (this turn).
 let missingFields = [];
@@ -298,12 +251,6 @@ function handlerFor(methods, self) {
   };
 }
 
-// `e` as a QuarkError: itself, or `internal` with its name and message.
-function asQuarkError(e, context = '') {
-  if (e instanceof QuarkError) return e;
-  const message = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
-  return new Internal(context + message);
-}
 
 /** Makes `methods` the actor: `export const handler = actor({ ... })`. */
 export function actor(methods) {

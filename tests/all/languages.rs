@@ -362,3 +362,51 @@ async fn a_python_workflow_replays_its_history_and_compensates() {
     assert_eq!(bad["error"]["kind"], "bad-request", "{bad}");
     assert!(bad["error"]["message"].as_str().unwrap().contains("`order`"), "{bad}");
 }
+
+/// The approval workflow written in JavaScript (`samples/approval-js`,
+/// the `durable-workflow` world): the same outcome and the same
+/// notifications as the Rust one. Without a decision in time it
+/// escalates; the decision then ends it, after the instance was unloaded
+/// and replayed from its history on a fresh instance (the engine's own
+/// clock and random reads included); with none at all it gives up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_javascript_workflow_replays_its_history() {
+    let Some(components) = guests(&["approval-js"], "a_javascript_workflow_replays_its_history") else {
+        return;
+    };
+    let dir = crate::support::tempdir().unwrap();
+    let host = host_with_shared_compiled_cache(dir.path()).await;
+    deploy(&host, "shop", component("shop"), manifest()).await.unwrap();
+    let js = components.into_iter().next().unwrap();
+    deploy(&host, "approval-js", js, Manifest::parse(Some("128MiB"), None).unwrap()).await.unwrap();
+    let status = async |id: &str| -> Value { serde_json::from_slice(&host.host().workflow_status(id).await.unwrap()).unwrap() };
+    let start = async |id: &str| -> Value {
+        let input = json!({ "request": id, "approver": "ada", "escalate_to": "grace", "timeout_ms": 400, "notifier": format!("shop/{id}") });
+        serde_json::from_slice(&host.host().start_workflow("approval-js", id, serde_json::to_vec(&input).unwrap()).await.unwrap()).unwrap()
+    };
+    let log = async |id: &str| ask(&host, &format!("shop/{id}"), "ledger", json!(null)).await.unwrap()["log"].clone();
+
+    let first = start("j-1").await;
+    assert_eq!(first["status"], "running", "{first}");
+    assert_eq!(first["custom_status"]["waiting_for"], "ada", "{first}");
+    eventually("j-1 escalates", async || status("j-1").await, |s| s["custom_status"]["waiting_for"] == "grace").await;
+    host.host().deactivate_all();
+    host.host().signal_workflow("j-1", "decision", br#"{"approved": true, "by": "grace"}"#.to_vec()).await.unwrap();
+    let decided = eventually("j-1 finishes", async || status("j-1").await, |s| s["status"] != "running").await;
+    assert_eq!(decided["output"], json!({ "request": "j-1", "approved": true, "by": "grace", "escalated": true }), "{decided}");
+    assert_eq!(
+        log("j-1").await,
+        json!(["notify ada: please decide on: j-1", "notify grace: ada did not decide on j-1 in time: please decide"]),
+        "each notification once across the replays"
+    );
+
+    start("j-2").await;
+    let gave_up = eventually("j-2 gives up", async || status("j-2").await, |s| s["status"] != "running").await;
+    assert_eq!(gave_up["status"], "failed", "{gave_up}");
+    assert!(gave_up["error"]["message"].as_str().unwrap().contains("no decision"), "{gave_up}");
+
+    let bad: Value = serde_json::from_slice(&host.host().start_workflow("approval-js", "j-3", b"{}".to_vec()).await.unwrap()).unwrap();
+    assert_eq!(bad["status"], "failed", "{bad}");
+    assert_eq!(bad["error"]["kind"], "bad-request", "{bad}");
+    assert!(bad["error"]["message"].as_str().unwrap().contains("`request`"), "{bad}");
+}
