@@ -80,6 +80,9 @@ pub(crate) struct JobsInner {
     pub(crate) host: Host,
     pub(crate) config: JobsConfig,
     pub(crate) runner: Arc<JobRunner>,
+    /// Asks [`announce_new_jobs`] for an announcement (a full channel
+    /// means one is already wanted).
+    announce: tokio::sync::mpsc::Sender<()>,
 }
 
 impl CommitListener for JobsInner {
@@ -90,15 +93,31 @@ impl CommitListener for JobsInner {
     }
 }
 
+/// Announces new jobs to the other hosts (PostgreSQL's NOTIFY), one
+/// announcement at a time and off the enqueue's path: requests that come
+/// while one is sent fold into the next, so a run of single enqueues costs
+/// a few announcements instead of a round trip (and NOTIFY's commit lock)
+/// each. Ends with the [`Jobs`] that asks.
+async fn announce_new_jobs(store: Arc<dyn crate::storage::Store>, mut wanted: tokio::sync::mpsc::Receiver<()>) {
+    while wanted.recv().await.is_some() {
+        let Some(jobs) = store.job_store() else { return };
+        if let Err(e) = jobs.announce_jobs().await {
+            tracing::debug!(error = %e, "announcing new jobs failed; other hosts find them by polling");
+        }
+    }
+}
+
 impl Jobs {
     /// Starts the runner and the retention sweep beside `host` (when its
     /// store keeps jobs).
     pub(crate) async fn start(host: Host, config: JobsConfig) -> Jobs {
-        let inner = Arc::new(JobsInner { host, config, runner: Arc::default() });
+        let (announce, wanted) = tokio::sync::mpsc::channel(1);
+        let inner = Arc::new(JobsInner { host, config, runner: Arc::default(), announce });
         let listener: Arc<dyn CommitListener> = inner.clone();
         inner.host.add_commit_listener(&listener);
         if let Some(store) = inner.host.store().job_store() {
             tokio::spawn(runner::run(Arc::downgrade(&inner)));
+            tokio::spawn(announce_new_jobs(inner.host.store().clone(), wanted));
             spawn_retention(&inner.host, inner.config.retention);
             if let Some(announcements) = store.job_announcements().await {
                 crate::node::spawn_wakeups(announcements, Arc::downgrade(&inner), |jobs| jobs.runner.wake());
@@ -170,9 +189,7 @@ impl Jobs {
             }
         }
         self.wake();
-        if let Err(e) = store.announce_jobs().await {
-            tracing::debug!(error = %e, "announcing new jobs failed; other hosts find them by polling");
-        }
+        let _ = self.0.announce.try_send(());
         Ok((planned, added))
     }
 

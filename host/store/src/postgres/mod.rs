@@ -56,8 +56,14 @@ impl PostgresStore {
         // pause) must not hold its rows' locks for ever: the server ends it.
         options = options.options([("idle_in_transaction_session_timeout", "10s")]);
         options = options.statement_cache_capacity(super::sql::STATEMENT_CACHE);
+        // No ping before each acquire (sqlx's default): it is a round trip
+        // on the path of every commit, claim and read (+58% single enqueues,
+        // +20-40% job drain here). sqlx still pings each connection when it
+        // returns to the pool and closes one that fails, so a connection
+        // broken by a server restart is not handed out again.
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            .test_before_acquire(false)
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;

@@ -110,11 +110,14 @@ const INSERT_JOB_COLUMNS: [&str; 21] = [
     "updated_at_ms",
 ];
 
+/// Most jobs one `INSERT` writes.
+const INSERT_CHUNK: usize = 512;
+
 /// Inserts jobs, skipping ids that exist; the number inserted.
 async fn insert_jobs<D: Dialect>(conn: &mut Conn<D>, jobs: &[&JobRecord]) -> Result<u64, StoreError> {
     let width = INSERT_JOB_COLUMNS.len();
     let mut inserted = 0;
-    for chunk in pow2_chunks(jobs, 512) {
+    for chunk in pow2_chunks(jobs, INSERT_CHUNK) {
         let rows: Vec<String> = (0..chunk.len()).map(|i| format!("({})", params::<D>(1 + i * width, width))).collect();
         let sql = format!("INSERT INTO jobs ({}) VALUES {} ON CONFLICT (id) DO NOTHING", INSERT_JOB_COLUMNS.join(", "), rows.join(", "));
         let mut args: Vec<Arg> = Vec::with_capacity(chunk.len() * width);
@@ -207,6 +210,12 @@ async fn claim_due<D: Dialect>(
 impl<S: SqlStore> JobStore for S {
     async fn add_jobs(&self, jobs: &[JobRecord]) -> Result<u64, StoreError> {
         let refs: Vec<&JobRecord> = jobs.iter().collect();
+        if jobs.len() <= INSERT_CHUNK {
+            // One statement: atomic on its own, one round trip instead of
+            // three (BEGIN, INSERT, COMMIT).
+            let mut conn = self.writer().acquire().await?;
+            return insert_jobs::<S::Db>(&mut conn, &refs).await;
+        }
         let mut tx = self.writer().begin().await?;
         let n = insert_jobs::<S::Db>(&mut tx, &refs).await?;
         tx.commit().await?;
