@@ -15,9 +15,13 @@ const latencyRuns = Number(process.env.LATENCY ?? 200);
 const mode = process.env.MODE ?? "best";
 const schema = "graphile_worker_bench";
 
+// CONCURRENCY and LOCAL_QUEUE change the best settings (64 and 2,000 drain
+// fastest on 2 cores; the performance page's are 24 and 500).
+const concurrency = Number(process.env.CONCURRENCY ?? 24);
+const localQueue = Number(process.env.LOCAL_QUEUE ?? 500);
 const worker =
   mode === "best"
-    ? { concurrentJobs: 24, maxPoolSize: 25, localQueue: { size: 500 }, completeJobBatchDelay: 0, failJobBatchDelay: 0 }
+    ? { concurrentJobs: concurrency, maxPoolSize: concurrency + 1, localQueue: { size: localQueue }, completeJobBatchDelay: 0, failJobBatchDelay: 0 }
     : {};
 const preset = { worker: { connectionString, schema, pollInterval: 1000, ...worker } };
 
@@ -58,9 +62,15 @@ const enqueued = Number(process.hrtime.bigint() - start) / 1e9;
 await allDone;
 const seconds = Number(process.hrtime.bigint() - start) / 1e9;
 console.log(
-  `graphile-worker 0.18.0 (${mode}): enqueued ${total} in ${enqueued.toFixed(2)} s (${Math.round(total / enqueued)} jobs/s); ` +
+  `graphile-worker 0.18.0 (${mode}, concurrency ${concurrency}, local queue ${localQueue}): enqueued ${total} in ${enqueued.toFixed(2)} s (${Math.round(total / enqueued)} jobs/s); ` +
     `drained in ${seconds.toFixed(2)} s = ${Math.round(total / seconds)} jobs/s`,
 );
+
+// add_job one at a time (each its own transaction), as fast as it goes.
+const singles = Number(process.env.SINGLES ?? 2000);
+let t = process.hrtime.bigint();
+for (let n = 0; n < singles; n++) await utils.addJob("noop", {});
+console.log(`graphile-worker 0.18.0 (${mode}): add_job one at a time ${Math.round(singles / (Number(process.hrtime.bigint() - t) / 1e9))} jobs/s`);
 
 // add_job to task start, one job at a time on an idle worker.
 const lat = [];
