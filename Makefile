@@ -9,15 +9,17 @@ TEST_ACTORS  := misbehave pingpong no-handler counter-v2 ledger worker courier p
 PY_SAMPLES   := counter-py order-saga-py
 JS_SAMPLES   := counter-js approval-js
 PY_TEST_ACTORS := polyglot-py account-py
-# The ones `make run` deploys (each costs seconds to compile at the first
-# start); the workflow samples in Python and JavaScript are built only.
-RUN_OTHER_LANGUAGES := counter-py counter-js
+# The ones `make run` builds and deploys (each costs seconds to build and
+# to compile at the first start); the workflow samples in Python and
+# JavaScript are built by `make samples` and `make test`.
+RUN_PY       := counter-py
+RUN_JS       := counter-js
 JS_TEST_ACTORS := polyglot-js account-js
 GUEST_DIR    := target/$(WASM_TARGET)/wasm
 DATA_DIR     ?= ./quark-data
 LISTEN       ?= 127.0.0.1:7878
 
-.PHONY: run test samples guests rust-guests py-guests js-guests bench toolchain check clean-data
+.PHONY: run test samples guests run-guests rust-guests py-guests js-guests bench toolchain check clean-data
 
 toolchain:
 	@if ! rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET); then \
@@ -50,14 +52,19 @@ js-guests:
 
 samples: guests
 
-run: guests
+# What `make run` serves: every Rust guest, and RUN_PY / RUN_JS.
+run-guests: rust-guests
+	@for n in $(RUN_PY); do bash guest-sdk/python/build.sh samples/$$n target/samples/$$n.wasm || exit 1; done
+	@for n in $(RUN_JS); do bash guest-sdk/js/build.sh samples/$$n target/samples/$$n.wasm || exit 1; done
+
+run: run-guests
 	@echo ">> building the host (release; the first build compiles wasmtime and takes several minutes, later ones seconds)"
 	$(CARGO) build --release -p quark
 	@echo ">> starting quark serve on $(LISTEN), data in $(DATA_DIR), samples deployed"
 	@echo "   (the first start compiles the Python and JavaScript samples, about half a minute; later starts load them from $(DATA_DIR)/compiled)"
 	./target/release/quark serve --data-dir $(DATA_DIR) --listen $(LISTEN) \
 		$(foreach s,$(SAMPLES),--deploy $(s)=target/samples/$(s).wasm) \
-		$(foreach s,$(RUN_OTHER_LANGUAGES),$(if $(wildcard target/samples/$(s).wasm),--deploy $(s)=target/samples/$(s).wasm)) \
+		$(foreach s,$(RUN_PY) $(RUN_JS),$(if $(wildcard target/samples/$(s).wasm),--deploy $(s)=target/samples/$(s).wasm)) \
 		--projection accounts-summary=bank:accounts-summary/all
 
 # The tests build in the release profile, like `make run`: after one, the
