@@ -405,6 +405,13 @@ async fn a_javascript_workflow_replays_its_history() {
     assert_eq!(gave_up["status"], "failed", "{gave_up}");
     assert!(gave_up["error"]["message"].as_str().unwrap().contains("no decision"), "{gave_up}");
 
+    // A failed activity is the workflow's failure, with the activity's kind.
+    let input = json!({ "request": "j-4", "approver": "ada", "escalate_to": "grace", "notifier": "nobody/x" });
+    let failed: Value =
+        serde_json::from_slice(&host.host().start_workflow("approval-js", "j-4", serde_json::to_vec(&input).unwrap()).await.unwrap()).unwrap();
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["error"]["kind"], "not-found", "{failed}");
+
     let bad: Value = serde_json::from_slice(&host.host().start_workflow("approval-js", "j-3", b"{}".to_vec()).await.unwrap()).unwrap();
     assert_eq!(bad["status"], "failed", "{bad}");
     assert_eq!(bad["error"]["kind"], "bad-request", "{bad}");
