@@ -9,7 +9,7 @@ use super::GuestError;
 use super::bindings::quark::actor::workflow::Host;
 use crate::id::{ActorId, ChainId};
 use crate::turn::{Execution, InstanceState};
-use crate::workflow::run::{Next, SharedRun, Stop, cancelled_error, guest_error};
+use crate::workflow::run::{Next, SharedRun, Stop, guest_error};
 use crate::workflow::{StepKind, StepResult, WorkflowError};
 use crate::{Control, ErrorKind, InboxTurn, Request};
 
@@ -93,7 +93,7 @@ async fn settle(run: &SharedRun, seq: u32) -> Result<Answer, Stop> {
         }
         if let Some(result) = &step.result {
             if *result == StepResult::Cancelled {
-                return Ok(Err(cancelled_error(&r.record.id)));
+                return Ok(Err(r.cancelled()));
             }
             return answer(result).ok_or_else(|| Stop::Diverged(format!("step {seq} holds {result:?}, not a reply")));
         }
@@ -104,7 +104,7 @@ async fn settle(run: &SharedRun, seq: u32) -> Result<Answer, Stop> {
             // child is cancelled too.
             None if r.record.cancel_requested => {
                 cancel_wait(&mut r, seq);
-                return Ok(Err(cancelled_error(&r.record.id)));
+                return Ok(Err(r.cancelled()));
             }
             None => return Err(r.halt(Stop::Wait)),
         }
@@ -115,6 +115,11 @@ async fn settle(run: &SharedRun, seq: u32) -> Result<Answer, Stop> {
     };
     pause_for_crash_test(run, seq).await;
     let mut r = run.lock();
+    if r.over_budget(&result) {
+        // Recorded next turn (the call is sent again under its message id,
+        // and its target answers from its inbox).
+        return Err(r.halt(Stop::Checkpoint));
+    }
     r.resolve(seq as usize, result.clone());
     Ok(answer(&result).unwrap_or_else(|| Err(GuestError::Internal("no reply".into()))))
 }
@@ -221,7 +226,7 @@ impl Host for InstanceState {
             if let Some(StepResult::Winner(w)) = r.steps[index].result {
                 (index, Err(w))
             } else if r.steps[index].result == Some(StepResult::Cancelled) {
-                return Ok((0, Err(cancelled_error(&r.record.id))));
+                return Ok((0, Err(r.cancelled())));
             } else {
             // The first (in `handles` order) that has finished wins.
             for (pos, &h) in handles.iter().enumerate() {
@@ -245,7 +250,7 @@ impl Host for InstanceState {
                     }
                 }
                 r.resolve(index, StepResult::Cancelled);
-                return Ok((0, Err(cancelled_error(&r.record.id))));
+                return Ok((0, Err(r.cancelled())));
             }
             (index, Ok(calls))
             }
@@ -270,6 +275,9 @@ impl Host for InstanceState {
             Ok(reply) => StepResult::Ok(reply),
             Err(e) => StepResult::Err(WorkflowError::from(&e)),
         };
+        if r.over_budget(&result) {
+            return Err(stopped(&r.halt(Stop::Checkpoint)));
+        }
         r.resolve(seq as usize, result.clone());
         r.resolve(index, StepResult::Winner(pos));
         Ok((pos, answer(&result).unwrap_or_else(|| Err(GuestError::Internal("no reply".into())))))
@@ -284,13 +292,13 @@ impl Host for InstanceState {
         };
         match r.steps[index].result.clone() {
             Some(StepResult::Fired) => return Ok(Ok(())),
-            Some(StepResult::Cancelled) => return Ok(Err(cancelled_error(&r.record.id))),
+            Some(StepResult::Cancelled) => return Ok(Err(r.cancelled())),
             Some(other) => return Err(stopped(&r.halt(Stop::Diverged(format!("timer step {index} holds {other:?}"))))),
             None => {}
         }
         if r.record.cancel_requested {
             r.resolve(index, StepResult::Cancelled);
-            return Ok(Err(cancelled_error(&r.record.id)));
+            return Ok(Err(r.cancelled()));
         }
         let now = crate::storage::now_ms();
         let due = match r.steps[index].due_ms {
@@ -322,7 +330,7 @@ impl Host for InstanceState {
         match r.steps[index].result.clone() {
             Some(StepResult::Signal(payload)) => return Ok(Ok(Some(payload))),
             Some(StepResult::TimedOut) => return Ok(Ok(None)),
-            Some(StepResult::Cancelled) => return Ok(Err(cancelled_error(&r.record.id))),
+            Some(StepResult::Cancelled) => return Ok(Err(r.cancelled())),
             Some(other) => return Err(stopped(&r.halt(Stop::Diverged(format!("signal step {index} holds {other:?}"))))),
             None => {}
         }
@@ -333,7 +341,7 @@ impl Host for InstanceState {
         }
         if r.record.cancel_requested {
             r.resolve(index, StepResult::Cancelled);
-            return Ok(Err(cancelled_error(&r.record.id)));
+            return Ok(Err(r.cancelled()));
         }
         let now = crate::storage::now_ms();
         if let Some(timeout) = timeout_ms
@@ -376,7 +384,7 @@ impl Host for InstanceState {
 
     fn is_cancelled(&mut self) -> bool {
         match &self.execution {
-            Execution::Workflow(run) => run.lock().saw_cancellation(),
+            Execution::Workflow(run) => run.lock().saw_cancellation,
             _ => false,
         }
     }

@@ -220,6 +220,9 @@ async fn finish(
             run.steps.clear();
             run.dirty.clear();
             run.timers.clear();
+            // Children this ended run asked for in its last turn are not
+            // started: their results would name steps of the next run.
+            run.children.clear();
             wake = true;
         }
         Ended::Returned(Ok(output)) => {

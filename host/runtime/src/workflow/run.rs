@@ -78,6 +78,8 @@ pub(crate) struct WorkflowRun {
     pub(crate) checkpoint_at: Instant,
     /// A replay check: never live, stop at the end of the history.
     pub(crate) check_only: bool,
+    /// A wait of this execution returned the cancellation.
+    pub(crate) saw_cancellation: bool,
 }
 
 /// What the code's request for the next step found.
@@ -104,6 +106,7 @@ impl WorkflowRun {
             added_bytes: 0,
             checkpoint_at: Instant::now() + turn_time / 2,
             check_only,
+            saw_cancellation: false,
         }
     }
 
@@ -149,7 +152,7 @@ impl WorkflowRun {
         });
         self.dirty.insert(seq);
         self.added += 1;
-        self.added_bytes += input.len() + detail.len();
+        self.added_bytes += input.len() * 4 / 3 + detail.len() + 64;
         self.cursor += 1;
         Ok(Next::New(seq as usize))
     }
@@ -158,8 +161,8 @@ impl WorkflowRun {
     pub(crate) fn resolve(&mut self, index: usize, result: StepResult) {
         if let Some(step) = self.steps.get_mut(index) {
             self.added_bytes += match &result {
-                StepResult::Ok(bytes) | StepResult::Signal(bytes) => bytes.len(),
-                StepResult::Err(e) => e.message.len(),
+                StepResult::Ok(bytes) | StepResult::Signal(bytes) => bytes.len() * 4 / 3 + 64,
+                StepResult::Err(e) => e.message.len() + 64,
                 _ => 0,
             };
             step.result = Some(result);
@@ -173,9 +176,24 @@ impl WorkflowRun {
         self.stop.get_or_insert(stop).clone()
     }
 
-    /// Whether a wait of this run saw its cancellation.
-    pub(crate) fn saw_cancellation(&self) -> bool {
-        self.steps[..self.cursor.min(self.steps.len())].iter().any(|s| s.result == Some(StepResult::Cancelled))
+    /// The error a wait returns once the workflow is cancelled; from then
+    /// on `is-cancelled` is true (in this execution: a replay reaches the
+    /// same waits in the same order, so it turns true at the same point).
+    pub(crate) fn cancelled(&mut self) -> crate::capabilities::GuestError {
+        self.saw_cancellation = true;
+        crate::capabilities::GuestError::Rejected(format!("cancelled: workflow {} was cancelled", self.record.id))
+    }
+
+    /// Whether recording `result` now would pass this turn's byte budget
+    /// (in the history's encoding: base64 and JSON around it). Never for
+    /// the first bytes of a turn, so a turn always records something.
+    pub(crate) fn over_budget(&self, result: &StepResult) -> bool {
+        let bytes = match result {
+            StepResult::Ok(b) | StepResult::Signal(b) => b.len() * 4 / 3 + 64,
+            StepResult::Err(e) => e.message.len() + 64,
+            _ => 0,
+        };
+        self.added_bytes > 0 && self.added_bytes + bytes > CHECKPOINT_BYTES
     }
 
     /// A recorded value step (a clock read, a random number): the recorded
@@ -227,7 +245,3 @@ pub(crate) fn guest_error(e: &WorkflowError) -> crate::capabilities::GuestError 
     }
 }
 
-/// The error a wait returns once the workflow is cancelled.
-pub(crate) fn cancelled_error(id: &str) -> crate::capabilities::GuestError {
-    crate::capabilities::GuestError::Rejected(format!("cancelled: workflow {id} was cancelled"))
-}

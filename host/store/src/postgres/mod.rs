@@ -25,6 +25,9 @@ const MAX_CONNECTIONS: u32 = 8;
 /// How long to wait for a connection before a turn fails with `unavailable`.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A pooled connection idle longer than this is pinged before it is used.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(5);
+
 /// A PostgreSQL-backed [`Store`].
 pub struct PostgresStore {
     pool: PgPool,
@@ -59,11 +62,20 @@ impl PostgresStore {
         // No ping before each acquire (sqlx's default): it is a round trip
         // on the path of every commit, claim and read (+58% single enqueues,
         // +20-40% job drain here). sqlx still pings each connection when it
-        // returns to the pool and closes one that fails, so a connection
-        // broken by a server restart is not handed out again.
+        // returns to the pool and closes one that fails; one that sat idle
+        // (and may have been cut meanwhile: a server restart, a proxy's
+        // idle timeout) is pinged before it is handed out again.
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > IDLE_BEFORE_PING {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;

@@ -210,8 +210,9 @@ async fn claim_due<D: Dialect>(
 impl<S: SqlStore> JobStore for S {
     async fn add_jobs(&self, jobs: &[JobRecord]) -> Result<u64, StoreError> {
         let refs: Vec<&JobRecord> = jobs.iter().collect();
-        if jobs.len() <= INSERT_CHUNK {
-            // One statement: atomic on its own, one round trip instead of
+        if jobs.len() <= INSERT_CHUNK && jobs.len().is_power_of_two() {
+            // One statement (`insert_jobs` writes a power of two per
+            // statement): atomic on its own, one round trip instead of
             // three (BEGIN, INSERT, COMMIT).
             let mut conn = self.writer().acquire().await?;
             return insert_jobs::<S::Db>(&mut conn, &refs).await;
