@@ -198,6 +198,17 @@ async fn cancellation_runs_compensations_and_ends_cancelled() {
     assert_eq!((counter(&node, "cc-did").await, counter(&node, "cc-undid").await), (1, 1));
     let history = to_json(node.host().workflow_history("c-2").await.unwrap());
     assert_eq!(history["steps"][0]["result"], json!("cancelled"), "{history}");
+
+    // `is-cancelled` answers on a replay as it did live: false before the
+    // wait that saw the cancellation, even once that child step holds it
+    // (the run goes past a checkpoint after the cancel, so it is replayed).
+    start(&node, "wf-probe", "c-3", json!({ "mode": "cancel-replay", "key": "cr" })).await;
+    eventually("the child starts", async || node.host().workflow_status("c-3-child").await.ok().map(to_json), |s| s.is_some()).await;
+    node.host().cancel_workflow("c-3").await.unwrap();
+    let replayed = finished(&node, "c-3").await;
+    assert_eq!(replayed["status"], "cancelled", "{replayed}");
+    assert_eq!(replayed["steps"], 302, "{replayed}");
+    assert_eq!(counter(&node, "cr-x").await, 1);
 }
 
 /// A workflow that reads WASI's wall clock and random numbers directly

@@ -138,6 +138,22 @@ impl Probe {
                 let reply: Value = workflow::wait(child)?;
                 Ok(json!({ "child": reply }))
             }
+            // A child, an activity unless already cancelled, the wait for
+            // the child; once cancelled, 300 clock reads (past a checkpoint,
+            // so the next turn replays the run after the cancellation).
+            "cancel-replay" => {
+                let child = workflow::start_child("wf-probe", &format!("{}-child", workflow::id()), &json!({ "mode": "cancel", "key": key }))?;
+                if !workflow::is_cancelled() {
+                    bump(&format!("counter/{key}-x"))?;
+                }
+                if let Err(e) = workflow::wait::<Value>(child) {
+                    for _ in 0..300 {
+                        workflow::now_ms();
+                    }
+                    return Err(e);
+                }
+                Ok(json!({ "cancelled": false }))
+            }
             "fail" => Err(Error::rejected("the probe failed on purpose")),
             // One activity per run; continue-as-new until n runs.
             "forever" => {
