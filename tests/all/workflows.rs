@@ -38,6 +38,17 @@ async fn finished(node: &quark::Node, id: &str) -> Value {
     eventually(&format!("workflow {id} finishes"), async || status(node, id).await, |s| s["status"] != "running").await
 }
 
+/// `quark serve` arguments deploying each `type=file` (a path under `target/`).
+fn deploy_args(deploys: &[&str]) -> Vec<String> {
+    deploys
+        .iter()
+        .flat_map(|d| {
+            let (name, file) = d.split_once('=').unwrap();
+            ["--deploy".to_string(), format!("{name}={}", root().join("target").join(file).display())]
+        })
+        .collect()
+}
+
 async fn counter(node: &quark::Node, key: &str) -> i64 {
     ask(node, &format!("counter/{key}"), "get", json!(null)).await.unwrap().as_i64().unwrap()
 }
@@ -332,14 +343,8 @@ fn kill9_at_each_step_boundary_runs_each_activity_exactly_once() {
     const STEPS: usize = 5;
     let dir = tempdir().unwrap();
     let port = free_port();
-    let deploys: Vec<String> = ["counter=samples/counter.wasm", "wf-probe=test-actors/wf-probe.wasm"]
-        .iter()
-        .map(|d| {
-            let (name, file) = d.split_once('=').unwrap();
-            format!("{name}={}", root().join("target").join(file).display())
-        })
-        .collect();
-    let args: Vec<&str> = deploys.iter().flat_map(|d| ["--deploy", d.as_str()]).collect();
+    let deploys = deploy_args(&["counter=samples/counter.wasm", "wf-probe=test-actors/wf-probe.wasm"]);
+    let args: Vec<&str> = deploys.iter().map(String::as_str).collect();
     let mut server = Server::start_with(dir.path(), port, &args);
     let input = json!({ "mode": "paced", "key": "k9", "n": STEPS, "ms": 100, "spin": 30 }).to_string();
     let start = ["workflow", "start", "wf-probe", "--id", "k9", input.as_str()].map(String::from);
@@ -451,14 +456,8 @@ async fn a_workflow_outlives_its_host_on_redis() {
 fn kill9_at_every_step_boundary_of_the_order_saga() {
     let dir = tempdir().unwrap();
     let port = free_port();
-    let deploys: Vec<String> = ["shop=samples/shop.wasm", "order-saga=samples/order-saga.wasm"]
-        .iter()
-        .map(|d| {
-            let (name, file) = d.split_once('=').unwrap();
-            format!("{name}={}", root().join("target").join(file).display())
-        })
-        .collect();
-    let args: Vec<&str> = deploys.iter().flat_map(|d| ["--deploy", d.as_str()]).collect();
+    let deploys = deploy_args(&["shop=samples/shop.wasm", "order-saga=samples/order-saga.wasm"]);
+    let args: Vec<&str> = deploys.iter().map(String::as_str).collect();
     let log = || std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default();
     for (order, amount, ran) in [
         ("o-ship", 30, json!({ "reserve": 1, "charge": 1, "ship": 1 })),

@@ -404,18 +404,24 @@ def _handler(instance: Any, methods: Dict[str, Callable]) -> type:
                 request = _decode_request(payload, method)
             except ValueError as e:
                 raise Err(BadRequest(f"bad request for `{method}`: {e}")._to_wit())
-            try:
-                takes_request = function.__code__.co_argcount > 1
-                reply = function(request) if takes_request else function()
-                return _encode(reply)
-            except QuarkError as e:
-                raise Err(e._to_wit())
-            except Err:
-                raise
-            except Exception as e:
-                raise Err(_types.Error_Internal(f"{type(e).__name__}: {e}"))
+            takes_request = function.__code__.co_argcount > 1
+            return _guest_call(lambda: function(request) if takes_request else function())
 
     return Handler
+
+
+def _guest_call(thunk: Callable[[], Any]) -> bytes:
+    """Runs the code behind an export and encodes its result; what it
+    raises becomes the WIT error: a `QuarkError` its kind, anything else
+    `internal` with its type and message."""
+    try:
+        return _encode(thunk())
+    except QuarkError as e:
+        raise Err(e._to_wit())
+    except Err:
+        raise
+    except Exception as e:
+        raise Err(_types.Error_Internal(f"{type(e).__name__}: {e}"))
 
 
 def export(actor_class: type) -> type:

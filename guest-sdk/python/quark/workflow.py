@@ -42,7 +42,7 @@ except ImportError as e:  # an actor, not a workflow, imported this module
         "so the build uses the `durable-workflow` world"
     ) from e
 
-from . import BadRequest, Internal, QuarkError, _ERROR_BY_WIT, _decode, _decode_request, _encode, _host, _types
+from . import BadRequest, Internal, QuarkError, _ERROR_BY_WIT, _decode, _decode_request, _encode, _guest_call, _host
 
 __all__ = [
     "export", "Handle", "call", "start", "start_child", "wait", "wait_all", "wait_any", "sleep", "wait_signal",
@@ -202,13 +202,6 @@ def export(function: Callable[[Any], Any]) -> type:
                 value = _decode_request(input, "run")
             except ValueError as e:
                 raise Err(BadRequest(f"bad request for the workflow's input: {e}")._to_wit())
-            try:
-                return _encode(function(value))
-            except QuarkError as e:
-                raise Err(e._to_wit())
-            except Err:
-                raise
-            except Exception as e:
-                raise Err(_types.Error_Internal(f"{type(e).__name__}: {e}"))
+            return _guest_call(lambda: function(value))
 
     return WorkflowRun
